@@ -1,0 +1,81 @@
+"""The `bt` command line. Commands are thin: parse, call one library function, render.
+
+Only this package and ``backtest.report`` import rich. Every sub-command module keeps heavy
+imports (numpy, duckdb, pyarrow, numba) inside its functions so that ``bt --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from backtest.errors import BtError
+
+app = typer.Typer(
+    name="bt",
+    help="bt: a backtesting farm. Plan content-hashed shards, run them locally or over SSH, "
+    "merge and report.\n\nStart with: bt data demo && bt run strategies/sma_cross.py --from 2020 --to 2024",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+
+@app.callback()
+def _root(
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--data",
+            envvar="BT_DATA",
+            help="Root folder for bars, results and the catalog (default: the user data dir).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    from backtest import paths
+
+    paths.set_root(data)
+
+
+def _register() -> None:
+    from backtest.cli import data as data_cli
+    from backtest.cli import hosts as hosts_cli
+    from backtest.cli import jobs as jobs_cli
+
+    app.add_typer(data_cli.app, name="data")
+    app.add_typer(hosts_cli.app, name="hosts")
+    jobs_cli.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning any BtError into one red line and its exit code."""
+    from backtest.cli.render import error_line
+
+    _register()
+    try:
+        app(args=argv, standalone_mode=False)
+    except BtError as exc:
+        error_line(str(exc))
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        error_line("interrupted")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.exceptions.Abort):
+            error_line("interrupted")
+            sys.exit(130)
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2 if exc.exit_code in (1, 2) else exc.exit_code)
+        if isinstance(exc, click.exceptions.Exit):
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,70 @@
+"""The one exception tree of `bt`.
+
+Library code raises these; the CLI turns any ``BtError`` into one red line and the error's
+``exit_code``. Third-party errors are re-raised at the boundary with ``raise ... from exc``.
+
+::
+
+    BtError                      exit 2 unless stated
+    ├── UsageError               bad command-line input (dates, grids, flags)
+    ├── DataError                data store: import, validation, reading
+    │   └── ValidationError      a file's content is wrong (names file, line, what, how to fix)
+    ├── StrategyError            loading a strategy, bad parameters, bad strategy output
+    ├── PlanError                the job cannot be planned (no data in range, empty universe)
+    ├── CatalogError             the catalog (unknown run id, ...)
+    ├── ResultError              results store (missing or corrupt result file)
+    └── ExecutorError            executors: unknown scheme, lost workers, hosts
+        └── HostError            one SSH host failed (unreachable, wrong environment, host key)
+"""
+
+from __future__ import annotations
+
+
+class BtError(Exception):
+    """Base of every error `bt` raises on purpose. ``str(err)`` is the one line shown."""
+
+    exit_code: int = 2
+
+
+class UsageError(BtError):
+    pass
+
+
+class DataError(BtError):
+    pass
+
+
+class ValidationError(DataError):
+    pass
+
+
+class StrategyError(BtError):
+    pass
+
+
+class PlanError(BtError):
+    pass
+
+
+class CatalogError(BtError):
+    pass
+
+
+class ResultError(BtError):
+    pass
+
+
+class ExecutorError(BtError):
+    pass
+
+
+class HostError(ExecutorError):
+    pass
+
+
+def did_you_mean(word: str, choices: list[str] | tuple[str, ...] | set[str]) -> str:
+    """Return ' Did you mean "x"?' for the closest choice, or '' when nothing is close."""
+    import difflib
+
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f' Did you mean "{close[0]}"?' if close else ""
