@@ -1,9 +1,337 @@
-"""`bt run`, `bt report`, `bt runs`, `bt logs`, `bt verify` (placeholder)."""
+"""`bt run`, `bt report`, `bt runs`, `bt logs`, `bt verify`, `bt catalog rebuild`."""
 
 from __future__ import annotations
 
+import json
+import re
+import sys
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
+
+from backtest.cli.render import console, err_console
+from backtest.errors import UsageError
+
+if TYPE_CHECKING:
+    from backtest.runner import Progress
+
+
+class Fill(StrEnum):
+    next_open = "next-open"
+    close = "close"
+
+
+class Units(StrEnum):
+    fractional = "fractional"
+    integer = "integer"
+
+
+class Format(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+def parse_size(text: str | None) -> int | None:
+    """'2G', '512M', '1.5GB' or bytes → bytes."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", text.lower())
+    if not m:
+        raise UsageError(f'--max-memory "{text}" is not a size; use e.g. 512M or 2G')
+    n = float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " ")
+    if n < 64 * 1024**2:
+        raise UsageError(f"--max-memory {text} is too small for a worker; give at least 64M")
+    return int(n)
+
+
+def _split(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [s for v in values for s in v.split(",")]
+
+
+def run(
+    strategy: Annotated[Path, typer.Argument(help="The strategy file (a Python file with one Strategy class).", show_default=False)],
+    start: Annotated[str | None, typer.Option("--from", help="First day traded: a year (2020), month (2020-03) or day.")] = None,
+    end: Annotated[str | None, typer.Option("--to", help="Last day traded, inclusive: 2024 means through 2024-12-31.")] = None,
+    symbols: Annotated[list[str] | None, typer.Option("--symbols", "-s", help="Symbols, comma-separated (default: all in the store).")] = None,
+    universe: Annotated[Path | None, typer.Option("--universe", help="File with one symbol per line.")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="Grid for one parameter: name=v1,v2 or name=start:stop:step (inclusive). Repeat for several.")] = None,
+    strategy_name: Annotated[str | None, typer.Option("--strategy", help="Which class, when the file has several.")] = None,
+    hosts: Annotated[Path | None, typer.Option("--hosts", help="Run on the SSH hosts listed in this file (see bt hosts check).")] = None,
+    executor: Annotated[str | None, typer.Option("--executor", help="Executor URL: local://N, inline://, ssh://h1,h2.")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", "-w", help="Local worker processes (default: one per core).")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Wall seconds one shard may take before its worker is killed and it is retried.")] = None,
+    max_memory: Annotated[str | None, typer.Option("--max-memory", help="Memory cap per worker, e.g. 2G.")] = None,
+    cash: Annotated[float, typer.Option(help="Starting cash per task.")] = 100_000.0,
+    commission: Annotated[float, typer.Option(help="Commission, fraction of traded notional per side (0.001 = 0.1 %).")] = 0.0,
+    fee: Annotated[float, typer.Option(help="Fixed fee per order.")] = 0.0,
+    slippage: Annotated[float, typer.Option(help="Slippage, fraction of price against the trader.")] = 0.0,
+    fill: Annotated[Fill, typer.Option(help="next-open: a decision at bar t fills at bar t+1's open; close: at bar t's close.")] = Fill.next_open,
+    units: Annotated[Units, typer.Option(help="fractional or integer position sizes.")] = Units.fractional,
+    stop_loss: Annotated[float | None, typer.Option("--stop-loss", help="Stop-loss as a fraction of the entry price (0.05 = 5 %).")] = None,
+    take_profit: Annotated[float | None, typer.Option("--take-profit", help="Take-profit as a fraction of the entry price.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Recompute tasks even when their results are stored.")] = False,
+    accept_new_hosts: Annotated[bool, typer.Option("--accept-new-hosts", help="Record unknown SSH host keys on first contact.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object at the end instead of the live display.")] = False,
+) -> None:
+    """Run a strategy over symbols × a parameter grid × a date range.
+
+    Results are stored by the hash of code, parameters, data and settings: a rerun computes
+    nothing, a changed parameter value computes only its tasks.
+
+    Example: bt run strategies/sma_cross.py --from 2020 --to 2024 --param fast=5:50:5 --param slow=20,50,100
+
+    Exit codes: 0 all tasks done, 1 some failed, 2 bad input, 130 interrupted.
+    """
+    from backtest.runner import RunRequest, execute, prepare
+
+    req = RunRequest(
+        strategy=strategy, strategy_name=strategy_name, start=start, end=end, symbols=_split(symbols),
+        universe=universe, params=list(param or []), executor=executor, hosts=hosts, workers=workers,
+        timeout=timeout, max_memory=parse_size(max_memory), force=force, accept_new_hosts=accept_new_hosts,
+        settings={"cash": cash, "commission": commission, "fee": fee, "slippage": slippage,
+                  "fill": fill.value.replace("-", "_"), "units": units.value, "stop_loss": stop_loss,
+                  "take_profit": take_profit},
+    )
+    if workers is not None and workers < 1:
+        raise UsageError("--workers must be at least 1")
+    prep = prepare(req)
+    for s in prep.skipped_symbols:
+        from backtest.cli.render import warn_line
+
+        warn_line(f"{s}: no data in the date range; skipped")
+    if as_json:
+        summary = execute(prep)
+        print(json.dumps(summary.to_json()))
+    else:
+        summary = _execute_live(prep)
+    raise typer.Exit(summary.exit_code)
+
+
+def _execute_live(prep: Any) -> Any:
+    from rich.live import Live
+
+    from backtest.runner import execute
+
+    display = _Display(prep)
+    if not prep.shards:
+        summary = execute(prep)
+    else:
+        with Live(display.render(None), console=err_console, refresh_per_second=8, transient=False) as live:
+            def update(p: Progress) -> None:
+                if display.due():
+                    live.update(display.render(p))
+
+            summary = execute(prep, update)
+            live.update(display.render(display.last))
+    style = {"done": "green", "failed": "red", "interrupted": "yellow"}[summary.status]
+    console.print(
+        f"[{style}]{summary.status}[/] run [bold]{summary.run_id}[/]: {summary.tasks} tasks, "
+        f"{summary.computed} computed, {summary.cached} cached, {summary.failed} failed in {summary.seconds:.2f}s"
+        + (f" — {summary.message}" if summary.message else "")
+    )
+    if summary.failed:
+        console.print(f"see failures with: bt report {summary.run_id}; tracebacks: bt logs {summary.run_id}")
+    elif summary.status == "interrupted":
+        console.print("run the same command again to compute only what is missing")
+    else:
+        console.print(f"see results with: bt report {summary.run_id}")
+    return summary
+
+
+class _Display:
+    def __init__(self, prep: Any) -> None:
+        self.prep = prep
+        self.last: Progress | None = None
+        self._t = 0.0
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self._t < 0.1:
+            return False
+        self._t = now
+        return True
+
+    def render(self, p: Progress | None) -> Any:
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+        from rich.text import Text
+
+        if p is not None:
+            self.last = p
+        total = len(self.prep.tasks)
+        done = p.done if p else len(self.prep.cached)
+        elapsed = time.monotonic() - p.started if p else 0.0
+        computed = p.computed if p else 0
+        rate = computed / elapsed if elapsed > 0 else 0.0
+        left = total - done
+        eta = f"{left / rate:.0f}s" if rate > 0 and left else "–"
+        line = Text.assemble(
+            (f"{done}/{total} tasks ", "bold"),
+            f"{len(self.prep.cached)} cached, {computed} computed, ",
+            (f"{p.failed if p else 0} failed", "red" if p and p.failed else ""),
+            f" · {rate:,.0f} tasks/s · ETA {eta} · {self.prep.executor_url}",
+        )
+        parts: list[Any] = [line, ProgressBar(total=max(total, 1), completed=done, width=60)]
+        if p and p.workers:
+            hosts: dict[str, list[Any]] = {}
+            for w in p.workers:
+                hosts.setdefault(w.host, []).append(w)
+            t = Table(box=None, show_header=True, header_style="dim")
+            for c in ("host", "workers", "busy", "shards done", "failures", "state"):
+                t.add_column(c)
+            for host, ws in hosts.items():
+                states = sorted({w.state for w in ws})
+                t.add_row(host, str(len(ws)), str(sum(w.state == "busy" for w in ws)),
+                          str(sum(w.shards_done for w in ws)), str(sum(w.failures for w in ws)), ", ".join(states))
+            parts.append(t)
+        if p and p.notes:
+            parts.extend(Text(n, style="yellow") for n in p.notes[-3:])
+        return Group(*parts)
+
+
+def report(
+    run_id: Annotated[str, typer.Argument(help="The run id (bt runs lists them; a unique prefix works).", show_default=False)],
+    top: Annotated[int, typer.Option(help="How many rows in the leaderboard.")] = 10,
+    sort: Annotated[str, typer.Option(help="Metric to rank by, e.g. sharpe, total_return, calmar.")] = "sharpe",
+    symbol: Annotated[str | None, typer.Option(help="Only this symbol.")] = None,
+    params: Annotated[str | None, typer.Option(help="Only tasks with these parameters: fast=10,slow=50.")] = None,
+    trades: Annotated[bool, typer.Option("--trades", help="The trades of the one task selected by --symbol/--params.")] = False,
+    fmt: Annotated[Format, typer.Option("--format", help="table, csv, json (DESIGN §8 contract) or parquet.")] = Format.table,
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Show a run's results: leaderboard, best parameters per symbol, summary, failures.
+
+    Example: bt report sma_cross-3f2a9c --sort calmar --top 20
+             bt report sma_cross-3f2a9c --symbol DEMO01 --params fast=10,slow=40 --trades --format csv
+    """
+    from backtest import report as rep
+
+    rep.check_sort(sort)
+    run_row, records = rep.task_records(run_id)
+    selected = rep.select_task(records, symbol, rep.parse_params_filter(params))
+    if trades:
+        if len(selected) != 1:
+            raise UsageError(f"--trades needs exactly one task; --symbol/--params select {len(selected)}")
+        if selected[0]["status"] != "done":
+            raise UsageError("that task failed; it has no trades (bt logs shows why)")
+        rows = rep.trades_rows(selected[0]["key"])
+        if fmt == Format.table:
+            console.print(rep.render_task(selected[0], rows))
+        else:
+            _emit(rep.write_rows(rows, fmt.value, out))
+        return
+    if fmt == Format.table:
+        if (symbol or params) and len(selected) == 1:
+            console.print(rep.render_task(selected[0], None))
+        else:
+            console.print(rep.render_run(run_row, selected, sort, top))
+        return
+    ranked = rep.ranked(selected, sort) + [r for r in selected if r["status"] != "done"]
+    if fmt == Format.json:
+        text = rep.contract_json(ranked)
+        if out:
+            out.write_text(text)
+        else:
+            _emit(text)
+        return
+    _emit(rep.write_rows(rep.flat_rows(ranked), fmt.value, out))
+
+
+def _emit(text: str | None) -> None:
+    if text is not None:
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def runs(limit: Annotated[int, typer.Option(help="How many runs to list.")] = 20) -> None:
+    """List runs, newest first: id, when, strategy, tasks, cached, failed, status, time.
+
+    Example: bt runs --limit 5
+    """
+    from backtest import paths
+    from backtest.catalog import Catalog
+    from backtest.report import render_runs
+    from backtest.runner import _pid_alive
+
+    cat = Catalog(paths.root() / "catalog.duckdb")
+    cat.mark_stale_runs(_pid_alive) if cat.path.exists() else None
+    rows = cat.runs(limit)
+    if not rows:
+        console.print("no runs yet; start one with: bt run strategies/sma_cross.py")
+        return
+    console.print(render_runs(rows))
+
+
+def logs(run_id: Annotated[str, typer.Argument(help="The run id.", show_default=False)]) -> None:
+    """Show a run's captured strategy output, worker events and failure tracebacks.
+
+    Example: bt logs sma_cross-3f2a9c
+    """
+    from backtest import paths
+    from backtest.catalog import Catalog
+
+    cat = Catalog(paths.root() / "catalog.duckdb")
+    run_row = cat.run(run_id)
+    entries = cat.logs(run_row["run_id"])
+    fails = cat.failures(run_row["run_id"])
+    if not entries and not fails:
+        console.print(f"run {run_row['run_id']}: no output and no failures")
+    for e in entries:
+        console.rule(f"{e['worker'] or ''} {('shard ' + e['shard']) if e['shard'] else ''}".strip(), align="left")
+        console.out(e["text"].rstrip(), highlight=False)
+    for f in fails:
+        console.rule(f"[red]failed[/] {f['symbol']} {f['params']} ({f['attempts']} attempts)", align="left")
+        console.out((f["details"] or f["error"] or "").rstrip(), highlight=False)
+
+
+def verify(
+    run_id: Annotated[str, typer.Argument(help="The run id.", show_default=False)],
+    sample: Annotated[int | None, typer.Option(help="Recompute only this many tasks, chosen at random (seeded).")] = None,
+) -> None:
+    """Recompute a run's tasks and check the results are bit-for-bit identical to the stored ones.
+
+    Example: bt verify sma_cross-3f2a9c --sample 20     (exit 1 on any mismatch)
+    """
+    from backtest.runner import verify as do_verify
+
+    if sample is not None and sample < 1:
+        raise UsageError("--sample must be at least 1")
+    rep = do_verify(run_id, sample)
+    bad = rep.mismatched + rep.missing
+    if bad:
+        console.print(f"[red]{len(bad)} of {rep.checked} tasks differ[/] from their stored results in run {rep.run_id}:")
+        for k in bad[:20]:
+            console.print(f"  {k}")
+        raise typer.Exit(1)
+    console.print(f"[green]ok[/]: {rep.checked} tasks of run {rep.run_id} recomputed, all bit-for-bit identical")
+
+
+catalog_app = typer.Typer(help="Maintain the catalog (the DuckDB index of runs and results).", no_args_is_help=True)
+
+
+@catalog_app.command("rebuild")
+def catalog_rebuild() -> None:
+    """Re-index every stored result into the catalog's results table (the results store is the truth).
+
+    Example: bt catalog rebuild
+    """
+    from backtest.catalog_rebuild import rebuild
+
+    n = rebuild()
+    console.print(f"indexed {n} results")
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("run")(run)
+    app.command("report")(report)
+    app.command("runs")(runs)
+    app.command("logs")(logs)
+    app.command("verify")(verify)
+    app.add_typer(catalog_app, name="catalog")

@@ -1,0 +1,239 @@
+"""The catalog: a DuckDB file indexing runs, task outcomes, metrics and logs. The only SQL in bt.
+
+DuckDB lets one process hold a file for writing at a time, so every use here is a short
+connection (open, one transaction, close) retried while another process holds the lock: two
+``bt run``s at once and a ``bt report`` during a run all work. Writes are append-only (task
+outcomes are final within a run), except the one ``runs`` row a run updates as it ends.
+
+The results store is the source of truth; ``rebuild`` re-creates the ``results`` table from it.
+Schema changes are numbered migrations, applied in order and recorded in ``schema_migrations``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from backtest.errors import CatalogError, did_you_mean
+
+METRICS = (
+    "total_return", "cagr", "volatility", "sharpe", "sortino", "calmar", "max_drawdown",
+    "max_drawdown_duration", "exposure", "trades", "win_rate", "best_trade", "worst_trade",
+    "avg_trade", "profit_factor", "expectancy", "sqn", "final_equity", "buy_and_hold_return",
+)  # fmt: skip
+"""DESIGN §8's metric names: the ``results`` table has one DOUBLE column each."""
+
+_METRIC_COLS = ", ".join(f'"{m}" DOUBLE' for m in METRICS)
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema
+    f"""
+    CREATE TABLE runs (
+        run_id VARCHAR PRIMARY KEY, created DOUBLE, strategy VARCHAR, strategy_file VARCHAR,
+        code_hash VARCHAR, job VARCHAR, settings VARCHAR, executor VARCHAR, status VARCHAR,
+        finished DOUBLE, tasks INTEGER, computed INTEGER, cached INTEGER, failed INTEGER,
+        seconds DOUBLE, pid INTEGER, host VARCHAR, data_hashes VARCHAR
+    );
+    CREATE TABLE run_tasks (
+        run_id VARCHAR, key VARCHAR, symbol VARCHAR, params VARCHAR, status VARCHAR,
+        cached BOOLEAN, attempts INTEGER, error VARCHAR, details VARCHAR, worker VARCHAR, at DOUBLE
+    );
+    CREATE TABLE results (
+        key VARCHAR PRIMARY KEY, symbol VARCHAR, params VARCHAR, {_METRIC_COLS},
+        n_trades INTEGER, env VARCHAR, recorded DOUBLE
+    );
+    CREATE TABLE logs (run_id VARCHAR, shard VARCHAR, worker VARCHAR, text VARCHAR, at DOUBLE);
+    """,
+]
+
+T = TypeVar("T")
+LOCK_WAIT = 60.0
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "lock" in text or "conflicting" in text or "being used by another process" in text
+
+
+class Catalog:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[Any]:
+        """A short connection, retried while another process holds the file."""
+        import duckdb
+
+        if read_only and not self.path.exists():
+            raise CatalogError("no runs recorded yet; start one with: bt run STRATEGY.py")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + LOCK_WAIT
+        delay = 0.005
+        while True:
+            try:
+                con = duckdb.connect(str(self.path), read_only=read_only)
+                break
+            except (duckdb.IOException, duckdb.ConnectionException) as exc:
+                if not _is_lock_error(exc) or time.monotonic() > deadline:
+                    raise CatalogError(f"cannot open the catalog {self.path}: {exc}") from exc
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 0.2)
+        try:
+            if not read_only:
+                self._migrate(con)
+            yield con
+        finally:
+            con.close()
+
+    def _migrate(self, con: Any) -> None:
+        con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER, applied DOUBLE)")
+        done = con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+        for version, sql in enumerate(MIGRATIONS[done:], start=done + 1):
+            con.execute("BEGIN")
+            con.execute(sql)
+            con.execute("INSERT INTO schema_migrations VALUES (?, ?)", [version, time.time()])
+            con.execute("COMMIT")
+
+    def _write(self, fn: Callable[[Any], T]) -> T:
+        with self.connect() as con:
+            con.execute("BEGIN")
+            try:
+                out = fn(con)
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+            return out
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self.connect(read_only=True) as con:
+            cur = con.execute(sql, list(params))
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+
+    # writing ------------------------------------------------------------------------------------
+    def create_run(self, run: dict[str, Any]) -> None:
+        cols = list(run)
+        sql = f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        self._write(lambda con: con.execute(sql, [run[c] for c in cols]))
+
+    def record(
+        self,
+        run_id: str,
+        tasks: Sequence[dict[str, Any]] = (),
+        results: Sequence[dict[str, Any]] = (),
+        logs: Sequence[dict[str, Any]] = (),
+        run_update: dict[str, Any] | None = None,
+    ) -> None:
+        """Append task outcomes, metric rows and logs, and update the run row, in one transaction."""
+        import pyarrow as pa
+
+        def go(con: Any) -> None:
+            if results:
+                res_tbl = pa.Table.from_pylist(list(results))  # noqa: F841 - read by DuckDB by name
+                con.execute("INSERT OR REPLACE INTO results BY NAME SELECT * FROM res_tbl")
+            if tasks:
+                task_tbl = pa.Table.from_pylist([{**t, "run_id": run_id} for t in tasks])  # noqa: F841
+                con.execute("INSERT INTO run_tasks BY NAME SELECT * FROM task_tbl")
+            if logs:
+                log_tbl = pa.Table.from_pylist([{**x, "run_id": run_id} for x in logs])  # noqa: F841
+                con.execute("INSERT INTO logs BY NAME SELECT * FROM log_tbl")
+            if run_update:
+                sets = ", ".join(f"{k} = ?" for k in run_update)
+                con.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", [*run_update.values(), run_id])
+
+        self._write(go)
+
+    def mark_stale_runs(self, alive: Callable[[int, str], bool]) -> None:
+        """Runs still 'running' whose coordinator is gone become 'interrupted'."""
+        if not self.path.exists():
+            return
+        rows = self._read("SELECT run_id, pid, host FROM runs WHERE status = 'running'")
+        dead = [r["run_id"] for r in rows if not alive(r["pid"], r["host"])]
+        if dead:
+            self._write(lambda con: con.executemany(
+                "UPDATE runs SET status = 'interrupted' WHERE run_id = ?", [[d] for d in dead]))
+
+    # reading ------------------------------------------------------------------------------------
+    def known_results(self, keys: Sequence[str]) -> set[str]:
+        if not keys or not self.path.exists():
+            return set()
+        import pyarrow as pa
+
+        with self.connect(read_only=True) as con:
+            want = pa.table({"key": list(keys)})  # noqa: F841
+            return {r[0] for r in con.execute("SELECT r.key FROM results r JOIN want USING (key)").fetchall()}
+
+    def runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return self._read("SELECT * FROM runs ORDER BY created DESC LIMIT ?", [limit])
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        rows = self._read("SELECT * FROM runs WHERE run_id = ?", [run_id]) if self.path.exists() else []
+        if rows:
+            return rows[0]
+        ids = [r["run_id"] for r in self.runs(1000)]
+        prefixed = [i for i in ids if i.startswith(run_id)]
+        if len(prefixed) == 1:
+            return self.run(prefixed[0])
+        hint = did_you_mean(run_id, ids) or (" Recent runs: " + ", ".join(ids[:3]) if ids else " No runs yet.")
+        raise CatalogError(f'unknown run "{run_id}".{hint} (bt runs lists them)')
+
+    def task_rows(self, run_id: str) -> list[dict[str, Any]]:
+        """Every recorded task of a run, with its metrics where it is done."""
+        metrics = ", ".join(f'r."{m}"' for m in METRICS)
+        return self._read(
+            f"""SELECT t.key, t.symbol, t.params, t.status, t.cached, t.attempts, t.error, t.worker,
+                       {metrics}, r.n_trades
+                FROM run_tasks t LEFT JOIN results r USING (key)
+                WHERE t.run_id = ? ORDER BY t.symbol, t.params""",
+            [run_id],
+        )
+
+    def failures(self, run_id: str) -> list[dict[str, Any]]:
+        return self._read(
+            "SELECT key, symbol, params, attempts, error, details, worker FROM run_tasks "
+            "WHERE run_id = ? AND status = 'failed' ORDER BY symbol, params",
+            [run_id],
+        )
+
+    def logs(self, run_id: str) -> list[dict[str, Any]]:
+        return self._read("SELECT shard, worker, text, at FROM logs WHERE run_id = ? ORDER BY at", [run_id])
+
+    # rebuilding ---------------------------------------------------------------------------------
+    def rebuild_results(self, rows: Sequence[dict[str, Any]]) -> int:
+        """Replace the ``results`` table with ``rows`` (read from the results store)."""
+        import pyarrow as pa
+
+        def go(con: Any) -> int:
+            con.execute("DELETE FROM results")
+            if rows:
+                tbl = pa.Table.from_pylist(list(rows))  # noqa: F841
+                con.execute("INSERT INTO results BY NAME SELECT * FROM tbl")
+            return len(rows)
+
+        return self._write(go)
+
+
+def result_row(header: dict[str, Any], metrics: dict[str, float], recorded: float) -> dict[str, Any]:
+    """A ``results`` table row from a result file's header and metrics."""
+    import math
+
+    row: dict[str, Any] = {
+        "key": header["key"],
+        "symbol": header["symbol"],
+        "params": json.dumps(header["params"], sort_keys=True),
+        "n_trades": header["n_trades"],
+        "env": json.dumps(header["env"], sort_keys=True),
+        "recorded": recorded,
+    }
+    for m in METRICS:
+        v = metrics.get(m)
+        row[m] = None if v is None or math.isnan(v) else v
+    return row

@@ -1,0 +1,164 @@
+"""The executor contract (STYLE 4, after Snakemake's ``executors/base.py``).
+
+An executor moves shards to workers and outcomes back. It knows nothing of the catalog, the
+results store or the terminal: the runner records what it reports and renders progress. Every
+executor passes the same contract tests (``tests/executors/contract.py``).
+
+The life of a run, from the runner's side::
+
+    ex = from_url("local://4", options)
+    ex.start(strategy)            # start workers; may return before they are up
+    ex.submit(shards)
+    while not ex.finished():
+        for event in ex.poll(0.2): ...
+    ex.close()                    # or ex.close(cancel=True) on Ctrl+C
+
+Rules an implementer must keep:
+
+- Every submitted shard ends in exactly one ``ShardFinished`` or ``ShardFailed``.
+- Each task key is reported done (``TaskDone``) at most once, even when a worker that was given
+  up for lost answers later: drop whatever a lost worker sends.
+- A shard whose worker dies, overruns ``timeout`` or stops sending heartbeats is retried
+  elsewhere with only its unreported tasks, up to ``max_attempts`` times; then ``ShardFailed``
+  carries every attempt's error.
+- A task whose strategy raised is reported by ``TaskFailed`` and not retried (it is
+  deterministic); the rest of its shard goes on.
+- ``close(cancel=True)`` kills every worker it started, locally or remotely: no orphans.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class StrategySource:
+    hash: str
+    source: str
+    filename: str
+    name: str
+
+
+@dataclass
+class Shard:
+    id: str
+    spec: dict[str, Any]
+    keys: list[str]
+
+    def partitions(self) -> list[tuple[str, str]]:
+        """(path relative to the data root, data sha256) of every partition the shard reads."""
+        return [(p, h) for p, h in self.spec["files"]]
+
+
+@dataclass(frozen=True)
+class ExecutorOptions:
+    data_root: Path
+    workers: int | None = None  # None: one per core
+    timeout: float | None = None  # wall seconds per shard attempt
+    max_memory: int | None = None  # bytes per worker (address space)
+    max_attempts: int = 3
+    heartbeat_timeout: float = 10.0
+    accept_new_hosts: bool = False
+
+
+# Events ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskDone:
+    shard: str
+    key: str
+    body: bytes
+    worker: str
+
+
+@dataclass(frozen=True)
+class TaskFailed:
+    shard: str
+    key: str
+    error: str
+    details: str
+    worker: str
+
+
+@dataclass(frozen=True)
+class ShardLog:
+    shard: str
+    text: str
+    worker: str
+
+
+@dataclass(frozen=True)
+class ShardFinished:
+    shard: str
+
+
+@dataclass(frozen=True)
+class ShardFailed:
+    shard: str
+    keys: list[str]  # the tasks that never got a result
+    errors: list[str]  # one per attempt
+
+
+@dataclass(frozen=True)
+class WorkerNote:
+    """Something the display or the logs should know: a worker lost, a host set aside."""
+
+    worker: str
+    message: str
+
+
+Event = TaskDone | TaskFailed | ShardLog | ShardFinished | ShardFailed | WorkerNote
+
+
+@dataclass
+class WorkerStatus:
+    label: str
+    host: str
+    state: str  # starting | idle | busy | lost | dead | set-aside
+    shards_done: int = 0
+    failures: int = 0
+    env: dict[str, Any] = field(default_factory=dict)
+
+
+class Executor(ABC):
+    scheme: ClassVar[str]
+
+    def __init__(self, options: ExecutorOptions) -> None:
+        self.options = options
+
+    @abstractmethod
+    def start(self, strategy: StrategySource) -> None:
+        """Start the workers; every worker must load ``strategy`` before it runs a shard."""
+
+    @abstractmethod
+    def submit(self, shards: list[Shard]) -> None:
+        """Queue shards; they are handed to workers as workers free up (pull-based)."""
+
+    @abstractmethod
+    def poll(self, timeout: float) -> list[Event]:
+        """Wait up to ``timeout`` seconds; return what happened since the last call."""
+
+    @abstractmethod
+    def finished(self) -> bool:
+        """True when every submitted shard has ended (finished or failed)."""
+
+    @abstractmethod
+    def status(self) -> list[WorkerStatus]:
+        """One entry per worker, for the live display."""
+
+    @abstractmethod
+    def close(self, *, cancel: bool = False) -> None:
+        """Stop every worker; ``cancel`` kills in-flight work at once. Idempotent."""
+
+    def describe(self) -> str:
+        return self.scheme + "://"
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(cancel=exc[0] is not None)

@@ -1,0 +1,364 @@
+"""A pool of worker processes reached through byte streams: what local and SSH executors share.
+
+Subclasses say how many worker slots there are and how to start one (``spawn``); the pool does
+the rest of the executor contract: pull-based dispatch, heartbeats, per-shard timeouts, retries
+of only the unreported tasks, backoff and setting aside of slots that keep failing, and dropping
+whatever a worker that was given up for lost sends later.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from abc import abstractmethod
+from collections import deque
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from backtest.executors.base import (
+    Event,
+    Executor,
+    Shard,
+    ShardFailed,
+    ShardFinished,
+    ShardLog,
+    StrategySource,
+    TaskDone,
+    TaskFailed,
+    WorkerNote,
+    WorkerStatus,
+)
+from backtest.protocol import ProtocolError, encode, read_frame
+
+STARTUP_TIMEOUT = 120.0
+MAX_SPAWN_FAILURES = 4
+
+
+class Channel:
+    """One running worker process and its stdin/stdout."""
+
+    stdin: IO[bytes]
+    stdout: IO[bytes]
+
+    @abstractmethod
+    def kill(self) -> None:
+        """Kill the worker process (and anything it started); must not raise."""
+
+    @abstractmethod
+    def describe_exit(self) -> str:
+        """Why the worker ended, e.g. 'killed by SIGKILL' plus the tail of its stderr."""
+
+    def send(self, data: bytes) -> None:
+        self.stdin.write(data)
+        self.stdin.flush()
+
+
+@dataclass
+class _Pending:
+    shard: Shard
+    remaining: list[str]
+    attempts: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def spec(self) -> dict[str, Any]:
+        """The shard's spec narrowed to the tasks that still have no outcome."""
+        left = set(self.remaining)
+        spec = dict(self.shard.spec)
+        groups = []
+        for g in spec["groups"]:
+            tasks = [t for t in g["tasks"] if t[0] in left]
+            if tasks:
+                groups.append({**g, "tasks": tasks})
+        spec["groups"] = groups
+        return spec
+
+
+@dataclass
+class _Slot:
+    label: str
+    host: str
+    channel: Channel | None = None
+    gen: int = 0
+    state: str = "starting"
+    job: _Pending | None = None
+    started: float = 0.0
+    last_seen: float = 0.0
+    shards_done: int = 0
+    failures: int = 0
+    spawn_failures: int = 0
+    next_spawn: float = 0.0
+    env: dict[str, Any] = field(default_factory=dict)
+
+
+class StreamPool(Executor):
+    def __init__(self, options: Any) -> None:
+        super().__init__(options)
+        self._q: queue.Queue[tuple[int, dict[str, Any] | None, Any]] = queue.Queue()
+        self._slots: list[_Slot] = []
+        self._pending: deque[_Pending] = deque()
+        self._open: dict[str, _Pending] = {}
+        self._done_keys: set[str] = set()
+        self._events: list[Event] = []
+        self._strategy: StrategySource | None = None
+        self._gen = 0
+        self._closed = False
+        self.exhausted: str | None = None
+
+    # what a transport provides ---------------------------------------------------------------
+    @abstractmethod
+    def slot_names(self) -> list[tuple[str, str]]:
+        """(label, host) per worker slot."""
+
+    @abstractmethod
+    def spawn(self, label: str, host: str) -> Channel:
+        """Start one worker process; raise ExecutorError if it cannot be started."""
+
+    def on_slot_failure(self, slot: _Slot, reason: str) -> None:
+        """Hook for transports that track host health (SSH backoff); the default does nothing."""
+
+    # the contract ------------------------------------------------------------------------------
+    def start(self, strategy: StrategySource) -> None:
+        self._strategy = strategy
+        self._slots = [_Slot(label, host) for label, host in self.slot_names()]
+        for slot in self._slots:
+            self._spawn(slot)
+
+    def submit(self, shards: list[Shard]) -> None:
+        for shard in shards:
+            p = _Pending(shard, list(shard.keys))
+            self._open[shard.id] = p
+            self._pending.append(p)
+        self._dispatch()
+
+    def finished(self) -> bool:
+        return not self._open or self.exhausted is not None
+
+    def status(self) -> list[WorkerStatus]:
+        return [
+            WorkerStatus(s.label, s.host, s.state, s.shards_done, s.failures, s.env) for s in self._slots
+        ]
+
+    def poll(self, timeout: float) -> list[Event]:
+        self._maintain()
+        deadline = time.monotonic() + timeout
+        while not self._events:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                item = self._q.get(timeout=min(left, 0.25))
+            except queue.Empty:
+                self._maintain()
+                continue
+            self._handle(*item)
+            while True:
+                try:
+                    self._handle(*self._q.get_nowait())
+                except queue.Empty:
+                    break
+            self._maintain()
+        events, self._events = self._events, []
+        return events
+
+    def close(self, *, cancel: bool = False) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for slot in self._slots:
+            ch = slot.channel
+            if ch is None:
+                continue
+            if not cancel and slot.state in ("idle", "starting"):
+                try:
+                    ch.send(encode({"t": "stop"}))
+                except (OSError, ValueError):
+                    pass
+            self._retire(slot)
+
+    # internals ----------------------------------------------------------------------------------
+    def _spawn(self, slot: _Slot) -> None:
+        self._gen += 1
+        slot.gen = self._gen
+        slot.state = "starting"
+        slot.started = slot.last_seen = time.monotonic()
+        try:
+            ch = self.spawn(slot.label, slot.host)
+        except Exception as exc:  # a transport error: count it like a death before hello
+            slot.channel = None
+            self._slot_failed(slot, f"could not start a worker: {exc}")
+            return
+        slot.channel = ch
+        gen = slot.gen
+        threading.Thread(target=self._reader, args=(gen, ch), daemon=True, name=f"bt-read-{slot.label}").start()
+
+    def _reader(self, gen: int, ch: Channel) -> None:
+        try:
+            while True:
+                frame = read_frame(ch.stdout)
+                if frame is None:
+                    self._q.put((gen, None, "its output ended"))
+                    return
+                self._q.put((gen, frame[0], frame[1]))
+        except (ProtocolError, OSError, ValueError) as exc:
+            self._q.put((gen, None, f"its output broke ({exc})"))
+
+    def _slot_of(self, gen: int) -> _Slot | None:
+        for s in self._slots:
+            if s.gen == gen and s.channel is not None:
+                return s
+        return None
+
+    def _handle(self, gen: int, msg: dict[str, Any] | None, body: Any) -> None:
+        slot = self._slot_of(gen)
+        if slot is None:
+            return  # a worker given up for lost: whatever it says now is dropped
+        slot.last_seen = time.monotonic()
+        if msg is None:
+            assert slot.channel is not None
+            reason = f"worker died: {slot.channel.describe_exit()}"
+            self._lose(slot, reason)
+            return
+        kind = msg["t"]
+        job = slot.job
+        if kind == "hb":
+            return
+        if kind == "hello":
+            slot.env = {k: v for k, v in msg.items() if k != "t"}
+            assert self._strategy is not None and slot.channel is not None
+            s = self._strategy
+            try:
+                slot.channel.send(encode({"t": "strategy", "hash": s.hash, "source": s.source,
+                                          "filename": s.filename, "name": s.name}))
+            except (OSError, ValueError):
+                self._lose(slot, "worker closed its input")
+                return
+            slot.state = "idle"
+            slot.spawn_failures = 0
+            self._dispatch()
+        elif kind == "fatal":
+            self._events.append(WorkerNote(slot.label, f"worker cannot load the strategy: {msg['error']}"))
+            self._set_aside(slot, msg["error"])
+        elif job is None:
+            return
+        elif kind == "result":
+            key = msg["key"]
+            if key in job.remaining:
+                job.remaining.remove(key)
+                if key not in self._done_keys:
+                    self._done_keys.add(key)
+                    self._events.append(TaskDone(job.shard.id, key, body, slot.label))
+        elif kind == "task_error":
+            key = msg["key"]
+            if key in job.remaining:
+                job.remaining.remove(key)
+                self._events.append(TaskFailed(job.shard.id, key, msg["error"], msg.get("details", ""), slot.label))
+        elif kind == "log":
+            self._events.append(ShardLog(job.shard.id, msg["text"], slot.label))
+        elif kind == "shard_done":
+            slot.job = None
+            slot.state = "idle"
+            slot.shards_done += 1
+            if job.remaining:
+                self._attempt_failed(job, slot, f"worker ended the shard without {len(job.remaining)} results")
+            else:
+                self._close_shard(job)
+                self._events.append(ShardFinished(job.shard.id))
+            self._dispatch()
+        elif kind == "shard_error":
+            slot.job = None
+            slot.state = "idle"
+            self._attempt_failed(job, slot, msg["error"])
+            self._dispatch()
+
+    def _close_shard(self, job: _Pending) -> None:
+        self._open.pop(job.shard.id, None)
+
+    def _attempt_failed(self, job: _Pending, slot: _Slot, reason: str) -> None:
+        job.attempts += 1
+        job.errors.append(f"attempt {job.attempts} on {slot.label}: {reason}")
+        slot.failures += 1
+        if job.attempts >= self.options.max_attempts or not job.remaining:
+            self._close_shard(job)
+            if job.remaining:
+                self._events.append(ShardFailed(job.shard.id, list(job.remaining), list(job.errors)))
+            else:
+                self._events.append(ShardFinished(job.shard.id))
+        else:
+            self._pending.appendleft(job)
+
+    def _retire(self, slot: _Slot) -> None:
+        ch, slot.channel = slot.channel, None
+        self._gen += 1
+        slot.gen = -self._gen  # frames still queued from the old process are dropped
+        if ch is not None:
+            ch.kill()
+
+    def _lose(self, slot: _Slot, reason: str) -> None:
+        """The worker is gone or given up for lost: requeue its shard, then restart the slot."""
+        job, slot.job = slot.job, None
+        was_starting = slot.state == "starting"
+        self._retire(slot)
+        self._events.append(WorkerNote(slot.label, reason))
+        if job is not None:
+            self._attempt_failed(job, slot, reason)
+        if was_starting:
+            self._slot_failed(slot, reason)
+        else:
+            self.on_slot_failure(slot, reason)
+            slot.state = "lost"
+            slot.next_spawn = time.monotonic()
+        self._dispatch()
+
+    def _slot_failed(self, slot: _Slot, reason: str) -> None:
+        slot.spawn_failures += 1
+        self.on_slot_failure(slot, reason)
+        if slot.spawn_failures >= MAX_SPAWN_FAILURES:
+            self._set_aside(slot, reason)
+            return
+        slot.state = "lost"
+        slot.next_spawn = time.monotonic() + min(30.0, 0.5 * 2 ** (slot.spawn_failures - 1))
+
+    def _set_aside(self, slot: _Slot, reason: str) -> None:
+        job, slot.job = slot.job, None
+        self._retire(slot)
+        slot.state = "set-aside"
+        self._events.append(WorkerNote(slot.label, f"set aside after repeated failures: {reason}"))
+        if job is not None:
+            self._pending.appendleft(job)
+        if all(s.state == "set-aside" for s in self._slots) and self._open:
+            self.exhausted = f"every worker failed; last error: {reason}"
+
+    def _maintain(self) -> None:
+        now = time.monotonic()
+        for slot in self._slots:
+            if slot.state == "lost" and now >= slot.next_spawn and not self._closed:
+                self._spawn(slot)
+            elif slot.channel is None:
+                continue
+            elif slot.state == "starting" and now - slot.started > STARTUP_TIMEOUT:
+                self._lose(slot, f"worker did not start within {STARTUP_TIMEOUT:.0f} s")
+            elif slot.state in ("idle", "busy") and now - slot.last_seen > self.options.heartbeat_timeout:
+                self._lose(slot, f"worker stopped answering (no heartbeat for {now - slot.last_seen:.0f} s)")
+            elif (
+                slot.state == "busy"
+                and self.options.timeout is not None
+                and now - slot.started > self.options.timeout
+            ):
+                self._lose(slot, f"shard timed out after {self.options.timeout:g} s (--timeout)")
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        for slot in self._slots:
+            if not self._pending:
+                return
+            if slot.state != "idle" or slot.channel is None:
+                continue
+            job = self._pending.popleft()
+            slot.job = job
+            slot.state = "busy"
+            slot.started = time.monotonic()
+            try:
+                slot.channel.send(encode({"t": "shard", "shard": job.spec()}))
+            except (OSError, ValueError):
+                self._lose(slot, "worker closed its input")

@@ -1,0 +1,165 @@
+"""Planning: a job becomes tasks with content keys, and tasks become shards. Pure: no I/O.
+
+The runner resolves which partitions each (symbol, warm-up) needs and which keys already have
+results, and hands them in; this module only computes.
+
+Task key (DESIGN §4) = sha256 of the canonical JSON of: engine version, strategy source hash and
+class, parameters, symbol, the content hashes of the partitions the task reads, the date range,
+the warm-up in bars and the execution settings. Nothing random, nothing machine-specific.
+
+Shards group one symbol's tasks (one data load; tasks with the same warm-up share indicators) and
+are sized so that there are at least ``4 × workers`` of them when the job allows (load balance),
+but a symbol is only split when there are fewer symbols than that.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from backtest import ENGINE_VERSION
+from backtest.errors import UsageError
+from backtest.executors.base import Shard, StrategySource
+from backtest.hashing import token
+
+OPEN_START = 0
+OPEN_END = 2**63 - 1
+SHARDS_PER_WORKER = 4
+
+PartsFor = Mapping[tuple[str, int], Sequence[tuple[str, str]]]
+"""(symbol, warm-up bars) → [(partition path relative to the data root, data sha256), ...]."""
+
+
+@dataclass(frozen=True)
+class Job:
+    strategy: StrategySource
+    params_list: list[dict[str, Any]]
+    warmups: list[int]  # one per params entry
+    symbols: list[str]
+    start_ns: int
+    end_ns: int
+    settings: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Task:
+    key: str
+    symbol: str
+    params: dict[str, Any]
+    warmup: int
+
+
+def _parse_date(text: str, end: bool, flag: str) -> int:
+    text = text.strip()
+    try:
+        if re.fullmatch(r"\d{4}", text):
+            year = int(text)
+            day = dt.datetime(year + 1 if end else year, 1, 1, tzinfo=dt.UTC)
+        elif re.fullmatch(r"\d{4}-\d{2}", text):
+            y, m = map(int, text.split("-"))
+            day = dt.datetime(y, m, 1, tzinfo=dt.UTC)
+            if end:
+                day = dt.datetime(y + (m == 12), m % 12 + 1, 1, tzinfo=dt.UTC)
+        elif re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            day = dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC)
+            if end:
+                day += dt.timedelta(days=1)
+        else:
+            stamp = dt.datetime.fromisoformat(text)
+            stamp = stamp.replace(tzinfo=dt.UTC) if stamp.tzinfo is None else stamp.astimezone(dt.UTC)
+            return int(stamp.timestamp()) * 1_000_000_000 + stamp.microsecond * 1000
+    except ValueError as exc:
+        raise UsageError(f'{flag} "{text}" is not a date; use a year (2020), a month (2020-03) or a day (2020-03-15)') from exc
+    ns = int(day.timestamp()) * 1_000_000_000
+    return ns - 1 if end else ns
+
+
+def parse_range(start: str | None, end: str | None) -> tuple[int, int]:
+    """``--from 2020 --to 2024`` → [2020-01-01, 2024-12-31 end of day] in UTC ns; open ends allowed."""
+    s = _parse_date(start, False, "--from") if start else OPEN_START
+    e = _parse_date(end, True, "--to") if end else OPEN_END
+    if s > e:
+        raise UsageError(f"--from {start} is after --to {end}; swap them")
+    return s, e
+
+
+def task_key(job: Job, symbol: str, params: dict[str, Any], warmup: int, hashes: Sequence[str]) -> str:
+    try:
+        return token(
+            {
+                "engine": ENGINE_VERSION,
+                "strategy": {"hash": job.strategy.hash, "class": job.strategy.name},
+                "params": params,
+                "symbol": symbol,
+                "partitions": list(hashes),
+                "from": job.start_ns,
+                "to": job.end_ns,
+                "warmup": warmup,
+                "settings": job.settings,
+            }
+        )
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"parameters {params} cannot be hashed canonically ({exc}); use plain numbers, booleans or strings") from exc
+
+
+def make_tasks(job: Job, parts: PartsFor) -> list[Task]:
+    """Every task of the job, symbol by symbol, in grid order; symbols without parts are left out."""
+    tasks = []
+    for symbol in job.symbols:
+        for params, warmup in zip(job.params_list, job.warmups, strict=True):
+            files = parts.get((symbol, warmup))
+            if not files:
+                continue
+            key = task_key(job, symbol, params, warmup, [h for _, h in files])
+            tasks.append(Task(key, symbol, params, warmup))
+    return tasks
+
+
+def make_shards(job: Job, tasks: Sequence[Task], parts: PartsFor, workers: int) -> list[Shard]:
+    """Group ``tasks`` (those still to compute) into shards, largest symbols first."""
+    by_symbol: dict[str, list[Task]] = {}
+    for t in tasks:
+        by_symbol.setdefault(t.symbol, []).append(t)
+    if not by_symbol:
+        return []
+    target = SHARDS_PER_WORKER * max(1, workers)
+    chunks_per_symbol = max(1, math.ceil(target / len(by_symbol)))
+    shards = []
+    for symbol, ts in by_symbol.items():
+        ts = sorted(ts, key=lambda t: t.warmup)  # stable: grid order within a warm-up
+        size = max(1, math.ceil(len(ts) / chunks_per_symbol))
+        for i in range(0, len(ts), size):
+            shards.append(_shard(job, symbol, ts[i : i + size], parts))
+    shards.sort(key=lambda s: -len(s.keys))
+    return shards
+
+
+def _shard(job: Job, symbol: str, tasks: Sequence[Task], parts: PartsFor) -> Shard:
+    groups: dict[int, list[Task]] = {}
+    for t in tasks:
+        groups.setdefault(t.warmup, []).append(t)
+    widest = max(groups)
+    files = [[p, h] for p, h in parts[(symbol, widest)]]
+    keys = [t.key for t in tasks]
+    spec = {
+        "id": token(keys)[:16],
+        "symbol": symbol,
+        "strategy": job.strategy.hash,
+        "start_ns": job.start_ns,
+        "end_ns": job.end_ns,
+        "settings": job.settings,
+        "files": files,
+        "groups": [
+            {
+                "warmup": w,
+                "parts": [h for _, h in parts[(symbol, w)]],
+                "tasks": [[t.key, t.params] for t in gtasks],
+            }
+            for w, gtasks in sorted(groups.items())
+        ],
+    }
+    return Shard(spec["id"], spec, keys)

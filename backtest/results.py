@@ -1,0 +1,192 @@
+"""The content-addressed results store: one file per task, named by the task key.
+
+A result file is made by the worker (on any host) and written whole by the coordinator::
+
+    b"BTRES1" | u32 header length | canonical JSON header | float64 metrics | trades | sha256
+
+The header holds the key, symbol, params, metric names, trade count and dtype, the codec of the
+trades block and the environment versions (python, numpy, numba, bt) — nothing host- or
+time-specific, so the same task gives the same bytes anywhere. The trailing sha256 covers all
+that precedes it: a torn or damaged file is detected on read. Trades are stored raw (a trade is
+~90 bytes); equity curves are not stored: they are re-derived on demand by re-running the task,
+which is deterministic (see ``bt verify``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backtest.errors import ResultError
+from backtest.hashing import canonical_json
+
+MAGIC = b"BTRES1"
+_U32 = struct.Struct(">I")
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    key: str
+    symbol: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    trades: np.ndarray
+    env: dict[str, str]
+
+
+def environment() -> dict[str, str]:
+    """The versions that decide a result's bits (the host name is recorded in the catalog instead)."""
+    import platform
+
+    import numba
+
+    from backtest import ENGINE_VERSION, __version__
+
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "bt": __version__,
+        "engine": ENGINE_VERSION,
+        "machine": platform.machine(),
+    }
+
+
+def encode(
+    key: str,
+    symbol: str,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    trades: np.ndarray,
+    env: dict[str, str],
+) -> bytes:
+    names = list(metrics)
+    header = {
+        "key": key,
+        "symbol": symbol,
+        "params": params,
+        "metric_names": names,
+        "n_trades": int(trades.shape[0]),
+        "trade_dtype": [[name, trades.dtype[name].str] for name in trades.dtype.names or ()],
+        "env": env,
+    }
+    head = canonical_json(header).encode("utf-8")
+    values = np.array([metrics[n] for n in names], dtype="<f8").tobytes()
+    payload = b"".join((MAGIC, _U32.pack(len(head)), head, values, np.ascontiguousarray(trades).tobytes()))
+    return payload + hashlib.sha256(payload).digest()
+
+
+def decode(data: bytes, where: str = "result") -> ResultRecord:
+    if len(data) < len(MAGIC) + 4 + 32 or not data.startswith(MAGIC):
+        raise ResultError(f"{where} is not a bt result file; delete it and rerun to recompute it")
+    payload, digest = data[:-32], data[-32:]
+    if hashlib.sha256(payload).digest() != digest:
+        raise ResultError(f"{where} is damaged (checksum mismatch); delete it and rerun to recompute it")
+    (hlen,) = _U32.unpack_from(payload, len(MAGIC))
+    pos = len(MAGIC) + 4
+    header = json.loads(payload[pos : pos + hlen])
+    pos += hlen
+    names = header["metric_names"]
+    values = np.frombuffer(payload, dtype="<f8", count=len(names), offset=pos)
+    pos += 8 * len(names)
+    dtype = np.dtype([(n, s) for n, s in header["trade_dtype"]])
+    trades = np.frombuffer(payload, dtype=dtype, count=header["n_trades"], offset=pos).copy()
+    return ResultRecord(
+        key=header["key"],
+        symbol=header["symbol"],
+        params=header["params"],
+        metrics={n: float(v) for n, v in zip(names, values, strict=True)},
+        trades=trades,
+        env=header["env"],
+    )
+
+
+def decode_metrics(data: bytes) -> tuple[dict[str, Any], dict[str, float]]:
+    """Header and metrics only (no trades copy, no checksum): for fast catalog indexing."""
+    (hlen,) = _U32.unpack_from(data, len(MAGIC))
+    pos = len(MAGIC) + 4
+    header = json.loads(data[pos : pos + hlen])
+    names = header["metric_names"]
+    values = np.frombuffer(data, dtype="<f8", count=len(names), offset=pos + hlen)
+    return header, dict(zip(names, values.tolist(), strict=True))
+
+
+class ResultStore:
+    """``<root>/results/<key[:2]>/<key>.res``; a file that exists is complete (STYLE 9)."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = Path(root) / "results"
+
+    def path(self, key: str) -> Path:
+        return self.dir / key[:2] / f"{key}.res"
+
+    def has(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def existing(self, keys: Iterable[str]) -> set[str]:
+        """The subset of ``keys`` already stored (one directory listing per prefix)."""
+        by_prefix: dict[str, list[str]] = {}
+        for k in keys:
+            by_prefix.setdefault(k[:2], []).append(k)
+        found: set[str] = set()
+        for prefix, ks in by_prefix.items():
+            try:
+                names = set(os.listdir(self.dir / prefix))
+            except FileNotFoundError:
+                continue
+            found.update(k for k in ks if f"{k}.res" in names)
+        return found
+
+    def write(self, key: str, data: bytes) -> Path:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.atomic_write(path, data)
+        return path
+
+    @staticmethod
+    def atomic_write(path: Path, data: bytes) -> None:
+        """Write to a temporary name in the same directory, then rename: the file appears whole."""
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".res")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self.path(key).read_bytes()
+        except FileNotFoundError as exc:
+            raise ResultError(f"no stored result for task {key[:12]}; rerun the job to compute it") from exc
+
+    def read(self, key: str) -> ResultRecord:
+        return decode(self.read_bytes(key), where=f"result {key[:12]}")
+
+    def keys(self) -> list[str]:
+        if not self.dir.is_dir():
+            return []
+        out = []
+        for sub in sorted(self.dir.iterdir()):
+            if sub.is_dir():
+                out.extend(p.name[:-4] for p in sorted(sub.glob("*.res")))
+        return out
+
+    def remove(self, key: str) -> None:
+        try:
+            self.path(key).unlink()
+        except FileNotFoundError:
+            pass

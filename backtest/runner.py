@@ -1,0 +1,425 @@
+"""Orchestration of one `bt run`: load, resolve, plan, execute, record.
+
+Everything that can be wrong with the input is found in ``prepare`` — before a run is recorded or
+a worker started. ``execute`` then records the run, streams outcomes from the executor into the
+results store (the source of truth, written first) and the catalog (flushed in short batches),
+and ends the run as done, failed or interrupted. Killed at any point, it leaves complete result
+files only; the next run of the same job finds them and computes only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backtest import paths
+from backtest.errors import BtError, DataError, PlanError, UsageError
+from backtest.executors.base import (
+    Executor,
+    ExecutorOptions,
+    Shard,
+    ShardFailed,
+    ShardFinished,
+    ShardLog,
+    StrategySource,
+    TaskDone,
+    TaskFailed,
+    WorkerNote,
+    WorkerStatus,
+)
+from backtest.plan import Job, Task, make_shards, make_tasks, parse_range
+
+FLUSH_SECONDS = 0.5
+
+
+@dataclass
+class RunRequest:
+    strategy: Path
+    strategy_name: str | None = None
+    start: str | None = None
+    end: str | None = None
+    symbols: list[str] | None = None
+    universe: Path | None = None
+    params: list[str] = field(default_factory=list)
+    executor: str | None = None
+    hosts: Path | None = None
+    workers: int | None = None
+    timeout: float | None = None
+    max_memory: int | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    force: bool = False
+    accept_new_hosts: bool = False
+
+
+@dataclass
+class Prepared:
+    request: RunRequest
+    job: Job
+    tasks: list[Task]
+    cached: list[Task]
+    shards: list[Shard]
+    skipped_symbols: list[str]
+    executor_url: str
+    root: Path
+    parts: dict[tuple[str, int], list[tuple[str, str]]]
+
+
+@dataclass
+class Progress:
+    run_id: str
+    total: int
+    cached: int
+    computed: int = 0
+    failed: int = 0
+    started: float = field(default_factory=time.monotonic)
+    workers: list[WorkerStatus] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        return self.cached + self.computed + self.failed
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    status: str  # done | failed | interrupted
+    tasks: int
+    computed: int
+    cached: int
+    failed: int
+    seconds: float
+    message: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        return {"done": 0, "failed": 1, "interrupted": 130}[self.status]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "status": self.status, "tasks": self.tasks, "computed": self.computed,
+                "cached": self.cached, "failed": self.failed, "seconds": round(self.seconds, 3)}
+
+
+def _symbols(req: RunRequest, store: Any) -> list[str]:
+    if req.symbols and req.universe:
+        raise UsageError("give either --symbols or --universe, not both")
+    if req.universe:
+        try:
+            text = req.universe.read_text()
+        except OSError as exc:
+            raise UsageError(f"cannot read the universe file {req.universe}: {exc.strerror}") from exc
+        syms = [s.strip().upper() for line in text.splitlines() for s in line.split("#")[0].replace(",", " ").split()]
+        if not syms:
+            raise UsageError(f"the universe file {req.universe} lists no symbols; put one symbol per line")
+        return list(dict.fromkeys(syms))
+    if req.symbols:
+        syms = [s.strip().upper() for s in req.symbols if s.strip()]
+        if not syms:
+            raise UsageError("--symbols is empty; give symbols like --symbols AAPL,MSFT")
+        return list(dict.fromkeys(syms))
+    syms = store.symbols()
+    if not syms:
+        raise PlanError("the data store is empty; import data with `bt data import FILE` or try `bt data demo`")
+    return list(syms)
+
+
+def executor_url(req: RunRequest) -> str:
+    if req.hosts and req.executor:
+        raise UsageError("give either --hosts or --executor, not both")
+    if req.hosts:
+        return f"ssh://@{req.hosts}"
+    if req.executor:
+        return req.executor
+    if req.workers is not None:
+        if req.workers < 1:
+            raise UsageError("--workers must be at least 1")
+        return f"local://{req.workers}"
+    return "local://"
+
+
+def load_source(path: Path, name: str | None) -> tuple[Any, StrategySource]:
+    from backtest.strategy import load_strategy
+
+    cls = load_strategy(path, name)
+    return cls, StrategySource(cls.__bt_source_hash__, cls.__bt_source__, Path(cls.__bt_filename__).name, cls.__name__)
+
+
+def prepare(req: RunRequest, root: Path | None = None) -> Prepared:
+    """Check everything and plan; raises a BtError (exit 2) on bad input, records nothing."""
+    from backtest.data import Store
+    from backtest.engine import SimSettings
+    from backtest.results import ResultStore
+    from backtest.strategy import expand_grid, parse_param_specs, warmup_bars
+
+    root = root or paths.root()
+    url = executor_url(req)
+    from backtest.executors import SCHEMES
+
+    if url.partition("://")[0] not in SCHEMES:
+        from backtest.executors import from_url
+
+        from_url(url, ExecutorOptions(data_root=root))  # raises the "unknown scheme" error
+    cls, source = load_source(req.strategy, req.strategy_name)
+    overrides = parse_param_specs(cls, req.params)
+    params_list = expand_grid(cls, overrides)
+    warmups = [int(warmup_bars(cls, p)) for p in params_list]
+    settings = SimSettings(**req.settings).to_dict()
+    start_ns, end_ns = parse_range(req.start, req.end)
+    store = Store(root)
+    symbols = _symbols(req, store)
+    for s in symbols:
+        store.partitions(s)  # unknown symbol → DataError with a suggestion
+    parts: dict[tuple[str, int], list[tuple[str, str]]] = {}
+    skipped: list[str] = []
+    first_error: DataError | None = None
+    for s in symbols:
+        for w in sorted(set(warmups)):
+            try:
+                found = store.resolve(s, start_ns, end_ns, w)
+            except DataError as exc:
+                first_error = first_error or exc
+                skipped.append(s)
+                break
+            parts[(s, w)] = [(p.path, p.sha256) for p in found]
+    if len(skipped) == len(symbols):
+        raise PlanError(str(first_error) if len(symbols) == 1 else
+                        f"no data in the date range for any of the {len(symbols)} symbols ({first_error})")
+    job = Job(source, params_list, warmups, [s for s in symbols if s not in skipped], start_ns, end_ns, settings)
+    tasks = make_tasks(job, parts)
+    results = ResultStore(root)
+    have = set() if req.force else results.existing([t.key for t in tasks])
+    todo = [t for t in tasks if t.key not in have]
+    cached = [t for t in tasks if t.key in have]
+    workers = _worker_count(url)
+    shards = make_shards(job, todo, parts, workers)
+    return Prepared(req, job, tasks, cached, shards, skipped, url, root, parts)
+
+
+def _worker_count(url: str) -> int:
+    scheme, _, rest = url.partition("://")
+    if scheme == "local":
+        from backtest.executors.local import cores
+
+        return int(rest) if rest.isdigit() else cores()
+    if scheme == "inline":
+        return 1
+    return 8  # remote farms: planned for several workers; shards are handed out as they free up
+
+
+def new_run_id(job: Job) -> str:
+    from backtest.hashing import token
+
+    stem = "".join(c if c.isalnum() else "-" for c in Path(job.strategy.filename).stem.lower()).strip("-")
+    return f"{stem[:24] or 'run'}-{token([job.strategy.hash, time.time_ns(), os.getpid()])[:6]}"
+
+
+def _pid_alive(pid: int | None, host: str | None) -> bool:
+    if host != socket.gethostname() or not pid:
+        return True  # another machine's coordinator: cannot tell, leave it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+OnProgress = Callable[[Progress], None]
+
+
+def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Executor | None = None) -> RunSummary:
+    """Record the run, compute what is missing, record every outcome; never raises on task failures."""
+    from backtest.catalog import Catalog, result_row
+    from backtest.executors import from_url
+    from backtest.results import ResultStore, decode_metrics
+
+    t0 = time.monotonic()
+    req, job = prep.request, prep.job
+    catalog = Catalog(prep.root / "catalog.duckdb")
+    store = ResultStore(prep.root)
+    run_id = new_run_id(job)
+    progress = Progress(run_id, total=len(prep.tasks), cached=len(prep.cached))
+    catalog.mark_stale_runs(_pid_alive)
+    save_source(prep.root, job.strategy)
+    catalog.create_run({
+        "run_id": run_id, "created": time.time(), "strategy": job.strategy.name,
+        "strategy_file": str(req.strategy), "code_hash": job.strategy.hash,
+        "job": json.dumps({"symbols": job.symbols, "params": job.params_list, "warmups": job.warmups,
+                           "start_ns": job.start_ns, "end_ns": job.end_ns,
+                           "parts": [[s, w, files] for (s, w), files in prep.parts.items()]}),
+        "settings": json.dumps(job.settings, sort_keys=True), "executor": prep.executor_url,
+        "status": "running", "tasks": len(prep.tasks), "computed": 0, "cached": len(prep.cached), "failed": 0,
+        "pid": os.getpid(), "host": socket.gethostname(),
+        "data_hashes": json.dumps(sorted({h for s in prep.shards for _, h in s.spec["files"]})),
+    })
+    by_key = {t.key: t for t in prep.tasks}
+    now = time.time()
+    task_rows: list[dict[str, Any]] = [_task_row(t, "done", True, 0, None, None, None, now) for t in prep.cached]
+    result_rows: list[dict[str, Any]] = []
+    # cached results the catalog does not index yet (e.g. after a catalog was deleted) are indexed now
+    known = catalog.known_results([t.key for t in prep.cached])
+    for t in prep.cached:
+        if t.key not in known:
+            header, metrics = decode_metrics(store.read_bytes(t.key))
+            result_rows.append(result_row(header, metrics, now))
+    log_rows: list[dict[str, Any]] = []
+    attempts: dict[str, int] = {}
+    status = "done"
+    message = ""
+    ex = executor
+    last_flush = time.monotonic()
+
+    def flush(update: dict[str, Any] | None = None) -> None:
+        nonlocal task_rows, result_rows, log_rows, last_flush
+        catalog.record(run_id, task_rows, result_rows, log_rows, update)
+        task_rows, result_rows, log_rows = [], [], []
+        last_flush = time.monotonic()
+
+    try:
+        if prep.shards:
+            if ex is None:
+                ex = from_url(prep.executor_url, ExecutorOptions(
+                    data_root=prep.root, workers=req.workers, timeout=req.timeout, max_memory=req.max_memory,
+                    accept_new_hosts=req.accept_new_hosts))
+            ex.start(job.strategy)
+            ex.submit(prep.shards)
+            while not ex.finished():
+                for ev in ex.poll(0.1):
+                    now = time.time()
+                    if isinstance(ev, TaskDone):
+                        store.write(ev.key, ev.body)
+                        header, metrics = decode_metrics(ev.body)
+                        result_rows.append(result_row(header, metrics, now))
+                        task_rows.append(_task_row(by_key[ev.key], "done", False, attempts.get(ev.shard, 0) + 1,
+                                                   None, None, ev.worker, now))
+                        progress.computed += 1
+                    elif isinstance(ev, TaskFailed):
+                        task_rows.append(_task_row(by_key[ev.key], "failed", False, attempts.get(ev.shard, 0) + 1,
+                                                   ev.error, ev.details, ev.worker, now))
+                        progress.failed += 1
+                    elif isinstance(ev, ShardFailed):
+                        detail = "\n".join(ev.errors)
+                        for k in ev.keys:
+                            task_rows.append(_task_row(by_key[k], "failed", False, len(ev.errors),
+                                                       ev.errors[-1], detail, None, now))
+                        progress.failed += len(ev.keys)
+                    elif isinstance(ev, ShardLog):
+                        log_rows.append({"shard": ev.shard, "worker": ev.worker, "text": ev.text, "at": now})
+                    elif isinstance(ev, WorkerNote):
+                        progress.notes.append(f"{ev.worker}: {ev.message}")
+                        log_rows.append({"shard": None, "worker": ev.worker, "text": ev.message, "at": now})
+                    elif isinstance(ev, ShardFinished):
+                        pass
+                progress.workers = ex.status()
+                if on_progress:
+                    on_progress(progress)
+                if time.monotonic() - last_flush > FLUSH_SECONDS:
+                    flush()
+            exhausted = getattr(ex, "exhausted", None)
+            if exhausted:
+                status, message = "interrupted", exhausted
+    except KeyboardInterrupt:
+        status, message = "interrupted", "interrupted by Ctrl+C"
+    finally:
+        if ex is not None:
+            ex.close(cancel=status != "done")
+    if status == "done" and progress.failed:
+        status = "failed"
+    seconds = time.monotonic() - t0
+    summary = RunSummary(run_id, status, len(prep.tasks), progress.computed, progress.cached, progress.failed,
+                         seconds, message)
+    flush({"status": status, "finished": time.time(), "computed": summary.computed, "failed": summary.failed,
+           "seconds": seconds})
+    if on_progress:
+        on_progress(progress)
+    return summary
+
+
+def _task_row(t: Task, status: str, cached: bool, attempts: int, error: str | None, details: str | None,
+              worker: str | None, at: float) -> dict[str, Any]:
+    return {"key": t.key, "symbol": t.symbol, "params": json.dumps(t.params, sort_keys=True), "status": status,
+            "cached": cached, "attempts": attempts, "error": error, "details": details, "worker": worker, "at": at}
+
+
+def run(req: RunRequest, on_progress: OnProgress | None = None) -> RunSummary:
+    return execute(prepare(req), on_progress)
+
+
+def save_source(root: Path, source: StrategySource) -> None:
+    """Keep the exact strategy source of every run by hash, so `bt verify` can rerun it later."""
+    from backtest.results import ResultStore
+
+    path = root / "strategies" / f"{source.hash}.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ResultStore.atomic_write(path, json.dumps(source.__dict__).encode())
+
+
+def load_saved_source(root: Path, code_hash: str) -> StrategySource:
+    path = root / "strategies" / f"{code_hash}.json"
+    try:
+        return StrategySource(**json.loads(path.read_text()))
+    except FileNotFoundError as exc:
+        raise BtError(f"the strategy source of this run ({code_hash[:12]}) is not stored; rerun the job") from exc
+
+
+@dataclass
+class VerifyReport:
+    run_id: str
+    checked: int
+    mismatched: list[str]
+    missing: list[str]
+
+
+def verify(run_id: str, sample: int | None = None, seed: int = 0, root: Path | None = None) -> VerifyReport:
+    """Recompute (a sample of) a run's done tasks in this process and compare bytes with the store."""
+    import random
+
+    from backtest.catalog import Catalog
+    from backtest.executors.base import ExecutorOptions
+    from backtest.executors.inline import InlineExecutor
+    from backtest.plan import _shard
+    from backtest.results import ResultStore
+
+    root = root or paths.root()
+    catalog = Catalog(root / "catalog.duckdb")
+    run = catalog.run(run_id)
+    spec = json.loads(run["job"])
+    source = load_saved_source(root, run["code_hash"])
+    parts = {(s, w): [tuple(f) for f in files] for s, w, files in spec["parts"]}
+    job = Job(source, spec["params"], spec["warmups"], spec["symbols"], spec["start_ns"], spec["end_ns"],
+              json.loads(run["settings"]))
+    rows = [r for r in catalog.task_rows(run["run_id"]) if r["status"] == "done"]
+    if sample is not None and sample < len(rows):
+        rows = random.Random(seed).sample(rows, sample)
+    warm = dict(zip((json.dumps(p, sort_keys=True) for p in job.params_list), job.warmups, strict=True))
+    tasks = [Task(r["key"], r["symbol"], json.loads(r["params"]), warm[r["params"]]) for r in rows]
+    store = ResultStore(root)
+    ex = InlineExecutor(ExecutorOptions(data_root=root))
+    ex.start(source)
+    by_symbol: dict[str, list[Task]] = {}
+    for t in tasks:
+        by_symbol.setdefault(t.symbol, []).append(t)
+    ex.submit([_shard(job, s, ts, parts) for s, ts in by_symbol.items()])
+    mismatched, missing = [], []
+    seen = set()
+    while not ex.finished():
+        for ev in ex.poll(0):
+            if isinstance(ev, TaskDone):
+                seen.add(ev.key)
+                if not store.has(ev.key):
+                    missing.append(ev.key)
+                elif store.read_bytes(ev.key) != ev.body:
+                    mismatched.append(ev.key)
+            elif isinstance(ev, TaskFailed | ShardFailed):
+                keys = [ev.key] if isinstance(ev, TaskFailed) else ev.keys
+                mismatched.extend(keys)
+                seen.update(keys)
+    return VerifyReport(run["run_id"], len(tasks), mismatched, missing)

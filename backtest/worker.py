@@ -1,0 +1,200 @@
+"""The one worker program: runs shards, whatever the transport.
+
+``python -m backtest.worker [--data ROOT] [--max-memory BYTES] [--heartbeat SECONDS]`` speaks the
+framed protocol of ``backtest.protocol`` on stdin/stdout. It stays alive across shards (numba
+compiles once), sends a heartbeat every second from a thread, and exits when its input ends or
+when its output can no longer be written (the coordinator or the SSH channel is gone), so it
+never outlives the run that started it.
+
+A shard spec (JSON)::
+
+    {"id", "symbol", "strategy": <source hash>, "start_ns", "end_ns", "settings": {...},
+     "files": [[path, data_sha256], ...],          # in year order, enough for the largest warm-up
+     "groups": [{"warmup": w, "parts": [sha256, ...], "tasks": [[key, params], ...]}, ...]}
+
+Relative paths are resolved under ``--data``. Each group shares one slice of the bars (the
+strategy's indicators are computed once per group); its tasks see exactly ``warmup`` bars before
+the start, so a task's result depends only on what its key names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import Any
+
+from backtest.protocol import FrameWriter, read_frame
+
+Emit = Callable[..., None]
+
+
+def slice_bars(bars: Any, warmup: int, parts: list[str]) -> Any:
+    """The bars a group of tasks with ``warmup`` bars of warm-up sees, cut from a longer read."""
+    from backtest.engine.bars import Bars
+
+    offset = max(0, bars.start - warmup)
+    if offset == 0 and tuple(parts) == bars.partitions:
+        return bars
+    return Bars(
+        symbol=bars.symbol,
+        ts=bars.ts[offset:],
+        open=bars.open[offset:],
+        high=bars.high[offset:],
+        low=bars.low[offset:],
+        close=bars.close[offset:],
+        volume=bars.volume[offset:],
+        start=bars.start - offset,
+        partitions=tuple(parts),
+    )
+
+
+class Runner:
+    """Runs shards in this process; the inline executor uses it directly."""
+
+    def __init__(self, data_root: Path | None) -> None:
+        self.data_root = data_root
+        self.strategies: dict[str, Any] = {}
+        from backtest.results import environment
+
+        self.env = environment()
+
+    def add_strategy(self, msg: dict[str, Any]) -> None:
+        if msg["hash"] in self.strategies:
+            return
+        from backtest.strategy import load_strategy_source
+
+        self.strategies[msg["hash"]] = load_strategy_source(msg["source"], msg["filename"], msg.get("name"))
+
+    def _path(self, p: str) -> Path:
+        path = Path(p)
+        if path.is_absolute() or self.data_root is None:
+            return path
+        return self.data_root / path
+
+    def run_shard(self, spec: dict[str, Any], emit: Emit) -> None:
+        """Run every task of ``spec``; ``emit(header, body)`` receives each outcome as it is made."""
+        from backtest.data import read_bars
+        from backtest.engine import SimSettings
+        from backtest.errors import BtError
+        from backtest.results import encode
+
+        sid = spec["id"]
+        t0 = time.perf_counter()
+        try:
+            cls = self.strategies[spec["strategy"]]
+            settings = SimSettings(**spec["settings"])
+            files = [(self._path(p), h) for p, h in spec["files"]]
+            max_warmup = max(g["warmup"] for g in spec["groups"])
+            bars = read_bars(spec["symbol"], files, spec["start_ns"], spec["end_ns"], max_warmup)
+        except BtError as exc:
+            emit({"t": "shard_error", "shard": sid, "error": str(exc), "details": ""})
+            return
+        except Exception as exc:
+            emit({"t": "shard_error", "shard": sid, "error": f"{type(exc).__name__}: {exc}",
+                  "details": traceback.format_exc()})
+            return
+        from backtest.engine import run_grid
+
+        for group in spec["groups"]:
+            gbars = slice_bars(bars, group["warmup"], group["parts"])
+            keys = [k for k, _ in group["tasks"]]
+            params = [p for _, p in group["tasks"]]
+            out = io.StringIO()
+            with redirect_stdout(out), redirect_stderr(out):
+                try:
+                    outcomes: list[Any] = run_grid(cls, gbars, params, settings)
+                except Exception as exc:  # the engine itself failed: every task of the group fails
+                    outcomes = [exc] * len(keys)
+            text = out.getvalue()
+            if text:
+                emit({"t": "log", "shard": sid, "text": text})
+            for key, p, res in zip(keys, params, outcomes, strict=True):
+                if isinstance(res, BaseException):
+                    details = getattr(res, "details", "") or "".join(
+                        traceback.format_exception(type(res), res, res.__traceback__))
+                    msg = str(res) if isinstance(res, BtError) else f"{type(res).__name__}: {res}"
+                    emit({"t": "task_error", "shard": sid, "key": key, "error": msg, "details": details})
+                else:
+                    body = encode(key, spec["symbol"], p, res.metrics, res.trades, self.env)
+                    emit({"t": "result", "shard": sid, "key": key}, body)
+        emit({"t": "shard_done", "shard": sid, "seconds": time.perf_counter() - t0})
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def serve(stdin: Any, writer: FrameWriter, data_root: Path | None, heartbeat: float) -> None:
+    import socket
+
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(heartbeat):
+            try:
+                writer.send({"t": "hb"})
+            except (OSError, ValueError):
+                os._exit(3)  # nobody is listening any more: never outlive the coordinator
+
+    runner = Runner(data_root)
+    writer.send({"t": "hello", "pid": os.getpid(), "cores": _cores(), "host": socket.gethostname(),
+                 "env": runner.env})
+    threading.Thread(target=beat, daemon=True, name="bt-heartbeat").start()
+    try:
+        while True:
+            frame = read_frame(stdin)
+            if frame is None:
+                break
+            msg, _ = frame
+            kind = msg["t"]
+            if kind == "stop":
+                break
+            if kind == "strategy":
+                try:
+                    runner.add_strategy(msg)
+                except Exception as exc:
+                    writer.send({"t": "fatal", "error": str(exc), "details": traceback.format_exc()})
+            elif kind == "shard":
+                runner.run_shard(msg["shard"], writer.send)
+    finally:
+        stop.set()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m backtest.worker", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=None, help="root for relative partition paths")
+    ap.add_argument("--max-memory", type=int, default=0, help="address-space cap in bytes (0: none)")
+    ap.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+    # The protocol owns the real stdout; anything else written to fd 1 (a stray print in C code)
+    # goes to stderr instead of corrupting frames.
+    proto_out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    # Import the heavy modules now, while the coordinator is still planning, and before any
+    # memory cap (numba's import maps a lot of address space).
+    import backtest.data  # noqa: F401
+    import backtest.engine  # noqa: F401
+    import backtest.strategy  # noqa: F401
+
+    if args.max_memory:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (args.max_memory, args.max_memory))
+    serve(sys.stdin.buffer, FrameWriter(proto_out), args.data, args.heartbeat)
+
+
+if __name__ == "__main__":
+    main()
