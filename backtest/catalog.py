@@ -41,13 +41,13 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE run_tasks (
         run_id VARCHAR, key VARCHAR, symbol VARCHAR, params VARCHAR, status VARCHAR,
-        cached BOOLEAN, attempts INTEGER, error VARCHAR, details VARCHAR, worker VARCHAR, at DOUBLE
+        cached BOOLEAN, attempts INTEGER, error VARCHAR, details VARCHAR, worker VARCHAR, at_time DOUBLE
     );
     CREATE TABLE results (
         key VARCHAR PRIMARY KEY, symbol VARCHAR, params VARCHAR, {_METRIC_COLS},
         n_trades INTEGER, env VARCHAR, recorded DOUBLE
     );
-    CREATE TABLE logs (run_id VARCHAR, shard VARCHAR, worker VARCHAR, text VARCHAR, at DOUBLE);
+    CREATE TABLE logs (run_id VARCHAR, shard VARCHAR, worker VARCHAR, text VARCHAR, at_time DOUBLE);
     """,
 ]
 
@@ -182,7 +182,9 @@ class Catalog:
         prefixed = [i for i in ids if i.startswith(run_id)]
         if len(prefixed) == 1:
             return self.run(prefixed[0])
-        hint = did_you_mean(run_id, ids) or (" Recent runs: " + ", ".join(ids[:3]) if ids else " No runs yet.")
+        if not ids:
+            raise CatalogError(f'unknown run "{run_id}": no runs recorded yet; start one with: bt run STRATEGY.py')
+        hint = did_you_mean(run_id, ids) or " Recent runs: " + ", ".join(ids[:3]) + "."
         raise CatalogError(f'unknown run "{run_id}".{hint} (bt runs lists them)')
 
     def task_rows(self, run_id: str) -> list[dict[str, Any]]:
@@ -204,7 +206,7 @@ class Catalog:
         )
 
     def logs(self, run_id: str) -> list[dict[str, Any]]:
-        return self._read("SELECT shard, worker, text, at FROM logs WHERE run_id = ? ORDER BY at", [run_id])
+        return self._read("SELECT shard, worker, text, at_time FROM logs WHERE run_id = ? ORDER BY at_time", [run_id])
 
     # rebuilding ---------------------------------------------------------------------------------
     def rebuild_results(self, rows: Sequence[dict[str, Any]]) -> int:

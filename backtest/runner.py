@@ -311,10 +311,10 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
                                                        ev.errors[-1], detail, None, now))
                         progress.failed += len(ev.keys)
                     elif isinstance(ev, ShardLog):
-                        log_rows.append({"shard": ev.shard, "worker": ev.worker, "text": ev.text, "at": now})
+                        log_rows.append({"shard": ev.shard, "worker": ev.worker, "text": ev.text, "at_time": now})
                     elif isinstance(ev, WorkerNote):
                         progress.notes.append(f"{ev.worker}: {ev.message}")
-                        log_rows.append({"shard": None, "worker": ev.worker, "text": ev.message, "at": now})
+                        log_rows.append({"shard": None, "worker": ev.worker, "text": ev.message, "at_time": now})
                     elif isinstance(ev, ShardFinished):
                         pass
                 progress.workers = ex.status()
@@ -345,7 +345,7 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
 def _task_row(t: Task, status: str, cached: bool, attempts: int, error: str | None, details: str | None,
               worker: str | None, at: float) -> dict[str, Any]:
     return {"key": t.key, "symbol": t.symbol, "params": json.dumps(t.params, sort_keys=True), "status": status,
-            "cached": cached, "attempts": attempts, "error": error, "details": details, "worker": worker, "at": at}
+            "cached": cached, "attempts": attempts, "error": error, "details": details, "worker": worker, "at_time": at}
 
 
 def run(req: RunRequest, on_progress: OnProgress | None = None) -> RunSummary:

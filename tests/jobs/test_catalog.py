@@ -1,0 +1,81 @@
+"""The DuckDB catalog: migrations, append-only records, concurrent processes."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+
+import pytest
+
+from backtest.catalog import METRICS, MIGRATIONS, Catalog, result_row
+from backtest.errors import CatalogError
+
+
+def _run(run_id: str, created: float = 0.0) -> dict:
+    return {"run_id": run_id, "created": created or time.time(), "strategy": "S", "status": "running", "tasks": 2,
+            "computed": 0, "cached": 0, "failed": 0}
+
+
+def _result(key: str) -> dict:
+    header = {"key": key, "symbol": "AAA", "params": {"fast": 5}, "n_trades": 3, "env": {}}
+    return result_row(header, {m: 0.5 for m in METRICS} | {"sortino": float("nan")}, time.time())
+
+
+def test_migrations_recorded_once(tmp_path):
+    cat = Catalog(tmp_path / "c.duckdb")
+    with cat.connect() as con:
+        pass
+    with cat.connect() as con:
+        n = con.execute("SELECT count(*), max(version) FROM schema_migrations").fetchone()
+    assert n == (len(MIGRATIONS), len(MIGRATIONS))
+
+
+def test_record_and_read_back(tmp_path):
+    cat = Catalog(tmp_path / "c.duckdb")
+    cat.create_run(_run("r-1"))
+    task = {"key": "k1", "symbol": "AAA", "params": json.dumps({"fast": 5}), "status": "done", "cached": False,
+            "attempts": 1, "error": None, "details": None, "worker": "local-0", "at_time": 1.0}
+    cat.record("r-1", [task], [_result("k1")], [{"shard": "s", "worker": "w", "text": "hi", "at_time": 1.0}],
+               {"status": "done", "computed": 1})
+    assert cat.run("r-1")["status"] == "done"
+    rows = cat.task_rows("r-1")
+    assert rows[0]["sharpe"] == 0.5 and rows[0]["sortino"] is None and rows[0]["n_trades"] == 3
+    assert cat.logs("r-1")[0]["text"] == "hi"
+    assert cat.known_results(["k1", "k2"]) == {"k1"}
+
+
+def test_unknown_run_suggests_close_ids(tmp_path):
+    cat = Catalog(tmp_path / "c.duckdb")
+    cat.create_run(_run("sma_cross-abc123"))
+    with pytest.raises(CatalogError, match=r'unknown run "sma_cross-abc124"\. Did you mean "sma_cross-abc123"\?'):
+        cat.run("sma_cross-abc124")
+    assert cat.run("sma_cross-a")["run_id"] == "sma_cross-abc123"  # unique prefix
+    with pytest.raises(CatalogError, match="no runs recorded yet"):
+        Catalog(tmp_path / "none.duckdb").run("x")
+
+
+def _writer(path: str, prefix: str, n: int) -> None:
+    cat = Catalog(path)
+    for i in range(n):
+        cat.create_run(_run(f"{prefix}-{i}"))
+        cat.record(f"{prefix}-{i}", results=[_result(f"{prefix}-{i}")], run_update={"status": "done"})
+
+
+def test_two_processes_write_while_a_third_reads(tmp_path):
+    path = str(tmp_path / "c.duckdb")
+    Catalog(path).create_run(_run("seed"))
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, p, 15)) for p in ("a", "b")]
+    for p in procs:
+        p.start()
+    reads = 0
+    while any(p.is_alive() for p in procs):
+        Catalog(path).runs(5)
+        reads += 1
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    assert reads > 0
+    ids = {r["run_id"] for r in Catalog(path).runs(100)}
+    assert {f"{p}-{i}" for p in "ab" for i in range(15)} <= ids
