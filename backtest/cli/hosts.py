@@ -1,7 +1,98 @@
-"""`bt hosts ...` commands (placeholder until the SSH issue lands)."""
+"""`bt hosts ...`: check the SSH hosts of a farm."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 app = typer.Typer(help="Check the SSH hosts of a farm.", no_args_is_help=True)
+
+
+@app.command("check")
+def check(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="Hosts file: one [user@]host[:port] a line, options cores=N python=PATH key=PATH."
+        ),
+    ],
+    accept_new_hosts: Annotated[
+        bool,
+        typer.Option(
+            "--accept-new-hosts", help="Record the keys of hosts not yet in known_hosts (never changed ones)."
+        ),
+    ] = False,
+    install: Annotated[
+        bool,
+        typer.Option(
+            "--install",
+            help="Also build bt's environment on hosts that lack it (first contact takes a while).",
+        ),
+    ] = False,
+    known_hosts: Annotated[
+        Path | None,
+        typer.Option(
+            "--known-hosts",
+            envvar="BT_KNOWN_HOSTS",
+            help="known_hosts file (default: ssh config, then ~/.ssh/known_hosts).",
+            show_default=False,
+        ),
+    ] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for a host to answer.")] = 10.0,
+) -> None:
+    """Reach every host in parallel; show reachability, cores, Python, environment and latency.
+
+    Exits 1 when any host fails.  Example: bt hosts check farm.txt --accept-new-hosts
+    """
+    from backtest.cli.render import console
+    from backtest.farm.check import check_hosts
+    from backtest.farm.connect import SSHSettings
+    from backtest.farm.hostsfile import read_hosts_file
+
+    specs = read_hosts_file(file)
+    settings = SSHSettings(
+        known_hosts=known_hosts, accept_new_hosts=accept_new_hosts, connect_timeout=timeout
+    )
+    with console.status(f"checking {len(specs)} host{'s' if len(specs) != 1 else ''} ..."):
+        reports = check_hosts(specs, settings, install=install)
+    console.print(hosts_table(reports))
+    failed = [r for r in reports if not r.ok]
+    if failed:
+        console.print(f"[red]{len(failed)} of {len(reports)} hosts failed[/]")
+        raise typer.Exit(1)
+
+
+def hosts_table(reports: list) -> object:
+    """A rich Table of HostReports (tests render it to a StringIO console)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(show_lines=False)
+    for name, justify in (
+        ("host", "left"),
+        ("reachable", "center"),
+        ("cores", "right"),
+        ("python", "left"),
+        ("environment", "left"),
+        ("latency ms", "right"),
+        ("error", "left"),
+    ):
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for r in reports:
+        env_style = (
+            "green"
+            if r.environment.endswith("match")
+            else ("red" if r.environment == "differs" else "yellow")
+        )
+        table.add_row(
+            escape(r.spec.name),
+            "[green]yes[/]" if r.reachable else "[red]no[/]",
+            str(r.cores) if r.cores is not None else "-",
+            r.python or "-",
+            f"[{env_style}]{escape(r.environment)}[/]" if r.environment != "-" else "-",
+            f"{r.latency_ms:.1f}" if r.latency_ms is not None else "-",
+            f"[red]{escape(r.error)}[/]" if r.error else "",
+        )
+    return table

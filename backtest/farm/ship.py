@@ -1,0 +1,208 @@
+"""Content-addressed shipping of files into a host's cache: ``objects/<sha[:2]>/<sha>``.
+
+``ship(conn, [(path, sha256), ...])``
+
+1. asks the host, in one call, which of these objects it already has (and their sizes);
+2. streams the missing ones over one exec channel: per file a JSON header line, then chunks
+   each prefixed by a 4-byte length, then a zero length; zlib-compressed when a sample of the
+   file compresses well (wheels and other already-compressed files go as they are);
+3. the host hashes each file as it writes it and moves it into place only if the sha256 and size
+   match; a mismatch is reported back and that file is sent again (up to ``attempts`` times).
+
+The sha256 is of the file's bytes: this is transport integrity. (The data store's partition
+hashes are of data content and are a different thing.)
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from backtest.errors import HostError
+from backtest.farm.connect import exec_command, host_label, quote_argv
+from backtest.farm.remote import agent_argv
+
+if TYPE_CHECKING:
+    import fabric
+
+CHUNK = 256 * 1024
+SAMPLE = 256 * 1024
+#: A file is compressed when its first SAMPLE bytes shrink to less than this fraction.
+COMPRESS_BELOW = 0.85
+
+#: Test hook: (sha, attempt, chunk) -> chunk actually sent; lets tests corrupt a transfer.
+Tamper = Callable[[str, int, bytes], bytes]
+
+
+@dataclass
+class ShipReport:
+    """What one ``ship`` call did."""
+
+    present: list[str] = field(default_factory=list)  # already on the host, not sent
+    sent: list[str] = field(default_factory=list)
+    resent: list[str] = field(default_factory=list)  # arrived corrupted at least once
+    bytes_raw: int = 0  # file bytes sent (sum of sizes, counting resends)
+    bytes_wire: int = 0  # payload bytes on the channel after compression
+    seconds: float = 0.0
+
+
+def remote_have(conn: fabric.Connection, shas: Sequence[str], python: str = "python3") -> dict[str, int]:
+    """``{sha: size}`` of the objects the host already has, in one call."""
+    if not shas:
+        return {}
+    done = exec_command(conn, quote_argv(agent_argv(python, "have")), input=json.dumps(list(shas)).encode())
+    if done.returncode != 0:
+        raise HostError(f"{host_label(conn)}: listing its cache failed: {done.error_tail()}")
+    try:
+        present = json.loads(done.stdout)
+    except ValueError as exc:
+        raise HostError(f"{host_label(conn)}: bad listing from host: {done.stdout[:200]!r}") from exc
+    return {str(k): int(v) for k, v in present.items()}
+
+
+def _worth_compressing(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        sample = fh.read(SAMPLE)
+    if len(sample) < 512:
+        return False
+    return len(zlib.compress(sample, 1)) < COMPRESS_BELOW * len(sample)
+
+
+def _payload(path: Path, compress: bool) -> Iterable[bytes]:
+    deflater = zlib.compressobj(1) if compress else None
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            if deflater is None:
+                yield chunk
+            else:
+                out = deflater.compress(chunk)
+                if out:
+                    yield out
+        if deflater is not None:
+            yield deflater.flush()
+
+
+def _send_batch(
+    conn: fabric.Connection,
+    files: list[tuple[Path, str, int]],
+    python: str,
+    attempt: int,
+    tamper: Tamper | None,
+    report: ShipReport,
+) -> dict[str, dict[str, object]]:
+    """Stream one batch over one channel; return the host's verdict per sha."""
+    transport = conn.transport
+    if transport is None or not transport.is_active():
+        raise HostError(f"{host_label(conn)}: not connected")
+    chan = transport.open_session(timeout=30)
+    chan.exec_command(quote_argv(agent_argv(python, "receive")))
+    verdicts: dict[str, dict[str, object]] = {}
+    errors: list[bytes] = []
+
+    def read_results() -> None:
+        buf = b""
+        while True:
+            data = chan.recv(65536)
+            if not data:
+                return
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                if line.strip():
+                    verdict = json.loads(line)
+                    verdicts[verdict["sha"]] = verdict
+
+    def read_errors() -> None:
+        while True:
+            data = chan.recv_stderr(65536)
+            if not data:
+                return
+            errors.append(data)
+
+    readers = [
+        threading.Thread(target=read_results, daemon=True),
+        threading.Thread(target=read_errors, daemon=True),
+    ]
+    for t in readers:
+        t.start()
+    try:
+        for path, sha, size in files:
+            compress = _worth_compressing(path)
+            header = json.dumps({"sha": sha, "size": size, "z": int(compress)}) + "\n"
+            chan.sendall(header.encode())
+            for chunk in _payload(path, compress):
+                if tamper is not None:
+                    chunk = tamper(sha, attempt, chunk)
+                if chunk:
+                    chan.sendall(struct.pack(">I", len(chunk)) + chunk)
+                    report.bytes_wire += len(chunk)
+            chan.sendall(struct.pack(">I", 0))
+            report.bytes_raw += size
+        chan.shutdown_write()
+        for t in readers:
+            t.join()
+        status = chan.recv_exit_status()
+    except OSError as exc:
+        raise HostError(f"{host_label(conn)}: connection lost while shipping: {exc}") from exc
+    finally:
+        chan.close()
+    if status != 0 and len(verdicts) < len(files):
+        tail = b"".join(errors).decode("utf-8", "replace").strip().splitlines()
+        raise HostError(f"{host_label(conn)}: receiving failed: {tail[-1] if tail else f'exit {status}'}")
+    return verdicts
+
+
+def ship(
+    conn: fabric.Connection,
+    files: Sequence[tuple[Path | str, str]],
+    *,
+    python: str = "python3",
+    attempts: int = 3,
+    tamper: Tamper | None = None,
+) -> ShipReport:
+    """Make the host's cache hold every ``(local_path, sha256)``; send only what it lacks.
+
+    ``python`` is any Python on the host (the base one is fine). Raises HostError when a file
+    still arrives corrupted after ``attempts`` tries, or when the connection is lost.
+    """
+    start = time.perf_counter()
+    report = ShipReport()
+    unique: dict[str, tuple[Path, int]] = {}
+    for local, sha in files:
+        path = Path(local)
+        unique.setdefault(sha, (path, path.stat().st_size))
+    present = remote_have(conn, list(unique), python)
+    todo = []
+    for sha, (path, size) in unique.items():
+        if present.get(sha) == size:
+            report.present.append(sha)
+        else:
+            todo.append((path, sha, size))
+    for attempt in range(1, attempts + 1):
+        if not todo:
+            break
+        verdicts = _send_batch(conn, todo, python, attempt, tamper, report)
+        failed = []
+        for path, sha, size in todo:
+            verdict = verdicts.get(sha)
+            if verdict is not None and verdict.get("ok"):
+                report.sent.append(sha)
+            else:
+                failed.append((path, sha, size))
+                if sha not in report.resent:
+                    report.resent.append(sha)
+        todo = failed
+    if todo:
+        names = ", ".join(str(p) for p, _, _ in todo[:3])
+        raise HostError(
+            f"{host_label(conn)}: {len(todo)} file(s) arrived corrupted {attempts} times: {names}"
+        )
+    report.seconds = time.perf_counter() - start
+    return report
