@@ -1,0 +1,83 @@
+"""The executor contract, one test class for every backend (STYLE 14).
+
+Subclass ``ExecutorContract`` and implement ``make`` (``__test__`` is switched back on there).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from backtest.executors.base import (
+    Executor,
+    ExecutorOptions,
+    ShardFailed,
+    ShardFinished,
+    TaskDone,
+    TaskFailed,
+)
+from backtest.runner import RunRequest, prepare
+
+
+def drive(ex: Executor, prep: Any, limit: float = 240.0) -> list[Any]:
+    import time
+
+    events: list[Any] = []
+    deadline = time.monotonic() + limit
+    with ex:
+        ex.start(prep.job.strategy)
+        ex.submit(prep.shards)
+        while not ex.finished():
+            events.extend(ex.poll(0.2))
+            assert time.monotonic() < deadline, "executor did not finish in time"
+    return events
+
+
+class ExecutorContract:
+    __test__ = False
+
+    def make(self, root: Path, **options: Any) -> Executor:
+        raise NotImplementedError
+
+    def plan(self, root: Path, strategy: Path, params: list[str], **kw: Any) -> Any:
+        return prepare(RunRequest(strategy=strategy, params=params, start="2020", end="2021", **kw), root)
+
+    def test_every_task_reported_once_with_identical_bytes(self, root: Path, faulty: Path) -> None:
+        from backtest.executors.inline import InlineExecutor
+
+        prep = self.plan(root, faulty, ["n=3:12"])
+        events = drive(self.make(root), prep)
+        done = [e for e in events if isinstance(e, TaskDone)]
+        assert Counter(e.key for e in done) == Counter(t.key for t in prep.tasks)
+        finished = {e.shard for e in events if isinstance(e, ShardFinished)}
+        assert finished == {s.id for s in prep.shards}
+        reference = drive(InlineExecutor(ExecutorOptions(data_root=root)), prep)
+        ref = {e.key: e.body for e in reference if isinstance(e, TaskDone)}
+        assert {e.key: e.body for e in done} == ref
+
+    def test_a_raising_strategy_fails_only_its_task(self, root: Path, faulty: Path) -> None:
+        prep = self.plan(root, faulty, ["n=5:9", "mode=raise"])
+        events = drive(self.make(root), prep)
+        failed = [e for e in events if isinstance(e, TaskFailed)]
+        assert len(failed) == 3  # n=7 on each of the 3 symbols
+        assert all("boom at n=7" in e.error for e in failed)
+        assert all("faulty.py" in e.details and "raise ValueError" in e.details for e in failed)
+        assert len([e for e in events if isinstance(e, TaskDone)]) == 12
+        assert not [e for e in events if isinstance(e, ShardFailed)]
+
+
+def processes_with(marker: str) -> list[int]:
+    """Pids whose command line mentions ``marker`` (to prove no worker outlives its executor)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in cmd:
+            found.append(int(pid))
+    return found

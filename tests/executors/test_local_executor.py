@@ -1,0 +1,90 @@
+"""The local and inline executors: the shared contract plus faults with real worker processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from contract import ExecutorContract, drive, processes_with
+
+from backtest.executors.base import Executor, ExecutorOptions, ShardFailed, TaskDone, TaskFailed
+from backtest.executors.inline import InlineExecutor
+from backtest.executors.local import LocalExecutor
+
+
+class TestLocal(ExecutorContract):
+    __test__ = True
+
+    def make(self, root: Path, **options: Any) -> Executor:
+        return LocalExecutor(ExecutorOptions(data_root=root, workers=2, **options))
+
+    def test_timeout_kills_and_retries_then_fails_with_every_attempt(self, root: Path, faulty: Path) -> None:
+        prep = self.plan(root, faulty, ["n=7", "mode=loop"], symbols=["AAA"])
+        events = drive(self.make(root, timeout=2.0), prep)
+        failed = [e for e in events if isinstance(e, ShardFailed)]
+        assert len(failed) == 1 and len(failed[0].errors) == 3
+        assert all("timed out after 2 s" in e for e in failed[0].errors)
+
+    def test_memory_cap_fails_the_hog_not_the_run(self, root: Path, faulty: Path) -> None:
+        prep = self.plan(root, faulty, ["n=6:8", "mode=hog"], symbols=["AAA"])
+        events = drive(self.make(root, max_memory=1_500 * 1024**2), prep)
+        bad = [e for e in events if isinstance(e, TaskFailed | ShardFailed)]
+        assert bad, "the hog must fail"
+        text = " ".join(getattr(e, "error", "") + " ".join(getattr(e, "errors", [])) for e in bad)
+        assert "MemoryError" in text or "memory" in text.lower()
+        assert len([e for e in events if isinstance(e, TaskDone)]) == 2
+
+    def test_worker_killed_mid_shard_is_replaced_and_nothing_is_lost(self, root: Path, faulty: Path) -> None:
+        prep = self.plan(root, faulty, ["n=3:8", "mode=slow"])
+        ex = LocalExecutor(ExecutorOptions(data_root=root, workers=2))
+        events: list[Any] = []
+        killed = False
+        with ex:
+            ex.start(prep.job.strategy)
+            ex.submit(prep.shards)
+            while not ex.finished():
+                events.extend(ex.poll(0.1))
+                busy = [s for s in ex._slots if s.state == "busy" and s.channel is not None]
+                if not killed and busy and any(isinstance(e, TaskDone) for e in events):
+                    os.kill(busy[0].channel.pid, signal.SIGKILL)  # type: ignore[union-attr]
+                    killed = True
+        assert killed
+        done = [e.key for e in events if isinstance(e, TaskDone)]
+        assert sorted(done) == sorted(t.key for t in prep.tasks)  # each exactly once
+        assert any("killed by SIGKILL" in getattr(e, "message", "") for e in events)
+
+    def test_cancel_leaves_no_workers(self, root: Path, faulty: Path) -> None:
+        prep = self.plan(root, faulty, ["n=3:8", "mode=slow"])
+        ex = LocalExecutor(ExecutorOptions(data_root=root, workers=2))
+        ex.start(prep.job.strategy)
+        ex.submit(prep.shards)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3 and not ex.finished():
+            ex.poll(0.1)
+        pids = [s.channel.pid for s in ex._slots if s.channel is not None]  # type: ignore[attr-defined]
+        assert pids
+        ex.close(cancel=True)
+        time.sleep(0.2)
+        assert not [p for p in pids if Path(f"/proc/{p}").exists()]
+        assert not set(pids) & set(processes_with("backtest.worker"))
+
+
+class TestInline(ExecutorContract):
+    __test__ = True
+
+    def make(self, root: Path, **options: Any) -> Executor:
+        return InlineExecutor(ExecutorOptions(data_root=root, **options))
+
+
+def test_unknown_scheme_lists_known(tmp_path: Path) -> None:
+    from backtest.errors import UsageError
+    from backtest.executors import from_url
+
+    with pytest.raises(UsageError, match=r'unknown executor scheme "ftp://"; known: local://, inline://, ssh://'):
+        from_url("ftp://x", ExecutorOptions(data_root=tmp_path))
+    with pytest.raises(UsageError, match=r"whole number ≥ 1, e.g. local://4"):
+        from_url("local://zero", ExecutorOptions(data_root=tmp_path))
