@@ -1,0 +1,66 @@
+"""Reading bars for the engine: the partitions a run was planned with, checked by hash."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from backtest.data.partition import Columns, embedded_hash, open_partition, read_columns
+from backtest.engine.bars import Bars
+from backtest.errors import DataError
+
+
+def read_bars(symbol: str, files: Sequence[tuple[Path, str]], start_ns: int, end_ns: int,
+              warmup_bars: int) -> Bars:
+    """Bars of ``symbol`` from ``files`` ((path, expected sha256) in year order, as from ``Store.resolve``).
+
+    Returns up to ``warmup_bars`` bars before ``start_ns`` and every bar in [start_ns, end_ns];
+    ``Bars.start`` is the index of the first bar at or after ``start_ns``. Each file's embedded
+    content hash must equal the expected one, else DataError: the data changed since the run was
+    planned and results would no longer match their keys.
+    """
+    handles = []
+    for path, expected in files:
+        pf = open_partition(Path(path))
+        got = embedded_hash(pf)
+        if got != expected:
+            raise DataError(f"partition {path} of {symbol} changed since this run was planned "
+                            f"(content {got[:12] or 'unknown'}, planned {expected[:12]}); run the command again "
+                            f"to plan with the current data")
+        handles.append(pf)
+    total = sum(pf.metadata.num_rows for pf in handles)
+    cols = Columns(np.empty(total, np.int64), *(np.empty(total, np.float64) for _ in range(5)))
+    offset = 0
+    for pf in handles:
+        read_columns(pf, into=cols, offset=offset)
+        offset += pf.metadata.num_rows
+    ts = cols.ts
+    start = int(np.searchsorted(ts, start_ns, side="left"))
+    stop = int(np.searchsorted(ts, end_ns, side="right"))
+    lo = max(0, start - max(0, int(warmup_bars)))
+    stop = max(stop, lo)
+    arrays = [a[lo:stop] for a in cols.arrays()]
+    if stop - lo < total // 2:  # do not keep a mostly unused buffer alive
+        arrays = [a.copy() for a in arrays]
+    return Bars(symbol=symbol, ts=arrays[0], open=arrays[1], high=arrays[2], low=arrays[3], close=arrays[4],
+                volume=arrays[5], start=start - lo, partitions=tuple(h for _, h in files))
+
+
+def bar_stats(bars: Bars) -> dict[str, float | str]:
+    """A few facts about a series, for `bt data show` (NaN where there is nothing to say)."""
+    from backtest.data.freq import infer_freq
+
+    n = len(bars)
+    ret = np.diff(np.log(bars.close)) if n > 1 else np.zeros(0)
+    gaps = np.log(bars.open[1:] / bars.close[:-1]) if n > 1 else np.zeros(1)
+    vol = bars.volume
+    has_vol = not np.isnan(vol).all()
+    return {"freq": infer_freq(bars.ts), "low": float(bars.low.min()), "high": float(bars.high.max()),
+            "first_open": float(bars.open[0]), "last_close": float(bars.close[-1]),
+            "change": float(bars.close[-1] / bars.open[0] - 1),
+            "return_sd": float(ret.std(ddof=1)) if len(ret) > 1 else float("nan"),
+            "largest_gap": float(np.expm1(gaps[np.argmax(np.abs(gaps))])),
+            "volume_mean": float(np.nanmean(vol)) if has_vol else float("nan"),
+            "volume_zero": float((vol == 0).sum())}
