@@ -189,6 +189,7 @@ def connect(spec: HostSpec, settings: SSHSettings | None = None) -> fabric.Conne
     if not conn.gateway:
         sock = _open_socket(conn.host, conn.port, settings, name)
         conn.connect_kwargs["sock"] = sock
+    started = time.monotonic()
     try:
         conn.open()
     except HostError:
@@ -207,7 +208,7 @@ def connect(spec: HostSpec, settings: SSHSettings | None = None) -> fabric.Conne
     except (paramiko.SSHException, EOFError) as exc:
         _close_quietly(conn, sock)
         text = str(exc) or type(exc).__name__
-        if "banner" in text.lower():
+        if "banner" in text.lower() or time.monotonic() - started >= settings.connect_timeout * 0.9:
             text = f"no SSH answer within {settings.connect_timeout:g} s ({text})"
         raise HostError(f"{name}: SSH failed: {text}") from exc
     except OSError as exc:
@@ -251,7 +252,9 @@ def exec_command(
     try:
         chan = transport.open_session(timeout=timeout)
     except Exception as exc:
-        raise HostError(f"{host_label(conn)}: cannot open a channel: {exc}") from exc
+        if not transport.is_active():
+            raise HostError(f"{host_label(conn)}: connection lost") from exc
+        raise HostError(f"{host_label(conn)}: command timed out: no channel within {timeout:g} s") from exc
     deadline = None if timeout is None else time.monotonic() + timeout
     err_chunks: list[bytes] = []
     try:
@@ -297,6 +300,8 @@ def exec_command(
             chan.status_event.wait(0.2)
         err_thread.join(timeout=5)
         status = chan.recv_exit_status()
+        if status == -1 and not transport.is_active():  # paramiko closes channels of a dead link
+            raise HostError(f"{host_label(conn)}: connection lost")
     except OSError as exc:
         raise HostError(f"{host_label(conn)}: connection lost: {exc}") from exc
     finally:

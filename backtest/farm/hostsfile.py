@@ -96,7 +96,7 @@ def _parse_line(text: str, number: int) -> tuple[HostSpec | None, list[str]]:
     spec, problem = _parse_target(words[0])
     problems = [problem] if problem else []
     if "=" in words[0]:
-        problems = [f"the line must start with [user@]host[:port], not the option {words[0]!r}"]
+        problems = [f"must start with [user@]host[:port], not the option {words[0]!r}"]
         spec = None
     options: dict[str, str] = {}
     for word in words[1:]:

@@ -86,6 +86,24 @@ class Host:
         out = sh("ip", "netns", "pids", self.ns, check=False).stdout
         return [int(p) for p in out.split() if p.strip().isdigit()]
 
+    def user_processes(self) -> list[str]:
+        """Command lines of the processes in the namespace that run as this host's user."""
+        import pwd
+
+        uid = pwd.getpwnam(self.user).pw_uid
+        found = []
+        for pid in self.pids():
+            try:
+                if os.stat(f"/proc/{pid}").st_uid != uid:
+                    continue
+                cmdline = (
+                    Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                )
+            except OSError:
+                continue
+            found.append(f"{pid} {cmdline.strip()}")
+        return found
+
     def line(self, **options: str | int) -> str:
         """This host as a hosts-file line, e.g. ``user@10.200.7.11 key=/tmp/.../client_key``."""
         opts = " ".join(f"{k}={v}" for k, v in options.items())

@@ -1,0 +1,53 @@
+"""Fixtures for the ssh tests: farms of real sshd servers in network namespaces (netns_farm).
+
+Without root or sshd the farm tests skip with the reason, except in CI (``CI`` set), where they
+must run and therefore fail.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from netns_farm import Farm, missing_requirements  # noqa: E402
+
+from backtest.farm.connect import SSHSettings  # noqa: E402
+
+
+def require_farm() -> None:
+    reason = missing_requirements()
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"ssh farm tests must run in CI: {reason}")
+    pytest.skip(reason)
+
+
+def start_farm(n: int) -> Farm:
+    require_farm()
+    return Farm.start(n)
+
+
+@pytest.fixture(scope="module")
+def farm() -> Iterator[Farm]:
+    """Two hosts shared by a module's tests (tests that break hosts use ``own_farm``)."""
+    with start_farm(2) as f:
+        yield f
+
+
+@pytest.fixture
+def own_farm() -> Iterator[Farm]:
+    """One fresh host for a test that kills, freezes or cuts it."""
+    with start_farm(1) as f:
+        yield f
+
+
+@pytest.fixture
+def settings(farm: Farm) -> SSHSettings:
+    return SSHSettings(known_hosts=farm.known_hosts, connect_timeout=3.0)
