@@ -107,7 +107,7 @@ class Files:
 
     def recover_if_needed(self) -> None:
         """For readers: roll back a killed commit if no writer is at work (never waits)."""
-        if self.journal.exists():
+        if self.journal.exists() or self.staging.exists():
             with self.locked(blocking=False):
                 pass
 
@@ -146,15 +146,15 @@ class Files:
             {"final": rel, "tmp": tmp, "backup": f"{i}.bak", "existed": (self.root / rel).exists()}
             for i, (rel, tmp) in enumerate(sorted(writes.items()))]
         doc = {"ops": ops, "manifest_existed": self.manifest.exists()}
-        tmp_journal = self.staging / "journal.tmp"
+        tmp_journal = self.stage_dir() / "journal.tmp"
         _write_synced(tmp_journal, json.dumps(doc).encode())
         os.replace(tmp_journal, self.journal)
-        _fsync_dir(self.bars)
         for op in ops:
             if op["existed"]:
                 _link(self.root / op["final"], self.staging / op["backup"])
         if doc["manifest_existed"]:
             _link(self.manifest, self.staging / "manifest.bak")
+        dirs = set()
         for op in ops:
             target = self.root / op["final"]
             if op["tmp"] is None:
@@ -162,7 +162,9 @@ class Files:
             else:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(self.staging / op["tmp"], target)
-                _fsync_dir(target.parent)
+            dirs.add(target.parent)
+        for d in dirs:  # the renames reach the disk before the manifest that names them
+            _fsync_dir(d)
         new_manifest = self.staging / "manifest.new"
         _write_synced(new_manifest, dump(manifest))
         os.replace(new_manifest, self.manifest)

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from backtest.data.freq import fmt_ts, format_freq, infer_freq, modal_step, year_of
+from backtest.data.freq import fmt_ts, format_freq, infer_freq, modal_step, parse_freq, year_of
 from backtest.data.manifest import Files, Manifest
 from backtest.data.partition import (
     Columns,
@@ -261,11 +261,13 @@ class Store:
         old = {p.year: p for p in old_parts}
         step = modal_step(cols.ts)
         stored_freq = symbol_freq(old_parts)
-        if step and stored_freq and len(cols) >= 3 and format_freq(step) != stored_freq:
+        stored_step = parse_freq(stored_freq) if stored_freq else 0
+        # A sparse patch (every other day) is fine; minute bars into a daily series are not.
+        if step and stored_step and len(cols) >= 3 and max(step, stored_step) >= 4 * min(step, stored_step):
             raise DataError(f"{frame.label}: {sym} holds {stored_freq} bars and this file has {format_freq(step)} "
                             f"bars; import it under another symbol (--symbol {sym}_{format_freq(step).upper()}) "
                             f"or remove the old data first (bt data rm {sym})")
-        freq = format_freq(step) or stored_freq
+        freq = stored_freq or format_freq(step)
         years = year_of(cols.ts)
         first_ts, last_ts = int(cols.ts[0]), int(cols.ts[-1])
         touched = set(np.unique(years).tolist())
