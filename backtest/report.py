@@ -297,7 +297,8 @@ def render_runs(runs: Sequence[dict[str, Any]]) -> Any:
 
     t = Table(title="runs, newest first", title_justify="left")
     for c in ("run id", "when", "strategy", "tasks", "computed", "cached", "failed", "status", "time"):
-        t.add_column(c, justify="right" if c in ("tasks", "computed", "cached", "failed", "time") else "left")
+        t.add_column(c, justify="right" if c in ("tasks", "computed", "cached", "failed", "time") else "left",
+                     no_wrap=c in ("run id", "when"))
     for r in runs:
         when = dt.datetime.fromtimestamp(r["created"]).strftime("%Y-%m-%d %H:%M:%S")
         secs = f"{r['seconds']:.1f}s" if r["seconds"] is not None else "–"

@@ -215,7 +215,7 @@ def _worker_count(url: str) -> int:
 def new_run_id(job: Job) -> str:
     from backtest.hashing import token
 
-    stem = "".join(c if c.isalnum() else "-" for c in Path(job.strategy.filename).stem.lower()).strip("-")
+    stem = "".join(c if c.isalnum() or c == "_" else "-" for c in Path(job.strategy.filename).stem.lower()).strip("-")
     return f"{stem[:24] or 'run'}-{token([job.strategy.hash, time.time_ns(), os.getpid()])[:6]}"
 
 

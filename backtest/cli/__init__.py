@@ -12,9 +12,26 @@ from typing import Annotated, Optional
 
 import typer
 
+from typer.core import TyperGroup
+
 from backtest.errors import BtError
 
+
+class _Group(TyperGroup):
+    """Turns a BtError raised by any command into one red line and its exit code."""
+
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except BtError as exc:
+            from backtest.cli.render import error_line
+
+            error_line(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+
+
 app = typer.Typer(
+    cls=_Group,
     name="bt",
     help="bt: a backtesting farm. Plan content-hashed shards, run them locally or over SSH, "
     "merge and report.\n\nStart with: bt data demo && bt run strategies/sma_cross.py --from 2020 --to 2024",

@@ -1,0 +1,197 @@
+"""`bt run` end to end through the CLI: reproducibility, the cache, and what a rerun computes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from backtest.cli import _register, app
+from backtest.results import ResultStore
+
+_register()
+runner = CliRunner()
+
+
+def bt(root: Path, *args: str) -> tuple[int, str, str]:
+    res = runner.invoke(app, ["--data", str(root), *map(str, args)])
+    if res.exception and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return res.exit_code, res.stdout, res.stderr
+
+
+def run_json(root: Path, *args: str) -> dict:
+    code, out, err = bt(root, "run", *args, "--json")
+    assert code in (0, 1), err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def results_bytes(root: Path) -> dict[str, bytes]:
+    store = ResultStore(root)
+    return {k: store.read_bytes(k) for k in store.keys()}
+
+
+def test_inline_and_local_give_identical_bytes_twice(root: Path, sma_path: Path, tmp_path: Path) -> None:
+    args = [sma_path, "--from", "2020", "--to", "2021", "--param", "fast=5,10", "--param", "slow=20,40"]
+    other = tmp_path / "other"
+    shutil.copytree(root, other)
+    a = run_json(root, *args, "--executor", "inline://")
+    b = run_json(other, *args, "--executor", "local://2")
+    assert a["status"] == b["status"] == "done"
+    assert a["tasks"] == b["tasks"] == 12 and a["computed"] == 12
+    first = results_bytes(root)
+    assert first == results_bytes(other) and len(first) == 12
+    # twice: forced recomputation gives the same bytes again
+    c = run_json(other, *args, "--executor", "local://2", "--force")
+    assert c["computed"] == 12 and results_bytes(other) == first
+
+
+def test_rerun_and_changed_parameter_compute_only_what_is_missing(root: Path, sma_path: Path) -> None:
+    args = [sma_path, "--from", "2020", "--to", "2021", "--param", "fast=5,10", "--param", "slow=20", "-w", "2"]
+    first = run_json(root, *args)
+    assert (first["computed"], first["cached"]) == (6, 0)
+    again = run_json(root, *args)
+    assert (again["computed"], again["cached"], again["tasks"]) == (0, 6, 6)
+    changed = run_json(root, sma_path, "--from", "2020", "--to", "2021", "--param", "fast=5,15",
+                       "--param", "slow=20", "-w", "2")
+    assert (changed["computed"], changed["cached"]) == (3, 3)
+
+
+def test_reimported_changed_year_recomputes_only_tasks_reading_it(root: Path, sma_path: Path) -> None:
+    from backtest.data import Store
+    from conftest import synth_daily
+
+    # AAA from 2020 only, BBB reading 2019-2021: change AAA's 2021 bars → only AAA tasks recompute
+    args = [sma_path, "--from", "2020-06", "--to", "2021", "--param", "fast=5", "--param", "slow=20", "-w", "1"]
+    assert run_json(root, *args)["computed"] == 3
+    store = Store(root)
+    ts, o, h, low, c, v = synth_daily(0)
+    year2021 = ts >= 1609459200_000_000_000
+    c2 = c.copy()
+    c2[year2021] *= 1.01
+    h2 = h.copy()
+    h2[year2021] *= 1.01
+    store.import_arrays("AAA", ts, o, h2, low, c2, v, replace=True)
+    again = run_json(root, *args)
+    assert (again["computed"], again["cached"]) == (1, 2)
+
+
+def test_report_formats_follow_the_contract(root: Path, sma_path: Path, tmp_path: Path) -> None:
+    summary = run_json(root, sma_path, "--from", "2020", "--to", "2021", "--param", "fast=5,10", "--param",
+                       "slow=20", "-w", "1", "--commission", "0.001")
+    rid = summary["run_id"]
+    code, out, _ = bt(root, "report", rid, "--format", "json")
+    assert code == 0
+    rows = json.loads(out)
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"done"}
+    assert set(rows[0]) == {"key", "symbol", "params", "status", "metrics"}
+    from backtest.catalog import METRICS
+
+    assert set(rows[0]["metrics"]) == set(METRICS)
+    assert rows[0]["metrics"]["sharpe"] >= rows[-1]["metrics"]["sharpe"]  # sorted by --sort
+    code, out, _ = bt(root, "report", rid, "--format", "csv")
+    header = out.splitlines()[0]
+    assert header.startswith('"key","symbol","status","param_fast","param_short","param_slow"')
+    assert len(out.strip().splitlines()) == 7
+    pq = tmp_path / "r.parquet"
+    assert bt(root, "report", rid, "--format", "parquet", "--out", pq)[0] == 0
+    import pyarrow.parquet as papq
+
+    assert papq.read_table(pq).num_rows == 6
+    code, out, _ = bt(root, "report", rid, "--symbol", "AAA", "--params", "fast=5,slow=20", "--trades",
+                      "--format", "csv")
+    assert code == 0, out
+    lines = out.strip().splitlines()
+    assert lines[0] == '"entry_time","exit_time","side","size","entry_price","exit_price","pnl","return","fees","bars"'
+    assert len(lines) > 2
+    code, out, _ = bt(root, "report", rid)
+    assert code == 0 and "top 6 by sharpe" in out and "best parameters per symbol" in out
+    code, out, _ = bt(root, "runs")
+    assert code == 0 and rid in out
+    code, out, _ = bt(root, "verify", rid)
+    assert code == 0 and "6 tasks" in out and "identical" in out
+    table = __import__("backtest").load_run(rid, root)
+    assert table.num_rows == 6 and "sharpe" in table.column_names
+
+
+def test_verify_catches_a_tampered_result(root: Path, sma_path: Path) -> None:
+    from backtest.results import decode, encode
+
+    rid = run_json(root, sma_path, "--from", "2020", "--to", "2021", "--param", "fast=5", "--param", "slow=20",
+                   "-w", "1", "--symbols", "AAA")["run_id"]
+    store = ResultStore(root)
+    (key,) = store.keys()
+    rec = decode(store.read_bytes(key))
+    store.write(key, encode(rec.key, rec.symbol, rec.params, {**rec.metrics, "sharpe": 99.0}, rec.trades, rec.env))
+    code, out, _ = bt(root, "verify", rid)
+    assert code == 1 and "1 of 1 tasks differ" in out
+
+
+def test_failures_are_recorded_and_logged(root: Path, faulty: Path) -> None:
+    summary = run_json(root, faulty, "--from", "2020", "--param", "n=6:8", "--param", "mode=raise", "-w", "2")
+    assert summary["status"] == "failed" and summary["failed"] == 3 and summary["computed"] == 6
+    code, out, _ = bt(root, "run", faulty, "--from", "2020", "--param", "n=6:8", "--param", "mode=raise", "--json")
+    assert code == 1
+    again = json.loads(out)
+    assert (again["cached"], again["failed"], again["computed"]) == (6, 3, 0)  # only the failures were retried
+    code, out, _ = bt(root, "logs", summary["run_id"])
+    assert "boom at n=7" in out and "faulty.py" in out
+    code, out, _ = bt(root, "report", summary["run_id"])
+    assert "3 failed" in out
+
+
+def test_strategy_output_is_captured(root: Path, faulty: Path) -> None:
+    rid = run_json(root, faulty, "--from", "2021", "--param", "mode=print", "--symbols", "AAA", "-w", "1")["run_id"]
+    code, out, _ = bt(root, "logs", rid)
+    assert "hello from n=5" in out
+
+
+@pytest.fixture(scope="module")
+def ran(market: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    root = tmp_path_factory.mktemp("ran") / "bt"
+    shutil.copytree(market, root)
+    sma = Path(__file__).resolve().parents[2] / "strategies" / "sma_cross.py"
+    rid = run_json(root, sma, "--from", "2021", "--param", "fast=5", "--param", "slow=20", "--symbols", "AAA",
+                   "--executor", "inline://")["run_id"]
+    return root, rid
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "missing.py"], "missing.py"),
+        (["run", "{sma}", "--param", "fsat=5"], 'Did you mean "fast"?'),
+        (["run", "{sma}", "--param", "fast=5:1:0"], "fast"),
+        (["run", "{sma}", "--from", "2024", "--to", "2020"], "--from 2024 is after --to 2020"),
+        (["run", "{sma}", "--from", "2030", "--to", "2031"], "2030"),
+        (["run", "{sma}", "--symbols", "AAB"], 'Did you mean "AAA"?'),
+        (["run", "{sma}", "--universe", "{empty}"], "lists no symbols"),
+        (["run", "{sma}", "--executor", "ftp://x"], 'unknown executor scheme "ftp://"'),
+        (["run", "{sma}", "--workers", "0"], "--workers must be at least 1"),
+        (["run", "{sma}", "--max-memory", "lots"], "is not a size"),
+        (["report", "nosuchrun"], 'unknown run "nosuchrun"'),
+        (["report", "{rid}", "--sort", "sharp"], 'Did you mean "sharpe"?'),
+        (["run", "{syntax}"], "syntax.py:3: syntax error"),
+        (["run", "{noclass}"], "no Strategy"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_records_nothing(ran: tuple[Path, str], sma_path: Path, tmp_path: Path,
+                                                          args: list[str], message: str) -> None:
+    from backtest.catalog import Catalog
+
+    root, rid = ran
+    before = len(Catalog(root / "catalog.duckdb").runs())
+    (tmp_path / "empty.txt").write_text("# nothing\n\n")
+    (tmp_path / "syntax.py").write_text("from backtest.strategy import Strategy\n\nclass S(Strategy:\n    pass\n")
+    (tmp_path / "noclass.py").write_text("x = 1\n")
+    subs = {"{sma}": str(sma_path), "{empty}": str(tmp_path / "empty.txt"), "{rid}": rid,
+            "{syntax}": str(tmp_path / "syntax.py"), "{noclass}": str(tmp_path / "noclass.py")}
+    code, out, err = bt(root, *[subs.get(a, a) for a in args])
+    assert code == 2, (out, err)
+    assert message in err
+    assert "Traceback" not in err + out
+    assert len([line for line in err.strip().splitlines() if line.strip()]) <= 2, err
+    assert len(Catalog(root / "catalog.duckdb").runs()) == before
