@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
 
     _register()
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
+        sys.exit(rv if isinstance(rv, int) else 0)
     except BtError as exc:
         error_line(str(exc))
         sys.exit(exc.exit_code)

