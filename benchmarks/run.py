@@ -1,0 +1,653 @@
+"""Benchmarks of bt against vectorbt and backtesting.py, side by side in one run (issue 6).
+
+    python benchmarks/run.py                       # all suites, 3 timed repeats each
+    python benchmarks/run.py --suite sma_grid --repeats 5
+    python benchmarks/run.py --suite small --engines bt,vectorbt
+    nox -s bench -- --suite startup
+
+Suites: ``selftest`` (the answer check and the peers' semantics against a slow reference; no
+times), ``sma_grid`` (20 symbols x 98 280 minute bars x 90 SMA combos), ``small`` (400 daily
+backtests), ``rerun`` (bt's cached and one-changed-parameter reruns), ``startup`` (``bt --help``),
+``all`` (every one, selftest first). Every timed run is a fresh process; the peers run in their
+own venv (benchmarks/.peers/, built on first use). Answers are checked before any time is shown;
+a disagreement exits 1 and writes nothing. The tables go to stdout and to benchmarks/RESULTS.md.
+See benchmarks/README.md for what is measured and how the engines' semantics are matched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bt_side  # noqa: E402
+import check  # noqa: E402
+import common  # noqa: E402
+import peerenv  # noqa: E402
+from measure import Measurement, Run, measure_repeats, run_measured  # noqa: E402
+
+SUITES = ("selftest", "sma_grid", "small", "rerun", "startup")
+ENGINES = ("bt", "vectorbt", "backtesting.py")
+PEER_SCRIPTS = {"vectorbt": "vectorbt_sma.py", "backtesting.py": "backtesting_sma.py"}
+RESULTS_MD = common.BENCH_DIR / "RESULTS.md"
+
+
+@dataclass
+class SuiteResult:
+    name: str
+    title: str
+    rows: list[Measurement] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def bt_primary(self) -> Measurement | None:
+        return next((r for r in self.rows if r.engine == "bt"), None)
+
+
+@dataclass
+class Harness:
+    args: argparse.Namespace
+    ctx: bt_side.BenchContext
+    say: Callable[[str], None]
+    peer_python: Path | None = None
+
+    def wants(self, engine: str) -> bool:
+        return engine in self.args.engines
+
+    def peer_env(self) -> dict[str, str]:
+        return {**os.environ, "TQDM_DISABLE": "1"}
+
+    # -- peers ---------------------------------------------------------------------------------
+
+    def peer_row(
+        self,
+        engine: str,
+        workload: str,
+        data_path: Path,
+        variant: str,
+        bar_evals: int,
+        *,
+        symbols: str = "all",
+        combos: str = "all",
+        extra: tuple[str, ...] = (),
+        scale: float = 1.0,
+        extrapolated: str = "",
+    ) -> Measurement:
+        assert self.peer_python is not None
+        grid = "sma_grid" if workload == "sma_grid" else "small"
+        answers_dir = self.ctx.work_dir / "answers"
+        script = str(common.BENCH_DIR / "peers" / PEER_SCRIPTS[engine])
+        jobs = str(self.args.peer_jobs)
+
+        def argv(out: Path, sym: str, comb: str, more: tuple[str, ...] = ()) -> list[str]:
+            return [
+                str(self.peer_python),
+                script,
+                "--data",
+                str(data_path),
+                "--grid",
+                grid,
+                "--symbols",
+                sym,
+                "--combos",
+                comb,
+                "--jobs",
+                jobs,
+                "--out",
+                str(out),
+                *extra,
+                *more,
+            ]
+
+        for _ in range(self.ctx.warmup):  # small and untimed: byte code, numba's on-disk caches, page cache
+            run_measured(
+                argv(answers_dir / f"{engine}-warmup.json", "0", "every:30", ("--bars", "3000")),
+                env=self.peer_env(),
+                timeout=self.ctx.timeout,
+            ).check()
+        m = Measurement(
+            engine, workload, variant, bar_evals, extrapolated=extrapolated, procs=self.args.peer_jobs
+        )
+
+        def collect(i: int, res: Any) -> tuple[dict[str, float], dict[common.TaskKey, dict[str, Any]]]:
+            doc = common.read_answers(answers_dir / f"{engine}-{workload}-{i}.json")
+            answers = {
+                k: {f: t[f] for f in ("final_equity", "trades", "closed_trades")}
+                for k, t in common.answers_by_key(doc).items()
+            }
+            return doc["phases"], answers
+
+        return measure_repeats(
+            m,
+            lambda i: (
+                argv(answers_dir / f"{engine}-{workload}-{i}.json", symbols, combos),
+                self.peer_env(),
+                None,
+            ),
+            self.ctx.repeats,
+            collect=collect,
+            scale=scale,
+            timeout=self.ctx.timeout,
+            progress=self.say,
+        )
+
+    # -- bt ------------------------------------------------------------------------------------
+
+    def bt_rows(self, suite: SuiteResult, hook: Callable[[bt_side.BenchContext], list[Measurement]]) -> None:
+        if not self.wants("bt"):
+            return
+        try:
+            suite.rows[:0] = hook(self.ctx)
+        except bt_side.NotWired as exc:
+            self.say(f"  bt: not yet wired ({exc})")
+            suite.notes.append(f"bt: not yet wired — {exc}")
+
+    # -- checks --------------------------------------------------------------------------------
+
+    def check_answers(self, suite: SuiteResult, data_path: Path) -> None:
+        """The suite's answer checks; raises ``check.AnswerMismatch`` on any that fails."""
+        rows = {(r.engine, r.variant): r for r in suite.rows}
+        vbt = next((r for r in suite.rows if r.engine == "vectorbt" and r.answers), None)
+        bpy = next((r for r in suite.rows if r.engine == "backtesting.py"), None)
+        data = common.load_data(data_path)
+        n_ref = self.args.ref_sample
+        for r in rows.values():
+            if r.engine != "bt" or not r.bar_evals:
+                continue
+            if r.answers is None:
+                raise check.AnswerMismatch(f"bt [{r.variant}] returned no answers: nothing was checked")
+            if vbt is not None and vbt.answers:
+                keys = check.sample_keys(vbt.answers, self.args.check_sample)
+                rep = check.require_agreement(
+                    vbt.answers, r.answers, names=("vectorbt", f"bt [{r.variant}]"), keys=keys
+                )
+            else:
+                rep = reference_check(data, r.answers, n_ref, "fractional", f"bt [{r.variant}]")
+            suite.checks.append(rep.summary())
+        if vbt is not None and vbt.answers:
+            suite.checks.append(reference_check(data, vbt.answers, n_ref, "fractional", "vectorbt").summary())
+        if bpy is not None and bpy.answers:
+            suite.checks.append(
+                reference_check(data, bpy.answers, n_ref, "integer", "backtesting.py").summary()
+                + " (reference with integer units)"
+            )
+            if vbt is not None and vbt.answers:
+                rep = check.compare(
+                    vbt.answers,
+                    bpy.answers,
+                    names=("vectorbt", "backtesting.py"),
+                    rtol=math.inf,
+                    fields=("final_equity", "trades", "closed_trades"),
+                )
+                line = rep.summary().replace(", all agree", ": trade counts agree") + (
+                    " (equity differs by design: whole units)"
+                )
+                if not rep.ok:
+                    line = "WARNING " + line
+                suite.checks.append(line)
+
+
+def without_jit(m: Measurement) -> Measurement:
+    """The same runs less their JIT warm-up (``prewarm_s``): vectorbt as a notebook that compiled already sees it.
+
+    Derived, not measured separately: wall − prewarm_s of each run. Its answers are not checked
+    again (they are the same runs')."""
+    runs = [
+        Run(r.wall_s - r.phases["prewarm_s"], r.measured_wall_s, r.peak_tree_rss, r.max_single_rss, r.phases)
+        for r in m.runs
+    ]
+    return Measurement(
+        m.engine,
+        m.workload,
+        "same runs less numba JIT warm-up (wall − prewarm)",
+        m.bar_evals,
+        runs,
+        procs=m.procs,
+    )
+
+
+def reference_check(
+    data: common.SyntheticData, answers: dict[common.TaskKey, dict[str, Any]], n: int, units: str, name: str
+) -> check.CheckReport:
+    """``name``'s answers on a seeded sample of ``n`` tasks against the slow reference (raises on disagreement)."""
+    keys = check.sample_keys(answers, n, seed=1)
+    ref = {}
+    for sym, fast, slow in keys:
+        i = data.symbols.index(sym)
+        ref[(sym, fast, slow)] = check.reference_sma_long_only(
+            data.open[i].tolist(), data.close[i].tolist(), fast, slow, units=units
+        )
+    return check.require_agreement(
+        ref,
+        answers,
+        names=(f"reference ({units})", name),
+        keys=keys,
+        fields=("final_equity", "trades", "closed_trades"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Suites
+
+
+def suite_selftest(h: Harness) -> SuiteResult:
+    s = SuiteResult("selftest", "Self-test: the answer check, and the peers against a slow reference")
+    check.self_check_comparator()
+    s.checks.append(
+        "comparator flags a 1e-8 relative equity difference, a trade off by one, a missing task, NaN"
+    )
+    cases = [
+        (common.DAILY, "small", "0", "5:100,10:200,40:100", 0),
+        (common.MINUTE, "sma_grid", "0", "5:20,15:100,50:200", 20_000),
+    ]
+    for spec, grid, sym, combos, bars in cases:
+        path = common.ensure_data(spec)
+        data = common.load_data(path)
+        cut = common.SyntheticData(
+            data.symbols,
+            data.bars_per_day,
+            data.bar_ns,
+            data.ts[: bars or None],
+            *(getattr(data, a)[:, : bars or None] for a in ("open", "high", "low", "close", "volume")),
+        )
+        where = f"{spec.name} {data.symbols[int(sym)]}, {cut.ts.shape[0]} bars, combos {combos}"
+        for engine, units in (("vectorbt", "fractional"), ("backtesting.py", "integer")):
+            if not h.wants(engine):
+                continue
+            out = h.ctx.work_dir / "answers" / f"selftest-{engine}.json"
+            argv = [
+                str(h.peer_python),
+                str(common.BENCH_DIR / "peers" / PEER_SCRIPTS[engine]),
+                "--data",
+                str(path),
+                "--grid",
+                grid,
+                "--symbols",
+                sym,
+                "--combos",
+                combos,
+                "--out",
+                str(out),
+            ]
+            if bars:
+                argv += ["--bars", str(bars)]
+            run_measured(argv, env=h.peer_env(), timeout=h.ctx.timeout).check()
+            answers = common.answers_by_key(common.read_answers(out))
+            rep = reference_check(cut, answers, len(answers), units, engine)
+            s.checks.append(f"{rep.summary()} [{where}; reference with {units} units]")
+            h.say(f"  {s.checks[-1]}")
+    return s
+
+
+def suite_sma_grid(h: Harness) -> SuiteResult:
+    s = SuiteResult(
+        "sma_grid",
+        f"SMA grid, minute bars: {common.MINUTE.symbols} symbols x {common.MINUTE.bars:,} bars x "
+        f"{len(common.SMA_GRID)} combos = {bt_side.SMA_GRID_BAR_EVALS:,} bar-evaluations",
+    )
+    path = common.ensure_data(common.MINUTE)
+    h.bt_rows(s, bt_side.run_bt_sma_grid)
+    if h.wants("vectorbt"):
+        m = h.peer_row(
+            "vectorbt",
+            "sma_grid",
+            path,
+            "from_signals + stats, 1 portfolio per symbol",
+            bt_side.SMA_GRID_BAR_EVALS,
+            extra=("--batch", "symbol", "--prewarm"),
+        )
+        s.rows += [m, without_jit(m)]
+    if h.wants("backtesting.py"):
+        n_sym, combos = h.args.bpy_symbols, h.args.bpy_combos
+        n_combos = (
+            len(common.SMA_GRID[:: int(combos.split(":")[1])])
+            if combos.startswith("every:")
+            else len(common.SMA_GRID)
+        )
+        scale = common.MINUTE.symbols * len(common.SMA_GRID) / (n_sym * n_combos)
+        label = f"extrapolated from {n_sym} symbol(s) x {n_combos} combos (x{scale:g})"
+        s.rows.append(
+            h.peer_row(
+                "backtesting.py",
+                "sma_grid",
+                path,
+                "Backtest.run per combo",
+                bt_side.SMA_GRID_BAR_EVALS,
+                symbols=",".join(str(i) for i in range(n_sym)),
+                combos=combos,
+                scale=scale,
+                extrapolated=label,
+            )
+        )
+    h.check_answers(s, path)
+    return s
+
+
+def suite_small(h: Harness) -> SuiteResult:
+    s = SuiteResult(
+        "small",
+        f"Many small backtests: {common.DAILY.symbols} symbols x {len(common.SMALL_GRID)} SMA combos = "
+        f"{common.DAILY.symbols * len(common.SMALL_GRID)} tasks on {common.DAILY.bars:,} daily bars (10 years)",
+    )
+    path = common.ensure_data(common.DAILY)
+    h.bt_rows(s, bt_side.run_bt_small)
+    if h.wants("vectorbt"):
+        m = h.peer_row(
+            "vectorbt",
+            "small",
+            path,
+            "from_signals + stats, 1 portfolio of 400 columns",
+            bt_side.SMALL_BAR_EVALS,
+            extra=("--batch", "all", "--prewarm"),
+        )
+        s.rows += [m, without_jit(m)]
+    if h.wants("backtesting.py"):
+        s.rows.append(
+            h.peer_row("backtesting.py", "small", path, "Backtest.run per task", bt_side.SMALL_BAR_EVALS)
+        )
+    h.check_answers(s, path)
+    return s
+
+
+def suite_rerun(h: Harness) -> SuiteResult:
+    s = SuiteResult("rerun", "Reruns of the SMA grid in bt (no peer has a result cache)")
+    h.bt_rows(s, bt_side.run_bt_rerun)
+    return s
+
+
+def suite_startup(h: Harness) -> SuiteResult:
+    s = SuiteResult("startup", "Startup: `bt --help` in a fresh process")
+    h.bt_rows(s, bt_side.run_bt_startup)
+    if s.rows:
+        floor = Measurement("python", "startup", "python -c pass (interpreter floor)", 0)
+        s.rows.append(
+            measure_repeats(
+                floor, lambda i: ([sys.executable, "-c", "pass"], None, None), h.ctx.repeats, progress=h.say
+            )
+        )
+    return s
+
+
+SUITE_FUNCS: dict[str, Callable[[Harness], SuiteResult]] = {
+    "selftest": suite_selftest,
+    "sma_grid": suite_sma_grid,
+    "small": suite_small,
+    "rerun": suite_rerun,
+    "startup": suite_startup,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Environment and output
+
+
+def machine() -> dict[str, str]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "unknown"
+    try:
+        kb = int(
+            next(
+                ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal")
+            ).split()[1]
+        )
+        mem = f"{kb / 2**20:.1f} GiB"
+    except (OSError, StopIteration, ValueError):
+        pass
+    return {
+        "nproc": str(len(os.sched_getaffinity(0))),
+        "cpu": model,
+        "memory": mem,
+        "os": f"{platform.system()} {platform.release()}",
+    }
+
+
+def bt_versions() -> dict[str, str]:
+    import numba
+    import numpy
+
+    try:
+        import backtest
+
+        bt = f"{backtest.__version__} (engine {getattr(backtest, 'ENGINE_VERSION', '?')})"
+    except ImportError:
+        bt = "not installed"
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=common.REPO_DIR,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=common.REPO_DIR,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        bt += f", commit {rev}{' + uncommitted changes' if dirty else ''}"
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return {
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "numba": numba.__version__,
+        "bt": bt,
+    }
+
+
+def fmt_rate(x: float) -> str:
+    return "—" if not x or math.isnan(x) else f"{x:.3g}"
+
+
+def row_cells(r: Measurement, bt: Measurement | None) -> list[str]:
+    lo, hi = r.wall_range
+    ratio = "—" if bt is None else f"{r.wall / bt.wall:,.1f}"
+    variant = r.variant + (f" — {r.extrapolated}" if r.extrapolated else "")
+    return [
+        r.engine,
+        variant,
+        str(r.procs),
+        f"{r.wall:.3f}" if r.wall < 10 else f"{r.wall:.1f}",
+        f"{lo:.3g}–{hi:.3g}",
+        fmt_rate(r.throughput),
+        f"{r.peak_rss / 2**20:,.0f}",
+        ratio,
+    ]
+
+
+HEADERS = ["engine", "variant", "procs", "wall s", "min–max", "bar-evals/s", "peak MB", "÷ bt"]
+
+
+def phase_lines(s: SuiteResult) -> list[str]:
+    out = []
+    for r in s.rows:
+        ph = r.phase_medians()
+        if ph and not r.derived_from:
+            out.append(
+                f"{r.engine}: "
+                + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in ph.items())
+                + (" (measured subset)" if r.extrapolated else "")
+            )
+    return out
+
+
+def print_suite(s: SuiteResult) -> None:
+    bt = s.bt_primary()
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        console = Console(width=None if sys.stdout.isatty() else 160)
+        if not s.rows:
+            console.print(f"\n[bold]{s.title}[/bold]")
+        else:
+            t = Table(title=s.title, title_justify="left")
+            for hd in HEADERS:
+                t.add_column(hd, justify="left" if hd in ("engine", "variant") else "right")
+            for r in s.rows:
+                t.add_row(*row_cells(r, bt))
+            console.print(t)
+    except ImportError:
+        print(f"\n{s.title}")
+        for line in ([HEADERS] if s.rows else []) + [row_cells(r, bt) for r in s.rows]:
+            print("  " + " | ".join(line))
+    for line in s.checks:
+        print(f"  check: {line}")
+    for line in s.notes + phase_lines(s):
+        print(f"  note: {line}")
+
+
+def results_markdown(results: list[SuiteResult], meta: dict[str, Any]) -> str:
+    md = [
+        "# Benchmark results",
+        "",
+        f"Written by `{meta['command']}` on {meta['date']} (UTC). What is measured and how the engines'",
+        "semantics are matched: [README.md](README.md). Wall times are of fresh processes, end to end",
+        "(interpreter start, imports, data load, compute, stats, writing answers); peak RSS is the",
+        "sampled sum over the process tree. `÷ bt` is the row's median wall time over bt's first row's",
+        "(how many times faster bt is); `bar-evals/s` is bars x combos of the full job / median wall.",
+        "",
+        "## Machine",
+        "",
+    ]
+    md += [f"- {k}: {v}" for k, v in meta["machine"].items()]
+    md += [
+        f"- load average (1/5/15 min) at start: {meta['load_start']}, at end: {meta['load_end']}"
+        " — the 2 cores are shared with other engineers' work, so times are noisy",
+        "",
+        "## Versions",
+        "",
+    ]
+    md += ["- bt's environment: " + ", ".join(f"{k} {v}" for k, v in meta["bt_versions"].items())]
+    if meta.get("peer_versions"):
+        md += [
+            "- peers' environment (benchmarks/.peers/): "
+            + ", ".join(f"{k} {v}" for k, v in meta["peer_versions"].items())
+        ]
+    md += [
+        f"- repeats: {meta['repeats']} timed (median, min–max), {meta['warmup']} untimed warm-up run(s) per row;"
+        f" peers ran with {meta['peer_jobs']} process(es)"
+    ]
+    for s in results:
+        md += ["", f"## {s.name}: {s.title}", ""]
+        bt = s.bt_primary()
+        if s.rows:
+            md += ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+            md += ["| " + " | ".join(row_cells(r, bt)) + " |" for r in s.rows]
+            md.append("")
+        md += [f"- check: {c}" for c in s.checks]
+        md += [f"- {n}" for n in s.notes]
+        md += [f"- phases (median, seconds inside the process): {p}" for p in phase_lines(s)]
+    return "\n".join(md) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--suite", action="append", choices=[*SUITES, "all"], help="suite to run (repeatable; default all)"
+    )
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats per row (default 3)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed warm-up runs per row (default 1)")
+    ap.add_argument(
+        "--engines", default=",".join(ENGINES), help="comma-separated subset of: " + ", ".join(ENGINES)
+    )
+    ap.add_argument(
+        "--peer-jobs",
+        type=int,
+        default=1,
+        help="processes each peer may use (default 1, as vectorbt and a backtesting.py loop run)",
+    )
+    ap.add_argument(
+        "--bpy-symbols", type=int, default=1, help="backtesting.py sma_grid subset: first N symbols"
+    )
+    ap.add_argument(
+        "--bpy-combos", default="all", help="backtesting.py sma_grid subset: 'all' or 'every:K' combos"
+    )
+    ap.add_argument("--check-sample", type=int, default=0, help="tasks compared bt vs vectorbt (0: all)")
+    ap.add_argument(
+        "--ref-sample", type=int, default=3, help="tasks per engine checked against the slow reference"
+    )
+    ap.add_argument("--timeout", type=float, default=3600.0, help="seconds before one process is killed")
+    ap.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS_MD,
+        help="markdown file to write (default benchmarks/RESULTS.md)",
+    )
+    ap.add_argument("--no-results", action="store_true", help="do not write the markdown file")
+    ap.add_argument("-v", "--verbose", action="store_true", help="show each repeat's time as it finishes")
+    args = ap.parse_args(argv)
+    args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if bad := [e for e in args.engines if e not in ENGINES]:
+        ap.error(f"unknown engine(s) {bad}; known: {', '.join(ENGINES)}")
+    if args.repeats < 1 or args.warmup < 0 or args.peer_jobs < 1:
+        ap.error("--repeats and --peer-jobs must be >= 1, --warmup >= 0")
+    suites = list(SUITES) if not args.suite or "all" in args.suite else list(dict.fromkeys(args.suite))
+
+    def say(line: str) -> None:
+        if not args.verbose:  # no time before the answers are checked, unless asked
+            line = line.split(":", 1)[0] + ": done" if " repeat " in line else line
+        print(line, flush=True)
+
+    common.WORK_DIR.mkdir(parents=True, exist_ok=True)
+    ctx = bt_side.BenchContext(
+        common.WORK_DIR,
+        common.ensure_data(common.MINUTE),
+        common.ensure_data(common.DAILY),
+        args.repeats,
+        args.warmup,
+        args.timeout,
+        say,
+    )
+    h = Harness(args, ctx, say)
+    meta: dict[str, Any] = {
+        "command": "python benchmarks/run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"),
+        "machine": machine(),
+        "bt_versions": bt_versions(),
+        "load_start": "/".join(f"{x:.2f}" for x in os.getloadavg()),
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "peer_jobs": args.peer_jobs,
+    }
+    if any(e != "bt" for e in args.engines) and any(s in ("selftest", "sma_grid", "small") for s in suites):
+        h.peer_python = peerenv.ensure(say)
+        meta["peer_versions"] = peerenv.versions()
+    results = []
+    try:
+        for name in suites:
+            say(f"suite {name} ...")
+            results.append(SUITE_FUNCS[name](h))
+    except check.AnswerMismatch as exc:
+        print(f"\nFAILED: the engines' answers disagree, so no times are reported.\n{exc}", file=sys.stderr)
+        return 1
+    meta["load_end"] = "/".join(f"{x:.2f}" for x in os.getloadavg())
+    for s in results:
+        print_suite(s)
+    if not args.no_results:
+        body = results_markdown(results, meta)
+        common._atomic_write(args.results, lambda f: f.write(body.encode()))
+        print(f"\nwrote {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
