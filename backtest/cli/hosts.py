@@ -15,7 +15,7 @@ def check(
     file: Annotated[
         Path,
         typer.Argument(
-            help="Hosts file: one [user@]host[:port] a line, options cores=N python=PATH key=PATH."
+            help="Hosts file: one \\[user@]host[:port] a line, options cores=N python=PATH key=PATH."
         ),
     ],
     accept_new_hosts: Annotated[

@@ -43,9 +43,9 @@ def check_host(spec: HostSpec, settings: object = None, *, install: bool = False
         try:
             found = boot.probe(conn, spec)
         except BtError as exc:
-            return HostReport(
-                spec, True, latency_ms=latency, environment="differs", error=_strip_name(spec, str(exc))
-            )
+            message = _strip_name(spec, str(exc))
+            state = "differs" if "environment differs" in message or "bt needs" in message else "-"
+            return HostReport(spec, True, latency_ms=latency, environment=state, error=message)
         cores = spec.cores or found.cores
         if install:
             try:

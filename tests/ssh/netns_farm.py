@@ -291,10 +291,20 @@ class Farm:
                 host.proc.wait(timeout=5)
 
     def freeze(self, host: Host) -> None:
-        """SIGSTOP every process of the host; its kernel still answers TCP."""
-        for pid in host.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)
+        """SIGSTOP every process of the host; its kernel still answers TCP.
+
+        Repeats until no new process shows up: sshd forks a session's child just after
+        authentication, so one listing taken right after a login can miss it."""
+        stopped: set[int] = set()
+        stable = 0
+        while stable < 3:
+            new = set(host.pids()) - stopped
+            for pid in new:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            stopped |= new
+            stable = 0 if new else stable + 1
+            time.sleep(0.05)
 
     def thaw(self, host: Host) -> None:
         for pid in host.pids():
