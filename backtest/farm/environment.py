@@ -24,6 +24,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from backtest.errors import HostError
 from backtest.hashing import token
 
 DIST_NAME = "bt-farm"
+_BUILD_LOCK = threading.Lock()  # hosts bootstrapped in parallel threads build the wheels once
 FINGERPRINT_DISTS = ("bt-farm", "numpy", "numba", "pyarrow", "duckdb")
 
 
@@ -218,6 +220,11 @@ def pip_pin() -> str:
 
 def wheelhouse() -> list[Wheel]:
     """Wheels of ``pins()`` plus pip itself for this interpreter; built once, then cached."""
+    with _BUILD_LOCK:
+        return _wheelhouse()
+
+
+def _wheelhouse() -> list[Wheel]:
     folder = cache_dir() / "wheelhouse" / env_key()
     cached = _load_manifest(folder)
     if cached is not None:
@@ -241,6 +248,11 @@ def wheelhouse() -> list[Wheel]:
 
 def code_wheel() -> Wheel:
     """A wheel of the running bt, built from its source files; cached by ``code_key()``."""
+    with _BUILD_LOCK:
+        return _code_wheel()
+
+
+def _code_wheel() -> Wheel:
     version = bt_version()  # 0.1.0+src.<hash>: what importlib.metadata reports on the host
     folder = cache_dir() / "code" / code_key()[:24]
     cached = _load_manifest(folder)
