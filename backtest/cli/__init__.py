@@ -6,12 +6,10 @@ imports (numpy, duckdb, pyarrow, numba) inside its functions so that ``bt --help
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
-
 from typer.core import TyperGroup
 
 from backtest.errors import BtError
@@ -28,6 +26,11 @@ class _Group(TyperGroup):
 
             error_line(str(exc))
             raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            from backtest.cli.render import error_line
+
+            error_line("interrupted")
+            raise typer.Exit(130) from None
 
 
 app = typer.Typer(
@@ -45,7 +48,7 @@ app = typer.Typer(
 @app.callback()
 def _root(
     data: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             "--data",
             envvar="BT_DATA",
@@ -70,30 +73,6 @@ def _register() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app, turning any BtError into one red line and its exit code."""
-    from backtest.cli.render import error_line
-
+    """Entry point. Usage errors exit 2 (click), a BtError is one red line and its exit code, Ctrl+C 130."""
     _register()
-    try:
-        rv = app(args=argv, standalone_mode=False)
-        sys.exit(rv if isinstance(rv, int) else 0)
-    except BtError as exc:
-        error_line(str(exc))
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        error_line("interrupted")
-        sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.exceptions.Abort):
-            error_line("interrupted")
-            sys.exit(130)
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2 if exc.exit_code in (1, 2) else exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
-            sys.exit(exc.exit_code)
-        raise
+    app(args=argv)
