@@ -19,6 +19,7 @@ import numpy as np
 
 from backtest.data.freq import NS, parse_freq
 from backtest.data.store import Store
+from backtest.data.validate import Frame, Options, frame_from_arrays
 from backtest.errors import DataError
 
 _SESSION_NS = 390 * NS["min"]
@@ -108,8 +109,12 @@ def write_demo(store: Store, *, symbols: int = 20, freq: str = "1d", start_year:
         raise DataError("--symbols must be between 1 and 1000")
     times = bar_times(trading_days(start_year, end_year, days), parse_freq(freq))
     names = demo_symbols(symbols)
+    opts = Options(replace=replace)
+    batch: list[Frame] = []
     for i, name in enumerate(names):
-        bars = demo_bars(times, np.random.default_rng([seed, i]))
-        store.import_arrays(name, bars["ts"], bars["open"], bars["high"], bars["low"], bars["close"],
-                            bars["volume"], replace=replace)
+        b = demo_bars(times, np.random.default_rng([seed, i]))
+        batch.append(frame_from_arrays(name, b["ts"], b["open"], b["high"], b["low"], b["close"], b["volume"], opts))
+        if sum(len(f.cols) for f in batch) >= 2_000_000 or i == len(names) - 1:
+            store._commit(batch, opts)  # one commit for many symbols: far fewer fsyncs than one each
+            batch = []
     return names

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from backtest.data.partition import Columns, embedded_hash, open_partition, read_columns
-from backtest.engine.bars import Bars
 from backtest.errors import DataError
+
+if TYPE_CHECKING:  # backtest.engine loads numba: only when bars are actually read
+    from backtest.engine.bars import Bars
 
 
 def read_bars(symbol: str, files: Sequence[tuple[Path, str]], start_ns: int, end_ns: int,
@@ -21,6 +24,8 @@ def read_bars(symbol: str, files: Sequence[tuple[Path, str]], start_ns: int, end
     content hash must equal the expected one, else DataError: the data changed since the run was
     planned and results would no longer match their keys.
     """
+    from backtest.engine.bars import Bars
+
     handles = []
     for path, expected in files:
         pf = open_partition(Path(path))

@@ -26,6 +26,7 @@ _BARS = {"open": ("open", "o", "openprice"), "high": ("high", "h", "highprice"),
 _TICKS = {"price": ("price", "tradeprice", "last", "lastprice"),
           "size": ("size", "qty", "quantity", "amount", "tradesize", "volume", "vol")}
 _SYMBOL = ("symbol", "ticker", "sym", "instrument")
+STREAM_BLOCK = 2 << 20  # bytes of CSV per record batch when streaming; DuckDB buffers ~40 of them
 NUMERIC = ("open", "high", "low", "close", "adjclose", "volume", "price", "size")
 _LOOKS_LIKE_DATA = re.compile(r"^[\d.:/\- +T]+$")
 
@@ -69,6 +70,8 @@ def find_layout(names: list[str], label: str, *, ticks: bool, adjust: bool) -> L
         lay.fields["date"], lay.fields["time"] = ts_hits["date"], ts_hits["time"]
     elif ts_hits:
         lay.fields["ts"] = ts_hits[min(ts_hits, key=_TS.index)]
+    elif ticks:
+        raise _missing(label, ["timestamp"], names, found, "name the columns timestamp, price[, size]")
     else:
         raise _missing(label, ["date"], names, found)
     if ticks and not lay.has("price"):
@@ -152,7 +155,8 @@ class Source:
         for canon, i in lay.fields.items():
             names[i] = canon
         types = {c: (pa.float64() if c in NUMERIC and not strings else pa.string()) for c in lay.fields}
-        read = pcsv.ReadOptions(column_names=names, skip_rows=1, use_threads=True,
+        # Streaming reads one block at a time: with threads, Arrow reads ahead without bound.
+        read = pcsv.ReadOptions(column_names=names, skip_rows=1, use_threads=block_size is None,
                                 **({"block_size": block_size} if block_size else {}))
         return {"read_options": read,
                 "parse_options": pcsv.ParseOptions(delimiter=self.delimiter),
@@ -184,13 +188,13 @@ class Source:
 
         offset = 0
         if self.kind == "parquet":
-            for batch in self._parquet().iter_batches(batch_size=1 << 20, columns=self._raw(lay)):
+            for batch in self._parquet().iter_batches(batch_size=STREAM_BLOCK // 32, columns=self._raw(lay)):
                 batch = self._numeric(self._rename(pa.Table.from_batches([batch]), lay), offset)
                 offset += batch.num_rows
                 yield batch
             return
         try:
-            reader = pcsv.open_csv(self._input(), **self._csv_options(lay, strings=False, block_size=8 << 20))
+            reader = pcsv.open_csv(self._input(), **self._csv_options(lay, strings=False, block_size=STREAM_BLOCK))
             for batch in reader:
                 yield pa.Table.from_batches([batch])
         except pa.ArrowInvalid as exc:
@@ -229,7 +233,7 @@ class Source:
 
         offset = 0
         try:
-            reader = pcsv.open_csv(self._input(), **self._csv_options(lay, strings=True, block_size=4 << 20))
+            reader = pcsv.open_csv(self._input(), **self._csv_options(lay, strings=True, block_size=STREAM_BLOCK))
             for batch in reader:
                 for canon in batch.schema.names:
                     if canon in NUMERIC:

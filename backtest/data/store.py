@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,8 +21,10 @@ from backtest.data.partition import (
     write_partition,
 )
 from backtest.data.validate import Frame, Options, frame_from_arrays
-from backtest.engine.bars import Bars
 from backtest.errors import DataError, did_you_mean
+
+if TYPE_CHECKING:
+    from backtest.engine.bars import Bars
 
 Progress = Callable[[str, int], None]  # (file just done, its size in bytes)
 

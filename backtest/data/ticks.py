@@ -72,6 +72,7 @@ def _aggregate(src: Source, lay: Layout, opts: Options, default_symbol: str | No
     group = "sym, bucket" if by_symbol else "bucket"
     con = duckdb.connect(config={"threads": 2})
     try:
+        con.execute("SET enable_progress_bar = false")  # it would print on our stdout
         con.register("ticks", pa.RecordBatchReader.from_batches(schema, batches()))
         result = con.sql(f"SELECT {group}, {agg}, count(*) AS n FROM ticks GROUP BY {group} ORDER BY {group}"
                          ).to_arrow_table()
@@ -144,7 +145,7 @@ def _prepare(table: Any, src: Source, lay: Layout, opts: Options, step: int, sor
     if "open" in nums and "volume" not in nums:
         out["volume"] = np.full(len(index), np.nan)
     if "symbol" in cols:
-        out["sym"] = pc.utf8_upper(pc.utf8_trim_whitespace(table.column("symbol").cast(pa.string())))
+        out["sym"] = pc.utf8_upper(pc.utf8_trim_whitespace(table.column("symbol").cast(pa.string()))).combine_chunks()
     return out
 
 
