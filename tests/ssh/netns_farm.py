@@ -374,8 +374,20 @@ def teardown(octet: int, hosts: list[tuple[str, str, str]], farm_dir: Path | Non
         sh("ip", "netns", "del", ns, check=False)
         sh("userdel", "-f", user, check=False)
     sh("ip", "link", "del", f"btf{octet}", check=False)
-    if farm_dir is not None:
-        shutil.rmtree(farm_dir, ignore_errors=True)
+    if farm_dir is not None and farm_dir.exists():
+        # homes may hold bootstrapped venvs (~1 GB of small files): delete them in the background
+        trash = farm_dir.with_name(f".trash-{farm_dir.name}")
+        try:
+            farm_dir.rename(trash)
+        except OSError:
+            trash = farm_dir
+        subprocess.Popen(
+            ["rm", "-rf", str(trash)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     with contextlib.suppress(FileNotFoundError):
         (STATE_DIR / f"{octet}.json").unlink()
 

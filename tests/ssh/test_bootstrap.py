@@ -100,15 +100,14 @@ def test_second_contact_takes_under_a_second(farm: Farm, first: RemoteEnv) -> No
     assert elapsed <= 1.0
 
 
-def test_an_env_without_its_marker_is_rebuilt_without_resending(
-    farm: Farm, first: RemoteEnv, conn1: Any
-) -> None:
-    env_dir = first.python.rsplit("/bin/python", 1)[0]
-    assert exec_command(conn1, f"rm {env_dir}/.bt-ready").returncode == 0  # as if install died
+def test_an_incomplete_install_is_redone_without_resending(farm: Farm, first: RemoteEnv, conn1: Any) -> None:
+    # as if the install died after the venv was built but before bt's code was unpacked
+    assert exec_command(conn1, f"rm -r {first.code_dir}").returncode == 0
     env = bootstrap(conn1, spec_for(farm, farm.hosts[0]))
     assert env.installed and env.fingerprint == first.fingerprint
     assert env.shipped is not None and env.shipped.sent == [] and env.shipped.bytes_wire == 0
     assert len(env.shipped.present) == len(environment.wheelhouse()) + 1  # + the bt wheel
+    assert exec_command(conn1, env.command("-c", "import backtest.farm")).returncode == 0
 
 
 def test_a_broken_or_old_python_is_refused(farm: Farm, tmp_path: Path) -> None:
