@@ -44,7 +44,7 @@ MIGRATIONS: list[str] = [
         cached BOOLEAN, attempts INTEGER, error VARCHAR, details VARCHAR, worker VARCHAR, at_time DOUBLE
     );
     CREATE TABLE results (
-        key VARCHAR PRIMARY KEY, symbol VARCHAR, params VARCHAR, {_METRIC_COLS},
+        key VARCHAR, symbol VARCHAR, params VARCHAR, {_METRIC_COLS},
         n_trades INTEGER, env VARCHAR, recorded DOUBLE
     );
     CREATE TABLE logs (run_id VARCHAR, shard VARCHAR, worker VARCHAR, text VARCHAR, at_time DOUBLE);
@@ -135,13 +135,15 @@ class Catalog:
 
         def go(con: Any) -> None:
             if results:
-                res_tbl = pa.Table.from_pylist(list(results))  # noqa: F841 - read by DuckDB by name
-                con.execute("INSERT OR REPLACE INTO results BY NAME SELECT * FROM res_tbl")
+                # results are keyed by content: a key recorded again (--force) replaces its row
+                con.register("res_tbl", pa.Table.from_pylist(list(results)))
+                con.execute("DELETE FROM results WHERE key IN (SELECT key FROM res_tbl)")
+                con.execute("INSERT INTO results BY NAME SELECT * FROM res_tbl")
             if tasks:
-                task_tbl = pa.Table.from_pylist([{**t, "run_id": run_id} for t in tasks])  # noqa: F841
+                con.register("task_tbl", pa.Table.from_pylist([{**t, "run_id": run_id} for t in tasks]))
                 con.execute("INSERT INTO run_tasks BY NAME SELECT * FROM task_tbl")
             if logs:
-                log_tbl = pa.Table.from_pylist([{**x, "run_id": run_id} for x in logs])  # noqa: F841
+                con.register("log_tbl", pa.Table.from_pylist([{**x, "run_id": run_id} for x in logs]))
                 con.execute("INSERT INTO logs BY NAME SELECT * FROM log_tbl")
             if run_update:
                 sets = ", ".join(f"{k} = ?" for k in run_update)
@@ -166,7 +168,7 @@ class Catalog:
         import pyarrow as pa
 
         with self.connect(read_only=True) as con:
-            want = pa.table({"key": list(keys)})  # noqa: F841
+            con.register("want", pa.table({"key": list(keys)}))
             return {r[0] for r in con.execute("SELECT r.key FROM results r JOIN want USING (key)").fetchall()}
 
     def runs(self, limit: int = 50) -> list[dict[str, Any]]:
@@ -216,7 +218,7 @@ class Catalog:
         def go(con: Any) -> int:
             con.execute("DELETE FROM results")
             if rows:
-                tbl = pa.Table.from_pylist(list(rows))  # noqa: F841
+                con.register("tbl", pa.Table.from_pylist(list(rows)))
                 con.execute("INSERT INTO results BY NAME SELECT * FROM tbl")
             return len(rows)
 

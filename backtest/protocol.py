@@ -4,7 +4,8 @@ A frame is ``>II`` (header length, body length), a JSON header (an object with a
 field) and an opaque binary body (a result file's bytes, or empty). JSON, not pickle: a
 coordinator must never unpickle what a remote host sends.
 
-coordinator → worker: ``strategy`` {hash, source, filename, name}; ``shard`` {shard: spec}; ``stop``.
+coordinator → worker: ``strategy`` {hash, source, filename, name}; ``shard`` {shard: spec}; ``ping`` (liveness, every few
+seconds); ``stop``.
 worker → coordinator: ``hello`` {pid, cores, env}; ``hb``; ``result`` {shard, key} + body;
 ``task_error`` {shard, key, error, details}; ``log`` {shard, text}; ``shard_done`` {shard, seconds};
 ``shard_error`` {shard, error, details} (the whole shard could not run, e.g. its data is missing).

@@ -14,6 +14,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from backtest.executors.base import (
 )
 from backtest.plan import Job, Task, make_shards, make_tasks, parse_range
 
-FLUSH_SECONDS = 0.5
+FLUSH_SECONDS = 2.0
 
 
 @dataclass
@@ -141,6 +142,25 @@ def executor_url(req: RunRequest) -> str:
             raise UsageError("--workers must be at least 1")
         return f"local://{req.workers}"
     return "local://"
+
+
+def start_early(req: RunRequest, root: Path | None = None) -> Executor | None:
+    """Start the executor's workers from the strategy's source text, before the strategy is even
+    imported here, so that worker start-up (imports, numba) overlaps the coordinator's planning.
+    Returns None when that is not possible (the checks in ``prepare`` then report why)."""
+    from backtest.executors import from_url
+    from backtest.hashing import sha256_hex
+
+    try:
+        source = req.strategy.read_bytes().decode("utf-8")  # exactly as load_strategy reads it
+        url = executor_url(req)
+        ex = from_url(url, ExecutorOptions(
+            data_root=root or paths.root(), workers=req.workers, timeout=req.timeout, max_memory=req.max_memory,
+            accept_new_hosts=req.accept_new_hosts))
+    except (OSError, UnicodeDecodeError, BtError):
+        return None
+    ex.start(StrategySource(sha256_hex(source), source, req.strategy.name, req.strategy_name or ""))
+    return ex
 
 
 def load_source(path: Path, name: str | None) -> tuple[Any, StrategySource]:
@@ -270,6 +290,8 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
             header, metrics = decode_metrics(store.read_bytes(t.key))
             result_rows.append(result_row(header, metrics, now))
     log_rows: list[dict[str, Any]] = []
+    writes: list[Any] = []
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bt-results")
     attempts: dict[str, int] = {}
     status = "done"
     message = ""
@@ -277,7 +299,10 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
     last_flush = time.monotonic()
 
     def flush(update: dict[str, Any] | None = None) -> None:
-        nonlocal task_rows, result_rows, log_rows, last_flush
+        nonlocal task_rows, result_rows, log_rows, last_flush, writes
+        for w in writes:  # result files first: the catalog never names a result that is not stored
+            w.result()
+        writes = []
         catalog.record(run_id, task_rows, result_rows, log_rows, update)
         task_rows, result_rows, log_rows = [], [], []
         last_flush = time.monotonic()
@@ -288,13 +313,15 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
                 ex = from_url(prep.executor_url, ExecutorOptions(
                     data_root=prep.root, workers=req.workers, timeout=req.timeout, max_memory=req.max_memory,
                     accept_new_hosts=req.accept_new_hosts))
-            ex.start(job.strategy)
+                ex.start(job.strategy)
+            if ex.strategy is None or ex.strategy.hash != job.strategy.hash:
+                raise BtError("the strategy file changed while the run was starting; run again")
             ex.submit(prep.shards)
             while not ex.finished():
                 for ev in ex.poll(0.1):
                     now = time.time()
                     if isinstance(ev, TaskDone):
-                        store.write(ev.key, ev.body)
+                        writes.append(writer.submit(store.write, ev.key, ev.body))
                         header, metrics = decode_metrics(ev.body)
                         result_rows.append(result_row(header, metrics, now))
                         task_rows.append(_task_row(by_key[ev.key], "done", False, attempts.get(ev.shard, 0) + 1,
@@ -330,6 +357,7 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
     finally:
         if ex is not None:
             ex.close(cancel=status != "done")
+        writer.shutdown(wait=True)
     if status == "done" and progress.failed:
         status = "failed"
     seconds = time.monotonic() - t0
@@ -349,7 +377,18 @@ def _task_row(t: Task, status: str, cached: bool, attempts: int, error: str | No
 
 
 def run(req: RunRequest, on_progress: OnProgress | None = None) -> RunSummary:
-    return execute(prepare(req), on_progress)
+    """Prepare and execute, with the workers started while planning."""
+    ex = start_early(req)
+    try:
+        prep = prepare(req)
+    except BaseException:
+        if ex is not None:
+            ex.close(cancel=True)
+        raise
+    if not prep.shards and ex is not None:
+        ex.close(cancel=True)
+        ex = None
+    return execute(prep, on_progress, ex)
 
 
 def save_source(root: Path, source: StrategySource) -> None:

@@ -71,7 +71,7 @@ class Runner:
             return
         from backtest.strategy import load_strategy_source
 
-        self.strategies[msg["hash"]] = load_strategy_source(msg["source"], msg["filename"], msg.get("name"))
+        self.strategies[msg["hash"]] = load_strategy_source(msg["source"], msg["filename"], msg.get("name") or None)
 
     def _path(self, p: str) -> Path:
         path = Path(p)
@@ -135,31 +135,52 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def serve(stdin: Any, writer: FrameWriter, data_root: Path | None, heartbeat: float) -> None:
+def serve(stdin: Any, writer: FrameWriter, data_root: Path | None, heartbeat: float,
+          coordinator_timeout: float = 0.0) -> None:
+    """Answer frames until the input ends. A reader thread takes frames off the input as they
+    come, even while a shard runs, so that with ``coordinator_timeout`` the worker can tell that
+    its coordinator has gone silent (a frozen or cut-off coordinator sends no pings) and exit."""
+    import queue
     import socket
 
     stop = threading.Event()
+    inbox: queue.Queue[tuple[dict[str, Any], bytes] | None] = queue.Queue()
+    last_heard = [time.monotonic()]
+
+    def read() -> None:
+        try:
+            while True:
+                frame = read_frame(stdin)
+                last_heard[0] = time.monotonic()
+                if frame is None or frame[0]["t"] == "stop":
+                    break
+                if frame[0]["t"] != "ping":
+                    inbox.put(frame)
+        except Exception:
+            pass
+        inbox.put(None)
 
     def beat() -> None:
         while not stop.wait(heartbeat):
+            if coordinator_timeout and time.monotonic() - last_heard[0] > coordinator_timeout:
+                os._exit(4)  # the coordinator went silent: never outlive it
             try:
                 writer.send({"t": "hb"})
             except (OSError, ValueError):
-                os._exit(3)  # nobody is listening any more: never outlive the coordinator
+                os._exit(3)  # nobody is listening any more
 
     runner = Runner(data_root)
     writer.send({"t": "hello", "pid": os.getpid(), "cores": _cores(), "host": socket.gethostname(),
                  "env": runner.env})
+    threading.Thread(target=read, daemon=True, name="bt-read").start()
     threading.Thread(target=beat, daemon=True, name="bt-heartbeat").start()
     try:
         while True:
-            frame = read_frame(stdin)
+            frame = inbox.get()
             if frame is None:
                 break
             msg, _ = frame
             kind = msg["t"]
-            if kind == "stop":
-                break
             if kind == "strategy":
                 try:
                     runner.add_strategy(msg)
@@ -176,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=None, help="root for relative partition paths")
     ap.add_argument("--max-memory", type=int, default=0, help="address-space cap in bytes (0: none)")
     ap.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
+    ap.add_argument("--coordinator-timeout", type=float, default=0.0,
+                    help="exit when nothing (not even a ping) came from the coordinator for this long (0: never)")
     args = ap.parse_args(argv)
     os.environ.setdefault("NUMBA_NUM_THREADS", "1")
     # The protocol owns the real stdout; anything else written to fd 1 (a stray print in C code)
@@ -193,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (args.max_memory, args.max_memory))
-    serve(sys.stdin.buffer, FrameWriter(proto_out), args.data, args.heartbeat)
+    serve(sys.stdin.buffer, FrameWriter(proto_out), args.data, args.heartbeat, args.coordinator_timeout)
 
 
 if __name__ == "__main__":

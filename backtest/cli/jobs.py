@@ -89,7 +89,7 @@ def run(
 
     Exit codes: 0 all tasks done, 1 some failed, 2 bad input, 130 interrupted.
     """
-    from backtest.runner import RunRequest, execute, prepare
+    from backtest.runner import RunRequest, prepare, start_early
 
     req = RunRequest(
         strategy=strategy, strategy_name=strategy_name, start=start, end=end, symbols=_split(symbols),
@@ -101,20 +101,31 @@ def run(
     )
     if workers is not None and workers < 1:
         raise UsageError("--workers must be at least 1")
-    prep = prepare(req)
+    ex = start_early(req)
+    try:
+        prep = prepare(req)
+    except BaseException:
+        if ex is not None:
+            ex.close(cancel=True)
+        raise
+    if not prep.shards and ex is not None:
+        ex.close(cancel=True)
+        ex = None
     for s in prep.skipped_symbols:
         from backtest.cli.render import warn_line
 
         warn_line(f"{s}: no data in the date range; skipped")
     if as_json:
-        summary = execute(prep)
+        from backtest.runner import execute
+
+        summary = execute(prep, executor=ex)
         print(json.dumps(summary.to_json()))
     else:
-        summary = _execute_live(prep)
+        summary = _execute_live(prep, ex)
     raise typer.Exit(summary.exit_code)
 
 
-def _execute_live(prep: Any) -> Any:
+def _execute_live(prep: Any, ex: Any) -> Any:
     from rich.live import Live
 
     from backtest.runner import execute
@@ -128,7 +139,7 @@ def _execute_live(prep: Any) -> Any:
                 if display.due():
                     live.update(display.render(p))
 
-            summary = execute(prep, update)
+            summary = execute(prep, update, ex)
             live.update(display.render(display.last))
     style = {"done": "green", "failed": "red", "interrupted": "yellow"}[summary.status]
     console.print(

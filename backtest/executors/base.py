@@ -129,6 +129,7 @@ class Executor(ABC):
 
     def __init__(self, options: ExecutorOptions) -> None:
         self.options = options
+        self.strategy: StrategySource | None = None  # set by start()
 
     @abstractmethod
     def start(self, strategy: StrategySource) -> None:

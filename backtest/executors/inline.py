@@ -24,6 +24,7 @@ class InlineExecutor(Executor):
     def start(self, strategy: StrategySource) -> None:
         from backtest.worker import Runner
 
+        self.strategy = strategy
         self._runner = Runner(self.options.data_root)
         self._runner.add_strategy(
             {"hash": strategy.hash, "source": strategy.source, "filename": strategy.filename, "name": strategy.name}

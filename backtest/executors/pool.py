@@ -32,6 +32,7 @@ from backtest.executors.base import (
 from backtest.protocol import ProtocolError, encode, read_frame
 
 STARTUP_TIMEOUT = 120.0
+PING_SECONDS = 2.0
 MAX_SPAWN_FAILURES = 4
 
 
@@ -100,9 +101,9 @@ class StreamPool(Executor):
         self._open: dict[str, _Pending] = {}
         self._done_keys: set[str] = set()
         self._events: list[Event] = []
-        self._strategy: StrategySource | None = None
         self._gen = 0
         self._closed = False
+        self._last_ping = 0.0
         self.exhausted: str | None = None
 
     # what a transport provides ---------------------------------------------------------------
@@ -119,7 +120,7 @@ class StreamPool(Executor):
 
     # the contract ------------------------------------------------------------------------------
     def start(self, strategy: StrategySource) -> None:
-        self._strategy = strategy
+        self.strategy = strategy
         self._slots = [_Slot(label, host) for label, host in self.slot_names()]
         for slot in self._slots:
             self._spawn(slot)
@@ -225,8 +226,8 @@ class StreamPool(Executor):
             return
         if kind == "hello":
             slot.env = {k: v for k, v in msg.items() if k != "t"}
-            assert self._strategy is not None and slot.channel is not None
-            s = self._strategy
+            assert self.strategy is not None and slot.channel is not None
+            s = self.strategy
             try:
                 slot.channel.send(encode({"t": "strategy", "hash": s.hash, "source": s.source,
                                           "filename": s.filename, "name": s.name}))
@@ -331,6 +332,14 @@ class StreamPool(Executor):
 
     def _maintain(self) -> None:
         now = time.monotonic()
+        if now - self._last_ping > PING_SECONDS:
+            self._last_ping = now
+            for s in self._slots:
+                if s.channel is not None and s.state in ("idle", "busy"):
+                    try:
+                        s.channel.send(encode({"t": "ping"}))
+                    except (OSError, ValueError):
+                        pass  # the reader thread reports the death
         for slot in self._slots:
             if slot.state == "lost" and now >= slot.next_spawn and not self._closed:
                 self._spawn(slot)
