@@ -145,8 +145,9 @@ def _shard(job: Job, symbol: str, tasks: Sequence[Task], parts: PartsFor) -> Sha
     widest = max(groups)
     files = [[p, h] for p, h in parts[(symbol, widest)]]
     keys = [t.key for t in tasks]
-    spec = {
-        "id": token(keys)[:16],
+    shard_id = token(keys)[:16]
+    spec: dict[str, Any] = {
+        "id": shard_id,
         "symbol": symbol,
         "strategy": job.strategy.hash,
         "start_ns": job.start_ns,
@@ -162,4 +163,4 @@ def _shard(job: Job, symbol: str, tasks: Sequence[Task], parts: PartsFor) -> Sha
             for w, gtasks in sorted(groups.items())
         ],
     }
-    return Shard(spec["id"], spec, keys)
+    return Shard(shard_id, spec, keys)

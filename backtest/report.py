@@ -109,7 +109,7 @@ def summary(records: Sequence[dict[str, Any]]) -> list[tuple[str, list[float | N
     """Per key metric: min, 25 %, median, 75 %, max over done tasks."""
     import numpy as np
 
-    out = []
+    out: list[tuple[str, list[float | None]]] = []
     for m in KEY_METRICS:
         vals = np.array([r["metrics"][m] for r in records if r["status"] == "done" and r["metrics"].get(m) is not None])
         if vals.size:

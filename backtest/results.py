@@ -179,7 +179,7 @@ class ResultStore:
     def keys(self) -> list[str]:
         if not self.dir.is_dir():
             return []
-        out = []
+        out: list[str] = []
         for sub in sorted(self.dir.iterdir()):
             if sub.is_dir():
                 out.extend(p.name[:-4] for p in sorted(sub.glob("*.res")))

@@ -18,7 +18,7 @@ from backtest.errors import BtError
 class _Group(TyperGroup):
     """Turns a BtError raised by any command into one red line and its exit code."""
 
-    def invoke(self, ctx: typer.Context) -> object:
+    def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]
         try:
             return super().invoke(ctx)
         except BtError as exc:
