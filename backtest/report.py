@@ -220,8 +220,18 @@ def _fmt(metric: str, v: Any) -> str:
     return f"{v:.3f}"
 
 
-def _params_text(p: dict[str, Any]) -> str:
-    return " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in p.items())
+def _params_text(p: dict[str, Any], only: set[str] | None = None) -> str:
+    return " ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in p.items()
+                    if only is None or k in only)
+
+
+def _varying(records: Sequence[dict[str, Any]]) -> set[str]:
+    """Parameters that take more than one value in these records (the others are noise in a table)."""
+    seen: dict[str, set[str]] = {}
+    for r in records:
+        for k, v in r["params"].items():
+            seen.setdefault(k, set()).add(repr(v))
+    return {k for k, vs in seen.items() if len(vs) > 1} or set(seen)
 
 
 def render_run(run: dict[str, Any], records: Sequence[dict[str, Any]], sort: str, top: int) -> Any:
@@ -237,17 +247,21 @@ def render_run(run: dict[str, Any], records: Sequence[dict[str, Any]], sort: str
         f"  {len(done)} done ({sum(r['cached'] for r in done)} cached), {len(failed)} failed",
         f", {pending} not run" if pending > 0 else "",
     )
+    vary = _varying(records)
+    fixed = {k: v for k, v in (records[0]["params"].items() if records else ()) if k not in vary}
+    if fixed:
+        head.append(f"\nfixed: {_params_text(fixed)}", style="dim")
     cols = ("symbol", "params", *dict.fromkeys((sort, *KEY_METRICS)))
     board = Table(title=f"top {min(top, len(done))} by {sort}", title_justify="left")
     for c in cols:
-        board.add_column(c, justify="left" if c in ("symbol", "params") else "right")
+        board.add_column(c, justify="left" if c in ("symbol", "params") else "right", no_wrap=c == "params")
     for r in ranked(records, sort)[:top]:
-        board.add_row(r["symbol"], _params_text(r["params"]), *(_fmt(m, r["metrics"].get(m)) for m in cols[2:]))
+        board.add_row(r["symbol"], _params_text(r["params"], vary), *(_fmt(m, r["metrics"].get(m)) for m in cols[2:]))
     best = Table(title=f"best parameters per symbol (by {sort})", title_justify="left")
     for c in ("symbol", "params", sort, "total_return", "buy_and_hold_return"):
         best.add_column(c, justify="left" if c in ("symbol", "params") else "right")
     for r in best_per_symbol(records, sort):
-        best.add_row(r["symbol"], _params_text(r["params"]), _fmt(sort, r["metrics"].get(sort)),
+        best.add_row(r["symbol"], _params_text(r["params"], vary), _fmt(sort, r["metrics"].get(sort)),
                      _fmt("total_return", r["metrics"].get("total_return")),
                      _fmt("buy_and_hold_return", r["metrics"].get("buy_and_hold_return")))
     summ = Table(title=f"across {len(done)} tasks", title_justify="left")
@@ -261,7 +275,7 @@ def render_run(run: dict[str, Any], records: Sequence[dict[str, Any]], sort: str
         for c in ("symbol", "params", "error"):
             fail.add_column(c)
         for r in failed[:20]:
-            fail.add_row(r["symbol"], _params_text(r["params"]), r.get("error") or "")
+            fail.add_row(r["symbol"], _params_text(r["params"], vary), r.get("error") or "")
         parts.append(fail)
     return Group(*parts)
 
@@ -295,13 +309,15 @@ def render_runs(runs: Sequence[dict[str, Any]]) -> Any:
 
     from rich.table import Table
 
-    t = Table(title="runs, newest first", title_justify="left")
-    for c in ("run id", "when", "strategy", "tasks", "computed", "cached", "failed", "status", "time"):
-        t.add_column(c, justify="right" if c in ("tasks", "computed", "cached", "failed", "time") else "left",
-                     no_wrap=c in ("run id", "when"))
+    from rich import box
+
+    t = Table(title="runs, newest first", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for c in ("run id", "when", "strategy", "tasks", "new", "cached", "failed", "status", "secs"):
+        t.add_column(c, justify="right" if c in ("tasks", "new", "cached", "failed", "secs") else "left",
+                     no_wrap=c in ("run id", "when", "status"))
     for r in runs:
-        when = dt.datetime.fromtimestamp(r["created"]).strftime("%Y-%m-%d %H:%M:%S")
-        secs = f"{r['seconds']:.1f}s" if r["seconds"] is not None else "–"
+        when = dt.datetime.fromtimestamp(r["created"]).strftime("%m-%d %H:%M")
+        secs = f"{r['seconds']:.1f}" if r["seconds"] is not None else "–"
         t.add_row(r["run_id"], when, r["strategy"], str(r["tasks"]), str(r["computed"]), str(r["cached"]),
                   str(r["failed"]), f"[{_status_style(r['status'])}]{r['status']}[/]", secs)
     return t

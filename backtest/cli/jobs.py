@@ -131,8 +131,8 @@ def _execute_live(prep: Any, ex: Any) -> Any:
     from backtest.runner import execute
 
     display = _Display(prep)
-    if not prep.shards:
-        summary = execute(prep)
+    if not prep.shards or not err_console.is_terminal:
+        summary = execute(prep, executor=ex)
     else:
         with Live(display.render(None), console=err_console, refresh_per_second=8, transient=False) as live:
             def update(p: Progress) -> None:
