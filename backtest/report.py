@@ -309,15 +309,13 @@ def render_runs(runs: Sequence[dict[str, Any]]) -> Any:
 
     from rich.table import Table
 
-    from rich import box
-
-    t = Table(title="runs, newest first", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    t = Table(title="runs, newest first", title_justify="left", box=None, pad_edge=False, padding=(0, 1))
     for c in ("run id", "when", "strategy", "tasks", "new", "cached", "failed", "status", "secs"):
         t.add_column(c, justify="right" if c in ("tasks", "new", "cached", "failed", "secs") else "left",
-                     no_wrap=c in ("run id", "when", "status"))
+                     no_wrap=True, min_width=len(c) if c != "run id" else max(len(r["run_id"]) for r in runs))
     for r in runs:
         when = dt.datetime.fromtimestamp(r["created"]).strftime("%m-%d %H:%M")
         secs = f"{r['seconds']:.1f}" if r["seconds"] is not None else "–"
-        t.add_row(r["run_id"], when, r["strategy"], str(r["tasks"]), str(r["computed"]), str(r["cached"]),
+        t.add_row(r["run_id"], when, (r["strategy"] or "")[:14], str(r["tasks"]), str(r["computed"]), str(r["cached"]),
                   str(r["failed"]), f"[{_status_style(r['status'])}]{r['status']}[/]", secs)
     return t
