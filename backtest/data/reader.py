@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,12 +36,17 @@ def read_bars(symbol: str, files: Sequence[tuple[Path, str]], start_ns: int, end
                             f"(content {got[:12] or 'unknown'}, planned {expected[:12]}); run the command again "
                             f"to plan with the current data")
         handles.append(pf)
-    total = sum(pf.metadata.num_rows for pf in handles)
+    sizes = [pf.metadata.num_rows for pf in handles]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+    total = int(offsets[-1])
     cols = Columns(np.empty(total, np.int64), *(np.empty(total, np.float64) for _ in range(5)))
-    offset = 0
-    for pf in handles:
-        read_columns(pf, into=cols, offset=offset)
-        offset += pf.metadata.num_rows
+    if len(handles) > 1:  # decoding and copying release the GIL: read files side by side
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(min(len(handles), os.cpu_count() or 1, 4)) as pool:
+            list(pool.map(lambda k: read_columns(handles[k], into=cols, offset=offsets[k]), range(len(handles))))
+    elif handles:
+        read_columns(handles[0], into=cols, offset=0)
     ts = cols.ts
     start = int(np.searchsorted(ts, start_ns, side="left"))
     stop = int(np.searchsorted(ts, end_ns, side="right"))

@@ -26,7 +26,7 @@ FORMATS_HELP = ("use ISO 2020-01-31 or 2020-01-31 09:30[:00][+00:00], US 1/31/20
                 "or epoch seconds/milliseconds")
 _EPOCH = re.compile(r"^-?\d+(\.\d*)?$")
 _YYYYMMDD = re.compile(r"^(1[89]|2[01])\d\d(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])$")
-_ISO = re.compile(r"^\d{4}-\d{1,2}-\d{1,2}(?P<time>[T ]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*(?P<tz>Z|[+-]\d{2}:?\d{2})?$")
+ISO = re.compile(r"^\d{4}-\d{1,2}-\d{1,2}(?P<time>[T ]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?\s*(?P<tz>Z|[+-]\d{2}:?\d{2})?$")
 _SLASH = re.compile(r"^(?P<a>\d{1,4})/(?P<b>\d{1,2})/(?P<c>\d{1,4})(?P<time>\s+\d{1,2}:\d{2}(?P<sec>:\d{2})?)?(?P<ampm>\s*[AaPp][Mm])?$")
 _MIN_NS = -5_364_662_400 * 10**9  # 1800-01-01
 _MAX_NS = 7_258_118_400 * 10**9  # 2200-01-01
@@ -74,7 +74,10 @@ def _cast_or_locate(arr: Any, to: Any, where: Where) -> Any:
                 return False
 
         i = _first_failure(len(arr), ok)
-        raise ValidationError(f'{where(i)}: cannot read timestamp "{arr[i].as_py()}"; {FORMATS_HELP}') from exc
+        if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+            raise ValidationError(f'{where(i)}: cannot read timestamp "{arr[i].as_py()}"; {FORMATS_HELP}') from exc
+        raise ValidationError(f"{where(i)}: timestamp {arr[i].as_py()} is outside 1800-2200; "
+                              f"check the date format or the epoch unit") from exc
 
 
 def _strptime(arr: Any, fmt: str, where: Where, hint: str = "") -> Any:
@@ -114,12 +117,12 @@ def parse_timestamps(arr: Any, tz: str | None, where: Where) -> tuple[np.ndarray
     kind = "naive"  # naive | date | exact
     if pa.types.is_timestamp(t):
         if t.tz:
-            out = arr.cast(pa.timestamp("ns", tz=t.tz))
+            out = _cast_or_locate(arr, pa.timestamp("ns", tz=t.tz), where)
             kind = "exact"
         else:
-            out = arr.cast(pa.timestamp("ns"))
+            out = _cast_or_locate(arr, pa.timestamp("ns"), where)
     elif pa.types.is_date(t):
-        out, kind = arr.cast(pa.timestamp("ns")), "date"
+        out, kind = _cast_or_locate(arr, pa.timestamp("ns"), where), "date"
     elif pa.types.is_integer(t) or pa.types.is_floating(t):
         ns = _epoch(arr.to_numpy(zero_copy_only=False), where)
         return _check_range(ns, where), _tz_ignored(tz, warnings)
@@ -131,7 +134,7 @@ def parse_timestamps(arr: Any, tz: str | None, where: Where) -> tuple[np.ndarray
         elif _EPOCH.match(first):
             num = _cast_or_locate(arr, pa.float64() if "." in first else pa.int64(), where)
             return _check_range(_epoch(num.to_numpy(zero_copy_only=False), where), where), _tz_ignored(tz, warnings)
-        elif m := _ISO.match(first):
+        elif m := ISO.match(first):
             if m.group("tz"):
                 out, kind = _cast_or_locate(arr, pa.timestamp("ns", tz="UTC"), where), "exact"
             else:
