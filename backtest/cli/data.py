@@ -161,7 +161,7 @@ def demo(
         "--days", help="Exactly this many trading days from Jan 1 of --from (instead of --to).",
         show_default=False)] = None,
     seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed gives the same bars.")] = 0,
-    replace: Annotated[bool, typer.Option("--replace", help="Overwrite demo symbols that hold other bars.")] = False,
+    replace: Annotated[bool, typer.Option("--replace", help="Remove demo symbols already in the store first.")] = False,
 ) -> None:
     """Write a synthetic universe (seeded random walks with gaps and wicks) to try bt on.
 
@@ -173,6 +173,8 @@ def demo(
       bt data demo
       bt data demo --symbols 5 --freq 1min --from 2023 --days 20
     """
+    import numpy as np
+
     from backtest.cli.render import console
     from backtest.data.demo import write_demo
 
@@ -180,11 +182,11 @@ def demo(
     with console.status("writing demo data ..."):
         names = write_demo(store, symbols=symbols, freq=freq, start_year=start, end_year=end, days=days,
                            seed=seed, replace=replace)
-    summary = {s.symbol: s for s in store.summary()}
-    first = summary[names[0]]
+    first = {s.symbol: s for s in store.summary()}[names[0]]
+    y0, y1 = (int(str(np.datetime64(t, "ns"))[:4]) for t in (first.first_ts, first.last_ts))
     console.print(f"wrote {len(names)} demo symbols ({names[0]} … {names[-1]}), {first.rows:,} {first.freq} bars "
-                  f"each, into {store.root / 'bars'}")
-    console.print(f"try: bt run strategies/sma_cross.py --symbols {names[0]},{names[-1]}")
+                  f"each, into {store.root / 'bars'}", highlight=False)
+    console.print(f"try: bt run strategies/sma_cross.py --from {max(y0, y1 - 4)} --to {y1}", highlight=False)
 
 
 @app.command("ls")

@@ -17,7 +17,7 @@ import datetime as dt
 
 import numpy as np
 
-from backtest.data.freq import NS, parse_freq
+from backtest.data.freq import NS, format_freq, parse_freq
 from backtest.data.store import Store
 from backtest.data.validate import Frame, Options, frame_from_arrays
 from backtest.errors import DataError
@@ -103,12 +103,22 @@ def write_demo(store: Store, *, symbols: int = 20, freq: str = "1d", start_year:
 
     ``days`` = exactly that many trading days from Jan 1 of ``start_year`` (``end_year`` is then
     ignored); e.g. ``freq="1min", days=252`` gives 98 280 bars per symbol. Writing the same
-    universe again changes nothing; a different one over it needs ``replace=True``.
+    universe again changes nothing; a different one over it needs ``replace=True``, which removes
+    the old demo symbols first.
     """
     if not 1 <= symbols <= 1000:
         raise DataError("--symbols must be between 1 and 1000")
-    times = bar_times(trading_days(start_year, end_year, days), parse_freq(freq))
+    step = parse_freq(freq)
+    times = bar_times(trading_days(start_year, end_year, days), step)
     names = demo_symbols(symbols)
+    held = {s.symbol: s.freq for s in store.summary() if s.symbol in names}
+    if replace:
+        for name in held:  # a new demo replaces the old one whole (its frequency may differ)
+            store.remove(name)
+    elif any(f != format_freq(step) for f in held.values()):
+        sym, f = next((k, v) for k, v in held.items() if v != format_freq(step))
+        raise DataError(f"the store already holds {sym} with {f} bars; pass --replace to write the new demo "
+                        f"over the old one, or use another --data folder")
     opts = Options(replace=replace)
     batch: list[Frame] = []
     for i, name in enumerate(names):

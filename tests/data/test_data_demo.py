@@ -65,6 +65,10 @@ def test_rewriting_the_demo_is_a_no_op_and_another_needs_replace(store):
         write_demo(store, symbols=2, start_year=2023, end_year=2023, seed=1)
     write_demo(store, symbols=2, start_year=2023, end_year=2023, seed=1, replace=True)
     assert _files(store) != before
+    with pytest.raises(DataError, match="the store already holds DEMO00 with 1d bars; pass --replace"):
+        write_demo(store, symbols=2, freq="1min", start_year=2023, days=2)
+    write_demo(store, symbols=1, freq="1min", start_year=2023, days=2, replace=True)
+    assert [s.freq for s in store.summary()] == ["1min", "1d"]  # DEMO00 rewritten whole, DEMO01 untouched
 
 
 def test_bad_demo_arguments(store):
