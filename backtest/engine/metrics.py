@@ -1,0 +1,143 @@
+"""Metric definitions (DESIGN §8 names) and the kernel that finishes them after a simulation.
+
+Per-bar quantities are accumulated by ``simulate_nb`` in its single pass; ``metrics_nb`` turns
+those accumulators and the trade list into the ``METRIC_NAMES`` values. Definitions:
+
+- Equity E[t] is cash plus the position marked at bar t's close, for t = start … n−1, and
+  E[start−1] is the starting cash. Bar returns are r[t] = E[t]/E[t−1] − 1 (N = n − start of them).
+- ``total_return`` = E[n−1]/cash − 1. ``final_equity`` = E[n−1].
+- ``cagr`` = (E[n−1]/cash)^(1/years) − 1 with years = N / bars_per_year (−1 if equity ≤ 0).
+- ``volatility`` = std(r, ddof=1) · √bars_per_year.
+- ``sharpe`` = mean(r) / std(r, ddof=1) · √bars_per_year (risk-free rate 0).
+- ``sortino`` = mean(r) · bars_per_year / (√mean(min(r, 0)²) · √bars_per_year) (target 0).
+- ``max_drawdown`` = min over t of E[t]/max(E[≤t]) − 1, a negative fraction (0: never below a
+  peak); the starting cash counts as the first peak. ``calmar`` = cagr / |max_drawdown|.
+- ``max_drawdown_duration`` = the longest run of consecutive bars with E below its running peak.
+- ``exposure`` = fraction of the N bars whose close finds a position open.
+- Trades are FIFO lots; the position still open at the end counts as a trade marked to the last
+  close (no exit costs). ``trades`` = their number; ``win_rate`` = share with pnl > 0;
+  ``best_trade`` / ``worst_trade`` / ``avg_trade`` = max / min / arithmetic mean of trade returns
+  (pnl / (size·entry price)); ``profit_factor`` = Σ positive pnl / |Σ negative pnl| (inf when
+  there are wins and no losses); ``expectancy`` = mean trade pnl in cash;
+  ``sqn`` = √trades · mean(pnl) / std(pnl, ddof=1).
+- ``buy_and_hold_return`` = close[n−1]/close[start] − 1 (no costs).
+- A ratio with a zero denominator, or a statistic of too few values, is NaN.
+
+``bars_per_year``: 252 for daily bars (52 weekly, 12 monthly); for intraday bars, 252 × the
+measured average number of bars per UTC calendar day that has bars.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_DAY_NS = 86_400 * 10**9
+
+
+def bars_per_year(ts: np.ndarray) -> float:
+    """Annualisation factor for bars with int64 ns timestamps ``ts`` (sorted, unique)."""
+    n = int(ts.shape[0])
+    if n < 2:
+        return 252.0
+    spacing_days = float(np.median(np.diff(ts))) / _DAY_NS
+    if spacing_days < 20 / 24:  # intraday: 252 trading days × measured bars per day
+        days = ts // _DAY_NS
+        distinct = 1 + int(np.count_nonzero(days[1:] != days[:-1]))
+        return 252.0 * n / distinct
+    if spacing_days < 4:
+        return 252.0
+    if spacing_days < 10:
+        return 52.0
+    if spacing_days < 45:
+        return 12.0
+    return 365.25 / spacing_days
+
+
+@njit(cache=True, error_model="numpy")
+def metrics_nb(
+    cash0: float,
+    final_equity: float,
+    n_returns: int,
+    mean: float,
+    m2: float,
+    down2: float,
+    max_dd: float,
+    max_dd_bars: int,
+    exposed_bars: int,
+    bars_per_year: float,
+    trades: np.ndarray,
+    n_trades: int,
+    first_close: float,
+    last_close: float,
+) -> np.ndarray:
+    """The ``METRIC_NAMES`` values, in that order, from the simulation's accumulators:
+    ``mean`` and ``m2`` (sum of squared deviations) of the N bar returns, ``down2`` = Σ min(r, 0)²,
+    and ``trades`` rows as written by ``simulate_nb`` (pnl in column 7, return in column 8).
+
+    Reference: ``reference.metrics`` (numpy over the equity curve and trade list); Sharpe,
+    Sortino, max drawdown, CAGR and volatility are also checked against empyrical-reloaded.
+    """
+    out = np.full(19, np.nan)
+    nan = np.nan
+    out[0] = final_equity / cash0 - 1.0
+    cagr = nan
+    if n_returns > 0:
+        years = n_returns / bars_per_year
+        cagr = -1.0 if final_equity <= 0.0 else (final_equity / cash0) ** (1.0 / years) - 1.0
+    out[1] = cagr
+    root = np.sqrt(bars_per_year)
+    if n_returns >= 2:
+        std = np.sqrt(m2 / (n_returns - 1))
+        out[2] = std * root
+        if std > 0.0:
+            out[3] = mean / std * root
+    if n_returns > 0 and down2 > 0.0:
+        out[4] = mean * bars_per_year / (np.sqrt(down2 / n_returns) * root)
+    if n_returns > 0:
+        if max_dd < 0.0:
+            out[5] = cagr / abs(max_dd)
+        out[6] = max_dd
+        out[7] = max_dd_bars
+        out[8] = exposed_bars / n_returns
+    out[9] = n_trades
+    if n_trades > 0:
+        wins = 0
+        best = -np.inf
+        worst = np.inf
+        sum_ret = 0.0
+        sum_pnl = 0.0
+        gross_win = 0.0
+        gross_loss = 0.0
+        for j in range(n_trades):
+            pnl = trades[j, 7]
+            ret = trades[j, 8]
+            if pnl > 0.0:
+                wins += 1
+                gross_win += pnl
+            elif pnl < 0.0:
+                gross_loss -= pnl
+            best = max(best, ret)
+            worst = min(worst, ret)
+            sum_ret += ret
+            sum_pnl += pnl
+        mean_pnl = sum_pnl / n_trades
+        out[10] = wins / n_trades
+        out[11] = best
+        out[12] = worst
+        out[13] = sum_ret / n_trades
+        if gross_loss > 0.0:
+            out[14] = gross_win / gross_loss
+        elif gross_win > 0.0:
+            out[14] = np.inf
+        out[15] = mean_pnl
+        if n_trades >= 2:
+            ss = 0.0
+            for j in range(n_trades):
+                ss += (trades[j, 7] - mean_pnl) ** 2
+            std_pnl = np.sqrt(ss / (n_trades - 1))
+            if std_pnl > 0.0:
+                out[16] = np.sqrt(n_trades) * mean_pnl / std_pnl
+    out[17] = final_equity
+    out[18] = last_close / first_close - 1.0
+    return out

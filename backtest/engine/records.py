@@ -1,0 +1,88 @@
+"""Output layouts of a task, declared once (STYLE 2): metric names, the trade dtype, its Arrow schema."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+METRIC_NAMES: tuple[str, ...] = (
+    "total_return",
+    "cagr",
+    "volatility",
+    "sharpe",
+    "sortino",
+    "calmar",
+    "max_drawdown",
+    "max_drawdown_duration",
+    "exposure",
+    "trades",
+    "win_rate",
+    "best_trade",
+    "worst_trade",
+    "avg_trade",
+    "profit_factor",
+    "expectancy",
+    "sqn",
+    "final_equity",
+    "buy_and_hold_return",
+)
+"""DESIGN §8's metric names, in order. Definitions: docs/engine.md and ``backtest.engine.metrics``."""
+
+TRADE_DTYPE = np.dtype(
+    [
+        ("entry_time", "<i8"),  # UTC ns of the entry fill's bar
+        ("exit_time", "<i8"),  # UTC ns of the exit fill's bar (last bar for a position still open)
+        ("side", "i1"),  # +1 long, -1 short
+        ("size", "<f8"),  # units, always positive
+        ("entry_price", "<f8"),  # fill price, slippage included
+        ("exit_price", "<f8"),  # fill price, slippage included; last close for an open position
+        ("pnl", "<f8"),  # side·size·(exit − entry) − fees, in cash
+        ("return", "<f8"),  # pnl / (size·entry_price)
+        ("fees", "<f8"),  # commission + fixed fees of the entry and exit fills attributed to this trade
+        ("bars", "<i8"),  # exit_index − entry_index
+        ("entry_index", "<i8"),  # bar index of the entry fill in the Bars arrays
+        ("exit_index", "<i8"),
+        ("closed", "?"),  # False for the position still open at the end (marked to the last close)
+    ]
+)
+"""One row per trade (a FIFO lot from its entry fill to the fill that closes it)."""
+
+
+def trade_schema() -> pa.Schema:
+    """The Arrow schema of ``TRADE_DTYPE``: ``*_time`` fields are ``timestamp[ns, UTC]``."""
+    import pyarrow as pa
+
+    fields = []
+    for name in TRADE_DTYPE.names or ():
+        dtype = TRADE_DTYPE.fields[name][0]  # type: ignore[index]
+        if name.endswith("_time"):
+            typ = pa.timestamp("ns", tz="UTC")
+        else:
+            typ = pa.from_numpy_dtype(dtype)
+        fields.append(pa.field(name, typ, nullable=False))
+    return pa.schema(fields)
+
+
+def trades_table(trades: np.ndarray) -> pa.Table:
+    """A ``TRADE_DTYPE`` array as an Arrow table with ``trade_schema()``."""
+    import pyarrow as pa
+
+    schema = trade_schema()
+    columns = [pa.array(np.ascontiguousarray(trades[f.name]), type=f.type) for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+@dataclass
+class TaskOutput:
+    """What one task produces. ``metrics`` keys are exactly ``METRIC_NAMES`` (python floats, NaN
+    where undefined); ``trades`` is a ``TRADE_DTYPE`` array; ``equity`` holds the equity at each
+    bar's close from ``bars.start`` on, or None when not asked for."""
+
+    metrics: dict[str, float]
+    trades: np.ndarray
+    equity: np.ndarray | None = None

@@ -1,0 +1,177 @@
+"""``run_grid``: one symbol's bars × many parameter sets → one outcome per set (STYLE 2, 7).
+
+The wrapper validates and converts once per grid, shares indicators across the grid through
+one cache, calls the strategy and one simulation kernel per parameter set, and wraps the result.
+A strategy that raises or returns bad targets yields a ``StrategyError`` for that entry only.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+import backtest
+from backtest.engine.bars import Bars
+from backtest.engine.metrics import bars_per_year
+from backtest.engine.records import METRIC_NAMES, TRADE_DTYPE, TaskOutput
+from backtest.engine.settings import SimSettings
+from backtest.engine.sim import simulate_nb
+from backtest.errors import BtError, StrategyError
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(backtest.__file__)) + os.sep
+
+
+def run_grid(
+    strategy_cls: Any,
+    bars: Bars,
+    params_list: Sequence[dict[str, Any]],
+    settings: SimSettings,
+    *,
+    want_equity: bool = False,
+) -> list[TaskOutput | StrategyError]:
+    """Run ``strategy_cls`` with each parameter dict of ``params_list`` over ``bars``.
+
+    Returns one entry per dict, in order: a ``TaskOutput``, or the ``StrategyError`` that task
+    raised (``str(err)`` is one line; ``err.details`` holds the user's traceback when there is
+    one). Indicators requested through ``Strategy.cached`` are computed once for the whole grid.
+    """
+    bars = _normalised(bars)
+    cache: dict[Any, Any] = {}
+    ann = bars_per_year(bars.ts)
+    outputs: list[TaskOutput | StrategyError] = []
+    for params in params_list:
+        try:
+            outputs.append(_run_one(strategy_cls, bars, params, settings, cache, ann, want_equity))
+        except StrategyError as exc:
+            outputs.append(exc)
+    return outputs
+
+
+def _normalised(bars: Bars) -> Bars:
+    """Bars whose price arrays are contiguous float64 (the kernels' input type)."""
+    fields = {}
+    for name in ("open", "high", "low", "close", "volume"):
+        fields[name] = np.ascontiguousarray(getattr(bars, name), dtype=np.float64)
+    ts = np.ascontiguousarray(bars.ts, dtype=np.int64)
+    if all(fields[f] is getattr(bars, f) for f in fields) and ts is bars.ts:
+        return bars
+    return Bars(bars.symbol, ts, start=bars.start, partitions=bars.partitions, **fields)
+
+
+def _label(strategy_cls: Any, params: dict[str, Any], symbol: str) -> str:
+    inner = ", ".join(f"{k}={v!r}" for k, v in params.items())
+    return f"{getattr(strategy_cls, '__name__', strategy_cls)}({inner}) on {symbol}"
+
+
+def _run_one(
+    strategy_cls: Any,
+    bars: Bars,
+    params: dict[str, Any],
+    settings: SimSettings,
+    cache: dict[Any, Any],
+    ann: float,
+    want_equity: bool,
+) -> TaskOutput:
+    try:
+        strategy = strategy_cls(**params)
+        strategy._bt_cache = cache
+        raw = strategy.signals(bars)
+    except BtError as exc:
+        if isinstance(exc, StrategyError):
+            raise
+        raise StrategyError(f"{_label(strategy_cls, params, bars.symbol)}: {exc}") from exc
+    except Exception as exc:
+        real = getattr(strategy_cls, "__bt_cached_file__", "")
+        renames = {real: strategy_cls.__bt_filename__} if real else {}
+        raise user_error(exc, f"{_label(strategy_cls, params, bars.symbol)}: signals raised", renames) from exc
+    target = _checked_target(raw, bars, strategy_cls, params)
+    n = len(bars)
+    equity = np.empty(n - bars.start if want_equity else 0)
+    bad, trades, metrics = simulate_nb(
+        bars.ts,
+        bars.open,
+        bars.high,
+        bars.low,
+        bars.close,
+        target,
+        bars.start,
+        settings.cash,
+        settings.commission,
+        settings.fee,
+        settings.slippage,
+        settings.fill == "close",
+        settings.units == "integer",
+        settings.stop_loss or 0.0,
+        settings.take_profit or 0.0,
+        ann,
+        equity,
+        TRADE_DTYPE,
+    )
+    if bad >= 0:
+        raise StrategyError(
+            f"{_label(strategy_cls, params, bars.symbol)}: target at bar {bad} ({_when(bars.ts[bad])}) is {target[bad]!r}; targets must be "
+            "finite numbers in [-1, 1] from the start date on (NaN is allowed only during warm-up)"
+        )
+    return TaskOutput(
+        metrics=dict(zip(METRIC_NAMES, metrics.tolist(), strict=True)),
+        trades=trades,
+        equity=equity if want_equity else None,
+    )
+
+
+def _checked_target(raw: Any, bars: Bars, strategy_cls: Any, params: dict[str, Any]) -> np.ndarray:
+    n = len(bars)
+    if type(raw) is np.ndarray and raw.dtype == np.float64 and raw.ndim == 1 and raw.shape[0] == n:
+        return np.ascontiguousarray(raw)  # the usual case, checked cheaply
+    label = _label(strategy_cls, params, bars.symbol)
+    try:
+        target = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise StrategyError(
+            f"{label}: signals returned {type(raw).__name__}, not numbers; return a float array with "
+            f"one target per bar (len {n})"
+        ) from exc
+    if target.ndim != 1 or target.shape[0] != n:
+        got = f"shape {target.shape}" if target.ndim != 1 else f"{target.shape[0]} values"
+        raise StrategyError(
+            f"{label}: signals returned {got} for {n} bars; return one target per bar (a 1-D float array)"
+        )
+    return np.ascontiguousarray(target)
+
+
+def _when(ts_ns: Any) -> str:
+    return str(np.datetime64(int(ts_ns), "ns").astype("datetime64[s]")).replace("T", " ")
+
+
+def user_error(exc: BaseException, summary: str, renames: dict[str, str] | None = None) -> StrategyError:
+    """A ``StrategyError`` for an exception raised by user code: ``str()`` is one line naming the
+    exception and the innermost user frame; ``.details`` is the traceback with bt's own leading
+    frames (the engine calling the user) trimmed. ``renames`` maps file names as run to file names
+    as shown (a cached copy → the user's path)."""
+    frames = list(traceback.extract_tb(exc.__traceback__))
+    while frames and _is_engine_file(frames[0].filename):
+        frames.pop(0)
+    renames = renames or {}
+    where = ""
+    if frames:
+        last = frames[-1]
+        where = f" ({renames.get(last.filename, last.filename)}:{last.lineno})"
+    first_line = str(exc).splitlines()[0] if str(exc) else ""
+    text = f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__
+    lines = ["Traceback (most recent call last):\n"]
+    for frame in frames:
+        lines.append(f'  File "{renames.get(frame.filename, frame.filename)}", line {frame.lineno}, in {frame.name}\n')
+        if frame.line:
+            lines.append(f"    {frame.line}\n")
+    lines.extend(traceback.format_exception_only(type(exc), exc))
+    err = StrategyError(f"{summary} {text}{where}")
+    err.details = "".join(lines)  # type: ignore[attr-defined]
+    return err
+
+
+def _is_engine_file(filename: str) -> bool:
+    return os.path.abspath(filename).startswith(_PACKAGE_DIR)

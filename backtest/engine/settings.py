@@ -1,0 +1,99 @@
+"""Execution settings of a simulation (DESIGN §3): cash, costs, fill mode, units, stops."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from backtest.errors import UsageError
+
+FILLS = ("next_open", "close")
+UNITS = ("fractional", "integer")
+
+
+def _number(name: str, value: Any, hint: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise UsageError(f"{name} must be a finite number ({hint}), got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    """How orders are filled and charged; part of every task key (see ``to_dict``).
+
+    - ``cash``: starting equity.
+    - ``commission``: fraction of traded notional, charged on every fill (both sides).
+    - ``fee``: fixed amount charged per order.
+    - ``slippage``: fraction of price against the trader: buys fill at price·(1+s), sells at
+      price·(1−s).
+    - ``fill``: ``"next_open"`` (a change decided at bar t fills at bar t+1's open) or ``"close"``
+      (at bar t's close). ``"next-open"`` is accepted and stored as ``"next_open"``.
+    - ``units``: ``"fractional"`` or ``"integer"`` (floor of the all-in size).
+    - ``stop_loss`` / ``take_profit``: fractions of the position's entry price, or None.
+    """
+
+    cash: float = 100_000.0
+    commission: float = 0.0
+    fee: float = 0.0
+    slippage: float = 0.0
+    fill: str = "next_open"
+    units: str = "fractional"
+    stop_loss: float | None = None
+    take_profit: float | None = None
+
+    def __post_init__(self) -> None:
+        cash = _number("cash", self.cash, "e.g. --cash 100000")
+        if cash <= 0:
+            raise UsageError(f"cash must be positive (e.g. --cash 100000), got {self.cash!r}")
+        commission = _number("commission", self.commission, "a fraction, e.g. 0.001 for 0.1 %")
+        if not 0.0 <= commission < 1.0:
+            raise UsageError(
+                f"commission must be a fraction in [0, 1), e.g. 0.001 for 0.1 %, got {self.commission!r}"
+            )
+        fee = _number("fee", self.fee, "a fixed amount per order, e.g. 1.0")
+        if fee < 0:
+            raise UsageError(f"fee must be zero or positive (a fixed amount per order), got {self.fee!r}")
+        slippage = _number("slippage", self.slippage, "a fraction of price, e.g. 0.0005")
+        if not 0.0 <= slippage < 1.0:
+            raise UsageError(
+                f"slippage must be a fraction of price in [0, 1), e.g. 0.0005, got {self.slippage!r}"
+            )
+        fill = self.fill.replace("-", "_") if isinstance(self.fill, str) else self.fill
+        if fill not in FILLS:
+            raise UsageError(f"fill must be next-open or close, got {self.fill!r}")
+        if self.units not in UNITS:
+            raise UsageError(f"units must be fractional or integer, got {self.units!r}")
+        stops: dict[str, float | None] = {}
+        for name in ("stop_loss", "take_profit"):
+            value = getattr(self, name)
+            if value is not None:
+                flag = "--" + name.replace("_", "-")
+                value = _number(name, value, f"a fraction of the entry price, e.g. {flag} 0.05")
+                upper = 1.0 if name == "stop_loss" else math.inf
+                if not 0.0 < value < upper:
+                    bound = "in (0, 1)" if name == "stop_loss" else "positive"
+                    raise UsageError(
+                        f"{name} must be a fraction of the entry price {bound}, e.g. {flag} 0.05, "
+                        f"got {getattr(self, name)!r}"
+                    )
+            stops[name] = value
+        # Canonical types, so that equal settings give equal task keys (100000 == 100000.0).
+        object.__setattr__(self, "cash", cash)
+        object.__setattr__(self, "commission", commission)
+        object.__setattr__(self, "fee", fee)
+        object.__setattr__(self, "slippage", slippage)
+        object.__setattr__(self, "fill", fill)
+        object.__setattr__(self, "stop_loss", stops["stop_loss"])
+        object.__setattr__(self, "take_profit", stops["take_profit"])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-able, with canonical types (floats as floats, None for no stop)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SimSettings:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise UsageError(f"unknown simulation setting(s): {', '.join(sorted(unknown))}")
+        return cls(**data)

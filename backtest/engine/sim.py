@@ -1,0 +1,406 @@
+"""The simulation kernel: target positions → fills, trades, equity and metrics in one pass.
+
+Semantics (DESIGN §3; the full statement is in docs/engine.md):
+
+- An order is sent only when the target changes (``target[t] != target[t-1]``; before ``start``
+  the target counts as 0). With ``fill_close=False`` it fills at bar t+1's open, else at bar t's
+  close. A position closed by a stop stays flat until the target changes again.
+- Reaching a target: if the position is on the other side (or the target is 0) it is closed first,
+  as its own order. Then units = (E − fee)·|target| / (p·(1 + commission)) with E = cash plus the
+  position marked at the raw fill price and p the fill price of an entry on the target's side;
+  integer units take the floor. The difference to the current units is bought or sold.
+- Fill prices: buys at price·(1 + slippage), sells at price·(1 − slippage). Each fill pays
+  commission·units·fill price, and each order the fixed ``fee``.
+- Trades are FIFO lots: every increase opens a lot, every decrease closes the oldest lots first.
+- Stops (fractions of the position's size-weighted average entry price), checked on every bar
+  the position is held from its open: a gap through a level fills at the open; otherwise if the
+  low reaches the stop it fills at the stop, else if the high reaches the take-profit it fills
+  there (stop-loss wins a tie). Mirrored for shorts.
+- If equity at a close is ≤ 0 the position is closed at that close and no further order is sent.
+- The position open at the end is reported as a trade with ``closed`` False, marked to the last
+  close without exit costs, and equity is marked the same way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from backtest.engine.metrics import metrics_nb
+from backtest.engine.orders import TRADE_COLUMNS, order_nb, push_trade_nb, stop_levels_nb, trade_records_nb
+
+__all__ = ["TRADE_COLUMNS", "simulate_nb"]
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _merge_nb(
+    mean: float, m2: float, count: int, s1: float, s2: float, n: int, shift: float
+) -> tuple[float, float, int]:
+    """Chan et al.'s pairwise update: (mean, m2, count) of a sample merged with a block of ``n``
+    values given as s1 = Σ(v − shift), s2 = Σ(v − shift)²."""
+    b_mean = shift + s1 / n
+    b_m2 = max(s2 - s1 * s1 / n, 0.0)
+    if count == 0:
+        return b_mean, b_m2, n
+    total = count + n
+    delta = b_mean - mean
+    return mean + delta * n / total, m2 + b_m2 + delta * delta * count * n / total, total
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _scan_nb(target: np.ndarray, i: int, n: int, value: float) -> int:
+    """The first index ≥ i where target differs from ``value`` (or n)."""
+    u = np.uint64(i)
+    u_n = np.uint64(n)
+    one = np.uint64(1)
+    while u + np.uint64(4) <= u_n:  # four at a time: one branch per four bars
+        if (
+            (target[u] != value)
+            | (target[u + one] != value)
+            | (target[u + np.uint64(2)] != value)
+            | (target[u + np.uint64(3)] != value)
+        ):
+            break
+        u += np.uint64(4)
+    while u < u_n and target[u] == value:
+        u += one
+    return int(u)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _room_nb(trades: np.ndarray, lots: np.ndarray, k: int, head: int, tail: int) -> bool:
+    # An order closes at most every live lot (one row each) and opens at most one lot.
+    return k + (tail - head) + 2 <= trades.shape[0] and tail + 1 < lots.shape[0]
+
+
+@njit(cache=True, error_model="numpy")
+def simulate_nb(
+    ts: np.ndarray,
+    open_: np.ndarray,
+    high: np.ndarray,
+    low: np.ndarray,
+    close: np.ndarray,
+    target: np.ndarray,
+    start: int,
+    cash0: float,
+    commission: float,
+    fee: float,
+    slippage: float,
+    fill_close: bool,
+    integer_units: bool,
+    stop_loss: float,
+    take_profit: float,
+    bars_per_year: float,
+    equity_out: np.ndarray,
+    trade_dtype: np.dtype,
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """Simulate one target series over bars ``start … n−1`` (module docstring: the semantics).
+
+    ``stop_loss`` / ``take_profit`` of 0 mean off. ``equity_out`` receives E[start …] when its
+    length is ``n − start``; pass an empty array to skip it. ``trade_dtype`` is ``TRADE_DTYPE``
+    (an argument: kernels use no module globals). Returns ``(bad, trades, metrics)``: ``bad`` is
+    −1, or the first bar index ≥ start whose target is not a finite number in [−1, 1] (then the
+    rest is empty/NaN); ``trades`` is a ``trade_dtype`` array; ``metrics`` follows
+    ``METRIC_NAMES`` (see ``metrics_nb``).
+
+    Reference: ``reference.simulate`` (an object-per-lot, bar-by-bar Python simulator) — trades,
+    equity and metrics must match it.
+    """
+    # Buffers from the number of target changes C (a vectorised count): orders ≤ 3C + 1 (a
+    # change sends ≤ 2, each stop exit needs a position opened by a change, one bankruptcy),
+    # lots opened ≤ C, trade rows ≤ 3C + 1. Out of room anyway → rerun with more (never seen).
+    changes = 1
+    if start < close.shape[0]:
+        prev = target[start:-1]
+        cur = target[start + 1 :]
+        for j in range(cur.shape[0]):
+            changes += int(prev[j] != cur[j])
+    capacity = 4 * changes + 16
+    while True:
+        trades = np.empty((capacity, 10))
+        lots = np.empty((capacity, 4))
+        status, k, acc = _run_nb(
+            open_, high, low, close, target, start, cash0, commission, fee, slippage,
+            fill_close, integer_units, stop_loss, take_profit, equity_out, trades, lots,
+        )
+        if status != -2:
+            break
+        capacity *= 8  # out of room: rerun with bigger buffers (rare, deterministic)
+    records = np.empty(k if status == -1 else 0, dtype=trade_dtype)
+    if status >= 0:
+        return status, records, np.full(19, np.nan)
+    trade_records_nb(trades, k, ts, records)
+    final_eq, count, mean, m2, down2, max_dd, max_under, exposed = acc
+    n = close.shape[0]
+    first_close = close[start] if start < n else np.nan
+    last_close = close[n - 1] if n > 0 else np.nan
+    metrics = metrics_nb(
+        cash0, final_eq, count, mean, m2, down2, max_dd, max_under, exposed, bars_per_year,
+        trades, k, first_close, last_close,
+    )
+    return -1, records, metrics
+
+
+@njit(cache=True, error_model="numpy")
+def _run_nb(
+    open_: np.ndarray,
+    high: np.ndarray,
+    low: np.ndarray,
+    close: np.ndarray,
+    target: np.ndarray,
+    start: int,
+    cash0: float,
+    commission: float,
+    fee: float,
+    slippage: float,
+    fill_close: bool,
+    integer_units: bool,
+    stop_loss: float,
+    take_profit: float,
+    equity_out: np.ndarray,
+    trades: np.ndarray,
+    lots: np.ndarray,
+) -> tuple[int, int, tuple[float, int, float, float, float, float, int, int]]:
+    """The bar loop. Returns (status, n_trades, accumulators); status −1 done, −2 out of room in
+    ``trades``/``lots``, else the index of a bad target."""
+    n = close.shape[0]
+    k = 0
+    head = 0
+    tail = 0
+    cash = cash0
+    side = 0
+    units = 0.0
+    pos = 0.0  # side · units
+    last = 0.0
+    pending = False
+    stops = stop_loss > 0.0 or take_profit > 0.0
+    sl_px = 0.0
+    tp_px = 0.0
+    lo = -np.inf  # while holding, a low ≤ lo or a high ≥ hi may trigger a stop
+    hi = np.inf
+    bankrupt = False
+    keep_equity = equity_out.shape[0] > 0
+    # Bar returns are summed shifted by the running mean in blocks of 4096 and merged with Chan's
+    # formula (no cancellation in the variance). Bars skipped as a flat stretch have r = 0
+    # exactly and are merged in at the end from their count alone.
+    prev_eq = cash0
+    peak = cash0
+    trough = cash0
+    max_dd = 0.0
+    peak_i = start - 1  # the last bar at the running peak (the starting cash counts as one)
+    max_under = 0
+    exposed = 0
+    shift = 0.0
+    b_n = 0
+    b_s1 = 0.0
+    b_s2 = 0.0
+    count = 0
+    mean = 0.0
+    m2 = 0.0
+    down2 = 0.0
+    i = start
+    while i < n:
+        if side == 0 and not pending:
+            # Flat, nothing to fill: equity stays at cash until the target changes.
+            j = _scan_nb(target, i, n, last)
+            if j > i:
+                if keep_equity:
+                    equity_out[i - start : j - start] = cash
+                if cash >= peak:
+                    peak_i = j - 1
+                i = j
+                if i >= n:
+                    break
+        elif side != 0 and not pending:
+            # Holding, nothing to fill: mark to each close until the target changes, a stop level
+            # may be touched, or equity reaches 0 (such bars take the full path below).
+            i0 = i
+            # Unsigned indices: numba then emits no negative-index wraparound code in this loop.
+            u = np.uint64(i)
+            u_limit = np.uint64(min(n, i + 4096 - b_n))  # up to the end of the current block
+            u_start = np.uint64(start)
+            while u < u_limit and target[u] == last:
+                if stops and (low[u] <= lo or high[u] >= hi):
+                    break
+                eq = cash + pos * close[u]
+                if eq <= 0.0:
+                    break
+                if keep_equity:
+                    equity_out[u - u_start] = eq
+                r = eq / prev_eq - 1.0
+                d = r - shift
+                b_s1 += d
+                b_s2 += d * d
+                neg = min(r, 0.0)
+                down2 += neg * neg
+                prev_eq = eq
+                if eq >= peak:
+                    if trough < peak:
+                        max_dd = min(max_dd, trough / peak - 1.0)
+                        max_under = max(max_under, int(u) - peak_i - 1)
+                    peak = eq
+                    trough = eq
+                    peak_i = int(u)
+                else:
+                    trough = min(trough, eq)
+                u += np.uint64(1)
+            i = int(u)
+            exposed += i - i0
+            b_n += i - i0
+            if b_n == 4096:
+                mean, m2, count = _merge_nb(mean, m2, count, b_s1, b_s2, b_n, shift)
+                shift = mean
+                b_n = 0
+                b_s1 = 0.0
+                b_s2 = 0.0
+            if i == int(u_limit) and i < n:
+                continue  # only the block ended: keep holding
+            if i >= n:
+                break
+        # The full path: fills at the open, stops, the decision, the mark at the close.
+        if pending:
+            pending = False
+            if not bankrupt:
+                if not _room_nb(trades, lots, k, head, tail):
+                    return -2, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0)
+                cash, side, units, head, tail, k = order_nb(
+                    last, open_[i], i, cash, side, units, lots, head, tail, trades, k,
+                    commission, fee, slippage, integer_units,
+                )
+                pos = side * units
+                if stops and side != 0:
+                    sl_px, tp_px = stop_levels_nb(lots, head, tail, side, stop_loss, take_profit)
+                    lo, hi = _triggers_nb(side, sl_px, tp_px, stop_loss, take_profit)
+        if stops and side != 0:
+            exit_px = _stop_fill_nb(side, open_[i], high[i], low[i], sl_px, tp_px, stop_loss, take_profit)
+            if exit_px >= 0.0:
+                if not _room_nb(trades, lots, k, head, tail):
+                    return -2, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0)
+                cash, side, units, head, tail, k = order_nb(
+                    0.0, exit_px, i, cash, side, units, lots, head, tail, trades, k,
+                    commission, fee, slippage, integer_units,
+                )
+                pos = 0.0
+        x = target[i]
+        if x != last:
+            if not (x >= -1.0 and x <= 1.0):
+                return i, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0)
+            last = x
+            if not fill_close:
+                pending = True
+            elif not bankrupt:
+                if not _room_nb(trades, lots, k, head, tail):
+                    return -2, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0)
+                cash, side, units, head, tail, k = order_nb(
+                    x, close[i], i, cash, side, units, lots, head, tail, trades, k,
+                    commission, fee, slippage, integer_units,
+                )
+                pos = side * units
+                if stops and side != 0:
+                    sl_px, tp_px = stop_levels_nb(lots, head, tail, side, stop_loss, take_profit)
+                    lo, hi = _triggers_nb(side, sl_px, tp_px, stop_loss, take_profit)
+        eq = cash + pos * close[i]
+        if eq <= 0.0 and not bankrupt:
+            bankrupt = True
+            if side != 0:
+                if not _room_nb(trades, lots, k, head, tail):
+                    return -2, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0)
+                cash, side, units, head, tail, k = order_nb(
+                    0.0, close[i], i, cash, side, units, lots, head, tail, trades, k,
+                    commission, fee, slippage, integer_units,
+                )
+                pos = 0.0
+                eq = cash
+        if side != 0:
+            exposed += 1
+        if keep_equity:
+            equity_out[i - start] = eq
+        r = eq / prev_eq - 1.0 if prev_eq > 0.0 else 0.0
+        d = r - shift
+        b_s1 += d
+        b_s2 += d * d
+        neg = min(r, 0.0)
+        down2 += neg * neg
+        b_n += 1
+        if b_n == 4096:
+            mean, m2, count = _merge_nb(mean, m2, count, b_s1, b_s2, b_n, shift)
+            shift = mean
+            b_n = 0
+            b_s1 = 0.0
+            b_s2 = 0.0
+        prev_eq = eq
+        if eq >= peak:
+            if trough < peak:
+                max_dd = min(max_dd, trough / peak - 1.0)
+                max_under = max(max_under, i - peak_i - 1)
+            peak = eq
+            trough = eq
+            peak_i = i
+        else:
+            trough = min(trough, eq)
+        i += 1
+    if b_n > 0:
+        mean, m2, count = _merge_nb(mean, m2, count, b_s1, b_s2, b_n, shift)
+    n_returns = max(n - start, 0)
+    if count < n_returns:  # the skipped flat bars: r = 0
+        mean, m2, count = _merge_nb(mean, m2, count, 0.0, 0.0, n_returns - count, 0.0)
+    if trough < peak:
+        max_dd = min(max_dd, trough / peak - 1.0)
+    max_under = max(max_under, n - 1 - peak_i)
+    if side != 0:  # the open position: marked to the last close, no exit costs
+        if k + (tail - head) > trades.shape[0]:
+            return -2, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0)
+        last_px = close[n - 1]
+        for j in range(head, tail):
+            size = lots[j, 0]
+            entry_px = lots[j, 1]
+            pnl = side * size * (last_px - entry_px) - lots[j, 2]
+            k = push_trade_nb(trades, k, lots[j, 3], n - 1, side, 0.0, size, entry_px, last_px, pnl, lots[j, 2])
+    return -1, k, (prev_eq, count, mean, m2, down2, max_dd, max_under, exposed)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _triggers_nb(side: int, sl_px: float, tp_px: float, stop_loss: float, take_profit: float) -> tuple[float, float]:
+    """(lo, hi): while holding, a bar with low ≤ lo or high ≥ hi may fill a stop."""
+    lo = -np.inf
+    hi = np.inf
+    if side > 0:
+        if stop_loss > 0.0:
+            lo = sl_px
+        if take_profit > 0.0:
+            hi = tp_px
+    else:
+        if take_profit > 0.0:
+            lo = tp_px
+        if stop_loss > 0.0:
+            hi = sl_px
+    return lo, hi
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _stop_fill_nb(
+    side: int, o: float, h: float, lw: float, sl_px: float, tp_px: float, stop_loss: float, take_profit: float
+) -> float:
+    """The raw price a stop fills at on this bar, or −1: a gap through a level fills at the open;
+    else the stop-loss if the bar reaches it (it wins a tie), else the take-profit."""
+    sl_on = stop_loss > 0.0
+    tp_on = take_profit > 0.0
+    if side > 0:
+        if sl_on and o <= sl_px:
+            return o
+        if tp_on and o >= tp_px:
+            return o
+        if sl_on and lw <= sl_px:
+            return sl_px
+        if tp_on and h >= tp_px:
+            return tp_px
+    else:
+        if sl_on and o >= sl_px:
+            return o
+        if tp_on and o <= tp_px:
+            return o
+        if sl_on and h >= sl_px:
+            return sl_px
+        if tp_on and lw <= tp_px:
+            return tp_px
+    return -1.0
