@@ -87,9 +87,10 @@ def import_(
                       TextColumn("{task.description}"), console=err_console, transient=True) as bar:
             task = bar.add_task(files[0].name, total=total)
 
-            def step(path: str, size: int) -> None:
-                bar.advance(task, size)
-                bar.update(task, description=Path(path).name)
+            upcoming = iter([f.name for f in files[1:]] + [""])
+
+            def step(path: str, size: int) -> None:  # called as each file is done
+                bar.update(task, advance=size, description=next(upcoming, ""))
 
             try:
                 reports = store.import_files(files, progress=step, **kwargs)

@@ -83,7 +83,10 @@ class Files:
     @contextlib.contextmanager
     def locked(self, blocking: bool = True) -> Iterator[bool]:
         """Hold the writers' lock (yields False if ``blocking=False`` and another process has it)."""
-        import fcntl
+        try:
+            import fcntl
+        except ImportError as exc:  # pragma: no cover - Windows
+            raise DataError("writing to the data store needs fcntl file locks (Linux or macOS)") from exc
 
         self.bars.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)

@@ -276,13 +276,18 @@ class Source:
                             raise _not_a_number(self.where(offset + i), canon, batch.column(canon)[i].as_py())
                 offset += batch.num_rows
         except pa.ArrowInvalid as exc2:
-            raise ValidationError(f"{self.label}: not a readable CSV file near {self.unit} "
-                                  f"{self.first + offset}: {_short(exc2)}") from exc2
-        raise ValidationError(f"{self.label}: not a readable CSV file: {_short(exc)}") from exc
+            raise _unreadable(self.label, exc2) from exc2
+        raise _unreadable(self.label, exc) from exc
 
 
-def _short(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0]
+def _unreadable(label: str, exc: Exception) -> ValidationError:
+    """Arrow's CSV parse error as our one line; its "Row #N" counts the header, so N is the line."""
+    text = str(exc).strip().splitlines()[0]
+    m = re.search(r"Row #(\d+): (.*)", text)
+    if m:
+        return ValidationError(f"{label}: line {m.group(1)}: {m.group(2)}; every line needs one value per "
+                               f"header column (check quotes and delimiters)")
+    return ValidationError(f"{label}: not a readable CSV file: {text.removeprefix('CSV parse error: ')}")
 
 
 def _trim(col: Any) -> Any:

@@ -63,7 +63,9 @@ CASES = [
     ("not UTF-8", b"date,open,high,low,close\xff\n", r"m\.csv: line 1 is not UTF-8 text"),
     ("binary", b"\x00\x01\x02garbage", r"m\.csv: binary data, not a CSV or Parquet file"),
     ("xlsx", b"PK\x03\x04rest-of-zip", r"m\.csv: this is a zip or Excel file"),
-    ("unbalanced quotes", 'date,open,high,low,close\n2020-01-02,"1,2,0.5,1\n', r"m\.csv: "),
+    ("unbalanced quotes", 'date,open,high,low,close\n2020-01-02,"1,2,0.5,1\n',
+     r"m\.csv: line 2: Expected 5 columns, got 2: .*one value per header column"),
+    ("ragged row", GOOD + "2020-01-06,10,11\n", r"m\.csv: line 4: Expected 6 columns, got 3: 2020-01-06,10,11"),
 ]
 
 
