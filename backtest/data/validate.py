@@ -247,7 +247,13 @@ def frame_from_arrays(symbol: str, ts: Any, open: Any, high: Any, low: Any, clos
     n = len(ts)
     if n == 0:
         raise ValidationError(f"{symbol}: no bars given")
-    arrays: dict[str, np.ndarray] = {"ts": np.asarray(ts).astype(np.int64)}
+    ts = np.asarray(ts)
+    if ts.dtype.kind == "M":  # datetime64 of any unit
+        ts = ts.astype("datetime64[ns]")
+    elif ts.dtype.kind not in "iu":
+        raise ValidationError(f"{symbol}: ts must be int64 nanoseconds since the epoch (UTC) or datetime64, "
+                              f"not {ts.dtype}")
+    arrays: dict[str, np.ndarray] = {"ts": ts.astype(np.int64)}
     for name, value in (("open", open), ("high", high), ("low", low), ("close", close), ("volume", volume)):
         if value is None:
             continue

@@ -231,6 +231,11 @@ def test_import_arrays_validates_like_files(store):
     _assert_bars_equal(_read(store, "ARR"), src)
     from backtest.errors import ValidationError
 
+    days = src["ts"].astype("datetime64[ns]").astype("datetime64[D]")  # datetime64 of another unit
+    r = store.import_arrays("arr", days, src["open"], src["high"], src["low"], src["close"], src["volume"])
+    assert r.added == 0 and r.unchanged == 1
+    with pytest.raises(ValidationError, match="ts must be int64 nanoseconds"):
+        store.import_arrays("arr", src["ts"] / 1.0, src["open"], src["high"], src["low"], src["close"])
     bad = dict(src, high=src["low"] - 1)
     with pytest.raises(ValidationError, match=r"ARR2 \(arrays\): row 1: high 97.7 is below low 98.7 \(and 29 more rows like it\)"):
         store.import_arrays("arr2", bad["ts"], bad["open"], bad["high"], bad["low"], bad["close"])
