@@ -81,55 +81,27 @@ def ema_nb(x: np.ndarray, n: int) -> np.ndarray:
 @njit(cache=True)
 def rolling_mean_std_nb(x: np.ndarray, n: int, ddof: int) -> tuple[np.ndarray, np.ndarray]:
     """Rolling mean and standard deviation (``ddof`` 0: population, 1: sample) of the last ``n``
-    values, by Welford's add/remove updates. NaN while the window is short or holds a NaN.
+    values. NaN while the window is short or holds a NaN.
 
+    The deviations are summed over each window around that window's mean (O(n) per bar): sliding
+    sums of squares lose most digits when the spread is small next to the level.
     Reference: ``reference.rolling_std``; pandas ``rolling(n).mean()`` / ``rolling(n).std(ddof=ddof)``.
     """
     if n < 1 or n - ddof < 1:
         raise ValueError("rolling_mean_std_nb: need n >= 1 and n - ddof >= 1")
     size = x.shape[0]
-    mean_out = np.full(size, np.nan)
-    std_out = np.full(size, np.nan)
-    count = 0
-    mean = 0.0
-    m2 = 0.0
-    nans = 0
-    for i in range(size):
-        v = x[i]
-        if np.isnan(v):
-            nans += 1
-        else:
-            count += 1
-            delta = v - mean
-            mean += delta / count
-            m2 += delta * (v - mean)
-        if i >= n:
-            w = x[i - n]
-            if np.isnan(w):
-                nans -= 1
-            else:
-                count -= 1
-                if count == 0:
-                    mean = 0.0
-                    m2 = 0.0
-                else:
-                    delta = w - mean
-                    mean -= delta / count
-                    m2 -= delta * (w - mean)
-        if i % 1024 == 1023 and count > 0:
-            mean = 0.0
-            m2 = 0.0
-            k = 0
-            for j in range(max(0, i - n + 1), i + 1):
-                if not np.isnan(x[j]):
-                    k += 1
-                    delta = x[j] - mean
-                    mean += delta / k
-                    m2 += delta * (x[j] - mean)
-        if i >= n - 1 and nans == 0:
-            mean_out[i] = mean
-            std_out[i] = np.sqrt(max(m2, 0.0) / (n - ddof))
-    return mean_out, std_out
+    mean = sma_nb(x, n)
+    std = np.full(size, np.nan)
+    for i in range(n - 1, size):
+        m = mean[i]
+        if np.isnan(m):
+            continue
+        ss = 0.0
+        for j in range(i - n + 1, i + 1):
+            d = x[j] - m
+            ss += d * d
+        std[i] = np.sqrt(ss / (n - ddof))
+    return mean, std
 
 
 @njit(cache=True)

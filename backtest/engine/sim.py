@@ -64,7 +64,7 @@ def _scan_nb(target: np.ndarray, i: int, n: int, value: float) -> int:
         u += np.uint64(4)
     while u < u_n and target[u] == value:
         u += one
-    return int(u)
+    return int(np.int64(u))
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -237,14 +237,14 @@ def _run_nb(
                 if eq >= peak:
                     if trough < peak:
                         max_dd = min(max_dd, trough / peak - 1.0)
-                        max_under = max(max_under, int(u) - peak_i - 1)
+                        max_under = max(max_under, int(np.int64(u)) - peak_i - 1)
                     peak = eq
                     trough = eq
-                    peak_i = int(u)
+                    peak_i = int(np.int64(u))
                 else:
                     trough = min(trough, eq)
                 u += np.uint64(1)
-            i = int(u)
+            i = int(np.int64(u))
             exposed += i - i0
             b_n += i - i0
             if b_n == 4096:
@@ -253,7 +253,7 @@ def _run_nb(
                 b_n = 0
                 b_s1 = 0.0
                 b_s2 = 0.0
-            if i == int(u_limit) and i < n:
+            if i == int(np.int64(u_limit)) and i < n:
                 continue  # only the block ended: keep holding
             if i >= n:
                 break
