@@ -22,8 +22,9 @@ What each hook must do (phase 2):
     Answers (untimed): ``bt --data ROOT report RUN_ID --format json`` →
     ``{(symbol, fast, slow): {"final_equity": metrics["final_equity"], "trades": <count>}}`` for
     every task, where ``trades`` counts filled entries *including* a position still open at the end
-    (vectorbt's "Total Trades"; if bt's ``trades`` metric counts closed trades only, add one when
-    the task ends in a position). run.py checks them against vectorbt at 1e-9 relative.
+    (vectorbt's "Total Trades"; bt's ``trades`` metric is defined that way in
+    backtest/engine/metrics.py, so it maps directly). run.py checks them against vectorbt at 1e-9
+    relative, and a sample against check.reference_sma_long_only.
 ``run_bt_small(ctx)``
     The same for ``ctx.daily_data`` and ``SMALL_GRID``: ``--param fast=5,10,20,40,80
     --param slow=100,200`` over all 40 symbols = 400 tasks; ``bar_evals=SMALL_BAR_EVALS``.

@@ -20,6 +20,7 @@ import argparse
 import datetime as dt
 import math
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -410,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-results", action="store_true", help="do not write the markdown file")
     ap.add_argument("-v", "--verbose", action="store_true", help="show each repeat's time as it finishes")
     args = ap.parse_args(argv)
+    # A SIGTERM unwinds like Ctrl+C, so the running child's session is killed on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     if bad := [e for e in args.engines if e not in ENGINES]:
         ap.error(f"unknown engine(s) {bad}; known: {', '.join(ENGINES)}")

@@ -27,6 +27,7 @@ import time
 
 T0 = time.perf_counter()
 
+import gc  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
@@ -133,7 +134,10 @@ def _worker(
     job: tuple[str, list[int], list[tuple[int, int]], int],
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
     path, sym_idx, combos, bars = job
-    return run_block(common.load_data(path), sym_idx, combos, bars)
+    try:
+        return run_block(common.load_data(path), sym_idx, combos, bars)
+    finally:
+        gc.collect()  # see main()
 
 
 def main() -> None:
@@ -165,7 +169,12 @@ def main() -> None:
         with multiprocessing.get_context("fork").Pool(a.jobs) as pool:
             results = pool.map(_worker, jobs, chunksize=1)
     else:
-        results = [run_block(data, b, combos, bars) for b in blocks]
+        results = []
+        for b in blocks:
+            results.append(run_block(data, b, combos, bars))
+            # vectorbt's portfolios are reference cycles: without a collection here the dead ones
+            # of earlier symbols piled up (16-18 GB after 20 symbols instead of ~1.8 GB).
+            gc.collect()
     t_tasks = time.perf_counter()
     tasks = [t for r, _ in results for t in r]
     phases: dict[str, float] = {"import_s": t_import - T0, "load_s": t_load - t_import - prewarm_s}
