@@ -81,20 +81,20 @@ def bt_command() -> list[str]:
 
 def run_bt_sma_grid(ctx: BenchContext) -> list[Measurement]:
     raise NotWired(
-        "bt sma_grid: not yet wired (phase 2: bt_side.run_bt_sma_grid must import the minute data with "
+        "bt: not yet wired (sma_grid; phase 2: bt_side.run_bt_sma_grid must import the minute data with "
         "Store.import_arrays, time `bt run strategies/sma_cross.py ...` warm and cold, and return answers)"
     )
 
 
 def run_bt_small(ctx: BenchContext) -> list[Measurement]:
     raise NotWired(
-        "bt small: not yet wired (phase 2: bt_side.run_bt_small, 40 daily symbols x 10 combos via `bt run`)"
+        "bt: not yet wired (small; phase 2: bt_side.run_bt_small, 40 daily symbols x 10 combos via `bt run`)"
     )
 
 
 def run_bt_rerun(ctx: BenchContext) -> list[Measurement]:
     raise NotWired(
-        "bt rerun: not yet wired (phase 2: bt_side.run_bt_rerun, cached rerun and one-changed-parameter rerun)"
+        "bt: not yet wired (rerun; phase 2: bt_side.run_bt_rerun, cached rerun and one-changed-parameter rerun)"
     )
 
 

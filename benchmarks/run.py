@@ -137,8 +137,8 @@ class Harness:
         try:
             suite.rows[:0] = hook(self.ctx)
         except bt_side.NotWired as exc:
-            self.say(f"  bt: not yet wired ({exc})")
-            suite.notes.append(f"bt: not yet wired — {exc}")
+            self.say(f"  {exc}")
+            suite.notes.append(str(exc))
 
     # -- checks --------------------------------------------------------------------------------
 
