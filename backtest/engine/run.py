@@ -113,7 +113,7 @@ def _run_one(
     )
     if bad >= 0:
         raise StrategyError(
-            f"{_label(strategy_cls, params, bars.symbol)}: target at bar {bad} ({_when(bars.ts[bad])}) is {target[bad]!r}; targets must be "
+            f"{_label(strategy_cls, params, bars.symbol)}: target at bar {bad} ({_when(bars.ts[bad])}) is {float(target[bad])!r}; targets must be "
             "finite numbers in [-1, 1] from the start date on (NaN is allowed only during warm-up)"
         )
     return TaskOutput(

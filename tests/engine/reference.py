@@ -1,0 +1,324 @@
+"""Slow, obvious reference implementations that the engine's kernels must equal.
+
+Written for reading, not speed: plain Python loops over bars and windows, one object per lot.
+Each kernel's docstring names its reference here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+# ---------------------------------------------------------------------------------- indicators
+
+
+def sma(x, n):
+    out = np.full(len(x), np.nan)
+    for t in range(n - 1, len(x)):
+        out[t] = np.mean(x[t - n + 1 : t + 1])
+    return out
+
+
+def ema(x, n):
+    alpha = 2.0 / (n + 1.0)
+    out = np.full(len(x), np.nan)
+    e = None
+    seen = 0
+    for t, v in enumerate(x):
+        if math.isnan(v):
+            continue
+        e = v if e is None else e + alpha * (v - e)
+        seen += 1
+        if seen >= n:
+            out[t] = e
+    return out
+
+
+def rolling_std(x, n, ddof):
+    out = np.full(len(x), np.nan)
+    for t in range(n - 1, len(x)):
+        out[t] = np.std(x[t - n + 1 : t + 1], ddof=ddof)
+    return out
+
+
+def zscore(x, n):
+    out = np.full(len(x), np.nan)
+    for t in range(n - 1, len(x)):
+        w = x[t - n + 1 : t + 1]
+        sd = np.std(w)
+        if sd > 0:
+            out[t] = (x[t] - np.mean(w)) / sd
+    return out
+
+
+def bollinger(x, n, k):
+    mid = sma(x, n)
+    sd = rolling_std(x, n, 0)
+    return mid, mid + k * sd, mid - k * sd
+
+
+def rsi(x, n):
+    out = np.full(len(x), np.nan)
+    if len(x) <= n:
+        return out
+    changes = [x[t] - x[t - 1] for t in range(1, len(x))]
+    gain = sum(max(d, 0.0) for d in changes[:n]) / n
+    loss = sum(max(-d, 0.0) for d in changes[:n]) / n
+    for t in range(n, len(x)):
+        if t > n:
+            d = changes[t - 1]
+            gain = (gain * (n - 1) + max(d, 0.0)) / n
+            loss = (loss * (n - 1) + max(-d, 0.0)) / n
+        out[t] = (100.0 if gain > 0 else 50.0) if loss == 0 else 100.0 - 100.0 / (1.0 + gain / loss)
+    return out
+
+
+def atr(high, low, close, n):
+    out = np.full(len(close), np.nan)
+    tr = [max(high[t] - low[t], abs(high[t] - close[t - 1]), abs(low[t] - close[t - 1])) for t in range(1, len(close))]
+    if len(close) <= n:
+        return out
+    value = sum(tr[:n]) / n
+    out[n] = value
+    for t in range(n + 1, len(close)):
+        value = (value * (n - 1) + tr[t - 1]) / n
+        out[t] = value
+    return out
+
+
+def highest(x, n):
+    out = np.full(len(x), np.nan)
+    for t in range(n - 1, len(x)):
+        out[t] = max(x[t - n + 1 : t + 1])
+    return out
+
+
+def lowest(x, n):
+    out = np.full(len(x), np.nan)
+    for t in range(n - 1, len(x)):
+        out[t] = min(x[t - n + 1 : t + 1])
+    return out
+
+
+def crossover(a, b):
+    """backtesting.py's ``crossover(a[:t+1], b[:t+1])`` at every bar t."""
+    return np.array([t > 0 and a[t - 1] < b[t - 1] and a[t] > b[t] for t in range(len(a))])
+
+
+def crossunder(a, b):
+    return crossover(b, a)
+
+
+def events_target(long_entry, long_exit, short_entry, short_exit):
+    state = 0.0
+    out = []
+    for t in range(len(long_entry)):
+        if state > 0 and (long_exit[t] or short_entry[t]):
+            state = 0.0
+        if state < 0 and (short_exit[t] or long_entry[t]):
+            state = 0.0
+        if state == 0:
+            state = 1.0 if long_entry[t] else -1.0 if short_entry[t] else 0.0
+        out.append(state)
+    return np.array(out)
+
+
+def cross_target(a, b, short):
+    up, down = crossover(a, b), crossunder(a, b)
+    no = np.zeros(len(a), dtype=bool)
+    return events_target(up, down, down if short else no, up if short else no)
+
+
+# ---------------------------------------------------------------------------------- simulation
+
+
+@dataclass
+class Lot:
+    units: float
+    price: float
+    fees: float
+    index: int
+
+
+@dataclass
+class Account:
+    """DESIGN §3 written out bar by bar (see backtest/engine/sim.py for the statement)."""
+
+    cash: float
+    commission: float
+    fee: float
+    slippage: float
+    integer: bool
+
+    def __post_init__(self):
+        self.side = 0
+        self.lots: list[Lot] = []
+        self.trades: list[dict] = []
+
+    @property
+    def units(self):
+        return sum(lot.units for lot in self.lots)
+
+    def _close(self, qty, price, i, order_fee, everything):
+        left = qty
+        while self.lots and (everything or left > 0):
+            lot = self.lots[0]
+            take = lot.units if everything or left >= lot.units else left
+            entry_fees = lot.fees if take == lot.units else lot.fees * take / lot.units
+            exit_fees = take * price * self.commission + order_fee * take / qty
+            pnl = self.side * take * (price - lot.price) - entry_fees - exit_fees
+            self.trades.append(
+                dict(entry_index=lot.index, exit_index=i, side=self.side, closed=True, size=take,
+                     entry_price=lot.price, exit_price=price, pnl=pnl, ret=pnl / (take * lot.price),
+                     fees=entry_fees + exit_fees)
+            )
+            if take == lot.units:
+                self.lots.pop(0)
+            else:
+                lot.units -= take
+                lot.fees -= entry_fees
+            left -= take
+
+    def order(self, target, raw, i, units_now):
+        """Move to ``target`` at raw price ``raw``; ``units_now`` is the position's unit count."""
+        if self.side != 0 and (target == 0 or (target > 0) != (self.side > 0)):
+            px = raw * (1 - self.side * self.slippage)
+            self.cash += self.side * units_now * px - units_now * px * self.commission - self.fee
+            self._close(units_now, px, i, self.fee, True)
+            self.side, units_now = 0, 0.0
+        if target != 0:
+            tside = 1 if target > 0 else -1
+            px_in = raw * (1 + tside * self.slippage)
+            equity = self.cash + self.side * units_now * raw
+            want = (equity - self.fee) * abs(target) / (px_in * (1 + self.commission))
+            if self.integer:
+                want = math.floor(want)
+            want = max(want, 0.0)
+            if want > units_now:
+                dq = want - units_now
+                cost = dq * px_in * self.commission + self.fee
+                self.cash -= tside * dq * px_in + cost
+                self.lots.append(Lot(dq, px_in, cost, i))
+                self.side, units_now = tside, want
+            elif want < units_now:
+                dq = units_now - want
+                px_out = raw * (1 - tside * self.slippage)
+                self.cash += tside * dq * px_out - dq * px_out * self.commission - self.fee
+                self._close(dq, px_out, i, self.fee, want == 0)
+                units_now = want
+                if want == 0:
+                    self.side = 0
+        return units_now
+
+
+def simulate(o, h, lo, c, target, start=0, cash=100_000.0, commission=0.0, fee=0.0, slippage=0.0,
+             fill="next_open", units="fractional", stop_loss=None, take_profit=None):
+    """Returns (trades as a list of dicts, equity list from ``start``) or raises ValueError(index)
+    for a bad target."""
+    acct = Account(cash, commission, fee, slippage, units == "integer")
+    held = 0.0  # units
+    last = 0.0
+    pending = None
+    bankrupt = False
+    stop_px = take_px = None
+    equity = []
+
+    def levels():
+        avg = sum(lot.units * lot.price for lot in acct.lots) / sum(lot.units for lot in acct.lots)
+        s = acct.side
+        return (avg * (1 - s * stop_loss) if stop_loss else None, avg * (1 + s * take_profit) if take_profit else None)
+
+    for i in range(start, len(c)):
+        if pending is not None:
+            if not bankrupt:
+                held = acct.order(pending, o[i], i, held)
+                if acct.side:
+                    stop_px, take_px = levels()
+            pending = None
+        if acct.side and (stop_loss or take_profit):
+            s = acct.side
+            fill_px = None
+            beyond = (lambda p, lvl: p <= lvl) if s > 0 else (lambda p, lvl: p >= lvl)
+            reached = (lambda p, lvl: p >= lvl) if s > 0 else (lambda p, lvl: p <= lvl)
+            worst, best = (lo[i], h[i]) if s > 0 else (h[i], lo[i])
+            if stop_px is not None and beyond(o[i], stop_px):
+                fill_px = o[i]  # gapped through the stop
+            elif take_px is not None and reached(o[i], take_px):
+                fill_px = o[i]
+            elif stop_px is not None and beyond(worst, stop_px):
+                fill_px = stop_px  # the stop wins a tie with the take-profit
+            elif take_px is not None and reached(best, take_px):
+                fill_px = take_px
+            if fill_px is not None:
+                held = acct.order(0.0, fill_px, i, held)
+        x = target[i]
+        if x != last:
+            if not (-1 <= x <= 1):
+                raise ValueError(i)
+            last = x
+            if fill == "close":
+                if not bankrupt:
+                    held = acct.order(x, c[i], i, held)
+                    if acct.side:
+                        stop_px, take_px = levels()
+            else:
+                pending = x
+        eq = acct.cash + acct.side * held * c[i]
+        if eq <= 0 and not bankrupt:
+            bankrupt = True
+            if acct.side:
+                held = acct.order(0.0, c[i], i, held)
+                eq = acct.cash
+        equity.append(eq)
+    for lot in acct.lots:
+        pnl = acct.side * lot.units * (c[-1] - lot.price) - lot.fees
+        acct.trades.append(
+            dict(entry_index=lot.index, exit_index=len(c) - 1, side=acct.side, closed=False, size=lot.units,
+                 entry_price=lot.price, exit_price=c[-1], pnl=pnl, ret=pnl / (lot.units * lot.price), fees=lot.fees)
+        )
+    return acct.trades, equity
+
+
+def metrics(equity, trades, cash, bars_per_year, close_start, close_end):
+    """DESIGN §8 metrics from an equity list and trade dicts, with numpy, as docs/engine.md states."""
+    eq = np.asarray(equity, dtype=float)
+    r = eq / np.concatenate([[cash], eq[:-1]]) - 1.0
+    n = len(r)
+    out = {}
+    out["total_return"] = eq[-1] / cash - 1
+    out["cagr"] = (eq[-1] / cash) ** (bars_per_year / n) - 1
+    sd = np.std(r, ddof=1)
+    out["volatility"] = sd * np.sqrt(bars_per_year)
+    out["sharpe"] = np.mean(r) / sd * np.sqrt(bars_per_year) if sd > 0 else np.nan
+    down = np.sqrt(np.mean(np.minimum(r, 0.0) ** 2)) * np.sqrt(bars_per_year)
+    out["sortino"] = np.mean(r) * bars_per_year / down if down > 0 else np.nan
+    curve = np.concatenate([[cash], eq])
+    peaks = np.maximum.accumulate(curve)
+    dd = curve / peaks - 1
+    out["max_drawdown"] = dd.min()
+    out["calmar"] = out["cagr"] / abs(dd.min()) if dd.min() < 0 else np.nan
+    longest = run = 0
+    for below in curve[1:] < peaks[1:]:
+        run = run + 1 if below else 0
+        longest = max(longest, run)
+    out["max_drawdown_duration"] = float(longest)
+    out["exposure"] = np.nan  # needs positions; checked separately
+    pnl = np.array([t["pnl"] for t in trades])
+    ret = np.array([t["ret"] for t in trades])
+    k = len(trades)
+    out["trades"] = float(k)
+    out["win_rate"] = np.mean(pnl > 0) if k else np.nan
+    out["best_trade"] = ret.max() if k else np.nan
+    out["worst_trade"] = ret.min() if k else np.nan
+    out["avg_trade"] = ret.mean() if k else np.nan
+    loss = -pnl[pnl < 0].sum()
+    win = pnl[pnl > 0].sum()
+    out["profit_factor"] = win / loss if loss > 0 else (np.inf if win > 0 else np.nan)
+    out["expectancy"] = pnl.mean() if k else np.nan
+    sd_pnl = np.std(pnl, ddof=1) if k >= 2 else 0.0
+    out["sqn"] = np.sqrt(k) * pnl.mean() / sd_pnl if sd_pnl > 0 else np.nan
+    out["final_equity"] = eq[-1]
+    out["buy_and_hold_return"] = close_end / close_start - 1
+    return out

@@ -1,0 +1,153 @@
+"""run_grid: outcomes per parameter set, shared indicators, bad strategy output, layouts, settings."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from backtest.engine import (
+    METRIC_NAMES,
+    TRADE_DTYPE,
+    SimSettings,
+    TaskOutput,
+    run_grid,
+    trade_schema,
+    trades_table,
+)
+from backtest.engine.indicators import sma_nb
+from backtest.errors import UsageError
+from backtest.strategy import Strategy, expand_grid
+
+from .helpers import make_bars
+
+CALLS: list[int] = []
+
+
+def counted_sma(x, n):
+    CALLS.append(n)
+    return sma_nb(x, n)
+
+
+class Cross(Strategy):
+    fast = 5
+    slow = 20
+    grid = {"fast": range(5, 55, 5), "slow": range(20, 220, 20)}
+
+    def constraint(self):
+        return self.fast < self.slow
+
+    def signals(self, bars):
+        f = self.cached(counted_sma, bars.close, self.fast)
+        s = self.cached(counted_sma, bars.close, self.slow)
+        return np.where(f > s, 1.0, 0.0)
+
+
+def test_indicators_are_computed_once_per_grid():
+    CALLS.clear()
+    grid = expand_grid(Cross)
+    assert len(grid) == 90
+    outs = run_grid(Cross, make_bars(400, start=200), grid, SimSettings())
+    assert all(isinstance(o, TaskOutput) for o in outs)
+    assert sorted(CALLS) == sorted({5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 60, 80, 100, 120, 140, 160, 180, 200})
+
+
+class Picky(Strategy):
+    mode = "ok"
+
+    def signals(self, bars):
+        n = len(bars)
+        if self.mode == "raise":
+            return helper_that_fails(bars.close)
+        if self.mode == "short":
+            return np.zeros(n - 1)
+        if self.mode == "2d":
+            return np.zeros((n, 2))
+        if self.mode == "text":
+            return "long"
+        if self.mode == "range":
+            out = np.zeros(n)
+            out[-3] = 2.0
+            return out
+        if self.mode == "ints":
+            return [1] * n  # any numbers per bar are fine
+        return np.ones(n)
+
+
+def helper_that_fails(close):
+    return close / undefined_name  # noqa: F821
+
+
+def test_each_entry_has_its_own_outcome_in_order():
+    modes = ["ok", "raise", "short", "2d", "text", "range", "ints", "ok"]
+    outs = run_grid(Picky, make_bars(100), [{"mode": m} for m in modes], SimSettings())
+    kinds = [type(o).__name__ for o in outs]
+    assert kinds == ["TaskOutput", "StrategyError", "StrategyError", "StrategyError", "StrategyError",
+                     "StrategyError", "TaskOutput", "TaskOutput"]
+    raised, short, two_d, text, out_of_range = outs[1:6]
+    assert str(raised).startswith("Picky(mode='raise') on TEST: signals raised NameError: name 'undefined_name'")
+    assert "test_run_grid.py:" in str(raised) and "\n" not in str(raised)
+    details = raised.details
+    assert "backtest/engine" not in details  # the engine's frames are trimmed
+    assert "in signals" in details and "in helper_that_fails" in details and "undefined_name" in details
+    assert "signals returned 99 values for 100 bars" in str(short)
+    assert "shape (100, 2)" in str(two_d)
+    assert "signals returned str" in str(text)
+    assert "target at bar 97" in str(out_of_range) and "is 2.0" in str(out_of_range)
+
+
+def test_output_layout():
+    bars = make_bars(300, start=50)
+    (out,) = run_grid(Cross, bars, [{"fast": 5, "slow": 20}], SimSettings(), want_equity=True)
+    assert list(out.metrics) == list(METRIC_NAMES)
+    assert out.trades.dtype == TRADE_DTYPE and len(out.trades) > 3
+    assert out.equity.dtype == np.float64 and out.equity.shape == (250,)
+    (no_equity,) = run_grid(Cross, bars, [{"fast": 5, "slow": 20}], SimSettings())
+    assert no_equity.equity is None and no_equity.metrics == out.metrics
+
+
+def test_trade_schema_and_table():
+    import pyarrow as pa
+
+    schema = trade_schema()
+    assert schema.names == list(TRADE_DTYPE.names)
+    assert schema.field("entry_time").type == pa.timestamp("ns", tz="UTC")
+    assert schema.field("side").type == pa.int8() and schema.field("closed").type == pa.bool_()
+    (out,) = run_grid(Cross, make_bars(300), [{"fast": 5, "slow": 20}], SimSettings())
+    table = trades_table(out.trades)
+    assert table.schema == schema and table.num_rows == len(out.trades)
+    assert table.column("pnl").to_pylist() == out.trades["pnl"].tolist()
+    assert table.column("entry_time").cast(pa.int64()).to_pylist() == out.trades["entry_time"].tolist()
+
+
+def test_settings_canonical_and_validated():
+    s = SimSettings(cash=100000, commission=0, fill="next-open")
+    assert s.to_dict() == {"cash": 100000.0, "commission": 0.0, "fee": 0.0, "slippage": 0.0, "fill": "next_open",
+                           "units": "fractional", "stop_loss": None, "take_profit": None}
+    assert type(s.to_dict()["cash"]) is float and SimSettings.from_dict(s.to_dict()) == s
+    bad = [
+        ({"cash": 0}, "cash must be positive"),
+        ({"commission": 5}, "commission must be a fraction in [0, 1)"),
+        ({"commission": float("nan")}, "commission must be a finite number"),
+        ({"fee": -1}, "fee must be zero or positive"),
+        ({"slippage": 1.0}, "slippage must be a fraction"),
+        ({"fill": "open"}, "fill must be next-open or close"),
+        ({"units": "lots"}, "units must be fractional or integer"),
+        ({"stop_loss": 1.5}, "stop_loss must be a fraction of the entry price in (0, 1)"),
+        ({"take_profit": 0}, "take_profit must be a fraction of the entry price positive"),
+        ({"cash": True}, "cash must be a finite number"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(UsageError) as err:
+            SimSettings(**kwargs)
+        assert message in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UsageError, match="unknown simulation setting"):
+        SimSettings.from_dict({"cash": 1.0, "leverage": 2})
+
+
+def test_import_engine_keeps_pandas_and_pyarrow_out():
+    code = "import sys, backtest.engine; print(sorted(m for m in ('pandas', 'pyarrow') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
