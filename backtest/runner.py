@@ -131,11 +131,21 @@ def _symbols(req: RunRequest, store: Any) -> list[str]:
 
 
 def executor_url(req: RunRequest) -> str:
+    """The executor URL of a request; ``--hosts FILE`` is ``ssh://@FILE``. A hosts file or an
+    ``ssh://`` URL is read and checked here, so that ``prepare`` rejects a bad one (naming every
+    bad line) before a run is recorded."""
     if req.hosts and req.executor:
         raise UsageError("give either --hosts or --executor, not both")
     if req.hosts:
+        from backtest.farm.hostsfile import read_hosts_file
+
+        read_hosts_file(req.hosts)
         return f"ssh://@{req.hosts}"
     if req.executor:
+        if req.executor.startswith("ssh://"):
+            from backtest.farm.hostsfile import parse_ssh_url
+
+            parse_ssh_url(req.executor)
         return req.executor
     if req.workers is not None:
         if req.workers < 1:
@@ -152,7 +162,7 @@ def start_early(req: RunRequest, root: Path | None = None) -> Executor | None:
     from backtest.hashing import sha256_hex
 
     try:
-        source = req.strategy.read_bytes().decode("utf-8")  # exactly as load_strategy reads it
+        source = req.strategy.read_bytes().decode("utf-8")
         url = executor_url(req)
         ex = from_url(url, ExecutorOptions(
             data_root=root or paths.root(), workers=req.workers, timeout=req.timeout, max_memory=req.max_memory,
@@ -173,9 +183,8 @@ def load_source(path: Path, name: str | None) -> tuple[Any, StrategySource]:
 def prepare(req: RunRequest, root: Path | None = None) -> Prepared:
     """Check everything and plan; raises a BtError (exit 2) on bad input, records nothing."""
     from backtest.data import Store
-    from backtest.engine import SimSettings
+    from backtest.engine.settings import SimSettings
     from backtest.results import ResultStore
-    from backtest.strategy import expand_grid, parse_param_specs, warmup_bars
 
     root = root or paths.root()
     url = executor_url(req)
@@ -185,10 +194,7 @@ def prepare(req: RunRequest, root: Path | None = None) -> Prepared:
         from backtest.executors import from_url
 
         from_url(url, ExecutorOptions(data_root=root))  # raises the "unknown scheme" error
-    cls, source = load_source(req.strategy, req.strategy_name)
-    overrides = parse_param_specs(cls, req.params)
-    params_list = expand_grid(cls, overrides)
-    warmups = [int(warmup_bars(cls, p)) for p in params_list]
+    source, params_list, warmups = grid_of(req, root)
     settings = SimSettings(**req.settings).to_dict()
     start_ns, end_ns = parse_range(req.start, req.end)
     store = Store(root)
@@ -219,6 +225,57 @@ def prepare(req: RunRequest, root: Path | None = None) -> Prepared:
     workers = _worker_count(url)
     shards = make_shards(job, todo, parts, workers)
     return Prepared(req, job, tasks, cached, shards, skipped, url, root, parts)
+
+
+def _grid_cache(req: RunRequest, root: Path, code_hash: str) -> Path:
+    from backtest import ENGINE_VERSION, __version__
+    from backtest.hashing import token
+
+    key = token({"bt": __version__, "engine": ENGINE_VERSION, "code": code_hash, "name": req.strategy_name,
+                 "params": list(req.params)})
+    return root / "grids" / f"{key}.json"
+
+
+def _read_source(req: RunRequest) -> str | None:
+    try:
+        return req.strategy.read_bytes().decode("utf-8")  # exactly as load_strategy reads it
+    except (OSError, UnicodeDecodeError):
+        return None  # load_strategy reports it properly
+
+
+def grid_cached(req: RunRequest, root: Path | None = None) -> bool:
+    """Whether this strategy file and these --param specs were expanded before (see ``grid_of``)."""
+    from backtest.strategy import source_hash
+
+    text = _read_source(req)
+    return text is not None and _grid_cache(req, root or paths.root(), source_hash(text)).is_file()
+
+
+def grid_of(req: RunRequest, root: Path) -> tuple[StrategySource, list[dict[str, Any]], list[int]]:
+    """The strategy's parameter grid and warm-ups. Expanding them imports the strategy (and numba);
+    the result depends only on the source, the --param specs and bt's version, so it is kept by
+    their hash and a rerun plans without importing the strategy at all."""
+    from backtest.strategy import expand_grid, parse_param_specs, source_hash, warmup_bars
+
+    text = _read_source(req)
+    if text is not None:
+        path = _grid_cache(req, root, source_hash(text))
+        try:
+            saved = json.loads(path.read_text())
+            src = StrategySource(source_hash(text), text, req.strategy.name, saved["name"])
+            return src, saved["params_list"], saved["warmups"]
+        except (OSError, ValueError, KeyError):
+            pass
+    cls, src = load_source(req.strategy, req.strategy_name)
+    params_list = expand_grid(cls, parse_param_specs(cls, req.params))
+    warmups = [int(warmup_bars(cls, p)) for p in params_list]
+    if text is not None and src.hash == source_hash(text):
+        from backtest.results import ResultStore
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ResultStore.atomic_write(path, json.dumps({"name": src.name, "params_list": params_list,
+                                                   "warmups": warmups}).encode())
+    return src, params_list, warmups
 
 
 def _worker_count(url: str) -> int:
@@ -377,8 +434,8 @@ def _task_row(t: Task, status: str, cached: bool, attempts: int, error: str | No
 
 
 def run(req: RunRequest, on_progress: OnProgress | None = None) -> RunSummary:
-    """Prepare and execute, with the workers started while planning."""
-    ex = start_early(req)
+    """Prepare and execute, with the workers started while planning (unless the plan is quick)."""
+    ex = None if grid_cached(req) else start_early(req)
     try:
         prep = prepare(req)
     except BaseException:

@@ -89,7 +89,7 @@ def run(
 
     Exit codes: 0 all tasks done, 1 some failed, 2 bad input, 130 interrupted.
     """
-    from backtest.runner import RunRequest, prepare, start_early
+    from backtest.runner import RunRequest, grid_cached, prepare, start_early
 
     req = RunRequest(
         strategy=strategy, strategy_name=strategy_name, start=start, end=end, symbols=_split(symbols),
@@ -101,7 +101,7 @@ def run(
     )
     if workers is not None and workers < 1:
         raise UsageError("--workers must be at least 1")
-    ex = start_early(req)
+    ex = None if grid_cached(req) else start_early(req)  # overlap worker start-up with the first planning
     try:
         prep = prepare(req)
     except BaseException:

@@ -1,0 +1,42 @@
+"""A rerun plans from the stored grid without importing the strategy; an edit invalidates it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import write_strategy
+
+from backtest.runner import RunRequest, grid_cached, prepare
+
+COUNTING = """
+import os
+with open(os.environ["BT_TEST_IMPORTS"], "a") as fh:
+    fh.write("x")
+
+class Counting(Strategy):
+    n = 5
+    grid = {"n": [5, 6]}
+
+    def signals(self, bars):
+        return np.zeros(len(bars.close))
+"""
+
+
+def test_grid_is_reused_until_the_source_changes(root: Path, tmp_path: Path, monkeypatch) -> None:
+    marker = tmp_path / "imports.txt"
+    monkeypatch.setenv("BT_TEST_IMPORTS", str(marker))
+    path = write_strategy(tmp_path, COUNTING, "counting.py")
+    req = RunRequest(strategy=path, params=["n=5:7"], start="2020")
+    assert not grid_cached(req, root)
+    first = prepare(req, root)
+    assert marker.read_text() == "x" and grid_cached(req, root)
+    again = prepare(req, root)
+    assert marker.read_text() == "x"  # not imported again
+    assert [t.key for t in again.tasks] == [t.key for t in first.tasks]
+    assert again.job.strategy == first.job.strategy
+    other = RunRequest(strategy=path, params=["n=5:8"], start="2020")
+    assert len(prepare(other, root).tasks) == 12 and marker.read_text() == "xx"  # other specs: expanded anew
+    path.write_text(path.read_text() + "\n# edited\n")
+    edited = prepare(req, root)
+    assert marker.read_text() == "xxx"
+    assert not {t.key for t in edited.tasks} & {t.key for t in first.tasks}
