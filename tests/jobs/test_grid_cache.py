@@ -34,9 +34,14 @@ def test_grid_is_reused_until_the_source_changes(root: Path, tmp_path: Path, mon
     assert marker.read_text() == "x"  # not imported again
     assert [t.key for t in again.tasks] == [t.key for t in first.tasks]
     assert again.job.strategy == first.job.strategy
+    import backtest.runner as runner
+
+    loads = []
+    real = runner.load_source
+    monkeypatch.setattr(runner, "load_source", lambda *a: loads.append(a) or real(*a))
     other = RunRequest(strategy=path, params=["n=5:8"], start="2020")
-    assert len(prepare(other, root).tasks) == 12 and marker.read_text() == "xx"  # other specs: expanded anew
+    assert len(prepare(other, root).tasks) == 12 and len(loads) == 1  # other specs: expanded anew
     path.write_text(path.read_text() + "\n# edited\n")
     edited = prepare(req, root)
-    assert marker.read_text() == "xxx"
+    assert len(loads) == 2 and marker.read_text() == "xx"
     assert not {t.key for t in edited.tasks} & {t.key for t in first.tasks}
