@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -50,6 +51,32 @@ MIGRATIONS: list[str] = [
     CREATE TABLE logs (run_id VARCHAR, shard VARCHAR, worker VARCHAR, text VARCHAR, at_time DOUBLE);
     """,
 ]
+
+RESULT_COLUMNS = {"key": "VARCHAR", "symbol": "VARCHAR", "params": "VARCHAR", **{m: "DOUBLE" for m in METRICS},
+                  "n_trades": "INTEGER", "env": "VARCHAR", "recorded": "DOUBLE"}
+TASK_COLUMNS = {"run_id": "VARCHAR", "key": "VARCHAR", "symbol": "VARCHAR", "params": "VARCHAR", "status": "VARCHAR",
+                "cached": "BOOLEAN", "attempts": "INTEGER", "error": "VARCHAR", "details": "VARCHAR",
+                "worker": "VARCHAR", "at_time": "DOUBLE"}
+LOG_COLUMNS = {"run_id": "VARCHAR", "shard": "VARCHAR", "worker": "VARCHAR", "text": "VARCHAR", "at_time": "DOUBLE"}
+
+
+def _stage(path: Path, rows: Sequence[dict[str, Any]], columns: dict[str, str]) -> Path | None:
+    """Rows as newline-delimited JSON for DuckDB's reader. (Handing DuckDB Arrow tables or Python
+    rows instead makes pyarrow import pandas, half a second on every run, or is 50 times slower.)"""
+    if not rows:
+        return None
+    with open(path, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps({k: row.get(k) for k in columns}, allow_nan=False))
+            fh.write("\n")
+    return path
+
+
+def _read_json(path: Path, columns: dict[str, str]) -> str:
+    spec = ", ".join(f"'{k}': '{t}'" for k, t in columns.items())
+    quoted = str(path).replace("'", "''")
+    return f"read_json('{quoted}', format='newline_delimited', columns={{{spec}}})"
+
 
 T = TypeVar("T")
 LOCK_WAIT = 60.0
@@ -131,25 +158,28 @@ class Catalog:
         run_update: dict[str, Any] | None = None,
     ) -> None:
         """Append task outcomes, metric rows and logs, and update the run row, in one transaction."""
-        import pyarrow as pa
+        with tempfile.TemporaryDirectory(prefix="bt-catalog-") as tmp:
+            staged = [
+                (_stage(Path(tmp) / "results.ndjson", results, RESULT_COLUMNS), "results", RESULT_COLUMNS),
+                (_stage(Path(tmp) / "tasks.ndjson", [{**t, "run_id": run_id} for t in tasks], TASK_COLUMNS),
+                 "run_tasks", TASK_COLUMNS),
+                (_stage(Path(tmp) / "logs.ndjson", [{**x, "run_id": run_id} for x in logs], LOG_COLUMNS),
+                 "logs", LOG_COLUMNS),
+            ]
 
-        def go(con: Any) -> None:
-            if results:
-                # results are keyed by content: a key recorded again (--force) replaces its row
-                con.register("res_tbl", pa.Table.from_pylist(list(results)))
-                con.execute("DELETE FROM results WHERE key IN (SELECT key FROM res_tbl)")
-                con.execute("INSERT INTO results BY NAME SELECT * FROM res_tbl")
-            if tasks:
-                con.register("task_tbl", pa.Table.from_pylist([{**t, "run_id": run_id} for t in tasks]))
-                con.execute("INSERT INTO run_tasks BY NAME SELECT * FROM task_tbl")
-            if logs:
-                con.register("log_tbl", pa.Table.from_pylist([{**x, "run_id": run_id} for x in logs]))
-                con.execute("INSERT INTO logs BY NAME SELECT * FROM log_tbl")
-            if run_update:
-                sets = ", ".join(f"{k} = ?" for k in run_update)
-                con.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", [*run_update.values(), run_id])
+            def go(con: Any) -> None:
+                for path, table, columns in staged:
+                    if path is None:
+                        continue
+                    src = _read_json(path, columns)
+                    if table == "results":  # results are keyed by content: a key recorded again replaces its row
+                        con.execute(f"DELETE FROM results WHERE key IN (SELECT key FROM {src})")
+                    con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {src}")
+                if run_update:
+                    sets = ", ".join(f"{k} = ?" for k in run_update)
+                    con.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", [*run_update.values(), run_id])
 
-        self._write(go)
+            self._write(go)
 
     def mark_stale_runs(self, alive: Callable[[int, str], bool]) -> None:
         """Runs still 'running' whose coordinator is gone become 'interrupted'."""
@@ -165,11 +195,9 @@ class Catalog:
     def known_results(self, keys: Sequence[str]) -> set[str]:
         if not keys or not self.path.exists():
             return set()
-        import pyarrow as pa
-
         with self.connect(read_only=True) as con:
-            con.register("want", pa.table({"key": list(keys)}))
-            return {r[0] for r in con.execute("SELECT r.key FROM results r JOIN want USING (key)").fetchall()}
+            rows = con.execute("SELECT key FROM results WHERE key IN (SELECT unnest(?::VARCHAR[]))", [list(keys)])
+            return {r[0] for r in rows.fetchall()}
 
     def runs(self, limit: int = 50) -> list[dict[str, Any]]:
         if not self.path.exists():
@@ -213,16 +241,16 @@ class Catalog:
     # rebuilding ---------------------------------------------------------------------------------
     def rebuild_results(self, rows: Sequence[dict[str, Any]]) -> int:
         """Replace the ``results`` table with ``rows`` (read from the results store)."""
-        import pyarrow as pa
+        with tempfile.TemporaryDirectory(prefix="bt-catalog-") as tmp:
+            path = _stage(Path(tmp) / "results.ndjson", rows, RESULT_COLUMNS)
 
-        def go(con: Any) -> int:
-            con.execute("DELETE FROM results")
-            if rows:
-                con.register("tbl", pa.Table.from_pylist(list(rows)))
-                con.execute("INSERT INTO results BY NAME SELECT * FROM tbl")
-            return len(rows)
+            def go(con: Any) -> int:
+                con.execute("DELETE FROM results")
+                if path is not None:
+                    con.execute(f"INSERT INTO results BY NAME SELECT * FROM {_read_json(path, RESULT_COLUMNS)}")
+                return len(rows)
 
-        return self._write(go)
+            return self._write(go)
 
 
 def result_row(header: dict[str, Any], metrics: dict[str, float], recorded: float) -> dict[str, Any]:
@@ -239,5 +267,5 @@ def result_row(header: dict[str, Any], metrics: dict[str, float], recorded: floa
     }
     for m in METRICS:
         v = metrics.get(m)
-        row[m] = None if v is None or math.isnan(v) else v
+        row[m] = None if v is None or not math.isfinite(v) else v  # the result file keeps inf; SQL gets NULL
     return row
