@@ -257,60 +257,52 @@ def _run_nb(
                 continue  # only the block ended: keep holding
             if i >= n:
                 break
-        # The full path: fills at the open, stops, the decision, the mark at the close.
-        if pending:
-            pending = False
-            if not bankrupt:
-                if not _room_nb(trades, lots, k, head, tail):
-                    return -2, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0)
-                cash, side, units, head, tail, k = order_nb(
-                    last, open_[i], i, cash, side, units, lots, head, tail, trades, k,
-                    commission, fee, slippage, integer_units,
-                )
-                pos = side * units
-                if stops and side != 0:
-                    sl_px, tp_px = stop_levels_nb(lots, head, tail, side, stop_loss, take_profit)
-                    lo, hi = _triggers_nb(side, sl_px, tp_px, stop_loss, take_profit)
-        if stops and side != 0:
-            exit_px = _stop_fill_nb(side, open_[i], high[i], low[i], sl_px, tp_px, stop_loss, take_profit)
-            if exit_px >= 0.0:
-                if not _room_nb(trades, lots, k, head, tail):
-                    return -2, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0)
-                cash, side, units, head, tail, k = order_nb(
-                    0.0, exit_px, i, cash, side, units, lots, head, tail, trades, k,
-                    commission, fee, slippage, integer_units,
-                )
-                pos = 0.0
-        x = target[i]
-        if x != last:
-            if not (x >= -1.0 and x <= 1.0):
-                return i, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0)
-            last = x
-            if not fill_close:
-                pending = True
-            elif not bankrupt:
-                if not _room_nb(trades, lots, k, head, tail):
-                    return -2, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0)
-                cash, side, units, head, tail, k = order_nb(
-                    x, close[i], i, cash, side, units, lots, head, tail, trades, k,
-                    commission, fee, slippage, integer_units,
-                )
-                pos = side * units
-                if stops and side != 0:
-                    sl_px, tp_px = stop_levels_nb(lots, head, tail, side, stop_loss, take_profit)
-                    lo, hi = _triggers_nb(side, sl_px, tp_px, stop_loss, take_profit)
+        # The full path. Up to four orders in a bar, in this order: the fill at the open of the
+        # change decided on the previous bar, a stop, the decision at the close (fill="close"),
+        # and the liquidation when equity reaches 0. One call site keeps the inlined code small.
+        for phase in range(4):
+            tgt = 0.0
+            px = -1.0
+            if phase == 0:
+                if not pending:
+                    continue
+                pending = False
+                tgt = last
+                px = open_[i]
+            elif phase == 1:
+                if not stops or side == 0:
+                    continue
+                px = _stop_fill_nb(side, open_[i], high[i], low[i], sl_px, tp_px, stop_loss, take_profit)
+            elif phase == 2:
+                x = target[i]
+                if x == last:
+                    continue
+                if not (x >= -1.0 and x <= 1.0):
+                    return i, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0)
+                last = x
+                if not fill_close:
+                    pending = True
+                    continue
+                tgt = x
+                px = close[i]
+            else:
+                if bankrupt or cash + pos * close[i] > 0.0:
+                    continue
+                bankrupt = True
+                px = close[i]
+            if px < 0.0 or side == 0 and tgt == 0.0 or phase != 3 and bankrupt:
+                continue
+            if not _room_nb(trades, lots, k, head, tail):
+                return -2, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0)
+            cash, side, units, head, tail, k = order_nb(
+                tgt, px, i, cash, side, units, lots, head, tail, trades, k,
+                commission, fee, slippage, integer_units,
+            )
+            pos = side * units
+            if stops and side != 0:
+                sl_px, tp_px = stop_levels_nb(lots, head, tail, side, stop_loss, take_profit)
+                lo, hi = _triggers_nb(side, sl_px, tp_px, stop_loss, take_profit)
         eq = cash + pos * close[i]
-        if eq <= 0.0 and not bankrupt:
-            bankrupt = True
-            if side != 0:
-                if not _room_nb(trades, lots, k, head, tail):
-                    return -2, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0)
-                cash, side, units, head, tail, k = order_nb(
-                    0.0, close[i], i, cash, side, units, lots, head, tail, trades, k,
-                    commission, fee, slippage, integer_units,
-                )
-                pos = 0.0
-                eq = cash
         if side != 0:
             exposed += 1
         if keep_equity:
