@@ -27,50 +27,9 @@ import numpy as np
 from numba import njit
 
 from backtest.engine.metrics import metrics_nb
-from backtest.engine.orders import TRADE_COLUMNS, order_nb, push_trade_nb, stop_levels_nb, trade_records_nb
+from backtest.engine.orders import TRADE_COLUMNS, merge_nb, stop_fill_nb, trade_records_nb, triggers_nb
 
 __all__ = ["TRADE_COLUMNS", "simulate_nb"]
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _merge_nb(
-    mean: float, m2: float, count: int, s1: float, s2: float, n: int, shift: float
-) -> tuple[float, float, int]:
-    """Chan et al.'s pairwise update: (mean, m2, count) of a sample merged with a block of ``n``
-    values given as s1 = Σ(v − shift), s2 = Σ(v − shift)²."""
-    b_mean = shift + s1 / n
-    b_m2 = max(s2 - s1 * s1 / n, 0.0)
-    if count == 0:
-        return b_mean, b_m2, n
-    total = count + n
-    delta = b_mean - mean
-    return mean + delta * n / total, m2 + b_m2 + delta * delta * count * n / total, total
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _scan_nb(target: np.ndarray, i: int, n: int, value: float) -> int:
-    """The first index ≥ i where target differs from ``value`` (or n)."""
-    u = np.uint64(i)
-    u_n = np.uint64(n)
-    one = np.uint64(1)
-    while u + np.uint64(4) <= u_n:  # four at a time: one branch per four bars
-        if (
-            (target[u] != value)
-            | (target[u + one] != value)
-            | (target[u + np.uint64(2)] != value)
-            | (target[u + np.uint64(3)] != value)
-        ):
-            break
-        u += np.uint64(4)
-    while u < u_n and target[u] == value:
-        u += one
-    return int(np.int64(u))
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _room_nb(trades: np.ndarray, lots: np.ndarray, k: int, head: int, tail: int) -> bool:
-    # An order closes at most every live lot (one row each) and opens at most one lot.
-    return k + (tail - head) + 2 <= trades.shape[0] and tail + 1 < lots.shape[0]
 
 
 @njit(cache=True, error_model="numpy")
@@ -125,7 +84,7 @@ def simulate_nb(
         )
         if status != -2:
             break
-        capacity *= 8  # out of room: rerun with bigger buffers (rare, deterministic)
+        capacity *= 8
     records = np.empty(k if status == -1 else 0, dtype=trade_dtype)
     if status >= 0:
         return status, records, np.full(19, np.nan)
@@ -162,7 +121,13 @@ def _run_nb(
     lots: np.ndarray,
 ) -> tuple[int, int, tuple[float, int, float, float, float, float, int, int]]:
     """The bar loop. Returns (status, n_trades, accumulators); status −1 done, −2 out of room in
-    ``trades``/``lots``, else the index of a bad target."""
+    ``trades``/``lots``, else the index of a bad target.
+
+    ``lots`` rows: units, entry fill price, entry costs not yet attributed to a trade, entry bar
+    (live rows head … tail−1); ``trades`` rows follow ``TRADE_COLUMNS``. Everything that touches
+    an array is written out here rather than in helpers: passing an array to a function costs
+    numba two reference-count calls, which at every order was most of the time of a change.
+    """
     n = close.shape[0]
     k = 0
     head = 0
@@ -171,14 +136,14 @@ def _run_nb(
     side = 0
     units = 0.0
     pos = 0.0  # side · units
-    last = 0.0
-    pending = False
+    last = 0.0  # the target acted on (0 before start)
+    pending = False  # a change decided at the previous close waits for this open
+    bankrupt = False
     stops = stop_loss > 0.0 or take_profit > 0.0
     sl_px = 0.0
     tp_px = 0.0
     lo = -np.inf  # while holding, a low ≤ lo or a high ≥ hi may trigger a stop
     hi = np.inf
-    bankrupt = False
     keep_equity = equity_out.shape[0] > 0
     # Bar returns are summed shifted by the running mean in blocks of 4096 and merged with Chan's
     # formula (no cancellation in the variance). Bars skipped as a flat stretch have r = 0
@@ -198,11 +163,25 @@ def _run_nb(
     mean = 0.0
     m2 = 0.0
     down2 = 0.0
+    one = np.uint64(1)  # unsigned indices: numba then emits no negative-index wraparound code
     i = start
     while i < n:
-        if side == 0 and not pending:
+        if not pending and side == 0:
             # Flat, nothing to fill: equity stays at cash until the target changes.
-            j = _scan_nb(target, i, n, last)
+            u = np.uint64(i)
+            u_n = np.uint64(n)
+            while u + np.uint64(4) <= u_n:  # four at a time: one branch per four bars
+                if (
+                    (target[u] != last)
+                    | (target[u + one] != last)
+                    | (target[u + np.uint64(2)] != last)
+                    | (target[u + np.uint64(3)] != last)
+                ):
+                    break
+                u += np.uint64(4)
+            while u < u_n and target[u] == last:
+                u += one
+            j = int(np.int64(u))
             if j > i:
                 if keep_equity:
                     equity_out[i - start : j - start] = cash
@@ -211,11 +190,10 @@ def _run_nb(
                 i = j
                 if i >= n:
                     break
-        elif side != 0 and not pending:
+        elif not pending:
             # Holding, nothing to fill: mark to each close until the target changes, a stop level
             # may be touched, or equity reaches 0 (such bars take the full path below).
             i0 = i
-            # Unsigned indices: numba then emits no negative-index wraparound code in this loop.
             u = np.uint64(i)
             u_limit = np.uint64(min(n, i + 4096 - b_n))  # up to the end of the current block
             u_start = np.uint64(start)
@@ -243,12 +221,12 @@ def _run_nb(
                     peak_i = int(np.int64(u))
                 else:
                     trough = min(trough, eq)
-                u += np.uint64(1)
+                u += one
             i = int(np.int64(u))
             exposed += i - i0
             b_n += i - i0
             if b_n == 4096:
-                mean, m2, count = _merge_nb(mean, m2, count, b_s1, b_s2, b_n, shift)
+                mean, m2, count = merge_nb(mean, m2, count, b_s1, b_s2, b_n, shift)
                 shift = mean
                 b_n = 0
                 b_s1 = 0.0
@@ -259,20 +237,20 @@ def _run_nb(
                 break
         # The full path. Up to four orders in a bar, in this order: the fill at the open of the
         # change decided on the previous bar, a stop, the decision at the close (fill="close"),
-        # and the liquidation when equity reaches 0. One call site keeps the inlined code small.
+        # and the liquidation when equity reaches 0.
         for phase in range(4):
             tgt = 0.0
-            px = -1.0
+            raw = -1.0
             if phase == 0:
                 if not pending:
                     continue
                 pending = False
                 tgt = last
-                px = open_[i]
+                raw = open_[i]
             elif phase == 1:
                 if not stops or side == 0:
                     continue
-                px = _stop_fill_nb(side, open_[i], high[i], low[i], sl_px, tp_px, stop_loss, take_profit)
+                raw = stop_fill_nb(side, open_[i], high[i], low[i], sl_px, tp_px, stop_loss, take_profit)
             elif phase == 2:
                 x = target[i]
                 if x == last:
@@ -284,24 +262,102 @@ def _run_nb(
                     pending = True
                     continue
                 tgt = x
-                px = close[i]
+                raw = close[i]
             else:
                 if bankrupt or cash + pos * close[i] > 0.0:
                     continue
                 bankrupt = True
-                px = close[i]
-            if px < 0.0 or side == 0 and tgt == 0.0 or phase != 3 and bankrupt:
+                raw = close[i]
+            if raw < 0.0 or (side == 0 and tgt == 0.0) or (phase != 3 and bankrupt):
                 continue
-            if not _room_nb(trades, lots, k, head, tail):
+            if k + (tail - head) + 2 > trades.shape[0] or tail + 1 >= lots.shape[0]:
                 return -2, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0)
-            cash, side, units, head, tail, k = order_nb(
-                tgt, px, i, cash, side, units, lots, head, tail, trades, k,
-                commission, fee, slippage, integer_units,
-            )
+            # The order: at most one close (FIFO over the lots) and one new lot.
+            c_qty = 0.0
+            c_px = 0.0
+            c_side = side
+            c_all = False
+            if side != 0 and (tgt == 0.0 or (tgt > 0.0) != (side > 0)):
+                c_qty = units  # the other side, or flat: close everything first (its own order)
+                c_px = raw * (1.0 - side * slippage)
+                c_all = True
+                cash += side * units * c_px - units * c_px * commission - fee
+                side = 0
+                units = 0.0
+            o_qty = 0.0
+            o_px = 0.0
+            o_cost = 0.0
+            if tgt != 0.0:
+                tside = 1 if tgt > 0.0 else -1
+                px_in = raw * (1.0 + tside * slippage)
+                equity = cash + side * units * raw
+                want = (equity - fee) * abs(tgt) / (px_in * (1.0 + commission))
+                if integer_units:
+                    want = np.floor(want)
+                if not want > 0.0:
+                    want = 0.0
+                if want > units:
+                    o_qty = want - units
+                    o_px = px_in
+                    o_cost = o_qty * px_in * commission + fee
+                    cash -= tside * o_qty * px_in + o_cost
+                    side = tside
+                    units = want
+                elif want < units:
+                    c_qty = units - want
+                    c_px = raw * (1.0 - tside * slippage)
+                    c_side = tside
+                    c_all = want == 0.0
+                    cash += tside * c_qty * c_px - c_qty * c_px * commission - fee
+                    units = want
+                    if c_all:
+                        side = 0
+            if c_qty > 0.0:  # oldest lots first; the order's fee is shared by units
+                left = c_qty
+                while head < tail:
+                    lot_units = lots[head, 0]
+                    take = lot_units if (c_all or left >= lot_units) else left
+                    if take <= 0.0:
+                        break
+                    entry_px = lots[head, 1]
+                    entry_fees = lots[head, 2] if take == lot_units else lots[head, 2] * (take / lot_units)
+                    exit_fees = take * c_px * commission + fee * (take / c_qty)
+                    pnl = c_side * take * (c_px - entry_px) - entry_fees - exit_fees
+                    trades[k, 0] = lots[head, 3]
+                    trades[k, 1] = i
+                    trades[k, 2] = c_side
+                    trades[k, 3] = 1.0
+                    trades[k, 4] = take
+                    trades[k, 5] = entry_px
+                    trades[k, 6] = c_px
+                    trades[k, 7] = pnl
+                    trades[k, 8] = pnl / (take * entry_px)
+                    trades[k, 9] = entry_fees + exit_fees
+                    k += 1
+                    if take == lot_units:
+                        head += 1
+                    else:
+                        lots[head, 0] = lot_units - take
+                        lots[head, 2] -= entry_fees
+                    left -= take
+                    if not c_all and left <= 0.0:
+                        break
+            if o_qty > 0.0:
+                lots[tail, 0] = o_qty
+                lots[tail, 1] = o_px
+                lots[tail, 2] = o_cost
+                lots[tail, 3] = i
+                tail += 1
             pos = side * units
-            if stops and side != 0:
-                sl_px, tp_px = stop_levels_nb(lots, head, tail, side, stop_loss, take_profit)
-                lo, hi = _triggers_nb(side, sl_px, tp_px, stop_loss, take_profit)
+            if stops and side != 0:  # levels from the lots' size-weighted entry price
+                value = 0.0
+                held = 0.0
+                for j in range(head, tail):
+                    value += lots[j, 0] * lots[j, 1]
+                    held += lots[j, 0]
+                sl_px = value / held * (1.0 - side * stop_loss)
+                tp_px = value / held * (1.0 + side * take_profit)
+                lo, hi = triggers_nb(side, sl_px, tp_px, stop_loss, take_profit)
         eq = cash + pos * close[i]
         if side != 0:
             exposed += 1
@@ -315,7 +371,7 @@ def _run_nb(
         down2 += neg * neg
         b_n += 1
         if b_n == 4096:
-            mean, m2, count = _merge_nb(mean, m2, count, b_s1, b_s2, b_n, shift)
+            mean, m2, count = merge_nb(mean, m2, count, b_s1, b_s2, b_n, shift)
             shift = mean
             b_n = 0
             b_s1 = 0.0
@@ -332,10 +388,10 @@ def _run_nb(
             trough = min(trough, eq)
         i += 1
     if b_n > 0:
-        mean, m2, count = _merge_nb(mean, m2, count, b_s1, b_s2, b_n, shift)
+        mean, m2, count = merge_nb(mean, m2, count, b_s1, b_s2, b_n, shift)
     n_returns = max(n - start, 0)
     if count < n_returns:  # the skipped flat bars: r = 0
-        mean, m2, count = _merge_nb(mean, m2, count, 0.0, 0.0, n_returns - count, 0.0)
+        mean, m2, count = merge_nb(mean, m2, count, 0.0, 0.0, n_returns - count, 0.0)
     if trough < peak:
         max_dd = min(max_dd, trough / peak - 1.0)
     max_under = max(max_under, n - 1 - peak_i)
@@ -344,55 +400,16 @@ def _run_nb(
             return -2, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0)
         last_px = close[n - 1]
         for j in range(head, tail):
-            size = lots[j, 0]
-            entry_px = lots[j, 1]
-            pnl = side * size * (last_px - entry_px) - lots[j, 2]
-            k = push_trade_nb(trades, k, lots[j, 3], n - 1, side, 0.0, size, entry_px, last_px, pnl, lots[j, 2])
+            pnl = side * lots[j, 0] * (last_px - lots[j, 1]) - lots[j, 2]
+            trades[k, 0] = lots[j, 3]
+            trades[k, 1] = n - 1
+            trades[k, 2] = side
+            trades[k, 3] = 0.0
+            trades[k, 4] = lots[j, 0]
+            trades[k, 5] = lots[j, 1]
+            trades[k, 6] = last_px
+            trades[k, 7] = pnl
+            trades[k, 8] = pnl / (lots[j, 0] * lots[j, 1])
+            trades[k, 9] = lots[j, 2]
+            k += 1
     return -1, k, (prev_eq, count, mean, m2, down2, max_dd, max_under, exposed)
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _triggers_nb(side: int, sl_px: float, tp_px: float, stop_loss: float, take_profit: float) -> tuple[float, float]:
-    """(lo, hi): while holding, a bar with low ≤ lo or high ≥ hi may fill a stop."""
-    lo = -np.inf
-    hi = np.inf
-    if side > 0:
-        if stop_loss > 0.0:
-            lo = sl_px
-        if take_profit > 0.0:
-            hi = tp_px
-    else:
-        if take_profit > 0.0:
-            lo = tp_px
-        if stop_loss > 0.0:
-            hi = sl_px
-    return lo, hi
-
-
-@njit(cache=True, error_model="numpy", inline="always")
-def _stop_fill_nb(
-    side: int, o: float, h: float, lw: float, sl_px: float, tp_px: float, stop_loss: float, take_profit: float
-) -> float:
-    """The raw price a stop fills at on this bar, or −1: a gap through a level fills at the open;
-    else the stop-loss if the bar reaches it (it wins a tie), else the take-profit."""
-    sl_on = stop_loss > 0.0
-    tp_on = take_profit > 0.0
-    if side > 0:
-        if sl_on and o <= sl_px:
-            return o
-        if tp_on and o >= tp_px:
-            return o
-        if sl_on and lw <= sl_px:
-            return sl_px
-        if tp_on and h >= tp_px:
-            return tp_px
-    else:
-        if sl_on and o >= sl_px:
-            return o
-        if tp_on and o <= tp_px:
-            return o
-        if sl_on and h >= sl_px:
-            return sl_px
-        if tp_on and lw <= tp_px:
-            return tp_px
-    return -1.0
