@@ -4,7 +4,8 @@ Per-bar quantities are accumulated by ``simulate_nb`` in its single pass; ``metr
 those accumulators and the trade list into the ``METRIC_NAMES`` values. Definitions:
 
 - Equity E[t] is cash plus the position marked at bar t's close, for t = start … n−1, and
-  E[start−1] is the starting cash. Bar returns are r[t] = E[t]/E[t−1] − 1 (N = n − start of them).
+  E[start−1] is the starting cash. Bar returns are r[t] = (E[t] − E[t−1]) / E[t−1], N = n − start
+  of them.
 - ``total_return`` = E[n−1]/cash − 1. ``final_equity`` = E[n−1].
 - ``cagr`` = (E[n−1]/cash)^(1/years) − 1 with years = N / bars_per_year (−1 if equity ≤ 0).
 - ``volatility`` = std(r, ddof=1) · √bars_per_year.

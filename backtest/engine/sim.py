@@ -195,17 +195,21 @@ def _run_nb(
             # may be touched, or equity reaches 0 (such bars take the full path below).
             i0 = i
             u = np.uint64(i)
-            u_limit = np.uint64(min(n, i + 4096 - b_n))  # up to the end of the current block
+            block_end = min(n, i + 4096 - b_n)  # the end of the current block of returns
+            u_limit = np.uint64(block_end)
+            if stops:  # a bar that may fill a stop takes the full path
+                v = u
+                while v < u_limit and low[v] > lo and high[v] < hi:
+                    v += one
+                u_limit = v
             u_start = np.uint64(start)
             while u < u_limit and target[u] == last:
-                if stops and (low[u] <= lo or high[u] >= hi):
-                    break
                 eq = cash + pos * close[u]
                 if eq <= 0.0:
                     break
                 if keep_equity:
                     equity_out[u - u_start] = eq
-                r = eq / prev_eq - 1.0
+                r = (eq - prev_eq) / prev_eq
                 d = r - shift
                 b_s1 += d
                 b_s2 += d * d
@@ -231,7 +235,7 @@ def _run_nb(
                 b_n = 0
                 b_s1 = 0.0
                 b_s2 = 0.0
-            if i == int(np.int64(u_limit)) and i < n:
+            if i == block_end and i < n:
                 continue  # only the block ended: keep holding
             if i >= n:
                 break
@@ -363,7 +367,7 @@ def _run_nb(
             exposed += 1
         if keep_equity:
             equity_out[i - start] = eq
-        r = eq / prev_eq - 1.0 if prev_eq > 0.0 else 0.0
+        r = (eq - prev_eq) / prev_eq if prev_eq > 0.0 else 0.0
         d = r - shift
         b_s1 += d
         b_s2 += d * d

@@ -284,7 +284,8 @@ def simulate(o, h, lo, c, target, start=0, cash=100_000.0, commission=0.0, fee=0
 def metrics(equity, trades, cash, bars_per_year, close_start, close_end):
     """DESIGN §8 metrics from an equity list and trade dicts, with numpy, as docs/engine.md states."""
     eq = np.asarray(equity, dtype=float)
-    r = eq / np.concatenate([[cash], eq[:-1]]) - 1.0
+    prev = np.concatenate([[cash], eq[:-1]])
+    r = (eq - prev) / prev
     n = len(r)
     out = {}
     out["total_return"] = eq[-1] / cash - 1
