@@ -182,6 +182,14 @@ def _run_nb(
             while u < u_n and target[u] == last:
                 u += one
             j = int(np.int64(u))
+            if j < n and not fill_close:
+                # A change decided at bar j's close fills at the next open: bar j is flat too.
+                x = target[j]
+                if not (x >= -1.0 and x <= 1.0):
+                    return j, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0)
+                last = x
+                pending = True
+                j += 1
             if j > i:
                 if keep_equity:
                     equity_out[i - start : j - start] = cash
@@ -190,9 +198,12 @@ def _run_nb(
                 i = j
                 if i >= n:
                     break
+                if pending:
+                    continue
         elif not pending:
-            # Holding, nothing to fill: mark to each close until the target changes, a stop level
-            # may be touched, or equity reaches 0 (such bars take the full path below).
+            # Holding, nothing to fill: mark to each close until the target changes (with
+            # next-open fills the change's own bar is marked here too), a stop level may be
+            # touched, or equity reaches 0 (such bars take the full path below).
             i0 = i
             u = np.uint64(i)
             block_end = min(n, i + 4096 - b_n)  # the end of the current block of returns
@@ -203,7 +214,11 @@ def _run_nb(
                     v += one
                 u_limit = v
             u_start = np.uint64(start)
-            while u < u_limit and target[u] == last:
+            while u < u_limit:
+                x = target[u]
+                changed = x != last
+                if changed and fill_close:
+                    break  # the order fills at this close: the full path
                 eq = cash + pos * close[u]
                 if eq <= 0.0:
                     break
@@ -226,6 +241,12 @@ def _run_nb(
                 else:
                     trough = min(trough, eq)
                 u += one
+                if changed:  # decided at this close, filled at the next open
+                    if not (x >= -1.0 and x <= 1.0):
+                        return int(np.int64(u)) - 1, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0)
+                    last = x
+                    pending = True
+                    break
             i = int(np.int64(u))
             exposed += i - i0
             b_n += i - i0
