@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import fabric
     import paramiko
 
-_PGID = re.compile(rb"^bt-pgid (\d+)\n")
+_PGID = re.compile(rb"(?m)^bt-pgid (\d+)\n")
 
 
 class RemoteProcess:
@@ -62,13 +62,14 @@ class RemoteProcess:
                 self._pgid_known.set()
                 return
             if self.pgid is None and not self._pgid_known.is_set():
+                # the launcher's first line; a Python that warns at startup may write lines first
                 head += data
-                match = _PGID.match(head)
+                match = _PGID.search(head)
                 if match:
                     self.pgid = int(match.group(1))
-                    data = head[match.end() :]
+                    data = head[: match.start()] + head[match.end() :]
                     self._pgid_known.set()
-                elif b"\n" in head or len(head) > 64:
+                elif len(head) > 65536:
                     data, head = head, b""
                     self._pgid_known.set()
                 else:
@@ -121,9 +122,13 @@ class RemoteProcess:
         transport = self.conn.transport
         if transport is None or not transport.is_active():
             return
+        steps = max(1, int(grace / 0.05))
+        # TERM, then KILL whatever is left after ``grace`` (the launcher ignores TERM). No "--":
+        # dash's kill (Debian's /bin/sh) takes it for a pid and fails.
         script = (
-            f"kill -TERM -- -{self.pgid} 2>/dev/null || exit 0; sleep {grace:g}; "
-            f"kill -KILL -- -{self.pgid} 2>/dev/null; exit 0"
+            f"kill -TERM -{self.pgid} 2>/dev/null || exit 0; i=0; "
+            f"while [ $i -lt {steps} ]; do sleep 0.05; kill -0 -{self.pgid} 2>/dev/null || exit 0; "
+            f"i=$((i+1)); done; kill -KILL -{self.pgid} 2>/dev/null; exit 0"
         )
         with contextlib.suppress(HostError):
             exec_command(self.conn, script, timeout=grace + 10)
