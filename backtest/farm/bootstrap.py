@@ -7,11 +7,12 @@ and unpack bt under ``~/.cache/bt/code/`` keyed by its source hash; each is mark
 file written last. When the host's platform differs from the coordinator's (another platform tag
 or an older libc), the same pinned versions are installed from the host's package index instead.
 
-Next contact: one probe call sees both markers and the recorded fingerprint: done.
+Next contact: one probe call sees both markers and the recorded fingerprint: done. When only bt's
+code changed (the environment is complete), only the wheel of bt is shipped and unpacked.
 
 A host whose Python is missing, broken, older than 3.11 or of another minor version than the
-coordinator's, or whose resulting environment fingerprint differs, is refused with a HostError
-that shows the difference.
+coordinator's, or whose resulting environment fingerprint differs, is refused with a
+``HostRefused`` (a HostError) that shows the difference.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from backtest.errors import HostError
 from backtest.farm import environment
-from backtest.farm.connect import exec_command, quote_argv
+from backtest.farm.connect import HostRefused, exec_command, quote_argv
 from backtest.farm.hostsfile import HostSpec
 from backtest.farm.remote import agent_argv
 from backtest.farm.ship import ShipReport, ship
@@ -98,14 +99,14 @@ def probe(conn: fabric.Connection, spec: HostSpec) -> Probe:
         timeout=60,
     )
     if done.returncode != 0:
-        raise HostError(
+        raise HostRefused(
             f"{spec.name}: python {python!r} does not work on the host ({done.error_tail()}); "
             "set python=PATH to a Python ≥ 3.11 in the hosts file"
         )
     try:
         info = json.loads(done.stdout.decode().strip().splitlines()[-1])
     except (ValueError, IndexError) as exc:
-        raise HostError(
+        raise HostRefused(
             f"{spec.name}: python {python!r} printed no probe result: {done.stdout[:200]!r}"
         ) from exc
     found = Probe(
@@ -122,7 +123,7 @@ def probe(conn: fabric.Connection, spec: HostSpec) -> Probe:
     )
     local = environment.fingerprint()
     if found.version[:2] < MIN_PYTHON:
-        raise HostError(
+        raise HostRefused(
             f"{spec.name}: python {python!r} is {found.version_text}; bt needs ≥ 3.11 "
             "(set python=PATH in the hosts file)"
         )
@@ -132,7 +133,7 @@ def probe(conn: fabric.Connection, spec: HostSpec) -> Probe:
             {"python": local["python"], "machine": local["machine"]},
             {"python": there, "machine": found.machine},
         )
-        raise HostError(f"{spec.name}: environment differs from this one: {'; '.join(diff)}")
+        raise HostRefused(f"{spec.name}: environment differs from this one: {'; '.join(diff)}")
     return found
 
 
@@ -155,8 +156,37 @@ def wheelhouse_fits(found: Probe) -> bool:
 def _check_fingerprint(spec: HostSpec, remote: dict[str, Any]) -> dict[str, str]:
     diff = environment.fingerprint_diff(environment.fingerprint(), remote)
     if diff:
-        raise HostError(f"{spec.name}: environment differs from this one: {'; '.join(diff)}")
+        raise HostRefused(f"{spec.name}: environment differs from this one: {'; '.join(diff)}")
     return {k: str(v) for k, v in remote.items()}
+
+
+def install_plan(mode: str, *, env_ready: bool = False) -> tuple[list[environment.Wheel], dict[str, Any]]:
+    """The wheels a host needs and the agent's ``install`` plan.
+
+    ``mode`` is "wheelhouse" (ship every pinned wheel) or "index" (ship pip and bt; the host's
+    index supplies the pins). With ``env_ready`` the host's environment is complete and only bt's
+    own wheel is shipped (the wheelhouse is then not even built here).
+    """
+    code = environment.code_wheel()
+    code_key = environment.code_key()[:24]
+    plan: dict[str, Any] = {
+        "env_key": environment.env_key(),
+        "code_key": code_key,
+        "mode": mode,
+        "code": {**code.as_plan(), "version": environment.bt_version()},
+    }
+    if env_ready:
+        return [code], plan
+    pip_name = environment.pip_pin().split("==")[0]
+    wheels = environment.wheelhouse()
+    pip_wheel = next(w for w in wheels if w.name.split("-")[0].lower() == pip_name)
+    send = [code, pip_wheel] + ([w for w in wheels if w is not pip_wheel] if mode == "wheelhouse" else [])
+    plan.update(
+        pip=pip_wheel.as_plan(),
+        wheels=[w.as_plan() for w in wheels],
+        pins=list(environment.pins()) + [environment.pip_pin()],
+    )
+    return send, plan
 
 
 def bootstrap(
@@ -186,22 +216,9 @@ def bootstrap(
     else:
         mode = force_mode or ("wheelhouse" if wheelhouse_fits(found) else "index")
         step("building wheels")
-        code = environment.code_wheel()
-        pip_name = environment.pip_pin().split("==")[0]
-        wheels = environment.wheelhouse()
-        pip_wheel = next(w for w in wheels if w.name.split("-")[0].lower() == pip_name)
-        send = [code, pip_wheel] + ([w for w in wheels if w is not pip_wheel] if mode == "wheelhouse" else [])
+        send, plan = install_plan(mode, env_ready=found.env is not None)
         step(f"shipping {len(send)} wheels")
         shipped = ship(conn, [(w.path, w.sha256) for w in send], python=spec.python_command)
-        plan = {
-            "env_key": environment.env_key(),
-            "code_key": code_key,
-            "mode": mode,
-            "pip": pip_wheel.as_plan(),
-            "wheels": [w.as_plan() for w in wheels],
-            "pins": list(environment.pins()) + [environment.pip_pin()],
-            "code": {**code.as_plan(), "version": environment.bt_version()},
-        }
         step(f"installing ({mode})")
         done = exec_command(
             conn,

@@ -15,7 +15,8 @@
   (paramiko's keepalive alone never gives up, paramiko issue #2463). A frozen host still ACKs TCP:
   only application heartbeats catch that.
 
-Errors are ``HostError`` with one line naming the host.
+Errors are ``HostError`` with one line naming the host; ``HostRefused`` (a ``HostError``) when the
+host answered but cannot be used as it is (host key, authentication): retrying will not help.
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ if TYPE_CHECKING:
     import paramiko
 
 _TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
+
+
+class HostRefused(HostError):
+    """The host answered but cannot be used as it is: unknown or changed host key, failed
+    authentication, unusable Python, different environment. Retrying will not help; the SSH
+    executor sets such a host aside at once instead of backing off and retrying."""
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,7 @@ def _host_key_policy(known_hosts: Path, accept_new: bool, name: str) -> paramiko
 
         def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
             if not accept_new:
-                raise HostError(
+                raise HostRefused(
                     f"{name}: host key {key.get_name()} {fingerprint_of(key)} is not in {known_hosts}; "
                     "check it and add it (ssh once by hand), or pass --accept-new-hosts"
                 )
@@ -146,8 +153,16 @@ def tune_socket(sock: socket.socket, settings: SSHSettings) -> None:
 
 def connect(spec: HostSpec, settings: SSHSettings | None = None) -> fabric.Connection:
     """Open a verified, keepalive'd SSH connection to ``spec``; raise HostError on any failure."""
+    import logging
+
     import fabric
     import paramiko
+
+    # paramiko logs what it then raises (e.g. "channel open FAILED"); bt reports the error itself,
+    # and Python's last-resort handler would print those lines into the terminal's display
+    log = logging.getLogger("paramiko")
+    if not log.handlers:
+        log.addHandler(logging.NullHandler())
 
     settings = settings or SSHSettings()
     name = spec.name
@@ -182,7 +197,7 @@ def connect(spec: HostSpec, settings: SSHSettings | None = None) -> fabric.Conne
         if known.exists():
             client.get_host_keys().load(str(known))
     except (OSError, paramiko.SSHException) as exc:
-        raise HostError(f"{name}: cannot read known_hosts {known}: {exc}") from exc
+        raise HostRefused(f"{name}: cannot read known_hosts {known}: {exc}") from exc
     client.set_missing_host_key_policy(_host_key_policy(known, settings.accept_new_hosts, name))
 
     sock: socket.socket | None = None
@@ -197,14 +212,14 @@ def connect(spec: HostSpec, settings: SSHSettings | None = None) -> fabric.Conne
         raise
     except paramiko.BadHostKeyException as exc:
         _close_quietly(conn, sock)
-        raise HostError(
+        raise HostRefused(
             f"{name}: host key CHANGED (server offers {fingerprint_of(exc.key)}, known_hosts has "
             f"{fingerprint_of(exc.expected_key)}); refusing to connect. If the host was reinstalled, "
             f"remove the old key: ssh-keygen -R {exc.hostname} -f {known}"
         ) from exc
     except paramiko.AuthenticationException as exc:
         _close_quietly(conn, sock)
-        raise HostError(f"{name}: authentication failed for user {conn.user!r} ({exc})") from exc
+        raise HostRefused(f"{name}: authentication failed for user {conn.user!r} ({exc})") from exc
     except (paramiko.SSHException, EOFError) as exc:
         _close_quietly(conn, sock)
         text = str(exc) or type(exc).__name__
