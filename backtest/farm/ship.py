@@ -15,7 +15,9 @@ hashes are of data content and are a different thing.)
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import struct
 import threading
 import time
@@ -39,6 +41,34 @@ COMPRESS_BELOW = 0.85
 
 #: Test hook: (sha, attempt, chunk) -> chunk actually sent; lets tests corrupt a transfer.
 Tamper = Callable[[str, int, bytes], bytes]
+
+
+_SHA_CACHE: dict[tuple[str, int, int, int], str] = {}
+_SHA_LOCK = threading.Lock()
+
+
+def file_sha256(path: Path | str) -> str:
+    """sha256 of a file's bytes, remembered by (path, inode, size, mtime) so that a file shipped to
+    many hosts is hashed once; a file replaced since is hashed again."""
+    st = os.stat(path)
+    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    with _SHA_LOCK:
+        known = _SHA_CACHE.get(key)
+    if known is not None:
+        return known
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    sha = h.hexdigest()
+    with _SHA_LOCK:
+        _SHA_CACHE[key] = sha
+    return sha
+
+
+def object_path(cache: str, sha: str) -> str:
+    """Where a host keeps the object ``sha`` (``cache`` is the host's absolute cache dir)."""
+    return f"{cache}/objects/{sha[:2]}/{sha}"
 
 
 @dataclass
@@ -159,6 +189,73 @@ def _send_batch(
     return verdicts
 
 
+class HostObjects:
+    """What the coordinator knows of one host's object cache, for shipping data on demand.
+
+    ``ensure(files)`` takes a shard spec's ``[[path, data_sha256], ...]`` (paths relative to
+    ``data_root`` or absolute), ships whatever the host lacks (once per host, verified on arrival,
+    by the sha256 of the file's bytes) and returns the same list naming the host's copies. Safe to
+    call from several threads: a file wanted by two workers at once is sent once.
+    """
+
+    def __init__(
+        self,
+        conn: fabric.Connection,
+        cache: str,
+        data_root: Path,
+        *,
+        python: str = "python3",
+        tamper: Tamper | None = None,
+    ) -> None:
+        self.conn = conn
+        self.cache = cache
+        self.data_root = Path(data_root)
+        self.python = python
+        self.tamper = tamper
+        self.have: set[str] = set()
+        self.checked: set[str] = set()  # asked the host about (present ones are in ``have``)
+        self.reports: list[ShipReport] = []
+        self._lock = threading.Lock()
+
+    def _local(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else self.data_root / p
+
+    def _hashed(self, files: Sequence[Sequence[str]]) -> list[tuple[Path, str, str]]:
+        from backtest.errors import DataError
+
+        local: list[tuple[Path, str, str]] = []
+        for path, data_sha in files:
+            p = self._local(path)
+            try:
+                local.append((p, file_sha256(p), data_sha))
+            except OSError as exc:
+                raise DataError(f"partition file {p} cannot be read here: {exc.strerror or exc}") from exc
+        return local
+
+    def prime(self, files: Sequence[Sequence[str]]) -> None:
+        """Ask the host once which of ``files`` it has, so that ``ensure`` need not ask per shard."""
+        with self._lock:
+            todo = {sha: p for p, sha, _ in self._hashed(files) if sha not in self.checked}
+            if todo:
+                present = remote_have(self.conn, list(todo), self.python)
+                self.have.update(sha for sha, size in present.items() if todo[sha].stat().st_size == size)
+                self.checked.update(todo)
+
+    def ensure(self, files: Sequence[Sequence[str]]) -> list[list[str]]:
+        local = self._hashed(files)
+        if any(sha not in self.have for _, sha, _ in local):
+            with self._lock:  # one transfer at a time per host; others wait and find it there
+                need = {sha: p for p, sha, _ in local if sha not in self.have}
+                if need:
+                    report = ship(self.conn, [(p, sha) for sha, p in need.items()], python=self.python,
+                                  tamper=self.tamper, check=not set(need) <= self.checked)
+                    self.have.update(need)
+                    self.checked.update(need)
+                    self.reports.append(report)
+        return [[object_path(self.cache, sha), data_sha] for _, sha, data_sha in local]
+
+
 def ship(
     conn: fabric.Connection,
     files: Sequence[tuple[Path | str, str]],
@@ -166,11 +263,13 @@ def ship(
     python: str = "python3",
     attempts: int = 3,
     tamper: Tamper | None = None,
+    check: bool = True,
 ) -> ShipReport:
     """Make the host's cache hold every ``(local_path, sha256)``; send only what it lacks.
 
-    ``python`` is any Python on the host (the base one is fine). Raises HostError when a file
-    still arrives corrupted after ``attempts`` tries, or when the connection is lost.
+    ``python`` is any Python on the host (the base one is fine). ``check=False`` skips asking the
+    host what it has (the caller knows it lacks these). Raises HostError when a file still arrives
+    corrupted after ``attempts`` tries, or when the connection is lost.
     """
     start = time.perf_counter()
     report = ShipReport()
@@ -178,7 +277,7 @@ def ship(
     for local, sha in files:
         path = Path(local)
         unique.setdefault(sha, (path, path.stat().st_size))
-    present = remote_have(conn, list(unique), python)
+    present = remote_have(conn, list(unique), python) if check else {}
     todo = []
     for sha, (path, size) in unique.items():
         if present.get(sha) == size:
