@@ -115,6 +115,12 @@ class StreamPool(Executor):
     def spawn(self, label: str, host: str) -> Channel:
         """Start one worker process; raise ExecutorError if it cannot be started."""
 
+    def send_shard(self, slot: _Slot, spec: dict[str, Any]) -> None:
+        """Hand a shard to the slot's worker. A transport may override this, e.g. to ship the
+        shard's data first; it must not block this loop for long (do slow work in a thread)."""
+        assert slot.channel is not None
+        slot.channel.send(encode({"t": "shard", "shard": spec}))
+
     def on_slot_failure(self, slot: _Slot, reason: str) -> None:
         """Hook for transports that track host health (SSH backoff); the default does nothing."""
 
@@ -368,6 +374,6 @@ class StreamPool(Executor):
             slot.state = "busy"
             slot.started = time.monotonic()
             try:
-                slot.channel.send(encode({"t": "shard", "shard": job.spec()}))
+                self.send_shard(slot, job.spec())
             except (OSError, ValueError):
                 self._lose(slot, "worker closed its input")
