@@ -10,10 +10,12 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(1, str(Path(__file__).parents[1] / "executors"))  # the executor contract
 
 from netns_farm import Farm, missing_requirements  # noqa: E402
 
@@ -29,9 +31,9 @@ def require_farm() -> None:
     pytest.skip(reason)
 
 
-def start_farm(n: int) -> Farm:
+def start_farm(n: int, **kw: Any) -> Farm:
     require_farm()
-    return Farm.start(n)
+    return Farm.start(n, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +53,33 @@ def own_farm() -> Iterator[Farm]:
 @pytest.fixture
 def settings(farm: Farm) -> SSHSettings:
     return SSHSettings(known_hosts=farm.known_hosts, connect_timeout=3.0)
+
+
+# The SSH executor's tests: hosts that run exactly the coordinator's Python, with bt's environment
+# and code pre-built and numba's cache warm (see farmenv), so that a host is ready in a second.
+
+
+@pytest.fixture(scope="session")
+def farm_python() -> str:
+    require_farm()
+    from farmenv import shared_python
+
+    return shared_python()
+
+
+@pytest.fixture(scope="session")
+def prebuilt_env(farm_python: str) -> tuple[Path, Path]:
+    from farmenv import prebuilt
+
+    return prebuilt(farm_python)
+
+
+@pytest.fixture
+def ready_farm(prebuilt_env: tuple[Path, Path]) -> Iterator[Farm]:
+    """Three fresh hosts that find bt's environment ready (a fault may be done to any of them)."""
+    from farmenv import provision
+
+    with start_farm(3) as f:
+        for host in f.hosts:
+            provision(host, *prebuilt_env)
+        yield f

@@ -104,7 +104,7 @@ class Host:
             found.append(f"{pid} {cmdline.strip()}")
         return found
 
-    def line(self, **options: str | int) -> str:
+    def line(self, **options: object) -> str:
         """This host as a hosts-file line, e.g. ``user@10.200.7.11 key=/tmp/.../client_key``."""
         opts = " ".join(f"{k}={v}" for k, v in options.items())
         return f"{self.user}@{self.address} {opts}".strip()
@@ -121,12 +121,14 @@ class Farm:
     known_hosts: Path
     hosts: list[Host] = field(default_factory=list)
     silent: list[str] = field(default_factory=list)
+    max_sessions: int = 10
     _closed: bool = False
 
     # -- creation -------------------------------------------------------------------------------
 
     @classmethod
-    def start(cls, n_hosts: int, *, python: str | None = None) -> Farm:
+    def start(cls, n_hosts: int, *, max_sessions: int = 10) -> Farm:
+        """``n_hosts`` hosts; ``max_sessions`` is each sshd's MaxSessions (10: sshd's default)."""
         reason = missing_requirements()
         if reason:
             raise RuntimeError(reason)
@@ -145,6 +147,7 @@ class Farm:
                 bridge=f"btf{octet}",
                 client_key=farm_dir / "client_key",
                 known_hosts=farm_dir / "known_hosts",
+                max_sessions=max_sessions,
             )
             farm._record()
         try:
@@ -217,7 +220,7 @@ class Farm:
                     "UsePAM no",
                     "StrictModes no",
                     "MaxStartups 200",
-                    "MaxSessions 200",
+                    f"MaxSessions {self.max_sessions}",
                     "UseDNS no",
                     "PrintMotd no",
                     "LogLevel VERBOSE",
