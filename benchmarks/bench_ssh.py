@@ -1,0 +1,201 @@
+"""SSH farm benchmark (issue 5): 3 network-namespace hosts against the local executor, same job.
+
+    python benchmarks/bench_ssh.py                       # 20 symbols x 1-minute bars x 252 days
+    python benchmarks/bench_ssh.py --cores 1 --repeat 3 --grid "fast=5:50:5" --grid "slow=20:400:20"
+
+Needs root, sshd and iproute2 (the test farm of ``tests/ssh/netns_farm.py``). Every host runs in a
+namespace of this same machine, so the farm and the local executor share the same CPUs: the
+ratio of their throughputs measures what the farm costs (SSH encryption both ways, sshd, shipping,
+dispatch), not what it gains. Target: farm throughput >= 85 % of local.
+
+Printed:
+- wall time and tasks/s of the job on ``local://N`` and on the farm, first with the hosts' data
+  caches empty (the partitions are shipped) and then warm; result files checked byte-identical;
+- per-shard overhead: from handing a shard to a worker until its ``shard_done`` arrives, minus
+  the time the worker itself spent on it (median, p90; first shard of a host that shipped data
+  counted apart);
+- recovery from a killed host: the job again with one host killed at about 40 % of it: how long
+  until the loss is noticed, and the extra wall time against the undisturbed run.
+
+Hosts run the coordinator's exact Python with bt's environment pre-built (``tests/ssh/farmenv``),
+so no host bootstraps inside a timed run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent / "tests" / "ssh"), str(HERE.parent / "tests")]
+
+
+class ShardTimes:
+    """Per-shard overhead of a StreamPool executor (local or SSH), measured in the coordinator."""
+
+    def __init__(self, ex: Any) -> None:
+        self.sent: dict[str, float] = {}
+        self.overhead: list[float] = []
+        orig_send, orig_handle = ex.send_shard, ex._handle
+
+        def send_shard(slot: Any, spec: dict[str, Any]) -> None:
+            self.sent[slot.label] = time.perf_counter()
+            orig_send(slot, spec)
+
+        def handle(gen: int, msg: dict[str, Any] | None, body: Any) -> None:
+            if msg is not None and msg.get("t") == "shard_done":
+                slot = ex._slot_of(gen)
+                if slot is not None and slot.label in self.sent:
+                    self.overhead.append(time.perf_counter() - self.sent.pop(slot.label) - msg["seconds"])
+            orig_handle(gen, msg, body)
+
+        ex.send_shard, ex._handle = send_shard, handle
+
+
+def timed_run(prep: Any, ex: Any, on_progress: Any = None) -> tuple[float, Any, ShardTimes]:
+    from backtest.runner import execute
+
+    times = ShardTimes(ex)
+    t0 = time.perf_counter()
+    ex.start(prep.job.strategy)
+    summary = execute(prep, on_progress, ex)
+    seconds = time.perf_counter() - t0
+    assert summary.status == "done" and summary.failed == 0, summary
+    return seconds, summary, times
+
+
+def results(root: Path) -> dict[str, bytes]:
+    from backtest.results import ResultStore
+
+    store = ResultStore(root)
+    return {k: store.read_bytes(k) for k in store.keys()}
+
+
+def ms(values: list[float]) -> str:
+    if not values:
+        return "-"
+    values = sorted(values)
+    p90 = values[min(len(values) - 1, int(0.9 * len(values)))]
+    return f"median {statistics.median(values) * 1000:.1f} ms, p90 {p90 * 1000:.1f} ms (n={len(values)})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--symbols", type=int, default=20)
+    ap.add_argument("--days", type=int, default=252)
+    ap.add_argument("--grid", action="append", default=None,
+                    help='a --param of the job (default: "fast=5:50:5" "slow=20:200:20", sma_cross\'s grid)')
+    ap.add_argument("--cores", type=int, default=None, help="workers per host (default: what each reports)")
+    ap.add_argument("--local", type=int, default=None, help="local workers (default: one per core)")
+    ap.add_argument("--repeat", type=int, default=2, help="timed warm runs of each (the best is kept)")
+    args = ap.parse_args()
+
+    import farmenv
+    from netns_farm import Farm, missing_requirements
+
+    from backtest.data import Store
+    from backtest.data.demo import write_demo
+    from backtest.executors.base import ExecutorOptions
+    from backtest.executors.local import LocalExecutor, cores
+    from backtest.executors.ssh import SSHExecutor
+    from backtest.farm.connect import SSHSettings
+    from backtest.farm.hostsfile import parse_hosts
+    from backtest.runner import RunRequest, prepare
+
+    reason = missing_requirements()
+    if reason:
+        sys.exit(f"bench_ssh: {reason}")
+    local_n = args.local or cores()
+    grid = args.grid or ["fast=5:50:5", "slow=20:200:20"]
+    sma = HERE.parent / "strategies" / "sma_cross.py"
+    work = Path(tempfile.mkdtemp(prefix="bt-bench-ssh-"))
+    print(f"data: {args.symbols} symbols x 1-minute bars x {args.days} days; grid {' '.join(grid)}; "
+          f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+    roots = {name: work / name for name in ("local", "farm")}
+    for root in roots.values():
+        write_demo(Store(root), symbols=args.symbols, freq="1min", days=args.days)
+    req = RunRequest(strategy=sma, params=grid)
+
+    def plan(root: Path, force: bool) -> Any:
+        return prepare(RunRequest(**{**req.__dict__, "force": force}), root)
+
+    python = farmenv.shared_python()
+    env_dirs = farmenv.prebuilt(python)
+
+    # local --------------------------------------------------------------------------------------
+    local_best = None
+    for i in range(args.repeat + 1):  # the first one warms the page cache and numba's cache
+        local = LocalExecutor(ExecutorOptions(data_root=roots["local"], workers=local_n))
+        seconds, summary, times = timed_run(plan(roots["local"], force=i > 0), local)
+        if i > 0 and (local_best is None or seconds < local_best[0]):
+            local_best = (seconds, summary, times)
+    assert local_best is not None
+    tasks = local_best[1].computed
+    print(f"tasks: {tasks} in {len(plan(roots['local'], True).shards)} shards")
+    print(f"local://{local_n}: {local_best[0]:.2f} s, {tasks / local_best[0]:.0f} tasks/s; "
+          f"per-shard overhead {ms(local_best[2].overhead)}")
+
+    # farm ---------------------------------------------------------------------------------------
+    with Farm.start(3) as farm:
+        for host in farm.hosts:
+            farmenv.provision(host, *env_dirs)
+        lines = [h.line(key=farm.client_key, python=python, **({"cores": args.cores} if args.cores else {}))
+                 for h in farm.hosts]
+
+        def farm_executor() -> SSHExecutor:
+            return SSHExecutor(parse_hosts("\n".join(lines)), ExecutorOptions(data_root=roots["farm"]),
+                               settings=SSHSettings(known_hosts=farm.known_hosts))
+
+        ex = farm_executor()
+        seconds, summary, times = timed_run(plan(roots["farm"], force=False), ex)
+        workers = len(ex._slots)
+        shipped = sum(r.bytes_wire for h in ex.hosts for r in h.objects.reports)
+        files = sum(len(r.sent) for h in ex.hosts for r in h.objects.reports)
+        print(f"farm, 3 hosts, {workers} workers, host data caches empty: {seconds:.2f} s, "
+              f"{tasks / seconds:.0f} tasks/s ({seconds and local_best[0] / seconds:.0%} of local); "
+              f"shipped {files} partitions, {shipped / 1e6:.1f} MB on the wire")
+        assert results(roots["farm"]) == results(roots["local"]), "farm results differ from local ones"
+        print("result files: byte-identical to the local run's")
+        best = None
+        for _ in range(args.repeat):
+            ex = farm_executor()
+            run = timed_run(plan(roots["farm"], force=True), ex)
+            if best is None or run[0] < best[0]:
+                best = run
+        assert best is not None
+        ratio = local_best[0] / best[0]
+        print(f"farm, host caches warm: {best[0]:.2f} s, {tasks / best[0]:.0f} tasks/s = {ratio:.0%} of local "
+              f"(target >= 85 %); per-shard overhead {ms(best[2].overhead)}")
+
+        # a host killed at about 40 % of the job -------------------------------------------------
+        victim = farm.hosts[1]
+        ex = farm_executor()
+        killed: list[float] = []
+        noticed: list[float] = []
+        name = ex.hosts[1].name
+        seen = [0]
+
+        def on_progress(p: Any) -> None:
+            if not killed and p.computed >= 0.4 * tasks:
+                farm.kill(victim)
+                killed.append(time.perf_counter())
+                seen[0] = len(p.notes)
+            elif killed and not noticed and any(n.startswith(name) for n in p.notes[seen[0]:]):
+                noticed.append(time.perf_counter())
+
+        seconds, summary, _ = timed_run(plan(roots["farm"], force=True), ex, on_progress)
+        assert killed and noticed, "the host was not killed or its loss not noticed"
+        print(f"farm with a host killed at 40 %: {seconds:.2f} s (+{seconds - best[0]:.2f} s against undisturbed); "
+              f"loss noticed after {(noticed[0] - killed[0]) * 1000:.0f} ms; "
+              f"{summary.computed} tasks, each recorded once")
+        assert results(roots["farm"]) == results(roots["local"])
+
+
+if __name__ == "__main__":
+    main()
