@@ -201,6 +201,7 @@ def without_jit(m: Measurement) -> Measurement:
         m.bar_evals,
         runs,
         procs=m.procs,
+        derived_from=m.variant,
     )
 
 
