@@ -89,7 +89,7 @@ class Strategy:
 
     def cached(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)``, memoised in the grid-wide cache the engine hands this instance."""
-        key = (fn, tuple(_arg_key(a) for a in args))
+        key = (fn, *[_arg_key(a) for a in args])
         hit = self._bt_cache.get(key)
         if hit is None:
             hit = (fn(*args), args)  # args kept alive so that their ids stay unique
@@ -101,12 +101,16 @@ class Strategy:
         return f"{type(self).__name__}({inner})"
 
 
+_BY_VALUE = (bool, int, float, str, bytes, type(None))
+
+
 def _arg_key(arg: Any) -> Any:
-    if isinstance(arg, bool | int | float | str | bytes | type(None)):
-        return (type(arg), arg)
-    if isinstance(arg, tuple | list):
-        return (type(arg), tuple(_arg_key(a) for a in arg))
-    return ("id", id(arg))
+    kind = type(arg)
+    if kind in _BY_VALUE:
+        return (kind, arg)  # 2 and 2.0 (and True) are different arguments
+    if kind is tuple or kind is list:
+        return (kind, tuple(_arg_key(a) for a in arg))
+    return ("id", id(arg))  # arrays and other objects: by identity (kept alive by the cache)
 
 
 def strategy_params(cls: type[Strategy]) -> dict[str, Any]:

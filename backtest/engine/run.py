@@ -41,11 +41,22 @@ def run_grid(
     """
     bars = _normalised(bars)
     cache: dict[Any, Any] = {}
-    ann = bars_per_year(bars.ts)
+    sim_args = (
+        bars.start,
+        settings.cash,
+        settings.commission,
+        settings.fee,
+        settings.slippage,
+        settings.fill == "close",
+        settings.units == "integer",
+        settings.stop_loss or 0.0,
+        settings.take_profit or 0.0,
+        bars_per_year(bars.ts),
+    )
     outputs: list[TaskOutput | StrategyError] = []
     for params in params_list:
         try:
-            outputs.append(_run_one(strategy_cls, bars, params, settings, cache, ann, want_equity))
+            outputs.append(_run_one(strategy_cls, bars, params, sim_args, cache, want_equity))
         except StrategyError as exc:
             outputs.append(exc)
     return outputs
@@ -71,9 +82,8 @@ def _run_one(
     strategy_cls: Any,
     bars: Bars,
     params: dict[str, Any],
-    settings: SimSettings,
+    sim_args: tuple[Any, ...],
     cache: dict[Any, Any],
-    ann: float,
     want_equity: bool,
 ) -> TaskOutput:
     try:
@@ -91,25 +101,9 @@ def _run_one(
     target = _checked_target(raw, bars, strategy_cls, params)
     n = len(bars)
     equity = np.empty(n - bars.start if want_equity else 0)
-    bad, trades, metrics = simulate_nb(
-        bars.ts,
-        bars.open,
-        bars.high,
-        bars.low,
-        bars.close,
-        target,
-        bars.start,
-        settings.cash,
-        settings.commission,
-        settings.fee,
-        settings.slippage,
-        settings.fill == "close",
-        settings.units == "integer",
-        settings.stop_loss or 0.0,
-        settings.take_profit or 0.0,
-        ann,
-        equity,
-        TRADE_DTYPE,
+    simulate: Any = simulate_nb
+    bad, trades, metrics = simulate(
+        bars.ts, bars.open, bars.high, bars.low, bars.close, target, *sim_args, equity, TRADE_DTYPE
     )
     if bad >= 0:
         raise StrategyError(
