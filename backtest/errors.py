@@ -21,9 +21,11 @@ from __future__ import annotations
 
 
 class BtError(Exception):
-    """Base of every error `bt` raises on purpose. ``str(err)`` is the one line shown."""
+    """Base of every error `bt` raises on purpose. ``str(err)`` is the one line shown;
+    ``details`` holds what does not fit on it (e.g. a strategy's trimmed traceback)."""
 
     exit_code: int = 2
+    details: str = ""
 
 
 class UsageError(BtError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import write_strategy
+from helpers import write_strategy
 
 from backtest.runner import RunRequest, grid_cached, prepare
 

@@ -1,0 +1,69 @@
+"""Helpers shared by the tests: deterministic synthetic bars and strategy files."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+DAY_NS = 86_400_000_000_000
+SYMBOLS = ("AAA", "BBB", "CCC")
+
+
+def synth_daily(seed: int, start: str = "2019-01-01", days: int = 780) -> tuple[np.ndarray, ...]:
+    """Deterministic daily bars on weekdays: a seeded random walk with gaps and wicks."""
+    rng = np.random.default_rng(seed)
+    d0 = np.datetime64(start, "D")
+    dates = np.arange(d0, d0 + int(days * 1.5))
+    dates = dates[np.is_busday(dates)][:days]
+    ts = dates.astype("datetime64[ns]").astype(np.int64) + 21 * 3_600_000_000_000  # 21:00 UTC
+    ret = rng.normal(0.0003, 0.015, days)
+    close = 50.0 * np.exp(np.cumsum(ret))
+    open_ = np.concatenate([[50.0], close[:-1]]) * np.exp(rng.normal(0, 0.003, days))
+    high = np.maximum(open_, close) * (1 + np.abs(rng.normal(0, 0.005, days)))
+    low = np.minimum(open_, close) * (1 - np.abs(rng.normal(0, 0.005, days)))
+    volume = rng.integers(1_000, 100_000, days).astype(np.float64)
+    return ts, open_, high, low, close, volume
+
+
+STRATEGY_HEAD = """
+import numpy as np
+from backtest.strategy import Strategy
+"""
+
+
+def write_strategy(directory: Path, body: str, name: str = "strat.py") -> Path:
+    path = directory / name
+    path.write_text(STRATEGY_HEAD + textwrap.dedent(body))
+    return path
+
+
+# A plain-numpy moving-average strategy whose parameter n picks misbehaviour in the fault tests.
+FAULTY = """
+class Faulty(Strategy):
+    n = 5
+    mode = "ok"
+    warmup = 10
+
+    def signals(self, bars):
+        if self.mode == "raise" and self.n == 7:
+            raise ValueError("boom at n=7")
+        if self.mode == "loop" and self.n == 7:
+            while True:
+                pass
+        if self.mode == "hog" and self.n == 7:
+            hoard = []
+            while True:
+                hoard.append(np.ones(50_000_000))
+        if self.mode == "print":
+            print(f"hello from n={self.n}")
+        if self.mode == "slow":
+            import time
+            time.sleep(0.4)
+        c = bars.close
+        ma = np.convolve(c, np.ones(self.n) / self.n)[: len(c)]
+        return np.where(c > ma, 1.0, 0.0)
+"""
+
+
