@@ -61,8 +61,9 @@ def test_rerun_and_changed_parameter_compute_only_what_is_missing(root: Path, sm
 
 
 def test_reimported_changed_year_recomputes_only_tasks_reading_it(root: Path, sma_path: Path) -> None:
-    from backtest.data import Store
     from helpers import synth_daily
+
+    from backtest.data import Store
 
     # AAA from 2020 only, BBB reading 2019-2021: change AAA's 2021 bars → only AAA tasks recompute
     args = [sma_path, "--from", "2020-06", "--to", "2021", "--param", "fast=5", "--param", "slow=20", "-w", "1"]
