@@ -145,9 +145,21 @@ class Catalog:
 
     # writing ------------------------------------------------------------------------------------
     def create_run(self, run: dict[str, Any]) -> None:
-        cols = list(run)
-        sql = f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-        self._write(lambda con: con.execute(sql, [run[c] for c in cols]))
+        self._write(lambda con: _insert_run(con, run))
+
+    def start_run(self, run: dict[str, Any], keys: Sequence[str], alive: Callable[[int, str], bool]) -> set[str]:
+        """One connection for all a run does at its start: runs whose coordinator is gone become
+        'interrupted', the run is recorded, and the subset of ``keys`` the catalog indexes is returned."""
+
+        def go(con: Any) -> set[str]:
+            _mark_stale(con, alive)
+            _insert_run(con, run)
+            if not keys:
+                return set()
+            rows = con.execute("SELECT key FROM results WHERE key IN (SELECT unnest(?::VARCHAR[]))", [list(keys)])
+            return {r[0] for r in rows.fetchall()}
+
+        return self._write(go)
 
     def record(
         self,
@@ -186,10 +198,8 @@ class Catalog:
         if not self.path.exists():
             return
         rows = self._read("SELECT run_id, pid, host FROM runs WHERE status = 'running'")
-        dead = [r["run_id"] for r in rows if not alive(r["pid"], r["host"])]
-        if dead:
-            self._write(lambda con: con.executemany(
-                "UPDATE runs SET status = 'interrupted' WHERE run_id = ?", [[d] for d in dead]))
+        if any(not alive(r["pid"], r["host"]) for r in rows):
+            self._write(lambda con: _mark_stale(con, alive))
 
     # reading ------------------------------------------------------------------------------------
     def known_results(self, keys: Sequence[str]) -> set[str]:
@@ -251,6 +261,18 @@ class Catalog:
                 return len(rows)
 
             return self._write(go)
+
+
+def _insert_run(con: Any, run: dict[str, Any]) -> None:
+    cols = list(run)
+    con.execute(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", [run[c] for c in cols])
+
+
+def _mark_stale(con: Any, alive: Callable[[int, str], bool]) -> None:
+    rows = con.execute("SELECT run_id, pid, host FROM runs WHERE status = 'running'").fetchall()
+    for run_id, pid, host in rows:
+        if not alive(pid, host):
+            con.execute("UPDATE runs SET status = 'interrupted' WHERE run_id = ?", [run_id])
 
 
 def result_row(header: dict[str, Any], metrics: dict[str, float], recorded: float) -> dict[str, Any]:

@@ -323,9 +323,8 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
     store = ResultStore(prep.root)
     run_id = new_run_id(job)
     progress = Progress(run_id, total=len(prep.tasks), cached=len(prep.cached))
-    catalog.mark_stale_runs(_pid_alive)
     save_source(prep.root, job.strategy)
-    catalog.create_run({
+    known = catalog.start_run({
         "run_id": run_id, "created": time.time(), "strategy": job.strategy.name,
         "strategy_file": str(req.strategy), "code_hash": job.strategy.hash,
         "job": json.dumps({"symbols": job.symbols, "params": job.params_list, "warmups": job.warmups,
@@ -335,13 +334,12 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
         "status": "running", "tasks": len(prep.tasks), "computed": 0, "cached": len(prep.cached), "failed": 0,
         "pid": os.getpid(), "host": socket.gethostname(),
         "data_hashes": json.dumps(sorted({h for s in prep.shards for _, h in s.spec["files"]})),
-    })
+    }, [t.key for t in prep.cached], _pid_alive)
     by_key = {t.key: t for t in prep.tasks}
     now = time.time()
     task_rows: list[dict[str, Any]] = [_task_row(t, "done", True, 0, None, None, None, now) for t in prep.cached]
     result_rows: list[dict[str, Any]] = []
     # cached results the catalog does not index yet (e.g. after a catalog was deleted) are indexed now
-    known = catalog.known_results([t.key for t in prep.cached])
     for t in prep.cached:
         if t.key not in known:
             header, metrics = decode_metrics(store.read_bytes(t.key))
