@@ -82,8 +82,7 @@ class SSHExecutor(StreamPool):
         self.hosts = [_Host(s) for s in specs]
         self._by_name = {h.name: h for h in self.hosts}
         self._events_in: queue.SimpleQueue[tuple[str, _Host, int, Any]] = queue.SimpleQueue()
-        self._channels: list[Any] = []
-        self._threads: list[threading.Thread] = []
+        self._channels: list[Any] = []  # WorkerChannels not yet known to be killed
         #: test hook: corrupt shipped data (see ``farm.ship.Tamper``)
         self.tamper: Any = None
         self.max_host_failures = MAX_HOST_FAILURES
@@ -191,6 +190,7 @@ class SSHExecutor(StreamPool):
                         self._note(host, f"{len(r.resent)} file(s) arrived damaged and were sent again")
                 host.reports_seen = len(reports)
         super()._maintain()
+        self._channels = [ch for ch in self._channels if not ch.gone()]
         if self._open and all(h.state == "set-aside" for h in self.hosts):
             self.exhausted = "every host failed: " + "; ".join(f"{h.name}: {h.reason}" for h in self.hosts)
 
@@ -207,10 +207,9 @@ class SSHExecutor(StreamPool):
             host.conns = []
 
     # hosts -----------------------------------------------------------------------------------------
-    def _thread(self, target: Any, *args: Any, name: str) -> None:
-        t = threading.Thread(target=target, args=args, daemon=True, name=name)
-        self._threads.append(t)
-        t.start()
+    @staticmethod
+    def _thread(target: Any, *args: Any, name: str) -> None:
+        threading.Thread(target=target, args=args, daemon=True, name=name).start()
 
     def _wake(self) -> None:
         self._q.put((0, None, None))  # no slot has generation 0: the pool drops it, then maintains
@@ -321,6 +320,8 @@ class SSHExecutor(StreamPool):
         """The host could not be reached or was lost: drop it; retry later, or set it aside."""
         host.failures += 1
         host.reason = reason
+        if not any(s.job for s in host.slots):  # else each lost shard counts as a failure already
+            host.slots[0].failures += 1
         if host.failures >= self.max_host_failures:
             self._set_host_aside(host, f"{reason} ({host.failures} failures in a row)")
             return
@@ -331,6 +332,8 @@ class SSHExecutor(StreamPool):
         self._note(host, f"{reason}; retrying in {delay:g} s")
 
     def _set_host_aside(self, host: _Host, reason: str) -> None:
+        if host.state == "connecting":  # refused at setup: one failure to show
+            host.slots[0].failures += 1
         host.state = "set-aside"
         host.reason = reason
         self._drop(host, reason)

@@ -112,6 +112,10 @@ class WorkerChannel(Channel):
                                                  name=f"bt-ssh-kill-{self.label}")
             self._kill_thread.start()
 
+    def gone(self) -> bool:
+        """Killed, and the kill (if one was needed) is done."""
+        return self._killed and (self._kill_thread is None or not self._kill_thread.is_alive())
+
     def wait_killed(self, timeout: float) -> None:
         if self._kill_thread is not None:
             self._kill_thread.join(max(0.0, timeout))
