@@ -165,14 +165,20 @@ def prebuilt(python: str) -> tuple[Path, Path]:
 
 
 def _root_conftest_strategy() -> tuple[str, str]:
+    """The fault-test strategy's text (``tests/helpers.py``, formerly ``tests/conftest.py``)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("bt_tests_conftest_text", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.FAULTY, module.STRATEGY_HEAD
+    for name in ("helpers.py", "conftest.py"):
+        path = Path(__file__).resolve().parents[1] / name
+        if not path.exists():
+            continue
+        spec = importlib.util.spec_from_file_location(f"bt_tests_text_{path.stem}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if hasattr(module, "FAULTY") and hasattr(module, "STRATEGY_HEAD"):
+            return module.FAULTY, module.STRATEGY_HEAD
+    raise RuntimeError("tests/helpers.py has no FAULTY strategy")
 
 
 def _prune(folder: Path, keep: Path, count: int = 4) -> None:

@@ -203,6 +203,7 @@ def test_wrong_python_and_other_environment_are_set_aside_with_the_difference(
     numpy = environment.fingerprint()["numpy"]
     assert f"set aside: environment differs from this one: numpy {numpy} here, 1.26.4 there" in said
     assert all(s.state == "set-aside" for h in ex.hosts[1:] for s in h.slots)
+    assert [sum(s.failures for s in h.slots) for h in ex.hosts] == [0, 1, 1]  # the display's column
     statuses = {w.host: w.state for w in ex.status()}
     assert statuses[ex.hosts[1].name] == statuses[ex.hosts[2].name] == "set-aside"
 
