@@ -12,8 +12,9 @@ Printed:
 - wall time and tasks/s of the job on ``local://N`` and on the farm, first with the hosts' data
   caches empty (the partitions are shipped) and then warm; result files checked byte-identical;
 - per-shard overhead: from handing a shard to a worker until its ``shard_done`` arrives, minus
-  the time the worker itself spent on it (median, p90; first shard of a host that shipped data
-  counted apart);
+  the time the worker itself spent on it (median, p90). On the main job this includes streaming
+  the shard's results (~6 MB a shard); on a job of tiny shards (daily bars, results of a few KB)
+  it is the dispatch round trip itself;
 - recovery from a killed host: the job again with one host killed at about 40 % of it: how long
   until the loss is noticed, and the extra wall time against the undisturbed run.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -42,6 +44,8 @@ class ShardTimes:
     def __init__(self, ex: Any) -> None:
         self.sent: dict[str, float] = {}
         self.overhead: list[float] = []
+        self.first: float | None = None
+        self.last: float | None = None
         orig_send, orig_handle = ex.send_shard, ex._handle
 
         def send_shard(slot: Any, spec: dict[str, Any]) -> None:
@@ -59,15 +63,32 @@ class ShardTimes:
 
 
 def timed_run(prep: Any, ex: Any, on_progress: Any = None) -> tuple[float, Any, ShardTimes]:
+    """Start the executor and run the job; ``times.first``/``times.last``: when the first and
+    the last result came in (seconds from the start)."""
     from backtest.runner import execute
 
     times = ShardTimes(ex)
     t0 = time.perf_counter()
+
+    def progress(p: Any) -> None:
+        if p.computed and times.first is None:
+            times.first = time.perf_counter() - t0
+        if p.computed:
+            times.last = time.perf_counter() - t0
+        if on_progress is not None:
+            on_progress(p)
+
     ex.start(prep.job.strategy)
-    summary = execute(prep, on_progress, ex)
+    summary = execute(prep, progress, ex)
     seconds = time.perf_counter() - t0
     assert summary.status == "done" and summary.failed == 0, summary
     return seconds, summary, times
+
+
+def steady(tasks: int, times: ShardTimes) -> str:
+    """Tasks/s between the first and the last result: throughput without start-up and shutdown."""
+    assert times.first is not None and times.last is not None
+    return f"{tasks / (times.last - times.first):.0f} tasks/s from the first result (at {times.first:.2f} s) on"
 
 
 def results(root: Path) -> dict[str, bytes]:
@@ -117,13 +138,23 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bt-bench-ssh-"))
     print(f"data: {args.symbols} symbols x 1-minute bars x {args.days} days; grid {' '.join(grid)}; "
           f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
-    roots = {name: work / name for name in ("local", "farm")}
-    for root in roots.values():
-        write_demo(Store(root), symbols=args.symbols, freq="1min", days=args.days)
+    roots = {name: work / name for name in ("local", "farm", "tiny")}
+    for name, root in roots.items():
+        if name == "tiny":
+            write_demo(Store(root), symbols=3, freq="1d", days=500)
+        else:
+            write_demo(Store(root), symbols=args.symbols, freq="1min", days=args.days)
     req = RunRequest(strategy=sma, params=grid)
 
     def plan(root: Path, force: bool) -> Any:
         return prepare(RunRequest(**{**req.__dict__, "force": force}), root)
+
+    def tiny_overhead(make: Any) -> list[float]:
+        """Per-shard overhead on small shards (3 symbols of daily bars), the second of two runs."""
+        for _ in range(2):
+            prep = prepare(RunRequest(strategy=sma, params=grid, force=True), roots["tiny"])
+            _, _, times = timed_run(prep, make())
+        return times.overhead
 
     python = farmenv.shared_python()
     env_dirs = farmenv.prebuilt(python)
@@ -138,8 +169,9 @@ def main() -> None:
     assert local_best is not None
     tasks = local_best[1].computed
     print(f"tasks: {tasks} in {len(plan(roots['local'], True).shards)} shards")
-    print(f"local://{local_n}: {local_best[0]:.2f} s, {tasks / local_best[0]:.0f} tasks/s; "
-          f"per-shard overhead {ms(local_best[2].overhead)}")
+    print(f"local://{local_n}: {local_best[0]:.2f} s, {tasks / local_best[0]:.0f} tasks/s "
+          f"({steady(tasks, local_best[2])}); per-shard overhead {ms(local_best[2].overhead)}")
+    tiny_local = tiny_overhead(lambda: LocalExecutor(ExecutorOptions(data_root=roots["tiny"], workers=local_n)))
 
     # farm ---------------------------------------------------------------------------------------
     with Farm.start(3) as farm:
@@ -148,8 +180,8 @@ def main() -> None:
         lines = [h.line(key=farm.client_key, python=python, **({"cores": args.cores} if args.cores else {}))
                  for h in farm.hosts]
 
-        def farm_executor() -> SSHExecutor:
-            return SSHExecutor(parse_hosts("\n".join(lines)), ExecutorOptions(data_root=roots["farm"]),
+        def farm_executor(root: Path = roots["farm"]) -> SSHExecutor:
+            return SSHExecutor(parse_hosts("\n".join(lines)), ExecutorOptions(data_root=root),
                                settings=SSHSettings(known_hosts=farm.known_hosts))
 
         ex = farm_executor()
@@ -170,8 +202,16 @@ def main() -> None:
                 best = run
         assert best is not None
         ratio = local_best[0] / best[0]
+        lt, ft = local_best[2], best[2]
+        assert lt.first is not None and lt.last is not None and ft.first is not None and ft.last is not None
+        steady_ratio = (lt.last - lt.first) / (ft.last - ft.first)
         print(f"farm, host caches warm: {best[0]:.2f} s, {tasks / best[0]:.0f} tasks/s = {ratio:.0%} of local "
-              f"(target >= 85 %); per-shard overhead {ms(best[2].overhead)}")
+              f"(target >= 85 %); {steady(tasks, ft)} = {steady_ratio:.0%} of local's; "
+              f"per-shard overhead {ms(ft.overhead)}")
+
+        tiny_farm = tiny_overhead(lambda: farm_executor(roots["tiny"]))
+        print(f"per-shard overhead on tiny shards (dispatch round trip): local {ms(tiny_local)}; "
+              f"farm {ms(tiny_farm)}")
 
         # a host killed at about 40 % of the job -------------------------------------------------
         victim = farm.hosts[1]
@@ -195,6 +235,7 @@ def main() -> None:
               f"loss noticed after {(noticed[0] - killed[0]) * 1000:.0f} ms; "
               f"{summary.computed} tasks, each recorded once")
         assert results(roots["farm"]) == results(roots["local"])
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
