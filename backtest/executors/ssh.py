@@ -277,6 +277,7 @@ class SSHExecutor(StreamPool):
             if kind == "ready":
                 self._ready(host, *data)
             elif kind == "refused":
+                host.slots[0].failures += 1  # one failure to show in the display
                 self._set_host_aside(host, self._strip(host, data))
             elif kind == "failed":
                 self._host_failed(host, self._strip(host, data))
@@ -332,8 +333,6 @@ class SSHExecutor(StreamPool):
         self._note(host, f"{reason}; retrying in {delay:g} s")
 
     def _set_host_aside(self, host: _Host, reason: str) -> None:
-        if host.state == "connecting":  # refused at setup: one failure to show
-            host.slots[0].failures += 1
         host.state = "set-aside"
         host.reason = reason
         self._drop(host, reason)

@@ -255,10 +255,10 @@ def test_a_damaged_transfer_is_detected_and_sent_again(ready_farm: Farm, farm_py
 def test_a_slow_host_joins_a_job_that_is_already_running(ready_farm: Farm, farm_python: str, root: Path,
                                                           faulty: Path) -> None:
     """Host setup happens in the background: the fast host computes while the slow one (each of its
-    commands starts 3 s late) is still being set up, and the slow one joins when it is ready."""
+    commands starts 5 s late) is still being set up, and the slow one joins when it is ready."""
     farm = ready_farm
     slow_python = farm.dir / "slow-python"
-    slow_python.write_text(f'#!/bin/sh\nsleep 3\nexec {farm_python} "$@"\n')
+    slow_python.write_text(f'#!/bin/sh\nsleep 5\nexec {farm_python} "$@"\n')
     slow_python.chmod(0o755)
     prep = slow_job(root, faulty, "n=3:14")
     ex = executor(farm, root, [line(farm, farm.hosts[0], farm_python),
