@@ -12,6 +12,7 @@ Schema changes are numbered migrations, applied in order and recorded in ``schem
 from __future__ import annotations
 
 import json
+import os
 import random
 import tempfile
 import time
@@ -82,6 +83,41 @@ T = TypeVar("T")
 LOCK_WAIT = 60.0
 
 
+def _flock(fd: int, shared: bool, path: Path) -> None:
+    import fcntl
+
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise CatalogError(f"the catalog next to {path} stayed busy for {LOCK_WAIT:.0f} s; "
+                                   "is another bt stuck? (see bt runs)") from None
+            time.sleep(0.002 + 0.008 * random.random())
+
+
+@contextmanager
+def _file_lock(path: Path, shared: bool) -> Iterator[None]:
+    """Readers share, writers are alone. A writer first takes the turnstile (``.queue``) so that
+    readers arriving after it wait: a stream of ``bt report``s cannot starve a run's writes."""
+    import fcntl
+
+    queue_fd = os.open(path.with_suffix(".queue"), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _flock(queue_fd, shared, path)
+        try:
+            _flock(fd, shared, path)
+        finally:
+            fcntl.flock(queue_fd, fcntl.LOCK_UN)
+        yield
+    finally:
+        os.close(fd)
+        os.close(queue_fd)
+
+
 def _is_lock_error(exc: Exception) -> bool:
     text = str(exc).lower()
     return "lock" in text or "conflicting" in text or "being used by another process" in text
@@ -93,29 +129,35 @@ class Catalog:
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[Any]:
-        """A short connection, retried while another process holds the file."""
+        """A short connection. Processes take turns through a lock file next to the catalog
+        (shared for readers, exclusive for writers), so DuckDB never sees two processes at once;
+        a write checkpoints before it lets go, so no reader ever depends on another's WAL."""
         import duckdb
 
         if read_only and not self.path.exists():
             raise CatalogError("no runs recorded yet; start one with: bt run STRATEGY.py")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + LOCK_WAIT
-        delay = 0.005
-        while True:
+        with _file_lock(self.path.with_name(self.path.name + ".lock"), shared=read_only):
+            deadline = time.monotonic() + LOCK_WAIT
+            delay = 0.005
+            while True:
+                try:
+                    con = duckdb.connect(str(self.path), read_only=read_only)
+                    break
+                except (duckdb.IOException, duckdb.ConnectionException) as exc:
+                    # another program (not bt) holds the file: wait for it, within reason
+                    if not _is_lock_error(exc) or time.monotonic() > deadline:
+                        raise CatalogError(f"cannot open the catalog {self.path}: {exc}") from exc
+                    time.sleep(delay * (1 + random.random()))
+                    delay = min(delay * 2, 0.2)
             try:
-                con = duckdb.connect(str(self.path), read_only=read_only)
-                break
-            except (duckdb.IOException, duckdb.ConnectionException) as exc:
-                if not _is_lock_error(exc) or time.monotonic() > deadline:
-                    raise CatalogError(f"cannot open the catalog {self.path}: {exc}") from exc
-                time.sleep(delay * (1 + random.random()))
-                delay = min(delay * 2, 0.2)
-        try:
-            if not read_only:
-                self._migrate(con)
-            yield con
-        finally:
-            con.close()
+                if not read_only:
+                    self._migrate(con)
+                yield con
+                if not read_only:
+                    con.execute("CHECKPOINT")
+            finally:
+                con.close()
 
     def _migrate(self, con: Any) -> None:
         con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER, applied DOUBLE)")
