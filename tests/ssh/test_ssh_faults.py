@@ -118,7 +118,11 @@ def test_host_cut_off_mid_run(ready_farm: Farm, farm_python: str, root: Path, fa
     check_run(ex, events, prep)
     print(f"cut-off host noticed after {fault.delay:.2f} s")
     assert fault.delay < 12.5
-    assert any(n.startswith(host_of(ex, victim).name) and "host lost" in n for n in notes(events))
+    name = host_of(ex, victim).name
+    said = [n for n in notes(events) if n.startswith(name)]
+    # the pool gives the worker up (heartbeats, or the connection's TCP_USER_TIMEOUT), then the
+    # host itself is dropped once a ping fails, unless the run was over by then
+    assert any("stopped answering" in n or "connection to its host was lost" in n for n in said), said
 
 
 def test_a_host_that_never_answers_holds_nothing_up(ready_farm: Farm, farm_python: str, root: Path,
