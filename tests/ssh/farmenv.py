@@ -88,7 +88,10 @@ def shared_python() -> str:
                 if src.is_symlink():
                     (target / name).symlink_to(os.readlink(src))
                 else:
-                    os.link(src, target / name)
+                    try:
+                        os.link(src, target / name)
+                    except OSError:  # another filesystem: copy
+                        shutil.copy2(src, target / name)
         data = exe.read_bytes()
         old = str(base / "lib").encode() + b"\0"
         if old in data:  # RUNPATH into root's home: make it relative to the executable
