@@ -15,6 +15,8 @@ Library code raises these; the CLI turns any ``BtError`` into one red line and t
     ├── ResultError              results store (missing or corrupt result file)
     └── ExecutorError            executors: unknown scheme, lost workers, hosts
         └── HostError            one SSH host failed (unreachable, wrong environment, host key)
+            └── HostRefused      it answers but cannot be used; retrying will not help
+                                 (defined in backtest/farm/connect.py, next to its causes)
 """
 
 from __future__ import annotations

@@ -52,7 +52,8 @@ def environment() -> dict[str, str]:
     from backtest import ENGINE_VERSION, __version__
 
     return {
-        "python": platform.python_version(),
+        # major.minor, as SSH hosts are matched: a patch release does not change a result's bits
+        "python": ".".join(platform.python_version_tuple()[:2]),
         "numpy": np.__version__,
         "numba": numba.__version__,
         "bt": __version__,

@@ -431,8 +431,9 @@ def _task_row(t: Task, status: str, cached: bool, attempts: int, error: str | No
             "cached": cached, "attempts": attempts, "error": error, "details": details, "worker": worker, "at_time": at}
 
 
-def run(req: RunRequest, on_progress: OnProgress | None = None) -> RunSummary:
-    """Prepare and execute, with the workers started while planning (unless the plan is quick)."""
+def prepare_started(req: RunRequest) -> tuple[Prepared, Executor | None]:
+    """``prepare``, with the workers started meanwhile when the plan is slow (a first run imports
+    the strategy and numba); they are stopped again if the input is bad or nothing is missing."""
     ex = None if grid_cached(req) else start_early(req)
     try:
         prep = prepare(req)
@@ -443,6 +444,12 @@ def run(req: RunRequest, on_progress: OnProgress | None = None) -> RunSummary:
     if not prep.shards and ex is not None:
         ex.close(cancel=True)
         ex = None
+    return prep, ex
+
+
+def run(req: RunRequest, on_progress: OnProgress | None = None) -> RunSummary:
+    """Prepare and execute: the library's `bt run`."""
+    prep, ex = prepare_started(req)
     return execute(prep, on_progress, ex)
 
 

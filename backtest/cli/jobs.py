@@ -89,7 +89,7 @@ def run(
 
     Exit codes: 0 all tasks done, 1 some failed, 2 bad input, 130 interrupted.
     """
-    from backtest.runner import RunRequest, grid_cached, prepare, start_early
+    from backtest.runner import RunRequest, prepare_started
 
     req = RunRequest(
         strategy=strategy, strategy_name=strategy_name, start=start, end=end, symbols=_split(symbols),
@@ -101,16 +101,7 @@ def run(
     )
     if workers is not None and workers < 1:
         raise UsageError("--workers must be at least 1")
-    ex = None if grid_cached(req) else start_early(req)  # overlap worker start-up with the first planning
-    try:
-        prep = prepare(req)
-    except BaseException:
-        if ex is not None:
-            ex.close(cancel=True)
-        raise
-    if not prep.shards and ex is not None:
-        ex.close(cancel=True)
-        ex = None
+    prep, ex = prepare_started(req)
     for s in prep.skipped_symbols:
         from backtest.cli.render import warn_line
 

@@ -124,6 +124,29 @@ class WorkerStatus:
     env: dict[str, Any] = field(default_factory=dict)
 
 
+def frames_to_events(shard: Shard, frames: list[tuple[dict[str, Any], bytes]], worker: str) -> list[Event]:
+    """What an in-process run of ``shard`` (the worker's frames, in order) means as events: for
+    executors that run ``Runner.run_shard`` directly instead of talking to a worker program."""
+    events: list[Event] = []
+    left = set(shard.keys)
+    for header, body in frames:
+        kind = header["t"]
+        if kind == "result":
+            left.discard(header["key"])
+            events.append(TaskDone(shard.id, header["key"], body, worker))
+        elif kind == "task_error":
+            left.discard(header["key"])
+            events.append(TaskFailed(shard.id, header["key"], header["error"], header.get("details", ""), worker))
+        elif kind == "log":
+            events.append(ShardLog(shard.id, header["text"], worker))
+        elif kind == "shard_error":
+            events.append(ShardFailed(shard.id, sorted(left), [header["error"]]))
+            return events
+    events.append(ShardFinished(shard.id) if not left else
+                  ShardFailed(shard.id, sorted(left), [f"the shard ended without {len(left)} results"]))
+    return events
+
+
 class Executor(ABC):
     scheme: ClassVar[str]
 

@@ -19,12 +19,9 @@ from backtest.executors.base import (
     ExecutorOptions,
     Shard,
     ShardFailed,
-    ShardFinished,
-    ShardLog,
     StrategySource,
-    TaskDone,
-    TaskFailed,
     WorkerStatus,
+    frames_to_events,
 )
 
 _RUNNERS: dict[tuple[str, str], Any] = {}  # per Dask worker process: numba compiles once per strategy
@@ -112,22 +109,7 @@ class DaskExecutor(Executor):
                 err = fut.exception()
                 events.append(ShardFailed(shard.id, list(shard.keys), [f"{type(err).__name__}: {err}"]))
                 continue
-            left = set(shard.keys)
-            for header, body in fut.result():
-                kind = header["t"]
-                if kind == "result":
-                    left.discard(header["key"])
-                    events.append(TaskDone(shard.id, header["key"], body, "dask"))
-                elif kind == "task_error":
-                    left.discard(header["key"])
-                    events.append(TaskFailed(shard.id, header["key"], header["error"], header.get("details", ""), "dask"))
-                elif kind == "log":
-                    events.append(ShardLog(shard.id, header["text"], "dask"))
-                elif kind == "shard_error":
-                    events.append(ShardFailed(shard.id, sorted(left), [header["error"]]))
-                    left = set()
-            if not left:
-                events.append(ShardFinished(shard.id))
+            events.extend(frames_to_events(shard, fut.result(), "dask"))
         return events
 
     def status(self) -> list[WorkerStatus]:

@@ -4,18 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from backtest.executors.base import (
-    Event,
-    Executor,
-    Shard,
-    ShardFailed,
-    ShardFinished,
-    ShardLog,
-    StrategySource,
-    TaskDone,
-    TaskFailed,
-    WorkerStatus,
-)
+from backtest.executors.base import Event, Executor, Shard, StrategySource, WorkerStatus, frames_to_events
 
 
 class InlineExecutor(Executor):
@@ -42,27 +31,10 @@ class InlineExecutor(Executor):
         if not self._queue:
             return []
         shard = self._queue.pop(0)
-        events: list[Event] = []
-        left = set(shard.keys)
-
-        def emit(msg: dict[str, Any], body: bytes = b"") -> None:
-            kind = msg["t"]
-            if kind == "result":
-                left.discard(msg["key"])
-                events.append(TaskDone(shard.id, msg["key"], body, "inline"))
-            elif kind == "task_error":
-                left.discard(msg["key"])
-                events.append(TaskFailed(shard.id, msg["key"], msg["error"], msg.get("details", ""), "inline"))
-            elif kind == "log":
-                events.append(ShardLog(shard.id, msg["text"], "inline"))
-            elif kind == "shard_error":
-                events.append(ShardFailed(shard.id, sorted(left), [msg["error"]]))
-            elif kind == "shard_done":
-                events.append(ShardFinished(shard.id))
-
-        self._runner.run_shard(shard.spec, emit)
+        frames: list[tuple[dict[str, Any], bytes]] = []
+        self._runner.run_shard(shard.spec, lambda h, b=b"": frames.append((h, b)))
         self._done += 1
-        return events
+        return frames_to_events(shard, frames, "inline")
 
     def status(self) -> list[WorkerStatus]:
         return [WorkerStatus("inline", "localhost", "busy" if self._queue else "idle", self._done)]
