@@ -34,6 +34,24 @@ class CommandFailed(RuntimeError):
     pass
 
 
+PYCACHE_DIR = Path(__file__).resolve().parent / ".work" / "pycache"
+
+
+def python_env(**extra: str) -> dict[str, str]:
+    """The environment of every measured process (every engine alike): this one, with Python's
+    byte-code cache switched on and kept in ``.work/pycache`` (``PYTHONPYCACHEPREFIX``), plus ``extra``.
+
+    The machine this runs on may set ``PYTHONDONTWRITEBYTECODE=1``; then every module without a
+    ``.pyc`` from its installation (bt's own, installed editable, in particular) is compiled from
+    source in every process, which a user's installation does not do. With the prefix, the untimed
+    warm-up runs write the byte code once and nothing is written outside ``benchmarks/.work``.
+    Numba's on-disk cache is not affected (it ignores the prefix; see ``NUMBA_CACHE_DIR``)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(PYCACHE_DIR)
+    env.update(extra)
+    return env
+
+
 def _children(pid: int) -> list[int]:
     out: list[int] = []
     try:

@@ -82,6 +82,7 @@ def bt_versions() -> dict[str, str]:
     except (OSError, subprocess.CalledProcessError):
         pass
     return {
+        "environment": sys.prefix,
         "python": platform.python_version(),
         "numpy": numpy.__version__,
         "numba": numba.__version__,
@@ -125,6 +126,11 @@ def phase_lines(s: SuiteResult) -> list[str]:
     return out
 
 
+def row_notes(s: SuiteResult) -> list[str]:
+    """Notes attached to single rows (e.g. a repeat whose answers differed from repeat 0's)."""
+    return [f"{r.engine} [{r.variant}]: {n}" for r in s.rows for n in r.notes]
+
+
 def print_suite(s: SuiteResult) -> None:
     bt = s.bt_primary()
     try:
@@ -143,12 +149,74 @@ def print_suite(s: SuiteResult) -> None:
             console.print(t)
     except ImportError:
         print(f"\n{s.title}")
-        for line in ([HEADERS] if s.rows else []) + [row_cells(r, bt) for r in s.rows]:
-            print("  " + " | ".join(line))
+        for cells in ([HEADERS] if s.rows else []) + [row_cells(r, bt) for r in s.rows]:
+            print("  " + " | ".join(cells))
     for line in s.checks:
         print(f"  check: {line}")
-    for line in s.notes + phase_lines(s):
+    for line in s.notes + row_notes(s) + phase_lines(s):
         print(f"  note: {line}")
+
+
+def _row(results: list[SuiteResult], suite: str, engine: str, pick: Any = None) -> Measurement | None:
+    for s in results:
+        if s.name == suite:
+            for r in s.rows:
+                if r.engine == engine and (pick is None or pick(r)):
+                    return r
+    return None
+
+
+def target_lines(results: list[SuiteResult]) -> list[str]:
+    """Issue 6's targets (and issue 4's sma_grid wall time), judged from this run's rows only."""
+    out: list[str] = []
+
+    def verdict(ok: bool) -> str:
+        return "**met**" if ok else "**MISSED**"
+
+    def warm(r: Measurement) -> bool:
+        return r.variant.startswith("warm")
+
+    bt = _row(results, "sma_grid", "bt", warm)
+    if bt is not None:
+        vbt = _row(results, "sma_grid", "vectorbt", lambda r: not r.derived_from)
+        vbt_nojit = _row(results, "sma_grid", "vectorbt", lambda r: bool(r.derived_from))
+        if vbt is not None and vbt_nojit is not None:
+            a, b = vbt.wall / bt.wall, vbt_nojit.wall / bt.wall
+            out.append(
+                f"sma_grid, bt (warm) ≥ 30x vectorbt's throughput with its stats: {b:.1f}x against vectorbt"
+                f" less its JIT warm-up (both warm), {a:.1f}x against vectorbt's fresh process: {verdict(b >= 30)}"
+                " (judged on the first)"
+            )
+        bpy = _row(results, "sma_grid", "backtesting.py")
+        if bpy is not None:
+            r = bpy.wall / bt.wall
+            out.append(
+                f"sma_grid, bt (warm) ≥ 250x backtesting.py's throughput (its row is extrapolated): {r:.0f}x: {verdict(r >= 250)}"
+            )
+        peaks = {
+            r.variant: r.peak_rss / 2**20
+            for s in results
+            if s.name == "sma_grid"
+            for r in s.rows
+            if r.engine == "bt"
+        }
+        worst = max(peaks.values())
+        out.append(
+            "sma_grid, bt peak RSS ≤ 600 MB: "
+            + ", ".join(f"{v:,.0f} MB ({k})" for k, v in peaks.items())
+            + f": {verdict(worst <= 600)}"
+        )
+        out.append(f"sma_grid, bt (warm) ≤ 1.5 s wall (issue 4): {bt.wall:.2f} s: {verdict(bt.wall <= 1.5)}")
+    small = _row(results, "small", "bt", warm)
+    if small is not None:
+        out.append(f"small, 400 backtests in < 2 s (bt, warm): {small.wall:.2f} s: {verdict(small.wall < 2)}")
+    cached = _row(results, "rerun", "bt", lambda r: r.variant.startswith("cached"))
+    if cached is not None:
+        out.append(f"rerun, fully cached ≤ 0.5 s: {cached.wall:.2f} s: {verdict(cached.wall <= 0.5)}")
+    helped = _row(results, "startup", "bt")
+    if helped is not None:
+        out.append(f"startup, `bt --help` ≤ 0.3 s: {helped.wall:.3f} s: {verdict(helped.wall <= 0.3)}")
+    return out
 
 
 def results_markdown(results: list[SuiteResult], meta: dict[str, Any]) -> str:
@@ -161,6 +229,8 @@ def results_markdown(results: list[SuiteResult], meta: dict[str, Any]) -> str:
         "of the process tree's summed RSS (sampled every 50 ms) and the largest single-process high-water",
         "mark, over the repeats. `÷ bt` is the row's median wall time over bt's first row's",
         "(how many times faster bt is); `bar-evals/s` is bars x combos of the full job / median wall.",
+        "Every process runs with Python's byte-code cache on (`PYTHONPYCACHEPREFIX=benchmarks/.work/pycache`,",
+        "written by the untimed warm-ups), whatever `PYTHONDONTWRITEBYTECODE` the machine sets.",
         "",
         "## Machine",
         "",
@@ -179,10 +249,19 @@ def results_markdown(results: list[SuiteResult], meta: dict[str, Any]) -> str:
             "- peers' environment (benchmarks/.peers/): "
             + ", ".join(f"{k} {v}" for k, v in meta["peer_versions"].items())
         ]
+    peer_repeats = meta.get("peer_repeats", meta["repeats"])
     md += [
         f"- repeats: {meta['repeats']} timed (median, min–max), {meta['warmup']} untimed warm-up run(s) per row;"
-        f" peers ran with {meta['peer_jobs']} process(es)"
+        + (
+            f" the peers' rows {peer_repeats} timed repeat(s) each;"
+            if peer_repeats != meta["repeats"]
+            else ""
+        )
+        + f" peers ran with {meta['peer_jobs']} process(es)"
     ]
+    if targets := target_lines(results):
+        md += ["", "## Targets (issue 6; this run's rows)", ""]
+        md += [f"- {t}" for t in targets]
     for s in results:
         md += ["", f"## {s.name}: {s.title}", ""]
         bt = s.bt_primary()
@@ -191,6 +270,6 @@ def results_markdown(results: list[SuiteResult], meta: dict[str, Any]) -> str:
             md += ["| " + " | ".join(row_cells(r, bt)) + " |" for r in s.rows]
             md.append("")
         md += [f"- check: {c}" for c in s.checks]
-        md += [f"- {n}" for n in s.notes]
+        md += [f"- {n}" for n in s.notes + row_notes(s)]
         md += [f"- phases (median, seconds inside the process): {p}" for p in phase_lines(s)]
     return "\n".join(md) + "\n"
