@@ -115,11 +115,13 @@ HEADERS = ["engine", "variant", "procs", "wall s", "min–max", "bar-evals/s", "
 
 def phase_lines(s: SuiteResult) -> list[str]:
     out = []
-    for r in s.rows:
+    measured = [r for r in s.rows if not r.derived_from]
+    for r in measured:
         ph = r.phase_medians()
-        if ph and not r.derived_from:
+        if ph:
+            several = sum(1 for o in measured if o.engine == r.engine) > 1
             out.append(
-                f"{r.engine}: "
+                (f"{r.engine} [{r.variant}]: " if several else f"{r.engine}: ")
                 + ", ".join(f"{k.removesuffix('_s')} {v:.2f} s" for k, v in ph.items())
                 + (" (measured subset)" if r.extrapolated else "")
             )
