@@ -146,8 +146,22 @@ def read_columns(pf: Any, into: Columns | None = None, offset: int = 0) -> Colum
         col = table.column(name)
         if name == "ts":
             col = col.cast(pa.int64())
-        dst[offset:offset + n] = col.to_numpy()
+        _copy_column(col, dst, offset)
     return into
+
+
+def _copy_column(col: Any, dst: np.ndarray, offset: int) -> None:
+    """Copy an Arrow column into ``dst`` from its buffers: ``to_numpy()`` would make pyarrow
+    import pandas (when installed), half a second in every worker process."""
+    pos = offset
+    for chunk in col.chunks:
+        k = len(chunk)
+        if chunk.null_count == 0:
+            buf = chunk.buffers()[1]
+            dst[pos:pos + k] = np.frombuffer(buf, dtype=dst.dtype, count=k, offset=chunk.offset * dst.itemsize)
+        else:
+            dst[pos:pos + k] = chunk.to_numpy(zero_copy_only=False)
+        pos += k
 
 
 def file_content_hash(path: Path) -> str:
