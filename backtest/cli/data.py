@@ -262,7 +262,8 @@ def show(
         console.print(f"[bold]{k:>12}[/]  {v}", highlight=False)
 
 
-def _price(x: float) -> str:
+def _price(x: float | str) -> str:
+    x = float(x)
     return f"{x:,.2f}" if abs(x) >= 1 else f"{x:.4g}"
 
 

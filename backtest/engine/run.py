@@ -163,7 +163,7 @@ def user_error(exc: BaseException, summary: str, renames: dict[str, str] | None 
             lines.append(f"    {frame.line}\n")
     lines.extend(traceback.format_exception_only(type(exc), exc))
     err = StrategyError(f"{summary} {text}{where}")
-    err.details = "".join(lines)  # type: ignore[attr-defined]
+    err.details = "".join(lines)
     return err
 
 
