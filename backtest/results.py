@@ -111,6 +111,15 @@ def decode(data: bytes, where: str = "result") -> ResultRecord:
     )
 
 
+def summary_prefix(data: bytes) -> bytes:
+    """The head of a result file up to its metrics: enough for ``decode_metrics`` (and the
+    catalog), a few hundred bytes where the whole file may hold thousands of trades."""
+    (hlen,) = _U32.unpack_from(data, len(MAGIC))
+    pos = len(MAGIC) + 4
+    names = json.loads(data[pos : pos + hlen])["metric_names"]
+    return data[: pos + hlen + 8 * len(names)]
+
+
 def decode_metrics(data: bytes) -> tuple[dict[str, Any], dict[str, float]]:
     """Header and metrics only (no trades copy, no checksum): for fast catalog indexing."""
     (hlen,) = _U32.unpack_from(data, len(MAGIC))

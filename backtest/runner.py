@@ -376,7 +376,8 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
                 for ev in ex.poll(0.1):
                     now = time.time()
                     if isinstance(ev, TaskDone):
-                        writes.append(writer.submit(store.write, ev.key, ev.body))
+                        if not ev.stored:
+                            writes.append(writer.submit(store.write, ev.key, ev.body))
                         header, metrics = decode_metrics(ev.body)
                         result_rows.append(result_row(header, metrics, now))
                         task_rows.append(_task_row(by_key[ev.key], "done", False, attempts.get(ev.shard, 0) + 1,

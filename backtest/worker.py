@@ -59,8 +59,9 @@ def slice_bars(bars: Any, warmup: int, parts: list[str]) -> Any:
 class Runner:
     """Runs shards in this process; the inline executor uses it directly."""
 
-    def __init__(self, data_root: Path | None) -> None:
+    def __init__(self, data_root: Path | None, results: Path | None = None) -> None:
         self.data_root = data_root
+        self.results = results  # a results store this worker writes into itself (same machine)
         self.strategies: dict[str, Any] = {}
         from backtest.results import environment
 
@@ -84,7 +85,7 @@ class Runner:
         from backtest.data import read_bars
         from backtest.engine import SimSettings
         from backtest.errors import BtError
-        from backtest.results import encode
+        from backtest.results import ResultStore, encode, summary_prefix
 
         sid = spec["id"]
         t0 = time.perf_counter()
@@ -124,7 +125,12 @@ class Runner:
                     emit({"t": "task_error", "shard": sid, "key": key, "error": msg, "details": details})
                 else:
                     body = encode(key, spec["symbol"], p, res.metrics, res.trades, self.env)
-                    emit({"t": "result", "shard": sid, "key": key}, body)
+                    if self.results is not None:
+                        # the file is stored before it is reported; only its head travels
+                        ResultStore(self.results).write(key, body)
+                        emit({"t": "result", "shard": sid, "key": key, "stored": True}, summary_prefix(body))
+                    else:
+                        emit({"t": "result", "shard": sid, "key": key}, body)
         emit({"t": "shard_done", "shard": sid, "seconds": time.perf_counter() - t0})
 
 
@@ -136,7 +142,7 @@ def _cores() -> int:
 
 
 def serve(stdin: Any, writer: FrameWriter, data_root: Path | None, heartbeat: float,
-          coordinator_timeout: float = 0.0) -> None:
+          coordinator_timeout: float = 0.0, results: Path | None = None) -> None:
     """Answer frames until the input ends. A reader thread takes frames off the input as they
     come, even while a shard runs, so that with ``coordinator_timeout`` the worker can tell that
     its coordinator has gone silent (a frozen or cut-off coordinator sends no pings) and exit."""
@@ -169,7 +175,7 @@ def serve(stdin: Any, writer: FrameWriter, data_root: Path | None, heartbeat: fl
             except (OSError, ValueError):
                 os._exit(3)  # nobody is listening any more
 
-    runner = Runner(data_root)
+    runner = Runner(data_root, results)
     writer.send({"t": "hello", "pid": os.getpid(), "cores": _cores(), "host": socket.gethostname(),
                  "env": runner.env})
     threading.Thread(target=read, daemon=True, name="bt-read").start()
@@ -195,6 +201,9 @@ def serve(stdin: Any, writer: FrameWriter, data_root: Path | None, heartbeat: fl
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m backtest.worker", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=None, help="root for relative partition paths")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="write result files into this bt root's results store and send only their heads "
+                         "(for workers on the coordinator's machine)")
     ap.add_argument("--max-memory", type=int, default=0, help="address-space cap in bytes (0: none)")
     ap.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
     ap.add_argument("--coordinator-timeout", type=float, default=0.0,
@@ -216,7 +225,8 @@ def main(argv: list[str] | None = None) -> None:
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (args.max_memory, args.max_memory))
-    serve(sys.stdin.buffer, FrameWriter(proto_out), args.data, args.heartbeat, args.coordinator_timeout)
+    serve(sys.stdin.buffer, FrameWriter(proto_out), args.data, args.heartbeat, args.coordinator_timeout,
+          args.results)
 
 
 if __name__ == "__main__":

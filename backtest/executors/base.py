@@ -71,8 +71,9 @@ class ExecutorOptions:
 class TaskDone:
     shard: str
     key: str
-    body: bytes
+    body: bytes  # the result file; when ``stored``, only its head (``results.summary_prefix``)
     worker: str
+    stored: bool = False  # the worker already wrote the file into the results store
 
 
 @dataclass(frozen=True)

@@ -254,7 +254,7 @@ class StreamPool(Executor):
                 job.remaining.remove(key)
                 if key not in self._done_keys:
                     self._done_keys.add(key)
-                    self._events.append(TaskDone(job.shard.id, key, body, slot.label))
+                    self._events.append(TaskDone(job.shard.id, key, body, slot.label, bool(msg.get("stored"))))
         elif kind == "task_error":
             key = msg["key"]
             if key in job.remaining:
