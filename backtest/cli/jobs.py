@@ -181,7 +181,9 @@ class _Display:
             (f"{p.failed if p else 0} failed", "red" if p and p.failed else ""),
             f" · {rate:,.0f} tasks/s · ETA {eta} · {self.prep.executor_url}",
         )
-        parts: list[Any] = [line, ProgressBar(total=max(total, 1), completed=done, width=60)]
+        bar = Table.grid()  # a grid row ends its line; a bare ProgressBar would run into the next renderable
+        bar.add_row(ProgressBar(total=max(total, 1), completed=done, width=60))
+        parts: list[Any] = [line, bar]
         if p and p.workers:
             hosts: dict[str, list[Any]] = {}
             for w in p.workers:
