@@ -224,6 +224,7 @@ def prepare(req: RunRequest, root: Path | None = None) -> Prepared:
     cached = [t for t in tasks if t.key in have]
     workers = _worker_count(url)
     shards = make_shards(job, todo, parts, workers)
+    remember_grid(req, root, source, params_list, warmups)
     return Prepared(req, job, tasks, cached, shards, skipped, url, root, parts)
 
 
@@ -269,13 +270,23 @@ def grid_of(req: RunRequest, root: Path) -> tuple[StrategySource, list[dict[str,
     cls, src = load_source(req.strategy, req.strategy_name)
     params_list = expand_grid(cls, parse_param_specs(cls, req.params))
     warmups = [int(warmup_bars(cls, p)) for p in params_list]
-    if text is not None and src.hash == source_hash(text):
-        from backtest.results import ResultStore
+    return src, params_list, warmups
 
+
+def remember_grid(req: RunRequest, root: Path, src: StrategySource, params_list: list[dict[str, Any]],
+                  warmups: list[int]) -> None:
+    """Store what ``grid_of`` expanded, once the whole job has been checked (bad input leaves nothing)."""
+    from backtest.results import ResultStore
+    from backtest.strategy import source_hash
+
+    text = _read_source(req)
+    if text is None or src.hash != source_hash(text):
+        return
+    path = _grid_cache(req, root, src.hash)
+    if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         ResultStore.atomic_write(path, json.dumps({"name": src.name, "params_list": params_list,
                                                    "warmups": warmups}).encode())
-    return src, params_list, warmups
 
 
 def _worker_count(url: str) -> int:

@@ -196,3 +196,4 @@ def test_bad_input_is_one_line_exit_2_and_records_nothing(ran: tuple[Path, str],
     assert "Traceback" not in err + out
     assert len([line for line in err.strip().splitlines() if line.strip()]) <= 2, err
     assert len(Catalog(root / "catalog.duckdb").runs()) == before
+    assert not (root / "grids").exists() or len(list((root / "grids").iterdir())) == 1  # only the good run's
