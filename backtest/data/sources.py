@@ -300,9 +300,10 @@ def _first_bad_number(col: Any) -> int | None:
     """Index of the first non-null string that does not parse as a float, or None."""
     import pyarrow as pa
 
+    from backtest.data.timestamps import _first_failure
+
     if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
         return None
-    lo, hi = 0, len(col)
 
     def ok(a: int, b: int) -> bool:
         try:
@@ -311,15 +312,7 @@ def _first_bad_number(col: Any) -> int | None:
         except pa.ArrowInvalid:
             return False
 
-    if ok(lo, hi):
-        return None
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if ok(lo, mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    return None if ok(0, len(col)) else _first_failure(len(col), ok)
 
 
 def _not_a_number(where: str, canon: str, value: Any) -> ValidationError:
