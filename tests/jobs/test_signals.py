@@ -110,3 +110,26 @@ def test_real_process_bad_input_exit_codes(root: Path, tmp_path: Path) -> None:
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 2, (args, out, err)
         assert needle in err and "Traceback" not in err
+
+
+def test_two_runs_at_once_and_a_report_during_a_run(root: Path, faulty: Path) -> None:
+    """Two real `bt run` processes on one root, and `bt report`/`bt runs` while they run."""
+    a = bt_proc(root, "run", str(faulty), "--from", "2020", "--param", "n=3:8", "--param", "mode=slow", "-w", "1",
+                "--json")
+    b = bt_proc(root, "run", str(faulty), "--from", "2020", "--param", "n=9:14", "--param", "mode=slow", "-w", "1",
+                "--json")
+    wait_for_results(root, 2, a)
+    listing = bt_proc(root, "runs")
+    out, err = listing.communicate(timeout=60)
+    assert listing.returncode == 0, err
+    assert out.count("running") >= 1
+    rid = out.split("faulty-")[1].split()[0]
+    report = bt_proc(root, "report", f"faulty-{rid}", "--format", "json")
+    rep_out, rep_err = report.communicate(timeout=60)
+    assert report.returncode == 0, rep_err
+    assert isinstance(json.loads(rep_out), list)
+    sa = json.loads(a.communicate(timeout=180)[0])
+    sb = json.loads(b.communicate(timeout=180)[0])
+    assert sa["status"] == sb["status"] == "done"
+    assert sa["computed"] == sb["computed"] == 18
+    assert len(ResultStore(root).keys()) == 36
