@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from backtest.errors import ResultError
+from backtest.fsutil import atomic_write
 from backtest.hashing import canonical_json
 
 MAGIC = b"BTRES1"
@@ -159,23 +159,8 @@ class ResultStore:
     def write(self, key: str, data: bytes) -> Path:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.atomic_write(path, data)
+        atomic_write(path, data)
         return path
-
-    @staticmethod
-    def atomic_write(path: Path, data: bytes) -> None:
-        """Write to a temporary name in the same directory, then rename: the file appears whole."""
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".res")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
 
     def read_bytes(self, key: str) -> bytes:
         try:

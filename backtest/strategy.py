@@ -330,10 +330,10 @@ def load_strategy_source(source: str, filename: str, name: str | None = None) ->
     real = folder / f"{stem}.py"
     data = source.encode("utf-8")
     if not real.is_file() or real.read_bytes() != data:
+        from backtest.fsutil import atomic_write
+
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{stem}.{os.getpid()}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, real)
+        atomic_write(real, data)
     return _load(source, filename, real, name)
 
 
