@@ -1,3 +1,3 @@
-from backtest.cli import main
+from backtest.launch import main
 
 main()

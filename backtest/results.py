@@ -14,6 +14,7 @@ which is deterministic (see ``bt verify``).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -77,13 +78,18 @@ def encode(
         "params": params,
         "metric_names": names,
         "n_trades": int(trades.shape[0]),
-        "trade_dtype": [[name, trades.dtype[name].str] for name in trades.dtype.names or ()],
+        "trade_dtype": _dtype_fields(trades.dtype),
         "env": env,
     }
     head = canonical_json(header).encode("utf-8")
     values = np.array([metrics[n] for n in names], dtype="<f8").tobytes()
     payload = b"".join((MAGIC, _U32.pack(len(head)), head, values, np.ascontiguousarray(trades).tobytes()))
     return payload + hashlib.sha256(payload).digest()
+
+
+@functools.lru_cache(maxsize=8)
+def _dtype_fields(dtype: np.dtype) -> list[list[str]]:
+    return [[name, dtype[name].str] for name in dtype.names or ()]
 
 
 def decode(data: bytes, where: str = "result") -> ResultRecord:
@@ -111,13 +117,15 @@ def decode(data: bytes, where: str = "result") -> ResultRecord:
     )
 
 
-def summary_prefix(data: bytes) -> bytes:
+def summary_prefix(data: bytes, n_metrics: int | None = None) -> bytes:
     """The head of a result file up to its metrics: enough for ``decode_metrics`` (and the
-    catalog), a few hundred bytes where the whole file may hold thousands of trades."""
+    catalog), a few hundred bytes where the whole file may hold thousands of trades. The maker of
+    ``data`` can say how many metrics it holds (else the header is read to find out)."""
     (hlen,) = _U32.unpack_from(data, len(MAGIC))
     pos = len(MAGIC) + 4
-    names = json.loads(data[pos : pos + hlen])["metric_names"]
-    return data[: pos + hlen + 8 * len(names)]
+    if n_metrics is None:
+        n_metrics = len(json.loads(data[pos : pos + hlen])["metric_names"])
+    return data[: pos + hlen + 8 * n_metrics]
 
 
 def decode_metrics(data: bytes) -> tuple[dict[str, Any], dict[str, float]]:
@@ -130,11 +138,22 @@ def decode_metrics(data: bytes) -> tuple[dict[str, Any], dict[str, float]]:
     return header, dict(zip(names, values.tolist(), strict=True))
 
 
+def _same_bytes(path: str, data: bytes) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size != len(data):
+                return False
+            return fh.read() == data
+    except OSError:
+        return False
+
+
 class ResultStore:
     """``<root>/results/<key[:2]>/<key>.res``; a file that exists is complete (STYLE 9)."""
 
     def __init__(self, root: Path) -> None:
         self.dir = Path(root) / "results"
+        self._dir = str(self.dir)
 
     def path(self, key: str) -> Path:
         return self.dir / key[:2] / f"{key}.res"
@@ -157,10 +176,18 @@ class ResultStore:
         return found
 
     def write(self, key: str, data: bytes) -> Path:
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, data)
-        return path
+        """Store ``data`` as the result of ``key``. A stored file with exactly these bytes is left
+        as it is (results are deterministic, so ``--force`` usually recomputes identical bytes, and
+        comparing is much cheaper than replacing a file); a different or damaged one is replaced."""
+        sub = os.path.join(self._dir, key[:2])
+        path = os.path.join(sub, key + ".res")
+        if not _same_bytes(path, data):
+            try:
+                atomic_write(path, data)
+            except FileNotFoundError:
+                os.makedirs(sub, exist_ok=True)
+                atomic_write(path, data)
+        return Path(path)
 
     def read_bytes(self, key: str) -> bytes:
         try:

@@ -35,6 +35,7 @@ from backtest.executors.base import (
     WorkerStatus,
 )
 from backtest.plan import Job, Task, make_shards, make_tasks, parse_range
+from backtest.trace import mark
 
 FLUSH_SECONDS = 2.0
 
@@ -328,6 +329,7 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
     from backtest.executors import from_url
     from backtest.results import ResultStore, decode_metrics
 
+    mark("planned; recording the run")
     t0 = time.monotonic()
     req, job = prep.request, prep.job
     catalog = Catalog(prep.root / "catalog.duckdb")
@@ -364,14 +366,26 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
     ex = executor
     last_flush = time.monotonic()
 
-    def flush(update: dict[str, Any] | None = None) -> None:
+    def flush(update: dict[str, Any] | None = None, *, background: bool = False) -> None:
+        """Record the rows gathered so far. In the background (during the run) the writer thread
+        records them after the result files queued before them (the catalog never names a result
+        that is not stored), so the loop goes on taking events meanwhile; the last flush waits."""
         nonlocal task_rows, result_rows, log_rows, last_flush, writes
-        for w in writes:  # result files first: the catalog never names a result that is not stored
-            w.result()
-        writes = []
-        catalog.record(run_id, task_rows, result_rows, log_rows, update)
+        done = [w for w in writes if w.done()]
+        for w in done:
+            w.result()  # a failed write or record surfaces here
+        writes = [w for w in writes if not w.done()]
+        rows = (run_id, task_rows, result_rows, log_rows, update)
         task_rows, result_rows, log_rows = [], [], []
         last_flush = time.monotonic()
+        if background:
+            if any(rows[1:]):
+                writes.append(writer.submit(catalog.record, *rows))
+            return
+        for w in writes:
+            w.result()
+        writes = []
+        catalog.record(*rows)
 
     try:
         if prep.shards:
@@ -382,6 +396,7 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
                 ex.start(job.strategy)
             if ex.strategy is None or ex.strategy.hash != job.strategy.hash:
                 raise BtError("the strategy file changed while the run was starting; run again")
+            mark(f"submitting {len(prep.shards)} shards")
             ex.submit(prep.shards)
             while not ex.finished():
                 for ev in ex.poll(0.1):
@@ -415,13 +430,14 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
                 if on_progress:
                     on_progress(progress)
                 if time.monotonic() - last_flush > FLUSH_SECONDS:
-                    flush()
+                    flush(background=True)
             exhausted = getattr(ex, "exhausted", None)
             if exhausted:
                 status, message = "interrupted", exhausted
     except KeyboardInterrupt:
         status, message = "interrupted", "interrupted by Ctrl+C"
     finally:
+        mark("last outcome in; stopping workers")
         if ex is not None:
             ex.close(cancel=status != "done")
         writer.shutdown(wait=True)
@@ -432,6 +448,7 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
                          seconds, message)
     flush({"status": status, "finished": time.time(), "computed": summary.computed, "failed": summary.failed,
            "seconds": seconds})
+    mark("recorded")
     if on_progress:
         on_progress(progress)
     return summary
@@ -444,18 +461,26 @@ def _task_row(t: Task, status: str, cached: bool, attempts: int, error: str | No
 
 
 def prepare_started(req: RunRequest) -> tuple[Prepared, Executor | None]:
-    """``prepare``, with the workers started meanwhile when the plan is slow (a first run imports
-    the strategy and numba); they are stopped again if the input is bad or nothing is missing."""
-    ex = None if grid_cached(req) else start_early(req)
+    """``prepare``, with the workers started meanwhile when work is likely (a first run of this
+    strategy, or ``--force``), so that their start-up overlaps the plan; they are stopped again if
+    the input is bad or nothing is missing. A rerun of a known grid plans first (in well under a
+    second) and starts workers only for what is missing."""
+    mark("planning")
+    from backtest import forkserver
+
+    ex = start_early(req) if req.force or not grid_cached(req) else None
     try:
         prep = prepare(req)
     except BaseException:
         if ex is not None:
             ex.close(cancel=True)
+        forkserver.discard()
         raise
-    if not prep.shards and ex is not None:
-        ex.close(cancel=True)
-        ex = None
+    if not prep.shards:
+        if ex is not None:
+            ex.close(cancel=True)
+            ex = None
+        forkserver.discard()
     return prep, ex
 
 

@@ -12,9 +12,10 @@ A shard spec (JSON)::
      "files": [[path, data_sha256], ...],          # in year order, enough for the largest warm-up
      "groups": [{"warmup": w, "parts": [sha256, ...], "tasks": [[key, params], ...]}, ...]}
 
-Relative paths are resolved under ``--data``. Each group shares one slice of the bars (the
-strategy's indicators are computed once per group); its tasks see exactly ``warmup`` bars before
-the start, so a task's result depends only on what its key names.
+Relative paths are resolved under ``--data``. Each group's tasks see exactly ``warmup`` bars
+before the start, so a task's result depends only on what its key names; groups that see the same
+slice of the bars (their warm-ups reach back to the same bar) run together and share the
+strategy's indicators.
 """
 
 from __future__ import annotations
@@ -54,6 +55,19 @@ def slice_bars(bars: Any, warmup: int, parts: list[str]) -> Any:
         start=bars.start - offset,
         partitions=tuple(parts),
     )
+
+
+def _by_slice(bars: Any, groups: list[dict[str, Any]]) -> list[tuple[Any, list[Any]]]:
+    """The shard's tasks by the bars they see: groups whose warm-ups reach back to the same bar
+    (e.g. every group when the data starts after the range's start minus the warm-up) run as one,
+    on one slice, so they share its indicators."""
+    merged: dict[int, tuple[Any, list[Any]]] = {}
+    for group in groups:
+        offset = max(0, bars.start - group["warmup"])
+        if offset not in merged:
+            merged[offset] = (slice_bars(bars, group["warmup"], group["parts"]), [])
+        merged[offset][1].extend(group["tasks"])
+    return list(merged.values())
 
 
 class Runner:
@@ -104,10 +118,11 @@ class Runner:
             return
         from backtest.engine import run_grid
 
-        for group in spec["groups"]:
-            gbars = slice_bars(bars, group["warmup"], group["parts"])
-            keys = [k for k, _ in group["tasks"]]
-            params = [p for _, p in group["tasks"]]
+        store = ResultStore(self.results) if self.results is not None else None
+
+        for gbars, tasks in _by_slice(bars, spec["groups"]):
+            keys = [k for k, _ in tasks]
+            params = [p for _, p in tasks]
             out = io.StringIO()
             with redirect_stdout(out), redirect_stderr(out):
                 try:
@@ -125,10 +140,11 @@ class Runner:
                     emit({"t": "task_error", "shard": sid, "key": key, "error": msg, "details": details})
                 else:
                     body = encode(key, spec["symbol"], p, res.metrics, res.trades, self.env)
-                    if self.results is not None:
+                    if store is not None:
                         # the file is stored before it is reported; only its head travels
-                        ResultStore(self.results).write(key, body)
-                        emit({"t": "result", "shard": sid, "key": key, "stored": True}, summary_prefix(body))
+                        store.write(key, body)
+                        emit({"t": "result", "shard": sid, "key": key, "stored": True},
+                             summary_prefix(body, len(res.metrics)))
                     else:
                         emit({"t": "result", "shard": sid, "key": key}, body)
         emit({"t": "shard_done", "shard": sid, "seconds": time.perf_counter() - t0})
@@ -176,6 +192,12 @@ def serve(stdin: Any, writer: FrameWriter, data_root: Path | None, heartbeat: fl
                 os._exit(3)  # nobody is listening any more
 
     runner = Runner(data_root, results)
+    from backtest.engine.run import warm_up
+
+    try:
+        warm_up()
+    except Exception:  # noqa: S110 - the first shard meets (and reports) the same problem
+        pass
     writer.send({"t": "hello", "pid": os.getpid(), "cores": _cores(), "host": socket.gethostname(),
                  "env": runner.env})
     threading.Thread(target=read, daemon=True, name="bt-read").start()
@@ -208,8 +230,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
     ap.add_argument("--coordinator-timeout", type=float, default=0.0,
                     help="exit when nothing (not even a ping) came from the coordinator for this long (0: never)")
+    ap.add_argument("--fork-server", type=int, default=None, metavar="FD",
+                    help="run as the fork server of a local executor on control socket FD "
+                         "(see backtest/executors/forkserver.py)")
     args = ap.parse_args(argv)
     os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+    if args.fork_server is not None:
+        from backtest.forkserver import serve as fork_server
+
+        fork_server(args.fork_server)
+        return
     # The protocol owns the real stdout; anything else written to fd 1 (a stray print in C code)
     # goes to stderr instead of corrupting frames.
     proto_out = os.fdopen(os.dup(1), "wb", buffering=0)

@@ -39,24 +39,34 @@ sys.path[:0] = [str(HERE.parent / "tests" / "ssh"), str(HERE.parent / "tests")]
 
 
 class ShardTimes:
-    """Per-shard overhead of a StreamPool executor (local or SSH), measured in the coordinator."""
+    """Per-shard overhead of a StreamPool executor (local or SSH), measured in the coordinator:
+    how much longer a worker takes per shard than the shard's own compute time (which the worker
+    reports). For a worker's first shard that is from sending it until its ``shard_done``, minus
+    the compute time; for each next one, from the previous ``shard_done`` of the same worker —
+    workers are sent their next shard while they compute (``pool.PREFETCH``), so this is the gap a
+    worker really sees between two shards."""
 
     def __init__(self, ex: Any) -> None:
         self.sent: dict[str, float] = {}
+        self.last_done: dict[str, float] = {}
         self.overhead: list[float] = []
         self.first: float | None = None
         self.last: float | None = None
         orig_send, orig_handle = ex.send_shard, ex._handle
 
         def send_shard(slot: Any, spec: dict[str, Any]) -> None:
-            self.sent[slot.label] = time.perf_counter()
+            self.sent.setdefault(slot.label, time.perf_counter())
             orig_send(slot, spec)
 
         def handle(gen: int, msg: dict[str, Any] | None, body: Any) -> None:
             if msg is not None and msg.get("t") == "shard_done":
                 slot = ex._slot_of(gen)
-                if slot is not None and slot.label in self.sent:
-                    self.overhead.append(time.perf_counter() - self.sent.pop(slot.label) - msg["seconds"])
+                if slot is not None:
+                    now = time.perf_counter()
+                    since = self.last_done.get(slot.label, self.sent.get(slot.label))
+                    if since is not None:
+                        self.overhead.append(now - since - msg["seconds"])
+                    self.last_done[slot.label] = now
             orig_handle(gen, msg, body)
 
         ex.send_shard, ex._handle = send_shard, handle

@@ -62,6 +62,16 @@ def run_grid(
     return outputs
 
 
+def warm_up() -> None:
+    """Load the simulation kernel from numba's cache now. The first kernel a process loads also
+    sets numba's compiler up (about 0.2 s), so a worker does it while the coordinator still plans
+    rather than when its first shard arrives. The argument types are ``_run_one``'s."""
+    ts = np.arange(3, dtype=np.int64) * 60_000_000_000
+    x = np.ones(3)
+    simulate_nb(ts, x, x, x, x, np.zeros(3), 0, 1.0, 0.0, 0.0, 0.0, False, False, 0.0, 0.0,
+                bars_per_year(ts), np.empty(0), TRADE_DTYPE)
+
+
 def _normalised(bars: Bars) -> Bars:
     """Bars whose price arrays are contiguous float64 (the kernels' input type)."""
     fields = {}

@@ -7,9 +7,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-from typing import ClassVar
+import threading
+from abc import abstractmethod
+from typing import IO, ClassVar
 
+from backtest.executors.base import StrategySource
 from backtest.executors.pool import Channel, StreamPool
+from backtest.forkserver import SUPPORTED, ForkServer, adopt, worker_env
 
 
 def cores() -> int:
@@ -30,15 +34,34 @@ def worker_argv(python: str, data_root: str | None, max_memory: int | None, resu
     return argv
 
 
-class ProcessChannel(Channel):
+class _LocalChannel(Channel):
+    _err: IO[bytes]
+
+    @abstractmethod
+    def exit_status(self, timeout: float) -> int | None:
+        """The exit status as ``Popen.returncode`` once the worker ended, else None."""
+
+    def describe_exit(self) -> str:
+        code = self.exit_status(2)
+        if code is None:
+            what = getattr(self, "error", "") or "still running"
+        elif code < 0:
+            what = f"killed by {signal.Signals(-code).name}"
+        else:
+            what = f"exit code {code}"
+        self._err.seek(0)
+        tail = self._err.read()[-2000:].decode("utf-8", "replace").strip().splitlines()[-3:]
+        return what + (f" ({' | '.join(tail)})" if tail else "")
+
+
+class ProcessChannel(_LocalChannel):
     def __init__(self, argv: list[str]) -> None:
         self._err = tempfile.TemporaryFile()
-        env = dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
         # A session of its own: Ctrl+C in the terminal reaches the coordinator only, which then
         # stops the workers in order.
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
-            start_new_session=True, env=env,
+            start_new_session=True, env=worker_env(),
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.stdin = self.proc.stdin
@@ -64,34 +87,101 @@ class ProcessChannel(Channel):
             except OSError:
                 pass
 
-    def describe_exit(self) -> str:
+    def exit_status(self, timeout: float) -> int | None:
         try:
-            code = self.proc.wait(timeout=2)
+            return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            code = None
-        if code is None:
-            what = "still running"
-        elif code < 0:
-            what = f"killed by {signal.Signals(-code).name}"
-        else:
-            what = f"exit code {code}"
-        self._err.seek(0)
-        tail = self._err.read()[-2000:].decode("utf-8", "replace").strip().splitlines()[-3:]
-        return what + (f" ({' | '.join(tail)})" if tail else "")
+            return None
+
+
+class ForkedChannel(_LocalChannel):
+    """A worker forked by a ``ForkServer``: the same interface as a worker started by Popen.
+
+    The pipes exist at once; the fork itself is asked for by a thread, so that the pool's loop
+    never waits for a server that is still warming up (frames sent meanwhile wait in the pipe,
+    and the pool's reader simply sees the worker's hello later)."""
+
+    def __init__(self, server: ForkServer, argv: list[str], err: IO[bytes]) -> None:
+        import fcntl
+
+        self._server = server
+        self._err = err
+        self._pid = -1
+        self.error = ""
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        for fd in (in_w, out_r):  # the coordinator's ends stay out of every child
+            fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
+        self.stdin = os.fdopen(in_w, "wb")
+        self.stdout = os.fdopen(out_r, "rb")
+        self._forked = threading.Event()
+        threading.Thread(target=self._fork, args=(argv, in_r, out_w), daemon=True, name="bt-fork").start()
+
+    def _fork(self, argv: list[str], in_r: int, out_w: int) -> None:
+        try:
+            self._pid = self._server.fork(argv, in_r, out_w, self._err.fileno())
+        except OSError as exc:
+            self.error = str(exc)
+            self._server.broken = True
+        finally:
+            os.close(in_r)
+            os.close(out_w)  # with no fork, the reader sees the output end: a worker that never started
+            self._forked.set()
+
+    @property
+    def pid(self) -> int:
+        self._forked.wait(60)
+        return self._pid
+
+    def kill(self) -> None:
+        pid = self.pid
+        if pid > 0:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self._server.wait(pid, 5)
+        for stream in (self.stdin, self.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+    def exit_status(self, timeout: float) -> int | None:
+        pid = self.pid
+        return self._server.wait(pid, timeout) if pid > 0 else None
 
 
 class LocalExecutor(StreamPool):
+    """Workers are forked from one warm fork server (``forkserver``) where the platform allows,
+    else started as ``python -m backtest.worker``; either way each is a process of its own."""
+
     scheme: ClassVar[str] = "local"
+    _server: ForkServer | None = None
 
     def slot_names(self) -> list[tuple[str, str]]:
         n = self.options.workers or cores()
         return [(f"local-{i}", "localhost") for i in range(n)]
 
+    def start(self, strategy: StrategySource) -> None:
+        self._server = adopt() or (ForkServer() if SUPPORTED and not os.environ.get("BT_NO_FORK_SERVER") else None)
+        super().start(strategy)
+
     def spawn(self, label: str, host: str) -> Channel:
         # Workers on this machine write result files into the store themselves: only a few hundred
         # bytes a task cross the pipe instead of every trade (70 KB a task on minute bars).
         root = str(self.options.data_root)
-        return ProcessChannel(worker_argv(sys.executable, root, self.options.max_memory, results=root))
+        argv = worker_argv(sys.executable, root, self.options.max_memory, results=root)
+        server = self._server
+        if server is not None and server.alive():
+            return ForkedChannel(server, argv[3:], tempfile.TemporaryFile())
+        return ProcessChannel(argv)
+
+    def close(self, *, cancel: bool = False) -> None:
+        super().close(cancel=cancel)
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
 
     def describe(self) -> str:
         return f"local://{self.options.workers or cores()}"

@@ -4,6 +4,12 @@ Subclasses say how many worker slots there are and how to start one (``spawn``);
 the rest of the executor contract: pull-based dispatch, heartbeats, per-shard timeouts, retries
 of only the unreported tasks, backoff and setting aside of slots that keep failing, and dropping
 whatever a worker that was given up for lost sends later.
+
+While there is plenty of work left, a worker is sent its next shard before it finishes the one
+it is running (``PREFETCH`` shards in hand at most): it starts the next one the moment the last
+ends, with no round trip to the coordinator in between — and an SSH host receives the next
+shard's data while it computes. Near the end of a run each worker holds one shard, so that no
+shard waits behind another while a worker is idle.
 """
 
 from __future__ import annotations
@@ -30,8 +36,10 @@ from backtest.executors.base import (
     WorkerStatus,
 )
 from backtest.protocol import ProtocolError, encode, read_frame
+from backtest.trace import mark
 
 STARTUP_TIMEOUT = 120.0
+PREFETCH = int(__import__("os").environ.get("BT_PREFETCH", "2"))
 PING_SECONDS = 2.0
 MAX_SPAWN_FAILURES = 4
 
@@ -82,7 +90,7 @@ class _Slot:
     channel: Channel | None = None
     gen: int = 0
     state: str = "starting"
-    job: _Pending | None = None
+    jobs: list[_Pending] = field(default_factory=list)  # in the worker's order; the first is running
     started: float = 0.0
     last_seen: float = 0.0
     shards_done: int = 0
@@ -90,6 +98,17 @@ class _Slot:
     spawn_failures: int = 0
     next_spawn: float = 0.0
     env: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def job(self) -> _Pending | None:
+        """The shard the worker is running (the others in ``jobs`` wait behind it)."""
+        return self.jobs[0] if self.jobs else None
+
+    def find(self, shard_id: Any) -> _Pending | None:
+        for job in self.jobs:
+            if job.shard.id == shard_id:
+                return job
+        return None
 
 
 class StreamPool(Executor):
@@ -227,10 +246,11 @@ class StreamPool(Executor):
             self._lose(slot, reason)
             return
         kind = msg["t"]
-        job = slot.job
+        job = slot.find(msg["shard"]) if "shard" in msg else None
         if kind == "hb":
             return
         if kind == "hello":
+            mark(f"worker {slot.label} ready")
             slot.env = {k: v for k, v in msg.items() if k != "t"}
             assert self.strategy is not None and slot.channel is not None
             s = self.strategy
@@ -263,8 +283,8 @@ class StreamPool(Executor):
         elif kind == "log":
             self._events.append(ShardLog(job.shard.id, msg["text"], slot.label))
         elif kind == "shard_done":
-            slot.job = None
-            slot.state = "idle"
+            mark(f"shard {msg['shard']} done on {slot.label} in {msg.get('seconds', 0):.3f} s")
+            self._shard_ended(slot, job)
             slot.shards_done += 1
             if job.remaining:
                 self._attempt_failed(job, slot, f"worker ended the shard without {len(job.remaining)} results")
@@ -273,10 +293,25 @@ class StreamPool(Executor):
                 self._events.append(ShardFinished(job.shard.id))
             self._dispatch()
         elif kind == "shard_error":
-            slot.job = None
-            slot.state = "idle"
+            self._shard_ended(slot, job)
             self._attempt_failed(job, slot, msg["error"])
             self._dispatch()
+
+    def _shard_ended(self, slot: _Slot, job: _Pending) -> None:
+        """``job`` ended on ``slot``'s worker, which goes on with the next shard it holds."""
+        if slot.jobs[0] is job:
+            slot.started = time.monotonic()  # the next shard's time starts now
+        slot.jobs.remove(job)
+        slot.state = "busy" if slot.jobs else "idle"
+
+    def _take_jobs(self, slot: _Slot, reason: str) -> None:
+        """The slot's worker is gone: the shard it was running counts an attempt (``reason``); the
+        ones waiting behind it never started and go back to the front of the queue as they are."""
+        jobs, slot.jobs = slot.jobs, []
+        for waiting in reversed(jobs[1:]):
+            self._pending.appendleft(waiting)
+        if jobs:
+            self._attempt_failed(jobs[0], slot, reason)
 
     def _close_shard(self, job: _Pending) -> None:
         self._open.pop(job.shard.id, None)
@@ -302,13 +337,11 @@ class StreamPool(Executor):
             ch.kill()
 
     def _lose(self, slot: _Slot, reason: str) -> None:
-        """The worker is gone or given up for lost: requeue its shard, then restart the slot."""
-        job, slot.job = slot.job, None
+        """The worker is gone or given up for lost: requeue its shards, then restart the slot."""
         was_starting = slot.state == "starting"
         self._retire(slot)
         self._events.append(WorkerNote(slot.label, reason))
-        if job is not None:
-            self._attempt_failed(job, slot, reason)
+        self._take_jobs(slot, reason)
         if was_starting:
             self._slot_failed(slot, reason)
         else:
@@ -327,11 +360,11 @@ class StreamPool(Executor):
         slot.next_spawn = time.monotonic() + min(30.0, 0.5 * 2 ** (slot.spawn_failures - 1))
 
     def _set_aside(self, slot: _Slot, reason: str) -> None:
-        job, slot.job = slot.job, None
+        jobs, slot.jobs = slot.jobs, []
         self._retire(slot)
         slot.state = "set-aside"
         self._events.append(WorkerNote(slot.label, f"set aside after repeated failures: {reason}"))
-        if job is not None:
+        for job in reversed(jobs):
             self._pending.appendleft(job)
         if all(s.state == "set-aside" for s in self._slots) and self._open:
             self.exhausted = f"every worker failed; last error: {reason}"
@@ -364,16 +397,26 @@ class StreamPool(Executor):
         self._dispatch()
 
     def _dispatch(self) -> None:
-        for slot in self._slots:
-            if not self._pending:
-                return
-            if slot.state != "idle" or slot.channel is None:
-                continue
-            job = self._pending.popleft()
-            slot.job = job
-            slot.state = "busy"
+        # every idle worker first; then a next shard for busy ones while there is more left than
+        # workers to take it (near the end, a shard queued behind another could wait while some
+        # other worker is idle)
+        for depth in range(1, PREFETCH + 1):
+            ready = [s for s in self._slots
+                     if s.channel is not None and s.state in ("idle", "busy") and len(s.jobs) < depth]
+            for slot in ready:
+                if not self._pending or (depth > 1 and len(self._pending) < self._usable()):
+                    return
+                self._give(slot, self._pending.popleft())
+
+    def _usable(self) -> int:
+        return sum(1 for s in self._slots if s.state != "set-aside")
+
+    def _give(self, slot: _Slot, job: _Pending) -> None:
+        if not slot.jobs:
             slot.started = time.monotonic()
-            try:
-                self.send_shard(slot, job.spec())
-            except (OSError, ValueError):
-                self._lose(slot, "worker closed its input")
+        slot.jobs.append(job)
+        slot.state = "busy"
+        try:
+            self.send_shard(slot, job.spec())
+        except (OSError, ValueError):
+            self._lose(slot, "worker closed its input")

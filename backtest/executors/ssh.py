@@ -346,11 +346,9 @@ class SSHExecutor(StreamPool):
         conns, host.conns = host.conns, []
         self._shut(conns)
         for slot in host.slots:
-            job, slot.job = slot.job, None
             if slot.channel is not None:
                 self._retire(slot)
-            if job is not None:
-                self._attempt_failed(job, slot, f"host lost: {reason}")
+            self._take_jobs(slot, f"host lost: {reason}")
             self._park(slot, host)
         self._dispatch()
 

@@ -5,10 +5,11 @@ Subclass ``ExecutorContract`` and implement ``make`` (``__test__`` is switched b
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from helpers import processes_with  # noqa: F401 - the executor tests import it from here
 
 from backtest.executors.base import (
     Executor,
@@ -78,18 +79,3 @@ def whole_result(root: Path, event: TaskDone) -> bytes:
     data = ResultStore(root).read_bytes(event.key)
     assert data.startswith(event.body) and len(event.body) < len(data)
     return data
-
-
-def processes_with(marker: str) -> list[int]:
-    """Pids whose command line mentions ``marker`` (to prove no worker outlives its executor)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if marker in cmd:
-            found.append(int(pid))
-    return found

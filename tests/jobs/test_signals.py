@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from helpers import processes_with
+
 from backtest.results import ResultStore
 
 
@@ -50,14 +52,20 @@ def test_ctrl_c_keeps_finished_results_then_resume(root: Path, faulty: Path) -> 
 
 def test_coordinator_sigkill_then_resume(root: Path, faulty: Path) -> None:
     args = ["run", str(faulty), "--from", "2020", "--param", "n=3:10", "--param", "mode=slow", "-w", "2"]
+    before = set(processes_with("backtest.worker"))
     proc = bt_proc(root, *args)
     wait_for_results(root, 3, proc)
     proc.kill()
     proc.communicate(timeout=30)
+    # the workers (and their fork server) notice that their coordinator is gone, and end
+    deadline = time.monotonic() + 15
+    while set(processes_with("backtest.worker")) - before:
+        assert time.monotonic() < deadline, "workers outlived their coordinator"
+        time.sleep(0.1)
+    # a worker may have been mid-write: its temporary file is never taken for a result, and
+    # every stored result is whole
     kept = set(ResultStore(root).keys())
-    time.sleep(0.5)
-    # the workers noticed their coordinator is gone and ended; no temp files, no damaged results
-    assert not list((root / "results").rglob(".tmp-*")) or True  # a temp may be mid-write at the kill
+    assert kept and not [k for k in kept if k.startswith(".")]
     for k in kept:
         ResultStore(root).read(k)
     resumed = bt_proc(root, *args, "--json")

@@ -1,0 +1,233 @@
+"""Local workers forked from one warm process (a fork server), instead of each starting Python.
+
+A worker's start-up is mostly fixed cost: the interpreter, numpy and numba's import, and numba
+setting its compiler up the first time it loads a kernel — about 0.6 CPU-seconds, paid by every
+worker. On a machine with few cores that start-up competes with the coordinator's planning and
+the first shards for the same cores. The fork server (``python -m backtest.worker --fork-server
+FD``) pays it once: it imports and warms up, then forks each worker on request, and the forked
+worker starts serving at once. Each worker still is a process of its own (own session, memory
+cap, stdin/stdout pipes to the coordinator), so timeouts, kills and the memory cap behave exactly
+as with a worker started from scratch.
+
+The control socket is a ``SOCK_SEQPACKET`` pair (one message per send). The coordinator sends
+``{"argv": [...]}`` with the worker's stdin, stdout and stderr as ``SCM_RIGHTS`` file
+descriptors; the server answers ``{"pid": N}`` (or ``{"error": ...}``) and later reports each
+worker's end as ``{"exit": N, "status": S}`` (``S`` as ``Popen.returncode``: ``-signal`` or the
+exit code). The server is single-threaded (forking a process with threads risks copying a held
+lock) and exits when its control socket closes, e.g. when the coordinator dies.
+
+``ForkServer.start()`` is cheap; the CLI starts one as its very first action when the command is
+``bt run`` on this machine (``preload``), so the server warms up while the command line is still
+being parsed; ``adopt`` hands that one to the local executor. Where there is no ``fork`` or
+``SOCK_SEQPACKET`` (not Linux), or the server fails, workers start the ordinary way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from typing import Any
+
+SUPPORTED = sys.platform.startswith("linux") and hasattr(socket, "SOCK_SEQPACKET") and hasattr(os, "fork")
+_MAX_MSG = 65536
+
+
+def worker_env() -> dict[str, str]:
+    return dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
+
+
+class ForkServer:
+    """The coordinator's handle on a fork server process."""
+
+    def __init__(self, python: str = sys.executable) -> None:
+        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.proc = subprocess.Popen(
+                [python, "-m", "backtest.worker", "--fork-server", str(theirs.fileno())],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=None if os.environ.get("BT_TRACE") else subprocess.DEVNULL,
+                pass_fds=[theirs.fileno()], start_new_session=True, env=worker_env(),
+            )
+        finally:
+            theirs.close()
+        self._lock = threading.Lock()  # one request at a time: replies come in order
+        self._replies: list[dict[str, Any]] = []
+        self._exits: dict[int, int] = {}
+        self._cond = threading.Condition()
+        self._closed = False
+        self.broken = False  # a fork failed: start further workers the ordinary way
+        threading.Thread(target=self._read, daemon=True, name="bt-forkserver").start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self._sock.recv(_MAX_MSG)
+            except OSError:
+                data = b""
+            with self._cond:
+                if not data:
+                    self._closed = True
+                    self._cond.notify_all()
+                    return
+                msg = json.loads(data)
+                if "exit" in msg:
+                    self._exits[int(msg["exit"])] = int(msg["status"])
+                else:
+                    self._replies.append(msg)
+                self._cond.notify_all()
+
+    def alive(self) -> bool:
+        return not self._closed and not self.broken and self.proc.poll() is None
+
+    def fork(self, argv: list[str], stdin: int, stdout: int, stderr: int, timeout: float = 60.0) -> int:
+        """A new worker with ``argv`` (the worker's options) on these descriptors; its pid.
+        Raises OSError when the server cannot fork it (the caller starts one the ordinary way)."""
+        with self._lock:
+            msg = json.dumps({"argv": argv}).encode()
+            try:
+                socket.send_fds(self._sock, [msg], [stdin, stdout, stderr])
+            except OSError as exc:
+                raise OSError(f"fork server unreachable: {exc}") from exc
+            with self._cond:
+                if not self._cond.wait_for(lambda: self._replies or self._closed, timeout):
+                    raise OSError("fork server did not answer")
+                if not self._replies:
+                    raise OSError("fork server ended")
+                reply = self._replies.pop(0)
+        if "pid" not in reply:
+            raise OSError(f"fork server could not fork: {reply.get('error')}")
+        return int(reply["pid"])
+
+    def wait(self, pid: int, timeout: float) -> int | None:
+        """The worker's exit status once it ended (as ``Popen.returncode``), else None."""
+        with self._cond:
+            self._cond.wait_for(lambda: pid in self._exits or self._closed, timeout)
+            return self._exits.get(pid)
+
+    def close(self) -> None:
+        """Stop the server at once (it may still be warming up; it holds no work, and the
+        workers it forked are processes of their own, stopped by their channels)."""
+        self.proc.kill()
+        self.proc.wait()
+        self._sock.close()
+
+
+_PRELOADED: ForkServer | None = None
+
+
+def preload() -> None:
+    """Start a fork server now, for the local executor of this process to ``adopt`` later."""
+    global _PRELOADED
+    if SUPPORTED and _PRELOADED is None:
+        import atexit
+
+        try:
+            _PRELOADED = ForkServer()
+        except OSError:
+            _PRELOADED = None
+        else:
+            atexit.register(discard)  # whatever happens to the command, the server ends with it
+
+
+def adopt() -> ForkServer | None:
+    """The preloaded fork server (now the caller's to close), or None."""
+    global _PRELOADED
+    server, _PRELOADED = _PRELOADED, None
+    return server if server is not None and server.alive() else None
+
+
+def discard() -> None:
+    """Stop a preloaded fork server nobody adopted (nothing to run after all)."""
+    server = adopt()
+    if server is not None:
+        server.close()
+
+
+# --- the server side ----------------------------------------------------------------------------
+
+def serve(fd: int) -> None:
+    """Run the fork server on control socket ``fd`` (``python -m backtest.worker --fork-server``)."""
+    sock = socket.socket(fileno=fd)
+    from backtest.trace import mark
+
+    mark("fork server started")
+    # what every worker needs, imported and warmed once, here
+    import backtest.data  # noqa: F401
+    import backtest.engine  # noqa: F401
+    import backtest.strategy  # noqa: F401
+    from backtest.engine.run import warm_up
+
+    try:
+        warm_up()
+    except Exception:  # noqa: S110 - each worker meets (and reports) the same problem
+        pass
+
+    def reap(*_: Any) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+            try:
+                sock.send(json.dumps({"exit": pid, "status": code}).encode())
+            except OSError:
+                pass
+
+    signal.signal(signal.SIGCHLD, reap)
+    mark("fork server warm")
+    while True:
+        try:
+            msg, fds, _flags, _addr = socket.recv_fds(sock, _MAX_MSG, 3)
+        except OSError:
+            break
+        if not msg:
+            break  # the coordinator closed the socket, or died
+        try:
+            argv = json.loads(msg)["argv"]
+            pid = os.fork()
+        except Exception as exc:
+            for f in fds:
+                os.close(f)
+            sock.send(json.dumps({"error": str(exc)}).encode())
+            continue
+        if pid == 0:
+            _child(sock, fds, argv)  # never returns
+        for f in fds:
+            os.close(f)
+        sock.send(json.dumps({"pid": pid}).encode())
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
+def _child(sock: socket.socket, fds: list[int], argv: list[str]) -> None:
+    code = 1
+    try:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        sock.close()
+        os.setsid()  # a session of its own, as a worker started by Popen has
+        for target, f in enumerate(fds):
+            os.dup2(f, target)
+        for f in fds:
+            if f > 2:
+                os.close(f)
+        from backtest.worker import main
+
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stderr.flush()
+        finally:
+            os._exit(code)

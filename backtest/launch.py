@@ -1,0 +1,44 @@
+"""The ``bt`` console script: a few lines that run before the command line's heavy imports.
+
+When the command is ``bt run --force`` on this machine (so there surely is work), the local
+workers' fork server (``backtest.forkserver``) is started first of all, so that its warm-up
+(numpy, numba) overlaps the coordinator's own start-up, parsing and planning; then
+``backtest.cli`` takes over. Without ``--force``, whether there is anything to compute is known
+only from the plan: ``bt run`` then starts the workers while it plans when the job is new
+(``runner.prepare_started``), or after planning for what is missing; a fully cached rerun starts
+none.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> None:
+    from backtest.trace import mark
+
+    mark("bt started")
+    if _forced_local_run(sys.argv[1:] if argv is None else argv):
+        from backtest.forkserver import preload
+
+        preload()  # `bt run` adopts it, or stops it if the input turns out bad
+    from backtest.cli import main as cli_main
+
+    cli_main(argv)
+
+
+def _forced_local_run(args: list[str]) -> bool:
+    """Whether ``args`` look like ``bt run --force`` on the local executor (a cheap guess, made
+    before the command line is parsed: a wrong guess costs only a fork server started for nothing)."""
+    words = [a for a in args if not a.startswith("-")]
+    if "run" not in words[:3] or "--force" not in args or any(a in ("--help", "-h") for a in args):
+        return False
+    for i, a in enumerate(args):
+        if a in ("--hosts", "--accept-new-hosts") or a.startswith("--hosts="):
+            return False
+        if a == "--executor" or a.startswith("--executor="):
+            url = a.partition("=")[2] if "=" in a else (args[i + 1] if i + 1 < len(args) else "")
+            if not url.startswith("local"):
+                return False
+    return not os.environ.get("BT_NO_FORK_SERVER")

@@ -1,0 +1,224 @@
+"""Local workers forked from a warm fork server, and sent their next shard while they compute.
+
+Real processes throughout, except one dispatch-policy test that drives the pool with channels
+that only record what they are sent (which shard goes where near the end of a run cannot be made
+to happen on demand with real workers); the same paths run for real in the other tests here and
+in the executor contract.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from contract import processes_with
+
+from backtest.executors.base import ExecutorOptions, ShardFinished, TaskDone
+from backtest.executors.local import LocalExecutor
+from backtest.runner import RunRequest, prepare
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fork server is Linux-only")
+
+
+def plan(root: Path, strategy: Path, params: list[str], **kw: Any) -> Any:
+    return prepare(RunRequest(strategy=strategy, params=params, start="2020", end="2021", **kw), root)
+
+
+def ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def wait_ready(ex: LocalExecutor, n: int, limit: float = 60.0) -> list[Any]:
+    events: list[Any] = []
+    deadline = time.monotonic() + limit
+    while sum(s.state in ("idle", "busy") for s in ex._slots) < n:
+        events.extend(ex.poll(0.1))
+        assert time.monotonic() < deadline, "workers did not start"
+    return events
+
+
+def test_workers_are_forked_from_one_server_and_all_end_with_the_executor(root: Path, faulty: Path) -> None:
+    prep = plan(root, faulty, ["n=3:8", "mode=slow"])
+    ex = LocalExecutor(ExecutorOptions(data_root=root, workers=2))
+    ex.start(prep.job.strategy)
+    server = ex._server
+    assert server is not None and server.alive()
+    events = wait_ready(ex, 2)
+    pids = [s.channel.pid for s in ex._slots if s.channel is not None]  # type: ignore[attr-defined]
+    assert len(pids) == 2 and all(ppid(p) == server.proc.pid for p in pids)
+    assert all(os.getsid(p) == p for p in pids)  # each in a session of its own, like a Popen'd worker
+    ex.submit(prep.shards)
+    while not ex.finished():
+        events.extend(ex.poll(0.1))
+    ex.close()
+    done = [e.key for e in events if isinstance(e, TaskDone)]
+    assert Counter(done) == Counter(t.key for t in prep.tasks)
+    time.sleep(0.2)
+    assert server.proc.poll() is not None
+    assert not [p for p in [*pids, server.proc.pid] if Path(f"/proc/{p}").exists()]
+
+
+def test_without_the_server_workers_start_on_their_own(root: Path, faulty: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BT_NO_FORK_SERVER", "1")
+    prep = plan(root, faulty, ["n=3:6"])
+    ex = LocalExecutor(ExecutorOptions(data_root=root, workers=2))
+    ex.start(prep.job.strategy)
+    assert ex._server is None
+    events = wait_ready(ex, 2)
+    assert all(ppid(s.channel.pid) == os.getpid() for s in ex._slots)  # type: ignore[union-attr, attr-defined]
+    ex.submit(prep.shards)
+    while not ex.finished():
+        events.extend(ex.poll(0.1))
+    ex.close()
+    assert len([e for e in events if isinstance(e, TaskDone)]) == len(prep.tasks)
+
+
+def test_a_dead_server_means_workers_start_the_ordinary_way(root: Path, faulty: Path) -> None:
+    """The server is killed, then a worker: its replacement is started by Popen, nothing is lost."""
+    prep = plan(root, faulty, ["n=3:8", "mode=slow"])
+    ex = LocalExecutor(ExecutorOptions(data_root=root, workers=2))
+    ex.start(prep.job.strategy)
+    events = wait_ready(ex, 2)
+    assert ex._server is not None
+    os.kill(ex._server.proc.pid, signal.SIGKILL)
+    ex._server.proc.wait()
+    ex.submit(prep.shards)
+    killed = None
+    while not ex.finished():
+        events.extend(ex.poll(0.1))
+        busy = [s for s in ex._slots if s.state == "busy" and s.channel is not None]
+        if killed is None and busy and any(isinstance(e, TaskDone) for e in events):
+            killed = busy[0].channel.pid  # type: ignore[union-attr, attr-defined]
+            os.kill(killed, signal.SIGKILL)
+    replacements = [s.channel.pid for s in ex._slots if s.channel is not None]  # type: ignore[attr-defined]
+    ex.close()
+    assert killed is not None and killed not in replacements
+    assert any(ppid_or_none(p) in (os.getpid(), None) for p in replacements)
+    assert Counter(e.key for e in events if isinstance(e, TaskDone)) == Counter(t.key for t in prep.tasks)
+
+
+def ppid_or_none(pid: int) -> int | None:
+    try:
+        return ppid(pid)
+    except OSError:
+        return None
+
+
+def test_a_killed_worker_charges_only_the_shard_it_was_running(root: Path, faulty: Path) -> None:
+    """A worker holds its running shard and the next one; killed, the running one counts an
+    attempt and the waiting one goes back to the queue as it was."""
+    prep = plan(root, faulty, ["n=3:12", "mode=slow"], symbols=["AAA", "BBB"])
+    assert len(prep.shards) >= 6
+    ex = LocalExecutor(ExecutorOptions(data_root=root, workers=2))
+    events: list[Any] = []
+    running = waiting = None
+    with ex:
+        ex.start(prep.job.strategy)
+        ex.submit(prep.shards)
+        deadline = time.monotonic() + 120
+        while not ex.finished():
+            events.extend(ex.poll(0.05))
+            assert time.monotonic() < deadline
+            if running is None:
+                for slot in ex._slots:
+                    if len(slot.jobs) == 2 and slot.channel is not None:
+                        running, waiting = slot.jobs
+                        os.kill(slot.channel.pid, signal.SIGKILL)  # type: ignore[attr-defined]
+                        break
+    assert running is not None and waiting is not None
+    assert running.attempts == 1 and "killed by SIGKILL" in running.errors[0]
+    assert waiting.attempts == 0 and waiting.errors == []
+    assert Counter(e.key for e in events if isinstance(e, TaskDone)) == Counter(t.key for t in prep.tasks)
+    assert {e.shard for e in events if isinstance(e, ShardFinished)} == {s.id for s in prep.shards}
+
+
+class _Recorder:
+    """A channel that only records the shards it is sent (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.shards: list[str] = []
+
+    def send(self, data: bytes) -> None:
+        pass
+
+    def kill(self) -> None:
+        pass
+
+
+def test_next_shards_go_out_early_only_while_there_is_more_work_than_workers() -> None:
+    from backtest.executors.base import Shard
+    from backtest.executors.pool import PREFETCH, StreamPool
+
+    class Pool(StreamPool):
+        def slot_names(self) -> list[tuple[str, str]]:
+            return [("w0", "h"), ("w1", "h")]
+
+        def spawn(self, label: str, host: str) -> Any:
+            return _Recorder()
+
+        def send_shard(self, slot: Any, spec: dict[str, Any]) -> None:
+            slot.channel.shards.append(spec["id"])
+
+    assert PREFETCH == 2
+    pool = Pool(ExecutorOptions(data_root=Path(".")))
+    from backtest.executors.pool import _Slot
+
+    pool._slots = [_Slot("w0", "h"), _Slot("w1", "h")]
+    for gen, s in enumerate(pool._slots, 1):
+        s.channel = _Recorder()  # type: ignore[assignment]
+        s.state = "idle"
+        s.gen = gen
+    shards = [Shard(f"s{i}", {"id": f"s{i}", "groups": [{"tasks": [[f"k{i}", {}]]}]}, [f"k{i}"]) for i in range(5)]
+    pool.submit(shards)
+    sent = {s.label: list(s.channel.shards) for s in pool._slots}  # type: ignore[union-attr]
+    # one each, then a second each while ≥ 2 shards were left: s0 s2 / s1 s3; s4 waits
+    assert sent == {"w0": ["s0", "s2"], "w1": ["s1", "s3"]}
+    assert [p.shard.id for p in pool._pending] == ["s4"]
+
+    def finish(shard: str) -> None:
+        k = "k" + shard[1:]
+        pool._handle(1, {"t": "result", "shard": shard, "key": k, "stored": True}, b"")
+        pool._handle(1, {"t": "shard_done", "shard": shard, "seconds": 0.1}, b"")
+
+    finish("s0")
+    # w0 runs s2 now; one shard left for two workers: nobody gets a second one
+    assert [j.shard.id for j in pool._slots[0].jobs] == ["s2"]
+    assert [p.shard.id for p in pool._pending] == ["s4"]
+    finish("s2")
+    assert [j.shard.id for j in pool._slots[0].jobs] == ["s4"] and not pool._pending
+    assert [e.shard for e in pool.poll(0) if type(e).__name__ == "ShardFinished"] == ["s0", "s2"]
+
+
+def test_bt_run_force_with_bad_input_leaves_no_fork_server(root: Path, faulty: Path) -> None:
+    before = set(processes_with("--fork-server"))
+    res = subprocess.run([sys.executable, "-m", "backtest", "--data", str(root), "run", str(faulty),
+                          "--param", "nope=1", "--force"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "nope" in res.stderr
+    time.sleep(0.3)
+    assert set(processes_with("--fork-server")) <= before
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["run", "s.py", "--force"], True),
+    (["--data", "/x", "run", "s.py", "--force"], True),
+    (["run", "s.py"], False),  # a rerun may have nothing to compute: no server before the plan
+    (["run", "s.py", "--force", "--hosts", "farm.txt"], False),
+    (["run", "s.py", "--force", "--executor", "ssh://a"], False),
+    (["run", "s.py", "--force", "--executor=local://3"], True),
+    (["run", "--help", "--force"], False),
+    (["report", "x", "--force"], False),
+])
+def test_the_console_script_preloads_only_for_forced_local_runs(args: list[str], expected: bool,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from backtest.launch import _forced_local_run
+
+    monkeypatch.delenv("BT_NO_FORK_SERVER", raising=False)
+    assert _forced_local_run(args) is expected
