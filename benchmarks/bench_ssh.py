@@ -52,6 +52,7 @@ class ShardTimes:
         self.overhead: list[float] = []
         self.first: float | None = None
         self.last: float | None = None
+        self.coordinator_cpu = 0.0
         orig_send, orig_handle = ex.send_shard, ex._handle
 
         def send_shard(slot: Any, spec: dict[str, Any]) -> None:
@@ -79,6 +80,7 @@ def timed_run(prep: Any, ex: Any, on_progress: Any = None) -> tuple[float, Any, 
 
     times = ShardTimes(ex)
     t0 = time.perf_counter()
+    cpu0 = _cpu()
 
     def progress(p: Any) -> None:
         if p.computed and times.first is None:
@@ -91,8 +93,17 @@ def timed_run(prep: Any, ex: Any, on_progress: Any = None) -> tuple[float, Any, 
     ex.start(prep.job.strategy)
     summary = execute(prep, progress, ex)
     seconds = time.perf_counter() - t0
+    times.coordinator_cpu = _cpu() - cpu0
     assert summary.status == "done" and summary.failed == 0, summary
     return seconds, summary, times
+
+
+def _cpu() -> float:
+    """CPU seconds used by this process (the coordinator) so far."""
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def steady(tasks: int, times: ShardTimes) -> str:
@@ -180,7 +191,8 @@ def main() -> None:
     tasks = local_best[1].computed
     print(f"tasks: {tasks} in {len(plan(roots['local'], True).shards)} shards")
     print(f"local://{local_n}: {local_best[0]:.2f} s, {tasks / local_best[0]:.0f} tasks/s "
-          f"({steady(tasks, local_best[2])}); per-shard overhead {ms(local_best[2].overhead)}")
+          f"({steady(tasks, local_best[2])}); per-shard overhead {ms(local_best[2].overhead)}; "
+          f"coordinator CPU {local_best[2].coordinator_cpu:.2f} s")
     tiny_local = tiny_overhead(lambda: LocalExecutor(ExecutorOptions(data_root=roots["tiny"], workers=local_n)))
 
     # farm ---------------------------------------------------------------------------------------
@@ -217,7 +229,7 @@ def main() -> None:
         steady_ratio = (lt.last - lt.first) / (ft.last - ft.first)
         print(f"farm, host caches warm: {best[0]:.2f} s, {tasks / best[0]:.0f} tasks/s = {ratio:.0%} of local "
               f"(target >= 85 %); {steady(tasks, ft)} = {steady_ratio:.0%} of local's; "
-              f"per-shard overhead {ms(ft.overhead)}")
+              f"per-shard overhead {ms(ft.overhead)}; coordinator CPU {ft.coordinator_cpu:.2f} s")
 
         tiny_farm = tiny_overhead(lambda: farm_executor(roots["tiny"]))
         print(f"per-shard overhead on tiny shards (dispatch round trip): local {ms(tiny_local)}; "

@@ -169,7 +169,7 @@ class LocalExecutor(StreamPool):
 
     def spawn(self, label: str, host: str) -> Channel:
         # Workers on this machine write result files into the store themselves: only a few hundred
-        # bytes a task cross the pipe instead of every trade (70 KB a task on minute bars).
+        # bytes a task cross the pipe instead of every trade (50 KB a task on minute bars).
         root = str(self.options.data_root)
         argv = worker_argv(sys.executable, root, self.options.max_memory, results=root)
         server = self._server

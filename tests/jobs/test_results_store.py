@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,12 +12,26 @@ from backtest.protocol import FrameWriter, ProtocolError, read_frame
 from backtest.protocol import encode as frame
 from backtest.results import ResultStore, decode, decode_metrics, encode
 
-DT = np.dtype([("entry_time", "<i8"), ("pnl", "<f8")])
 ENV = {"python": "3.11", "numpy": "2", "numba": "0.6", "bt": "0.1", "engine": "1", "machine": "x86_64"}
 
 
-def sample(key: str = "ab" + "0" * 62) -> bytes:
-    trades = np.array([(1, 2.5), (3, -1.0)], dtype=DT)
+def engine_trades() -> np.ndarray:
+    """Real trades from the engine: SMA crosses on a synthetic series, with costs."""
+    from helpers import synth_daily
+
+    from backtest.engine import Bars, SimSettings, run_grid
+    from backtest.strategy import load_strategy
+
+    ts, o, h, lo, c, v = synth_daily(0)
+    bars = Bars("AAA", ts, o, h, lo, c, v)
+    cls = load_strategy(Path(__file__).resolve().parents[2] / "strategies" / "sma_cross.py")
+    out = run_grid(cls, bars, [{"fast": 5, "slow": 20, "short": True}], SimSettings(commission=0.001, fee=1.0))[0]
+    assert len(out.trades) > 10
+    return out.trades
+
+
+def sample(key: str = "ab" + "0" * 62, trades: np.ndarray | None = None) -> bytes:
+    trades = engine_trades() if trades is None else trades
     return encode(key, "AAA", {"fast": 5}, {"sharpe": 1.25, "trades": 2.0, "sortino": float("nan")}, trades, ENV)
 
 
@@ -25,9 +41,42 @@ def test_encode_is_deterministic_and_round_trips():
     rec = decode(a)
     assert rec.symbol == "AAA" and rec.params == {"fast": 5}
     assert rec.metrics["sharpe"] == 1.25 and np.isnan(rec.metrics["sortino"])
-    assert rec.trades.tolist() == [(1, 2.5), (3, -1.0)]
     header, metrics = decode_metrics(a)
-    assert header["n_trades"] == 2 and metrics["trades"] == 2.0
+    assert header["n_trades"] == len(rec.trades) and metrics["trades"] == 2.0
+    assert encode(rec.key, rec.symbol, rec.params, rec.metrics, rec.trades, rec.env) == a  # read, written again
+
+
+def test_trades_are_stored_compactly_and_read_back_bit_for_bit():
+    from backtest.results import READ_TRADE_DTYPE, STORED_TRADE_DTYPE
+
+    trades = engine_trades()
+    data = sample(trades=trades)
+    assert STORED_TRADE_DTYPE.itemsize == 62 and trades.dtype.itemsize == 90
+    assert len(data) < len(sample(trades=trades[:0])) + 63 * len(trades)
+    back = decode(data).trades
+    assert back.dtype == READ_TRADE_DTYPE
+    for name in READ_TRADE_DTYPE.names or ():  # `return` is derived, and equal to the kernel's bits
+        assert back[name].tobytes() == trades[name].astype(READ_TRADE_DTYPE[name]).tobytes(), name
+
+
+def test_files_with_the_earlier_trade_layout_still_read(tmp_path):
+    """Files written before trades were stored compactly (engine 1) carry the full records."""
+    import hashlib
+    import json
+    import struct
+
+    from backtest.hashing import canonical_json
+    from backtest.results import MAGIC
+
+    trades = engine_trades()
+    header = {"key": "ab" + "0" * 62, "symbol": "AAA", "params": {}, "metric_names": ["sharpe"],
+              "n_trades": len(trades), "trade_dtype": [[n, trades.dtype[n].str] for n in trades.dtype.names or ()],
+              "env": ENV}
+    head = canonical_json(header).encode()
+    payload = MAGIC + struct.pack(">I", len(head)) + head + np.array([0.5]).tobytes() + trades.tobytes()
+    rec = decode(payload + hashlib.sha256(payload).digest())
+    assert rec.trades.dtype == trades.dtype and rec.trades.tobytes() == trades.tobytes()
+    assert json.loads(head)["n_trades"] == len(rec.trades)
 
 
 def test_damage_is_detected(tmp_path):
