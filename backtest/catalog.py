@@ -62,21 +62,21 @@ LOG_COLUMNS = {"run_id": "VARCHAR", "shard": "VARCHAR", "worker": "VARCHAR", "te
 
 
 def _stage(path: Path, rows: Sequence[dict[str, Any]], columns: dict[str, str]) -> Path | None:
-    """Rows as newline-delimited JSON for DuckDB's reader. (Handing DuckDB Arrow tables or Python
+    """Rows as a JSON array for DuckDB's reader. (Handing DuckDB Arrow tables or Python
     rows instead makes pyarrow import pandas, half a second on every run, or is 50 times slower.)"""
     if not rows:
         return None
-    with open(path, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps({k: row.get(k) for k in columns}, allow_nan=False))
-            fh.write("\n")
+    names = list(columns)
+    # one JSON array, encoded in one call (json's C encoder), not a call per row
+    text = json.dumps([{k: row.get(k) for k in names} for row in rows], allow_nan=False)
+    path.write_text(text, encoding="utf-8")
     return path
 
 
 def _read_json(path: Path, columns: dict[str, str]) -> str:
     spec = ", ".join(f"'{k}': '{t}'" for k, t in columns.items())
     quoted = str(path).replace("'", "''")
-    return f"read_json('{quoted}', format='newline_delimited', columns={{{spec}}})"
+    return f"read_json('{quoted}', format='array', columns={{{spec}}})"
 
 
 T = TypeVar("T")
@@ -214,10 +214,10 @@ class Catalog:
         """Append task outcomes, metric rows and logs, and update the run row, in one transaction."""
         with tempfile.TemporaryDirectory(prefix="bt-catalog-") as tmp:
             staged = [
-                (_stage(Path(tmp) / "results.ndjson", results, RESULT_COLUMNS), "results", RESULT_COLUMNS),
-                (_stage(Path(tmp) / "tasks.ndjson", [{**t, "run_id": run_id} for t in tasks], TASK_COLUMNS),
+                (_stage(Path(tmp) / "results.json", results, RESULT_COLUMNS), "results", RESULT_COLUMNS),
+                (_stage(Path(tmp) / "tasks.json", [{**t, "run_id": run_id} for t in tasks], TASK_COLUMNS),
                  "run_tasks", TASK_COLUMNS),
-                (_stage(Path(tmp) / "logs.ndjson", [{**x, "run_id": run_id} for x in logs], LOG_COLUMNS),
+                (_stage(Path(tmp) / "logs.json", [{**x, "run_id": run_id} for x in logs], LOG_COLUMNS),
                  "logs", LOG_COLUMNS),
             ]
 
@@ -294,7 +294,7 @@ class Catalog:
     def rebuild_results(self, rows: Sequence[dict[str, Any]]) -> int:
         """Replace the ``results`` table with ``rows`` (read from the results store)."""
         with tempfile.TemporaryDirectory(prefix="bt-catalog-") as tmp:
-            path = _stage(Path(tmp) / "results.ndjson", rows, RESULT_COLUMNS)
+            path = _stage(Path(tmp) / "results.json", rows, RESULT_COLUMNS)
 
             def go(con: Any) -> int:
                 con.execute("DELETE FROM results")

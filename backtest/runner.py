@@ -380,11 +380,13 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
         last_flush = time.monotonic()
         if background:
             if any(rows[1:]):
+                mark(f"recording {len(rows[1])} task rows in the background")
                 writes.append(writer.submit(catalog.record, *rows))
             return
         for w in writes:
             w.result()
         writes = []
+        mark(f"recording {len(rows[1])} task rows")
         catalog.record(*rows)
 
     try:
@@ -429,7 +431,11 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
                 progress.workers = ex.status()
                 if on_progress:
                     on_progress(progress)
-                if time.monotonic() - last_flush > FLUSH_SECONDS:
+                if time.monotonic() - last_flush > FLUSH_SECONDS or (
+                    len(task_rows) >= 100 and any(w.state == "idle" for w in progress.workers)
+                ):
+                    # every 2 s; and as soon as a worker has nothing left to do (near the end of
+                    # a run, its core is free), so that little is left to record once all is in
                     flush(background=True)
             exhausted = getattr(ex, "exhausted", None)
             if exhausted:
