@@ -189,19 +189,29 @@ class Catalog:
     def create_run(self, run: dict[str, Any]) -> None:
         self._write(lambda con: _insert_run(con, run))
 
-    def start_run(self, run: dict[str, Any], keys: Sequence[str], alive: Callable[[int, str], bool]) -> set[str]:
+    def start_run(self, run: dict[str, Any], keys: Sequence[str], alive: Callable[[int, str], bool],
+                  then: Callable[[set[str]], Rows] | None = None) -> set[str]:
         """One connection for all a run does at its start: runs whose coordinator is gone become
-        'interrupted', the run is recorded, and the subset of ``keys`` the catalog indexes is returned."""
+        'interrupted', the run is recorded, and the subset of ``keys`` the catalog indexes is returned.
+        With ``then``, the rows it makes of that subset (tasks, results, logs, run update) are
+        recorded in the same transaction: a run with nothing to compute costs one transaction."""
+        with tempfile.TemporaryDirectory(prefix="bt-catalog-") as tmp:
 
-        def go(con: Any) -> set[str]:
-            _mark_stale(con, alive)
-            _insert_run(con, run)
-            if not keys:
-                return set()
-            rows = con.execute("SELECT key FROM results WHERE key IN (SELECT unnest(?::VARCHAR[]))", [list(keys)])
-            return {r[0] for r in rows.fetchall()}
+            def go(con: Any) -> set[str]:
+                _mark_stale(con, alive)
+                _insert_run(con, run)
+                known: set[str] = set()
+                if keys:
+                    rows = con.execute("SELECT key FROM results WHERE key IN (SELECT unnest(?::VARCHAR[]))",
+                                       [list(keys)])
+                    known = {r[0] for r in rows.fetchall()}
+                if then is not None:
+                    tasks, results, logs, update = then(known)
+                    _insert_staged(con, _stage_rows(Path(tmp), run["run_id"], tasks, results, logs), run["run_id"],
+                                   update)
+                return known
 
-        return self._write(go)
+            return self._write(go)
 
     def record(
         self,
@@ -213,27 +223,8 @@ class Catalog:
     ) -> None:
         """Append task outcomes, metric rows and logs, and update the run row, in one transaction."""
         with tempfile.TemporaryDirectory(prefix="bt-catalog-") as tmp:
-            staged = [
-                (_stage(Path(tmp) / "results.json", results, RESULT_COLUMNS), "results", RESULT_COLUMNS),
-                (_stage(Path(tmp) / "tasks.json", [{**t, "run_id": run_id} for t in tasks], TASK_COLUMNS),
-                 "run_tasks", TASK_COLUMNS),
-                (_stage(Path(tmp) / "logs.json", [{**x, "run_id": run_id} for x in logs], LOG_COLUMNS),
-                 "logs", LOG_COLUMNS),
-            ]
-
-            def go(con: Any) -> None:
-                for path, table, columns in staged:
-                    if path is None:
-                        continue
-                    src = _read_json(path, columns)
-                    if table == "results":  # results are keyed by content: a key recorded again replaces its row
-                        con.execute(f"DELETE FROM results WHERE key IN (SELECT key FROM {src})")
-                    con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {src}")
-                if run_update:
-                    sets = ", ".join(f"{k} = ?" for k in run_update)
-                    con.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", [*run_update.values(), run_id])
-
-            self._write(go)
+            staged = _stage_rows(Path(tmp), run_id, tasks, results, logs)  # before taking the lock
+            self._write(lambda con: _insert_staged(con, staged, run_id, run_update))
 
     def mark_stale_runs(self, alive: Callable[[int, str], bool]) -> None:
         """Runs still 'running' whose coordinator is gone become 'interrupted'."""
@@ -303,6 +294,33 @@ class Catalog:
                 return len(rows)
 
             return self._write(go)
+
+
+Rows = tuple[Sequence[dict[str, Any]], Sequence[dict[str, Any]], Sequence[dict[str, Any]], "dict[str, Any] | None"]
+_Staged = list[tuple["Path | None", str, dict[str, str]]]
+
+
+def _stage_rows(tmp: Path, run_id: str, tasks: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]],
+                logs: Sequence[dict[str, Any]]) -> _Staged:
+    return [
+        (_stage(tmp / "results.json", results, RESULT_COLUMNS), "results", RESULT_COLUMNS),
+        (_stage(tmp / "tasks.json", [{**t, "run_id": run_id} for t in tasks], TASK_COLUMNS), "run_tasks",
+         TASK_COLUMNS),
+        (_stage(tmp / "logs.json", [{**x, "run_id": run_id} for x in logs], LOG_COLUMNS), "logs", LOG_COLUMNS),
+    ]
+
+
+def _insert_staged(con: Any, staged: _Staged, run_id: str, run_update: dict[str, Any] | None) -> None:
+    for path, table, columns in staged:
+        if path is None:
+            continue
+        src = _read_json(path, columns)
+        if table == "results":  # results are keyed by content: a key recorded again replaces its row
+            con.execute(f"DELETE FROM results WHERE key IN (SELECT key FROM {src})")
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {src}")
+    if run_update:
+        sets = ", ".join(f"{k} = ?" for k in run_update)
+        con.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", [*run_update.values(), run_id])
 
 
 def _insert_run(con: Any, run: dict[str, Any]) -> None:

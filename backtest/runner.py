@@ -330,6 +330,7 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
     from backtest.results import ResultStore, decode_metrics
 
     mark("planned; recording the run")
+    _PARAMS_JSON.clear()  # a cache for this run only (see _params_json)
     t0 = time.monotonic()
     req, job = prep.request, prep.job
     catalog = Catalog(prep.root / "catalog.duckdb")
@@ -337,6 +338,25 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
     run_id = new_run_id(job)
     progress = Progress(run_id, total=len(prep.tasks), cached=len(prep.cached))
     save_source(prep.root, job.strategy)
+    by_key = {t.key: t for t in prep.tasks}
+
+    def cached_rows(known: set[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Task rows of the cached tasks, and metric rows of those the catalog does not index yet
+        (e.g. after the catalog was deleted): they are indexed now."""
+        now = time.time()
+        tasks = [_task_row(t, "done", True, 0, None, None, None, now) for t in prep.cached]
+        results = []
+        for t in prep.cached:
+            if t.key not in known:
+                header, metrics = decode_metrics(store.read_bytes(t.key))
+                results.append(result_row(header, metrics, now))
+        return tasks, results
+
+    def all_cached(known: set[str]) -> Any:
+        tasks, results = cached_rows(known)
+        return tasks, results, [], {"status": "done", "finished": time.time(), "computed": 0, "failed": 0,
+                                    "seconds": time.monotonic() - t0}
+
     known = catalog.start_run({
         "run_id": run_id, "created": time.time(), "strategy": job.strategy.name,
         "strategy_file": str(req.strategy), "code_hash": job.strategy.hash,
@@ -347,16 +367,14 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
         "status": "running", "tasks": len(prep.tasks), "computed": 0, "cached": len(prep.cached), "failed": 0,
         "pid": os.getpid(), "host": socket.gethostname(),
         "data_hashes": json.dumps(sorted({h for s in prep.shards for _, h in s.spec["files"]})),
-    }, [t.key for t in prep.cached], _pid_alive)
-    by_key = {t.key: t for t in prep.tasks}
-    now = time.time()
-    task_rows: list[dict[str, Any]] = [_task_row(t, "done", True, 0, None, None, None, now) for t in prep.cached]
-    result_rows: list[dict[str, Any]] = []
-    # cached results the catalog does not index yet (e.g. after a catalog was deleted) are indexed now
-    for t in prep.cached:
-        if t.key not in known:
-            header, metrics = decode_metrics(store.read_bytes(t.key))
-            result_rows.append(result_row(header, metrics, now))
+    }, [t.key for t in prep.cached], _pid_alive, then=None if prep.shards else all_cached)
+    if not prep.shards:  # nothing to compute: the whole run was recorded in that one transaction
+        summary = RunSummary(run_id, "done", len(prep.tasks), 0, len(prep.cached), 0, time.monotonic() - t0, "")
+        mark("recorded")
+        if on_progress:
+            on_progress(progress)
+        return summary
+    task_rows, result_rows = cached_rows(known)
     log_rows: list[dict[str, Any]] = []
     writes: list[Any] = []
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bt-results")
@@ -462,8 +480,20 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
 
 def _task_row(t: Task, status: str, cached: bool, attempts: int, error: str | None, details: str | None,
               worker: str | None, at: float) -> dict[str, Any]:
-    return {"key": t.key, "symbol": t.symbol, "params": json.dumps(t.params, sort_keys=True), "status": status,
+    return {"key": t.key, "symbol": t.symbol, "params": _params_json(t.params), "status": status,
             "cached": cached, "attempts": attempts, "error": error, "details": details, "worker": worker, "at_time": at}
+
+
+_PARAMS_JSON: dict[int, tuple[dict[str, Any], str]] = {}
+
+
+def _params_json(params: dict[str, Any]) -> str:
+    """The catalog's text of a parameter set. Every symbol's tasks share the job's parameter
+    dicts, so each is encoded once (the dict is kept with its text, so its id stays its own)."""
+    hit = _PARAMS_JSON.get(id(params))
+    if hit is None or hit[0] is not params:
+        hit = _PARAMS_JSON[id(params)] = (params, json.dumps(params, sort_keys=True))
+    return hit[1]
 
 
 def prepare_started(req: RunRequest) -> tuple[Prepared, Executor | None]:

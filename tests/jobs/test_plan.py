@@ -63,6 +63,17 @@ def test_keys_are_stable_and_depend_on_every_input():
     assert not set(keys4) & set(keys)
 
 
+def test_keys_are_task_key_byte_for_byte():
+    """make_tasks joins pre-encoded parts; the keys must be exactly task_key's (DESIGN §4)."""
+    from backtest.plan import task_key
+
+    j = job([{"fast": f, "slow": s, "name": "é\"x", "on": True, "w": 0.5} for f in (5, 10) for s in (20, 50)],
+            symbols=("AAA", "B/B"), settings={"cash": 1e5, "fill": "next_open", "stop_loss": None})
+    parts = parts_for(j)
+    for t in make_tasks(j, parts):
+        assert t.key == task_key(j, t.symbol, t.params, t.warmup, [h for _, h in parts[(t.symbol, t.warmup)]])
+
+
 def test_nan_parameter_cannot_be_hashed():
     j = job([{"x": float("nan"), "slow": 1}])
     with pytest.raises(UsageError, match="cannot be hashed canonically"):
