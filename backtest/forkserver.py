@@ -16,10 +16,12 @@ worker's end as ``{"exit": N, "status": S}`` (``S`` as ``Popen.returncode``: ``-
 exit code). The server is single-threaded (forking a process with threads risks copying a held
 lock) and exits when its control socket closes, e.g. when the coordinator dies.
 
-``ForkServer.start()`` is cheap; the CLI starts one as its very first action when the command is
-``bt run`` on this machine (``preload``), so the server warms up while the command line is still
-being parsed; ``adopt`` hands that one to the local executor. Where there is no ``fork`` or
-``SOCK_SEQPACKET`` (not Linux), or the server fails, workers start the ordinary way.
+Starting a server is cheap (a Popen); the console script starts one as its very first action for
+``bt run --force`` on this machine (``preload``, see ``backtest.launch``), so that it warms up
+while the command line is still being parsed and the job planned; ``adopt`` hands it to the
+local executor, which otherwise starts its own. Where there is no ``fork`` or ``SOCK_SEQPACKET``
+(not Linux), with ``BT_NO_FORK_SERVER=1``, or when the server fails, workers start the ordinary
+way (``enabled``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ SUPPORTED = sys.platform.startswith("linux") and hasattr(socket, "SOCK_SEQPACKET
 _MAX_MSG = 65536
 
 
+def enabled() -> bool:
+    """Whether local workers are forked from a fork server (``BT_NO_FORK_SERVER=1``: never)."""
+    return SUPPORTED and not os.environ.get("BT_NO_FORK_SERVER")
+
+
 def worker_env() -> dict[str, str]:
     return dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
 
@@ -49,7 +56,8 @@ class ForkServer:
         try:
             self.proc = subprocess.Popen(
                 [python, "-m", "backtest.worker", "--fork-server", str(theirs.fileno())],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=None if os.environ.get("BT_TRACE") else subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=None if os.environ.get("BT_TRACE") else subprocess.DEVNULL,  # only its trace lines
                 pass_fds=[theirs.fileno()], start_new_session=True, env=worker_env(),
             )
         finally:
@@ -122,7 +130,7 @@ _PRELOADED: ForkServer | None = None
 def preload() -> None:
     """Start a fork server now, for the local executor of this process to ``adopt`` later."""
     global _PRELOADED
-    if SUPPORTED and _PRELOADED is None:
+    if enabled() and _PRELOADED is None:
         import atexit
 
         try:

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> None:
     if _forced_local_run(sys.argv[1:] if argv is None else argv):
         from backtest.forkserver import preload
 
-        preload()  # `bt run` adopts it, or stops it if the input turns out bad
+        preload()  # `bt run` adopts it, or stops it if the input turns out bad (unless disabled)
     from backtest.cli import main as cli_main
 
     try:
@@ -38,9 +38,9 @@ def _leave(code: int) -> None:
     """Exit without tearing the interpreter down. By now every command has closed and flushed
     what it wrote (result files, the catalog, stopped workers); unloading numpy, numba, duckdb and
     their threads would only add ~50 ms to every command."""
-    from backtest import forkserver
-
-    forkserver.discard()  # what atexit would have done
+    forkserver = sys.modules.get("backtest.forkserver")
+    if forkserver is not None:
+        forkserver.discard()  # what atexit would have done
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -62,4 +62,4 @@ def _forced_local_run(args: list[str]) -> bool:
             url = a.partition("=")[2] if "=" in a else (args[i + 1] if i + 1 < len(args) else "")
             if not url.startswith("local"):
                 return False
-    return not os.environ.get("BT_NO_FORK_SERVER")
+    return True

@@ -76,4 +76,3 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point. Usage errors exit 2 (click), a BtError is one red line and its exit code, Ctrl+C 130."""
     _register()
     app(args=argv)
-

@@ -13,7 +13,7 @@ from typing import IO, ClassVar
 
 from backtest.executors.base import StrategySource
 from backtest.executors.pool import Channel, StreamPool
-from backtest.forkserver import SUPPORTED, ForkServer, adopt, worker_env
+from backtest.forkserver import ForkServer, adopt, enabled, worker_env
 
 
 def cores() -> int:
@@ -23,8 +23,8 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def worker_argv(python: str, data_root: str | None, max_memory: int | None, results: str | None = None) -> list[str]:
-    argv = [python, "-m", "backtest.worker"]
+def worker_options(data_root: str | None, max_memory: int | None, results: str | None = None) -> list[str]:
+    argv: list[str] = []
     if data_root:
         argv += ["--data", data_root]
     if results:
@@ -102,16 +102,12 @@ class ForkedChannel(_LocalChannel):
     and the pool's reader simply sees the worker's hello later)."""
 
     def __init__(self, server: ForkServer, argv: list[str], err: IO[bytes]) -> None:
-        import fcntl
-
         self._server = server
         self._err = err
         self._pid = -1
         self.error = ""
-        in_r, in_w = os.pipe()
+        in_r, in_w = os.pipe()  # only the worker's ends go to the server (non-inheritable: PEP 446)
         out_r, out_w = os.pipe()
-        for fd in (in_w, out_r):  # the coordinator's ends stay out of every child
-            fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
         self.stdin = os.fdopen(in_w, "wb")
         self.stdout = os.fdopen(out_r, "rb")
         self._forked = threading.Event()
@@ -164,18 +160,18 @@ class LocalExecutor(StreamPool):
         return [(f"local-{i}", "localhost") for i in range(n)]
 
     def start(self, strategy: StrategySource) -> None:
-        self._server = adopt() or (ForkServer() if SUPPORTED and not os.environ.get("BT_NO_FORK_SERVER") else None)
+        self._server = adopt() or (ForkServer() if enabled() else None)
         super().start(strategy)
 
     def spawn(self, label: str, host: str) -> Channel:
         # Workers on this machine write result files into the store themselves: only a few hundred
         # bytes a task cross the pipe instead of every trade (50 KB a task on minute bars).
         root = str(self.options.data_root)
-        argv = worker_argv(sys.executable, root, self.options.max_memory, results=root)
+        options = worker_options(root, self.options.max_memory, results=root)
         server = self._server
         if server is not None and server.alive():
-            return ForkedChannel(server, argv[3:], tempfile.TemporaryFile())
-        return ProcessChannel(argv)
+            return ForkedChannel(server, options, tempfile.TemporaryFile())
+        return ProcessChannel([sys.executable, "-m", "backtest.worker", *options])
 
     def close(self, *, cancel: bool = False) -> None:
         super().close(cancel=cancel)

@@ -39,7 +39,7 @@ from backtest.protocol import ProtocolError, encode, read_frame
 from backtest.trace import mark
 
 STARTUP_TIMEOUT = 120.0
-PREFETCH = int(__import__("os").environ.get("BT_PREFETCH", "2"))
+PREFETCH = 2
 PING_SECONDS = 2.0
 MAX_SPAWN_FAILURES = 4
 
