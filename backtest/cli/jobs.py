@@ -82,15 +82,13 @@ def run(
 ) -> None:
     """Run a strategy over symbols × a parameter grid × a date range.
 
-    Results are stored by the hash of code, parameters, data and settings: a rerun computes
-    nothing, a changed parameter value computes only its tasks.
+    Results are stored by the hash of code, parameters, data and settings: a rerun computes nothing, a changed parameter value computes only its tasks.
 
     Example: bt run strategies/sma_cross.py --from 2020 --to 2024 --param fast=5:50:5 --param slow=20,50,100
 
     Exit codes: 0 all tasks done, 1 some failed, 2 bad input, 130 interrupted.
 
-    BT_TRACE=1 prints a timeline of the run on stderr; BT_NO_FORK_SERVER=1 starts each local
-    worker from scratch instead of forking it from one warm process.
+    BT_TRACE=1 prints a timeline of the run on stderr; BT_NO_FORK_SERVER=1 starts each local worker from scratch instead of forking it from one warm process.
     """
     from backtest.runner import RunRequest, prepare_started
 
