@@ -330,7 +330,6 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
     from backtest.results import ResultStore, decode_metrics
 
     mark("planned; recording the run")
-    _PARAMS_JSON.clear()  # a cache for this run only (see _params_json)
     t0 = time.monotonic()
     req, job = prep.request, prep.job
     catalog = Catalog(prep.root / "catalog.duckdb")
@@ -339,12 +338,17 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
     progress = Progress(run_id, total=len(prep.tasks), cached=len(prep.cached))
     save_source(prep.root, job.strategy)
     by_key = {t.key: t for t in prep.tasks}
+    # the catalog's text of each parameter set, encoded once: every symbol's tasks share the job's dicts
+    texts = {id(p): json.dumps(p, sort_keys=True) for p in job.params_list}
+
+    def task_row(t: Task, *rest: Any) -> dict[str, Any]:
+        return _task_row(t, texts.get(id(t.params)) or json.dumps(t.params, sort_keys=True), *rest)
 
     def cached_rows(known: set[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Task rows of the cached tasks, and metric rows of those the catalog does not index yet
         (e.g. after the catalog was deleted): they are indexed now."""
         now = time.time()
-        tasks = [_task_row(t, "done", True, 0, None, None, None, now) for t in prep.cached]
+        tasks = [task_row(t, "done", True, 0, None, None, None, now) for t in prep.cached]
         results = []
         for t in prep.cached:
             if t.key not in known:
@@ -389,10 +393,13 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
         records them after the result files queued before them (the catalog never names a result
         that is not stored), so the loop goes on taking events meanwhile; the last flush waits."""
         nonlocal task_rows, result_rows, log_rows, last_flush, writes
-        done = [w for w in writes if w.done()]
-        for w in done:
-            w.result()  # a failed write or record surfaces here
-        writes = [w for w in writes if not w.done()]
+        pending = []
+        for w in writes:
+            if w.done():
+                w.result()  # a failed write or record surfaces here
+            else:
+                pending.append(w)
+        writes = pending
         rows = (run_id, task_rows, result_rows, log_rows, update)
         task_rows, result_rows, log_rows = [], [], []
         last_flush = time.monotonic()
@@ -426,17 +433,17 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
                             writes.append(writer.submit(store.write, ev.key, ev.body))
                         header, metrics = decode_metrics(ev.body)
                         result_rows.append(result_row(header, metrics, now))
-                        task_rows.append(_task_row(by_key[ev.key], "done", False, attempts.get(ev.shard, 0) + 1,
+                        task_rows.append(task_row(by_key[ev.key], "done", False, attempts.get(ev.shard, 0) + 1,
                                                    None, None, ev.worker, now))
                         progress.computed += 1
                     elif isinstance(ev, TaskFailed):
-                        task_rows.append(_task_row(by_key[ev.key], "failed", False, attempts.get(ev.shard, 0) + 1,
+                        task_rows.append(task_row(by_key[ev.key], "failed", False, attempts.get(ev.shard, 0) + 1,
                                                    ev.error, ev.details, ev.worker, now))
                         progress.failed += 1
                     elif isinstance(ev, ShardFailed):
                         detail = "\n".join(ev.errors)
                         for k in ev.keys:
-                            task_rows.append(_task_row(by_key[k], "failed", False, len(ev.errors),
+                            task_rows.append(task_row(by_key[k], "failed", False, len(ev.errors),
                                                        ev.errors[-1], detail, None, now))
                         progress.failed += len(ev.keys)
                     elif isinstance(ev, ShardLog):
@@ -478,22 +485,10 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
     return summary
 
 
-def _task_row(t: Task, status: str, cached: bool, attempts: int, error: str | None, details: str | None,
-              worker: str | None, at: float) -> dict[str, Any]:
-    return {"key": t.key, "symbol": t.symbol, "params": _params_json(t.params), "status": status,
+def _task_row(t: Task, params: str, status: str, cached: bool, attempts: int, error: str | None,
+              details: str | None, worker: str | None, at: float) -> dict[str, Any]:
+    return {"key": t.key, "symbol": t.symbol, "params": params, "status": status,
             "cached": cached, "attempts": attempts, "error": error, "details": details, "worker": worker, "at_time": at}
-
-
-_PARAMS_JSON: dict[int, tuple[dict[str, Any], str]] = {}
-
-
-def _params_json(params: dict[str, Any]) -> str:
-    """The catalog's text of a parameter set. Every symbol's tasks share the job's parameter
-    dicts, so each is encoded once (the dict is kept with its text, so its id stays its own)."""
-    hit = _PARAMS_JSON.get(id(params))
-    if hit is None or hit[0] is not params:
-        hit = _PARAMS_JSON[id(params)] = (params, json.dumps(params, sort_keys=True))
-    return hit[1]
 
 
 def prepare_started(req: RunRequest) -> tuple[Prepared, Executor | None]:
