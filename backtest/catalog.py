@@ -220,11 +220,26 @@ class Catalog:
         results: Sequence[dict[str, Any]] = (),
         logs: Sequence[dict[str, Any]] = (),
         run_update: dict[str, Any] | None = None,
+        more: Callable[[], Rows | None] | None = None,
     ) -> None:
-        """Append task outcomes, metric rows and logs, and update the run row, in one transaction."""
+        """Append task outcomes, metric rows and logs, and update the run row, in one transaction.
+
+        ``more`` is asked just before the commit for further rows (tasks, results, logs, run
+        update) to record in the same transaction, or None: a run whose last outcome comes in
+        while its previous rows are being written has its last rows recorded with them, instead
+        of paying for a connection of their own after."""
         with tempfile.TemporaryDirectory(prefix="bt-catalog-") as tmp:
             staged = _stage_rows(Path(tmp), run_id, tasks, results, logs)  # before taking the lock
-            self._write(lambda con: _insert_staged(con, staged, run_id, run_update))
+
+            def go(con: Any) -> None:
+                _insert_staged(con, staged, run_id, run_update)
+                extra = more() if more is not None else None
+                if extra is not None:
+                    tasks2, results2, logs2, update2 = extra
+                    _insert_staged(con, _stage_rows(Path(tmp), run_id, tasks2, results2, logs2, "more-"), run_id,
+                                   update2)
+
+            self._write(go)
 
     def mark_stale_runs(self, alive: Callable[[int, str], bool]) -> None:
         """Runs still 'running' whose coordinator is gone become 'interrupted'."""
@@ -301,12 +316,13 @@ _Staged = list[tuple["Path | None", str, dict[str, str]]]
 
 
 def _stage_rows(tmp: Path, run_id: str, tasks: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]],
-                logs: Sequence[dict[str, Any]]) -> _Staged:
+                logs: Sequence[dict[str, Any]], prefix: str = "") -> _Staged:
     return [
-        (_stage(tmp / "results.json", results, RESULT_COLUMNS), "results", RESULT_COLUMNS),
-        (_stage(tmp / "tasks.json", [{**t, "run_id": run_id} for t in tasks], TASK_COLUMNS), "run_tasks",
+        (_stage(tmp / f"{prefix}results.json", results, RESULT_COLUMNS), "results", RESULT_COLUMNS),
+        (_stage(tmp / f"{prefix}tasks.json", [{**t, "run_id": run_id} for t in tasks], TASK_COLUMNS), "run_tasks",
          TASK_COLUMNS),
-        (_stage(tmp / "logs.json", [{**x, "run_id": run_id} for x in logs], LOG_COLUMNS), "logs", LOG_COLUMNS),
+        (_stage(tmp / f"{prefix}logs.json", [{**x, "run_id": run_id} for x in logs], LOG_COLUMNS), "logs",
+         LOG_COLUMNS),
     ]
 
 
@@ -335,16 +351,18 @@ def _mark_stale(con: Any, alive: Callable[[int, str], bool]) -> None:
             con.execute("UPDATE runs SET status = 'interrupted' WHERE run_id = ?", [run_id])
 
 
-def result_row(header: dict[str, Any], metrics: dict[str, float], recorded: float) -> dict[str, Any]:
-    """A ``results`` table row from a result file's header and metrics."""
+def result_row(header: dict[str, Any], metrics: dict[str, float], recorded: float,
+               params_text: str | None = None, env_text: str | None = None) -> dict[str, Any]:
+    """A ``results`` table row from a result file's header and metrics (the texts of its params
+    and env may be given, when the caller has them encoded already)."""
     import math
 
     row: dict[str, Any] = {
         "key": header["key"],
         "symbol": header["symbol"],
-        "params": json.dumps(header["params"], sort_keys=True),
+        "params": params_text or json.dumps(header["params"], sort_keys=True),
         "n_trades": header["n_trades"],
-        "env": json.dumps(header["env"], sort_keys=True),
+        "env": env_text or json.dumps(header["env"], sort_keys=True),
         "recorded": recorded,
     }
     for m in METRICS:

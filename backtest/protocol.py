@@ -6,9 +6,12 @@ coordinator must never unpickle what a remote host sends.
 
 coordinator → worker: ``strategy`` {hash, source, filename, name}; ``shard`` {shard: spec}; ``ping`` (liveness, every few
 seconds); ``stop``.
-worker → coordinator: ``hello`` {pid, cores, env}; ``hb``; ``result`` {shard, key} + body;
-``task_error`` {shard, key, error, details}; ``log`` {shard, text}; ``shard_done`` {shard, seconds};
-``shard_error`` {shard, error, details} (the whole shard could not run, e.g. its data is missing).
+worker → coordinator: ``hello`` {pid, cores, env}; ``hb``; ``result`` {shard, key} + body (the
+result file); ``results`` {shard, keys, n_trades, metrics} + body (from a worker started with
+``--results``, which stored those files itself: their metrics as float64 in native byte order, one
+row per key, one column per metric name); ``task_error`` {shard, key, error, details}; ``log``
+{shard, text}; ``shard_done`` {shard, seconds}; ``shard_error`` {shard, error, details} (the
+whole shard could not run, e.g. its data is missing).
 """
 
 from __future__ import annotations

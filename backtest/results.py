@@ -158,17 +158,6 @@ def decode(data: bytes, where: str = "result") -> ResultRecord:
     )
 
 
-def summary_prefix(data: bytes, n_metrics: int | None = None) -> bytes:
-    """The head of a result file up to its metrics: enough for ``decode_metrics`` (and the
-    catalog), a few hundred bytes where the whole file may hold thousands of trades. The maker of
-    ``data`` can say how many metrics it holds (else the header is read to find out)."""
-    (hlen,) = _U32.unpack_from(data, len(MAGIC))
-    pos = len(MAGIC) + 4
-    if n_metrics is None:
-        n_metrics = len(json.loads(data[pos : pos + hlen])["metric_names"])
-    return data[: pos + hlen + 8 * n_metrics]
-
-
 def decode_metrics(data: bytes) -> tuple[dict[str, Any], dict[str, float]]:
     """Header and metrics only (no trades copy, no checksum): for fast catalog indexing."""
     (hlen,) = _U32.unpack_from(data, len(MAGIC))

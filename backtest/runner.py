@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -340,6 +341,7 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
     by_key = {t.key: t for t in prep.tasks}
     # the catalog's text of each parameter set, encoded once: every symbol's tasks share the job's dicts
     texts = {id(p): json.dumps(p, sort_keys=True) for p in job.params_list}
+    env_texts: dict[str, str] = {}  # each worker's environment, as the catalog's text
 
     def task_row(t: Task, *rest: Any) -> dict[str, Any]:
         return _task_row(t, texts.get(id(t.params)) or json.dumps(t.params, sort_keys=True), *rest)
@@ -382,17 +384,22 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
     log_rows: list[dict[str, Any]] = []
     writes: list[Any] = []
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bt-results")
+    last = _LastRows()
+    files_queued = False  # result files queued for the writer since its last queued record
     attempts: dict[str, int] = {}
     status = "done"
     message = ""
     ex = executor
     last_flush = time.monotonic()
+    ended = False
+    seconds = 0.0
+    update: dict[str, Any] = {}
 
     def flush(update: dict[str, Any] | None = None, *, background: bool = False) -> None:
         """Record the rows gathered so far. In the background (during the run) the writer thread
         records them after the result files queued before them (the catalog never names a result
         that is not stored), so the loop goes on taking events meanwhile; the last flush waits."""
-        nonlocal task_rows, result_rows, log_rows, last_flush, writes
+        nonlocal task_rows, result_rows, log_rows, last_flush, writes, files_queued
         pending = []
         for w in writes:
             if w.done():
@@ -406,11 +413,15 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
         if background:
             if any(rows[1:]):
                 mark(f"recording {len(rows[1])} task rows in the background")
-                writes.append(writer.submit(catalog.record, *rows))
+                writes.append(writer.submit(catalog.record, *rows, more=last.take))
+                files_queued = False
             return
         for w in writes:
             w.result()
         writes = []
+        if last.taken:
+            mark("recorded the last rows with the background ones")
+            return
         mark(f"recording {len(rows[1])} task rows")
         catalog.record(*rows)
 
@@ -431,10 +442,19 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
                     if isinstance(ev, TaskDone):
                         if not ev.stored:
                             writes.append(writer.submit(store.write, ev.key, ev.body))
-                        header, metrics = decode_metrics(ev.body)
-                        result_rows.append(result_row(header, metrics, now))
-                        task_rows.append(task_row(by_key[ev.key], "done", False, attempts.get(ev.shard, 0) + 1,
-                                                   None, None, ev.worker, now))
+                            files_queued = True
+                        task = by_key[ev.key]
+                        if ev.metrics is None:
+                            header, metrics = decode_metrics(ev.body)
+                            result_rows.append(result_row(header, metrics, now))
+                        else:  # stored by the worker, reported by its metrics: the header is known here
+                            header = {"key": ev.key, "symbol": task.symbol, "params": task.params,
+                                      "n_trades": ev.n_trades, "env": ev.env}
+                            env_text = env_texts.get(ev.worker) or env_texts.setdefault(
+                                ev.worker, json.dumps(ev.env, sort_keys=True))
+                            result_rows.append(result_row(header, ev.metrics, now, texts.get(id(task.params)), env_text))
+                        task_rows.append(task_row(task, "done", False, attempts.get(ev.shard, 0) + 1,
+                                                  None, None, ev.worker, now))
                         progress.computed += 1
                     elif isinstance(ev, TaskFailed):
                         task_rows.append(task_row(by_key[ev.key], "failed", False, attempts.get(ev.shard, 0) + 1,
@@ -465,24 +485,52 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
             exhausted = getattr(ex, "exhausted", None)
             if exhausted:
                 status, message = "interrupted", exhausted
+        ended = True
     except KeyboardInterrupt:
         status, message = "interrupted", "interrupted by Ctrl+C"
+        ended = True
     finally:
         mark("last outcome in; stopping workers")
+        if ended:
+            if status == "done" and progress.failed:
+                status = "failed"
+            seconds = time.monotonic() - t0
+            update = {"status": status, "finished": time.time(), "computed": progress.computed,
+                      "failed": progress.failed, "seconds": seconds}
+            if not files_queued:
+                # the writer thread, if it is still recording, takes these rows into the same
+                # transaction (never while result files they name wait behind it in its queue)
+                last.post((task_rows, result_rows, log_rows, update))
         if ex is not None:
             ex.close(cancel=status != "done")
         writer.shutdown(wait=True)
-    if status == "done" and progress.failed:
-        status = "failed"
-    seconds = time.monotonic() - t0
     summary = RunSummary(run_id, status, len(prep.tasks), progress.computed, progress.cached, progress.failed,
                          seconds, message)
-    flush({"status": status, "finished": time.time(), "computed": summary.computed, "failed": summary.failed,
-           "seconds": seconds})
+    flush(update)
     mark("recorded")
     if on_progress:
         on_progress(progress)
     return summary
+
+
+class _LastRows:
+    """A run's last rows, for the catalog writer thread to take into the transaction it is
+    writing (``Catalog.record``'s ``more``) if they are ready before it commits."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: Any = None
+        self.taken = False
+
+    def post(self, rows: Any) -> None:
+        with self._lock:
+            self._rows = rows
+
+    def take(self) -> Any:
+        with self._lock:
+            rows, self._rows = self._rows, None
+            self.taken = self.taken or rows is not None
+            return rows
 
 
 def _task_row(t: Task, params: str, status: str, cached: bool, attempts: int, error: str | None,

@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import traceback
+from array import array
 from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -98,8 +99,9 @@ class Runner:
         """Run every task of ``spec``; ``emit(header, body)`` receives each outcome as it is made."""
         from backtest.data import read_bars
         from backtest.engine import SimSettings
+        from backtest.engine.records import METRIC_NAMES
         from backtest.errors import BtError
-        from backtest.results import ResultStore, encode, summary_prefix
+        from backtest.results import ResultStore, encode
 
         sid = spec["id"]
         t0 = time.perf_counter()
@@ -132,6 +134,9 @@ class Runner:
             text = out.getvalue()
             if text:
                 emit({"t": "log", "shard": sid, "text": text})
+            stored: list[str] = []
+            n_trades: list[int] = []
+            values: array[float] = array("d")
             for key, p, res in zip(keys, params, outcomes, strict=True):
                 if isinstance(res, BaseException):
                     details = getattr(res, "details", "") or "".join(
@@ -141,12 +146,16 @@ class Runner:
                 else:
                     body = encode(key, spec["symbol"], p, res.metrics, res.trades, self.env)
                     if store is not None:
-                        # the file is stored before it is reported; only its head travels
+                        # the file is stored before it is reported; only its metrics travel
                         store.write(key, body)
-                        emit({"t": "result", "shard": sid, "key": key, "stored": True},
-                             summary_prefix(body, len(res.metrics)))
+                        stored.append(key)
+                        n_trades.append(len(res.trades))
+                        values.extend(res.metrics[n] for n in METRIC_NAMES)
                     else:
                         emit({"t": "result", "shard": sid, "key": key}, body)
+            if stored:
+                emit({"t": "results", "shard": sid, "keys": stored, "n_trades": n_trades, "metrics": METRIC_NAMES},
+                     values.tobytes())
         emit({"t": "shard_done", "shard": sid, "seconds": time.perf_counter() - t0})
 
 
@@ -224,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m backtest.worker", description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=None, help="root for relative partition paths")
     ap.add_argument("--results", type=Path, default=None,
-                    help="write result files into this bt root's results store and send only their heads "
+                    help="write result files into this bt root's results store and send only their metrics "
                          "(for workers on the coordinator's machine)")
     ap.add_argument("--max-memory", type=int, default=0, help="address-space cap in bytes (0: none)")
     ap.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")

@@ -71,9 +71,13 @@ class ExecutorOptions:
 class TaskDone:
     shard: str
     key: str
-    body: bytes  # the result file; when ``stored``, only its head (``results.summary_prefix``)
+    body: bytes  # the result file, or b"" when ``stored``
     worker: str
     stored: bool = False  # the worker already wrote the file into the results store
+    # when ``stored``: what the catalog needs of the file (its metrics, trade count and env)
+    metrics: dict[str, float] | None = None
+    n_trades: int = 0
+    env: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

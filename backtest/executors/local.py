@@ -37,6 +37,19 @@ def worker_options(data_root: str | None, max_memory: int | None, results: str |
 class _LocalChannel(Channel):
     _err: IO[bytes]
 
+    @property
+    @abstractmethod
+    def pid(self) -> int:
+        """The worker's pid (its process group's too), or -1 if it never started."""
+
+    def signal_kill(self) -> None:
+        """SIGKILL the worker's process group without waiting (``kill`` then waits)."""
+        if self.pid > 0:
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
     @abstractmethod
     def exit_status(self, timeout: float) -> int | None:
         """The exit status as ``Popen.returncode`` once the worker ended, else None."""
@@ -72,10 +85,7 @@ class ProcessChannel(_LocalChannel):
         return self.proc.pid
 
     def kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        self.signal_kill()
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:  # pragma: no cover
@@ -130,13 +140,9 @@ class ForkedChannel(_LocalChannel):
         return self._pid
 
     def kill(self) -> None:
-        pid = self.pid
-        if pid > 0:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            self._server.wait(pid, 5)
+        self.signal_kill()
+        if self.pid > 0:
+            self._server.wait(self.pid, 5)
         for stream in (self.stdin, self.stdout):
             try:
                 stream.close()
@@ -153,6 +159,7 @@ class LocalExecutor(StreamPool):
     else started as ``python -m backtest.worker``; either way each is a process of its own."""
 
     scheme: ClassVar[str] = "local"
+    stores_results: ClassVar[bool] = True
     _server: ForkServer | None = None
 
     def slot_names(self) -> list[tuple[str, str]]:
@@ -174,6 +181,11 @@ class LocalExecutor(StreamPool):
         return ProcessChannel([sys.executable, "-m", "backtest.worker", *options])
 
     def close(self, *, cancel: bool = False) -> None:
+        if not self._closed:
+            # every worker is killed first, so that closing waits for all of them at once
+            for slot in self._slots:
+                if isinstance(slot.channel, _LocalChannel):
+                    slot.channel.signal_kill()
         super().close(cancel=cancel)
         server, self._server = self._server, None
         if server is not None:

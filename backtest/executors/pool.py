@@ -18,9 +18,10 @@ import queue
 import threading
 import time
 from abc import abstractmethod
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from backtest.executors.base import (
     Event,
@@ -112,6 +113,10 @@ class _Slot:
 
 
 class StreamPool(Executor):
+    #: Whether this pool's workers write result files into the coordinator's store themselves (and
+    #: so may report them by their metrics alone, in ``results`` frames). Never for remote hosts.
+    stores_results: ClassVar[bool] = False
+
     def __init__(self, options: Any) -> None:
         super().__init__(options)
         self._q: queue.Queue[tuple[int, dict[str, Any] | None, Any]] = queue.Queue()
@@ -274,7 +279,25 @@ class StreamPool(Executor):
                 job.remaining.remove(key)
                 if key not in self._done_keys:
                     self._done_keys.add(key)
-                    self._events.append(TaskDone(job.shard.id, key, body, slot.label, bool(msg.get("stored"))))
+                    self._events.append(TaskDone(job.shard.id, key, body, slot.label))
+        elif kind == "results":  # a worker that stored these files itself: their metrics, in one block
+            keys, names, n_trades = msg["keys"], msg["metrics"], msg["n_trades"]
+            values = array("d", body)  # native order: such a worker runs on this machine
+            if not self.stores_results or len(values) != len(keys) * len(names) or len(n_trades) != len(keys):
+                self._lose(slot, "worker sent a results frame it should not have")
+                return
+            env = slot.env.get("env")
+            left = set(job.remaining)
+            width = len(names)
+            for i, key in enumerate(keys):
+                if key not in left:
+                    continue
+                left.discard(key)
+                if key not in self._done_keys:
+                    self._done_keys.add(key)
+                    metrics = dict(zip(names, values[i * width:(i + 1) * width], strict=True))
+                    self._events.append(TaskDone(job.shard.id, key, b"", slot.label, True, metrics, n_trades[i], env))
+            job.remaining = [k for k in job.remaining if k in left]
         elif kind == "task_error":
             key = msg["key"]
             if key in job.remaining:

@@ -1,17 +1,20 @@
 """Local workers forked from a warm fork server, and sent their next shard while they compute.
 
-Real processes throughout, except one dispatch-policy test that drives the pool with channels
-that only record what they are sent (which shard goes where near the end of a run cannot be made
-to happen on demand with real workers); the same paths run for real in the other tests here and
-in the executor contract.
+Real processes throughout, except two tests that drive the pool with channels that only record
+what they are sent: the dispatch policy (which shard goes where near the end of a run cannot be
+made to happen on demand with real workers) and malformed or misplaced ``results`` frames (a real
+worker never sends one); the same paths run for real in the other tests here, in the executor
+contract and in tests/jobs/test_run_e2e.py.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from collections import Counter
 from pathlib import Path
@@ -222,3 +225,87 @@ def test_the_console_script_preloads_only_for_forced_local_runs(args: list[str],
 
     monkeypatch.delenv("BT_NO_FORK_SERVER", raising=False)
     assert _forced_local_run(args) is expected
+
+
+def test_results_frames_are_taken_only_from_workers_that_store_results_themselves() -> None:
+    from array import array
+
+    from backtest.executors.base import Shard, WorkerNote
+    from backtest.executors.pool import StreamPool, _Slot
+
+    def pool_with(stores: bool) -> Any:
+        class Pool(StreamPool):
+            stores_results = stores
+
+            def slot_names(self) -> list[tuple[str, str]]:
+                return [("w0", "h")]
+
+            def spawn(self, label: str, host: str) -> Any:
+                return _Recorder()
+
+            def send_shard(self, slot: Any, spec: dict[str, Any]) -> None:
+                pass
+
+        pool = Pool(ExecutorOptions(data_root=Path(".")))
+        slot = _Slot("w0", "h")
+        slot.channel, slot.state, slot.gen = _Recorder(), "idle", 1  # type: ignore[assignment]
+        slot.env = {"env": {"bt": "x"}}
+        pool._slots = [slot]
+        pool.submit([Shard("s0", {"id": "s0", "groups": [{"tasks": [["k0", {}], ["k1", {}]]}]}, ["k0", "k1"])])
+        return pool
+
+    def frame(keys: list[str], values: list[float]) -> tuple[dict[str, Any], bytes]:
+        return ({"t": "results", "shard": "s0", "keys": keys, "n_trades": [3] * len(keys), "metrics": ["a", "b"]},
+                array("d", values).tobytes())
+
+    good = pool_with(True)
+    good._handle(1, *frame(["k0", "k1"], [1.0, 2.0, 3.0, float("inf")]))
+    done = [e for e in good.poll(0) if isinstance(e, TaskDone)]
+    assert [(e.key, e.metrics, e.n_trades, e.env, e.stored) for e in done] == [
+        ("k0", {"a": 1.0, "b": 2.0}, 3, {"bt": "x"}, True), ("k1", {"a": 3.0, "b": float("inf")}, 3, {"bt": "x"}, True)]
+    assert good._slots[0].jobs[0].remaining == []
+
+    for pool, values in ((pool_with(False), [1.0, 2.0, 3.0, 4.0]),  # a remote host never stores results here
+                         (pool_with(True), [1.0, 2.0, 3.0])):  # one value short
+        pool._handle(1, *frame(["k0", "k1"], values))
+        events = pool.poll(0)
+        assert not [e for e in events if isinstance(e, TaskDone)]
+        assert [e.message for e in events if isinstance(e, WorkerNote)] == [
+            "worker sent a results frame it should not have"]
+        assert [p.remaining for p in pool._pending] == [["k0", "k1"]]  # back in the queue, nothing lost
+
+
+def test_the_console_script_forks_its_server_from_itself(tmp_path: Path) -> None:
+    """``preload`` at the start of ``bt`` forks the server from the (still single-threaded)
+    process instead of starting an interpreter; it forks workers like the Popen'd one."""
+    script = tmp_path / "preload.py"
+    script.write_text(textwrap.dedent("""
+        import json, os, sys, tempfile
+        from backtest import forkserver
+        forkserver.preload()
+        server = forkserver.adopt()
+        mine = open("/proc/self/cmdline", "rb").read()
+        theirs = open(f"/proc/{server.proc.pid}/cmdline", "rb").read()
+        in_r, in_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err = tempfile.TemporaryFile()
+        pid = server.fork([], in_r, out_w, err.fileno())
+        os.close(in_r)
+        os.close(out_w)
+        from backtest.protocol import read_frame
+        hello = read_frame(os.fdopen(out_r, "rb"))[0]
+        parent = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        os.close(in_w)  # the worker's input ends: it exits
+        status = server.wait(pid, 30)
+        server.close()
+        print(json.dumps({"kind": type(server.proc).__name__, "same_cmdline": mine == theirs,
+                          "server": server.proc.pid, "me": os.getpid(), "parent": parent,
+                          "hello": hello, "pid": pid, "status": status, "server_exit": server.proc.returncode}))
+    """))
+    env = {k: v for k, v in os.environ.items() if k != "BT_NO_FORK_SERVER"}
+    res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["kind"] == "_Forked" and out["same_cmdline"]  # a fork of the script, not `python -m ...`
+    assert out["hello"]["t"] == "hello" and out["hello"]["pid"] == out["pid"] and out["parent"] == out["server"]
+    assert out["status"] == 0 and out["server_exit"] is not None

@@ -34,15 +34,44 @@ def test_migrations_recorded_once(tmp_path):
 def test_record_and_read_back(tmp_path):
     cat = Catalog(tmp_path / "c.duckdb")
     cat.create_run(_run("r-1"))
-    task = {"key": "k1", "symbol": "AAA", "params": json.dumps({"fast": 5}), "status": "done", "cached": False,
-            "attempts": 1, "error": None, "details": None, "worker": "local-0", "at_time": 1.0}
-    cat.record("r-1", [task], [_result("k1")], [{"shard": "s", "worker": "w", "text": "hi", "at_time": 1.0}],
+    cat.record("r-1", [_task("k1")], [_result("k1")], [{"shard": "s", "worker": "w", "text": "hi", "at_time": 1.0}],
                {"status": "done", "computed": 1})
     assert cat.run("r-1")["status"] == "done"
     rows = cat.task_rows("r-1")
     assert rows[0]["sharpe"] == 0.5 and rows[0]["sortino"] is None and rows[0]["n_trades"] == 3
     assert cat.logs("r-1")[0]["text"] == "hi"
     assert cat.known_results(["k1", "k2"]) == {"k1"}
+
+
+def _task(key: str) -> dict:
+    return {"key": key, "symbol": "AAA", "params": json.dumps({"fast": 5}), "status": "done", "cached": False,
+            "attempts": 1, "error": None, "details": None, "worker": "local-0", "at_time": 1.0}
+
+
+def test_a_write_takes_in_the_rows_that_are_ready_before_it_commits(tmp_path):
+    """``record(more=...)``: a run's last rows join the write in progress (one transaction)."""
+    cat = Catalog(tmp_path / "c.duckdb")
+    cat.create_run(_run("r-1"))
+    asked = []
+
+    def more():
+        asked.append(True)
+        return [_task("k2")], [_result("k2")], [], {"status": "done", "computed": 2}
+
+    cat.record("r-1", [_task("k1")], [_result("k1")], more=more)
+    assert asked == [True]
+    assert cat.run("r-1")["status"] == "done"
+    assert [r["key"] for r in cat.task_rows("r-1")] == ["k1", "k2"]
+    assert cat.known_results(["k1", "k2"]) == {"k1", "k2"}
+    cat.record("r-1", [_task("k3")], more=lambda: None)  # nothing more: the write alone
+    assert len(cat.task_rows("r-1")) == 3
+
+    def broken():
+        raise RuntimeError("no")
+
+    with pytest.raises(RuntimeError):
+        cat.record("r-1", [_task("k4")], run_update={"status": "failed"}, more=broken)
+    assert len(cat.task_rows("r-1")) == 3 and cat.run("r-1")["status"] == "done"  # all or nothing
 
 
 def test_unknown_run_suggests_close_ids(tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from backtest.catalog import Catalog
 from backtest.cli import _register, app
 from backtest.results import ResultStore
 
@@ -34,6 +35,12 @@ def results_bytes(root: Path) -> dict[str, bytes]:
     return {k: store.read_bytes(k) for k in store.keys()}
 
 
+def catalog_results(root: Path) -> list[dict]:
+    rows = Catalog(root / "catalog.duckdb")._read("SELECT * EXCLUDE (recorded) FROM results ORDER BY key")
+    assert rows and all(r["env"] and r["params"] for r in rows)
+    return rows
+
+
 def test_inline_and_local_give_identical_bytes_twice(root: Path, sma_path: Path, tmp_path: Path) -> None:
     args = [sma_path, "--from", "2020", "--to", "2021", "--param", "fast=5,10", "--param", "slow=20,40"]
     other = tmp_path / "other"
@@ -44,6 +51,8 @@ def test_inline_and_local_give_identical_bytes_twice(root: Path, sma_path: Path,
     assert a["tasks"] == b["tasks"] == 12 and a["computed"] == 12
     first = results_bytes(root)
     assert first == results_bytes(other) and len(first) == 12
+    # the catalog indexes the same: read from each file (inline) or sent as metrics by local workers
+    assert catalog_results(root) == catalog_results(other)
     # twice: forced recomputation gives the same bytes again
     c = run_json(other, *args, "--executor", "local://2", "--force")
     assert c["computed"] == 12 and results_bytes(other) == first
