@@ -21,6 +21,7 @@ strategy's indicators.
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import os
 import sys
@@ -207,6 +208,7 @@ def serve(stdin: Any, writer: FrameWriter, data_root: Path | None, heartbeat: fl
         warm_up()
     except Exception:  # noqa: S110 - the first shard meets (and reports) the same problem
         pass
+    gc.freeze()  # numpy, numba and the kernels stay for good: no full collection walks them again
     writer.send({"t": "hello", "pid": os.getpid(), "cores": _cores(), "host": socket.gethostname(),
                  "env": runner.env})
     threading.Thread(target=read, daemon=True, name="bt-read").start()
