@@ -281,9 +281,13 @@ class StreamPool(Executor):
                     self._done_keys.add(key)
                     self._events.append(TaskDone(job.shard.id, key, body, slot.label))
         elif kind == "results":  # a worker that stored these files itself: their metrics, in one block
-            keys, names, n_trades = msg["keys"], msg["metrics"], msg["n_trades"]
-            values = array("d", body)  # native order: such a worker runs on this machine
-            if not self.stores_results or len(values) != len(keys) * len(names) or len(n_trades) != len(keys):
+            try:
+                keys, names, n_trades = list(msg["keys"]), list(msg["metrics"]), list(msg["n_trades"])
+                values = array("d", body)  # native order: such a worker runs on this machine
+                ok = self.stores_results and len(values) == len(keys) * len(names) and len(n_trades) == len(keys)
+            except (KeyError, TypeError, ValueError):
+                ok = False
+            if not ok:
                 self._lose(slot, "worker sent a results frame it should not have")
                 return
             env = slot.env.get("env")

@@ -265,9 +265,11 @@ def test_results_frames_are_taken_only_from_workers_that_store_results_themselve
         ("k0", {"a": 1.0, "b": 2.0}, 3, {"bt": "x"}, True), ("k1", {"a": 3.0, "b": float("inf")}, 3, {"bt": "x"}, True)]
     assert good._slots[0].jobs[0].remaining == []
 
-    for pool, values in ((pool_with(False), [1.0, 2.0, 3.0, 4.0]),  # a remote host never stores results here
-                         (pool_with(True), [1.0, 2.0, 3.0])):  # one value short
-        pool._handle(1, *frame(["k0", "k1"], values))
+    torn = frame(["k0", "k1"], [1.0, 2.0, 3.0, 4.0])
+    for pool, (header, body) in ((pool_with(False), frame(["k0", "k1"], [1.0, 2.0, 3.0, 4.0])),  # remote hosts
+                                 (pool_with(True), frame(["k0", "k1"], [1.0, 2.0, 3.0])),  # one value short
+                                 (pool_with(True), (torn[0], torn[1][:-3]))):  # not whole float64s
+        pool._handle(1, header, body)
         events = pool.poll(0)
         assert not [e for e in events if isinstance(e, TaskDone)]
         assert [e.message for e in events if isinstance(e, WorkerNote)] == [
