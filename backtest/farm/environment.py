@@ -224,8 +224,14 @@ def wheelhouse() -> list[Wheel]:
         return _wheelhouse()
 
 
+def wheelhouse_dir() -> Path:
+    """Where ``wheelhouse()`` is cached: by ``env_key()`` and this interpreter's pip, whose wheel it
+    holds too (venvs with the same pins but another pip must not share one)."""
+    return cache_dir() / "wheelhouse" / f"{env_key()}-{pip_pin().partition('==')[2]}"
+
+
 def _wheelhouse() -> list[Wheel]:
-    folder = cache_dir() / "wheelhouse" / env_key()
+    folder = wheelhouse_dir()
     cached = _load_manifest(folder)
     if cached is not None:
         return cached

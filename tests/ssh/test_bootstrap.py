@@ -278,3 +278,15 @@ def test_hosts_check_reports_every_host(farm: Farm, first: RemoteEnv) -> None:
     only_good = farm.hosts_file([good], name="good.txt")
     result = runner.invoke(app, ["hosts", "check", str(only_good), "--known-hosts", str(farm.known_hosts)])
     assert result.exit_code == 0, result.output
+
+
+def test_the_wheelhouse_holds_this_interpreters_pip(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Venvs with the same pins but another pip (a stdlib venv's against virtualenv's) do not
+    share a cached wheelhouse: the pip wheel in it is the one ``pip_pin()`` names."""
+    from importlib import metadata
+
+    pips = [w.name for w in environment.wheelhouse() if w.name.startswith("pip-")]
+    assert pips == [f"pip-{metadata.version('pip')}-py3-none-any.whl"]
+    mine = environment.wheelhouse_dir()
+    monkeypatch.setattr(environment, "pip_pin", lambda: "pip==0.0.1")
+    assert environment.wheelhouse_dir() != mine and environment.wheelhouse_dir().name.endswith("-0.0.1")
