@@ -393,7 +393,7 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
     last_flush = time.monotonic()
     ended = False
     seconds = 0.0
-    update: dict[str, Any] = {}
+    final_update: dict[str, Any] = {}
 
     def flush(update: dict[str, Any] | None = None, *, background: bool = False) -> None:
         """Record the rows gathered so far. In the background (during the run) the writer thread
@@ -495,18 +495,18 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
             if status == "done" and progress.failed:
                 status = "failed"
             seconds = time.monotonic() - t0
-            update = {"status": status, "finished": time.time(), "computed": progress.computed,
-                      "failed": progress.failed, "seconds": seconds}
+            final_update = {"status": status, "finished": time.time(), "computed": progress.computed,
+                            "failed": progress.failed, "seconds": seconds}
             if not files_queued:
                 # the writer thread, if it is still recording, takes these rows into the same
                 # transaction (never while result files they name wait behind it in its queue)
-                last.post((task_rows, result_rows, log_rows, update))
+                last.post((task_rows, result_rows, log_rows, final_update))
         if ex is not None:
             ex.close(cancel=status != "done")
         writer.shutdown(wait=True)
     summary = RunSummary(run_id, status, len(prep.tasks), progress.computed, progress.cached, progress.failed,
                          seconds, message)
-    flush(update)
+    flush(final_update)
     mark("recorded")
     if on_progress:
         on_progress(progress)
