@@ -61,14 +61,14 @@ TASK_COLUMNS = {"run_id": "VARCHAR", "key": "VARCHAR", "symbol": "VARCHAR", "par
 LOG_COLUMNS = {"run_id": "VARCHAR", "shard": "VARCHAR", "worker": "VARCHAR", "text": "VARCHAR", "at_time": "DOUBLE"}
 
 
-def _stage(path: Path, rows: Sequence[dict[str, Any]], columns: dict[str, str]) -> Path | None:
-    """Rows as a JSON array for DuckDB's reader. (Handing DuckDB Arrow tables or Python
-    rows instead makes pyarrow import pandas, half a second on every run, or is 50 times slower.)"""
+def _stage(path: Path, rows: Sequence[dict[str, Any]]) -> Path | None:
+    """Rows as a JSON array for DuckDB's reader, as they are: the reader takes the columns it is
+    given by name, ignores other keys and reads a missing one as NULL. (Handing DuckDB Arrow
+    tables or Python rows instead makes pyarrow import pandas, half a second on every run, or is
+    50 times slower; re-keying each row to the table's columns first cost as much as encoding it.)"""
     if not rows:
         return None
-    names = list(columns)
-    # one JSON array, encoded in one call (json's C encoder), not a call per row
-    text = json.dumps([{k: row.get(k) for k in names} for row in rows], allow_nan=False)
+    text = json.dumps(rows, allow_nan=False)  # one call into json's C encoder, not one per row
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -300,7 +300,7 @@ class Catalog:
     def rebuild_results(self, rows: Sequence[dict[str, Any]]) -> int:
         """Replace the ``results`` table with ``rows`` (read from the results store)."""
         with tempfile.TemporaryDirectory(prefix="bt-catalog-") as tmp:
-            path = _stage(Path(tmp) / "results.json", rows, RESULT_COLUMNS)
+            path = _stage(Path(tmp) / "results.json", rows)
 
             def go(con: Any) -> int:
                 con.execute("DELETE FROM results")
@@ -317,12 +317,11 @@ _Staged = list[tuple["Path | None", str, dict[str, str]]]
 
 def _stage_rows(tmp: Path, run_id: str, tasks: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]],
                 logs: Sequence[dict[str, Any]], prefix: str = "") -> _Staged:
+    """The rows as files for ``_insert_staged``; task and log rows need no ``run_id``: the insert adds it."""
     return [
-        (_stage(tmp / f"{prefix}results.json", results, RESULT_COLUMNS), "results", RESULT_COLUMNS),
-        (_stage(tmp / f"{prefix}tasks.json", [{**t, "run_id": run_id} for t in tasks], TASK_COLUMNS), "run_tasks",
-         TASK_COLUMNS),
-        (_stage(tmp / f"{prefix}logs.json", [{**x, "run_id": run_id} for x in logs], LOG_COLUMNS), "logs",
-         LOG_COLUMNS),
+        (_stage(tmp / f"{prefix}results.json", results), "results", RESULT_COLUMNS),
+        (_stage(tmp / f"{prefix}tasks.json", tasks), "run_tasks", TASK_COLUMNS),
+        (_stage(tmp / f"{prefix}logs.json", logs), "logs", LOG_COLUMNS),
     ]
 
 
@@ -330,9 +329,23 @@ def _insert_staged(con: Any, staged: _Staged, run_id: str, run_update: dict[str,
     for path, table, columns in staged:
         if path is None:
             continue
+        if "run_id" in columns:
+            src = _read_json(path, {k: t for k, t in columns.items() if k != "run_id"})
+            con.execute(f"INSERT INTO {table} BY NAME SELECT *, ? AS run_id FROM {src}", [run_id])
+            continue
         src = _read_json(path, columns)
-        if table == "results":  # results are keyed by content: a key recorded again replaces its row
-            con.execute(f"DELETE FROM results WHERE key IN (SELECT key FROM {src})")
+        if table == "results":
+            # Results are keyed by content: a key recorded again (``--force``) has the same
+            # metrics, so its row stays (deleting and re-inserting every row of a forced rerun
+            # made the insert and the checkpoint after it twice as slow); only the versions that
+            # computed it again, when they differ, are brought up to date.
+            con.execute(f"CREATE OR REPLACE TEMP TABLE staged_results AS SELECT * FROM {src}")
+            con.execute("UPDATE results SET env = s.env FROM staged_results AS s "
+                        "WHERE results.key = s.key AND results.env IS DISTINCT FROM s.env")
+            con.execute("INSERT INTO results BY NAME SELECT * FROM staged_results "
+                        "WHERE key NOT IN (SELECT key FROM results)")
+            con.execute("DROP TABLE staged_results")
+            continue
         con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {src}")
     if run_update:
         sets = ", ".join(f"{k} = ?" for k in run_update)

@@ -43,6 +43,19 @@ def test_record_and_read_back(tmp_path):
     assert cat.known_results(["k1", "k2"]) == {"k1"}
 
 
+def test_a_result_recorded_again_keeps_one_row_with_the_latest_versions(tmp_path):
+    """A forced rerun records its keys again: one row per key stays, its metrics as they were
+    (the key fixes them), its ``env`` that of the latest computation when that differs."""
+    cat = Catalog(tmp_path / "c.duckdb")
+    cat.create_run(_run("r-1"))
+    cat.record("r-1", [_task("k1")], [_result("k1")])
+    again = _result("k1") | {"env": json.dumps({"numba": "9.9"})}
+    cat.record("r-1", [_task("k1")], [again, _result("k2")])
+    with cat.connect(read_only=True) as con:
+        rows = con.execute("SELECT key, env, sharpe FROM results ORDER BY key").fetchall()
+    assert rows == [("k1", json.dumps({"numba": "9.9"}), 0.5), ("k2", "{}", 0.5)]
+
+
 def _task(key: str) -> dict:
     return {"key": key, "symbol": "AAA", "params": json.dumps({"fast": 5}), "status": "done", "cached": False,
             "attempts": 1, "error": None, "details": None, "worker": "local-0", "at_time": 1.0}
