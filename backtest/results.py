@@ -72,21 +72,38 @@ def encode(
     trades: np.ndarray,
     env: dict[str, str],
 ) -> bytes:
-    names = list(metrics)
-    stored = stored_trades(trades)
-    header = {
-        "key": key,
-        "symbol": symbol,
-        "params": params,
-        "metric_names": names,
-        "n_trades": int(stored.shape[0]),
-        "trade_dtype": _dtype_fields(stored.dtype),
-        "env": env,
-    }
-    head = canonical_json(header).encode("utf-8")
-    values = np.array([metrics[n] for n in names], dtype="<f8").tobytes()
-    payload = b"".join((MAGIC, _U32.pack(len(head)), head, values, stored.tobytes()))
-    return payload + hashlib.sha256(payload).digest()
+    """The result file of one task (module docstring: the layout)."""
+    return Encoder(symbol, env)(key, params, metrics, trades)
+
+
+class Encoder:
+    """``encode`` for the tasks of one symbol computed in one environment, as a worker makes them
+    shard after shard: the header's parts that are the same for every task are encoded once. The
+    header is canonical JSON (sorted keys, no spaces), i.e. its values' encodings joined in key
+    order, which is how it is put together here; ``canonical_json(header)`` gives the same bytes."""
+
+    def __init__(self, symbol: str, env: dict[str, str]) -> None:
+        self._env = canonical_json(env)
+        self._symbol = canonical_json(symbol)
+        self._names: tuple[str, ...] = ()
+        self._names_json = "[]"
+        self._values = struct.Struct("<")
+
+    def __call__(self, key: str, params: dict[str, Any], metrics: dict[str, float], trades: np.ndarray) -> bytes:
+        names = tuple(metrics)
+        if names != self._names:
+            self._names, self._names_json = names, canonical_json(list(names))
+            self._values = struct.Struct(f"<{len(names)}d")
+        stored = stored_trades(trades)
+        # the header's keys in sorted order: env, key, metric_names, n_trades, params, symbol, trade_dtype
+        head = (
+            f'{{"env":{self._env},"key":{canonical_json(key)},"metric_names":{self._names_json},'
+            f'"n_trades":{int(stored.shape[0])},"params":{canonical_json(params)},"symbol":{self._symbol},'
+            f'"trade_dtype":{_dtype_json(stored.dtype)}}}'
+        ).encode("utf-8")
+        payload = b"".join((MAGIC, _U32.pack(len(head)), head, self._values.pack(*metrics.values()),
+                            stored.tobytes()))
+        return payload + hashlib.sha256(payload).digest()
 
 
 #: How a result file stores trades: the engine's ``TRADE_DTYPE`` less what reading derives
@@ -110,11 +127,24 @@ def stored_trades(trades: np.ndarray) -> np.ndarray:
     if trades.dtype == STORED_TRADE_DTYPE:
         return np.ascontiguousarray(trades)
     out = np.empty(trades.shape[0], STORED_TRADE_DTYPE)
+    if _from_engine(trades.dtype):
+        # the engine made them, so numba is loaded: its kernel copies them in a tenth of the time
+        from backtest.engine.orders import stored_records_nb
+
+        if not stored_records_nb(trades, out):
+            raise ResultError("a trade held for more than 2**31 bars cannot be stored")
+        return out
     for name in STORED_TRADE_DTYPE.names or ():
         out[name] = trades[name]
     if out.shape[0] and int(trades["bars"].max()) > np.iinfo(np.int32).max:  # pragma: no cover - 2e9 bars
         raise ResultError("a trade held for more than 2**31 bars cannot be stored")
     return out
+
+
+def _from_engine(dtype: np.dtype) -> bool:
+    from backtest.engine.records import TRADE_DTYPE
+
+    return dtype == TRADE_DTYPE
 
 
 def _read_trades(stored: np.ndarray) -> np.ndarray:
@@ -131,6 +161,11 @@ def _read_trades(stored: np.ndarray) -> np.ndarray:
 @functools.lru_cache(maxsize=8)
 def _dtype_fields(dtype: np.dtype) -> list[list[str]]:
     return [[name, dtype[name].str] for name in dtype.names or ()]
+
+
+@functools.lru_cache(maxsize=8)
+def _dtype_json(dtype: np.dtype) -> str:
+    return canonical_json(_dtype_fields(dtype))
 
 
 def decode(data: bytes, where: str = "result") -> ResultRecord:

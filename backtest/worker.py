@@ -102,7 +102,7 @@ class Runner:
         from backtest.engine import SimSettings
         from backtest.engine.records import METRIC_NAMES
         from backtest.errors import BtError
-        from backtest.results import ResultStore, encode
+        from backtest.results import Encoder, ResultStore
 
         sid = spec["id"]
         t0 = time.perf_counter()
@@ -122,6 +122,7 @@ class Runner:
         from backtest.engine import run_grid
 
         store = ResultStore(self.results) if self.results is not None else None
+        encode = Encoder(spec["symbol"], self.env)
 
         for gbars, tasks in _by_slice(bars, spec["groups"]):
             keys = [k for k, _ in tasks]
@@ -145,7 +146,7 @@ class Runner:
                     msg = str(res) if isinstance(res, BtError) else f"{type(res).__name__}: {res}"
                     emit({"t": "task_error", "shard": sid, "key": key, "error": msg, "details": details})
                 else:
-                    body = encode(key, spec["symbol"], p, res.metrics, res.trades, self.env)
+                    body = encode(key, p, res.metrics, res.trades)
                     if store is not None:
                         # the file is stored before it is reported; only its metrics travel
                         store.write(key, body)

@@ -10,7 +10,7 @@ import pytest
 from backtest.errors import ResultError
 from backtest.protocol import FrameWriter, ProtocolError, read_frame
 from backtest.protocol import encode as frame
-from backtest.results import ResultStore, decode, decode_metrics, encode
+from backtest.results import MAGIC, Encoder, ResultStore, decode, decode_metrics, encode, stored_trades
 
 ENV = {"python": "3.11", "numpy": "2", "numba": "0.6", "bt": "0.1", "engine": "1", "machine": "x86_64"}
 
@@ -44,6 +44,58 @@ def test_encode_is_deterministic_and_round_trips():
     header, metrics = decode_metrics(a)
     assert header["n_trades"] == len(rec.trades) and metrics["trades"] == 2.0
     assert encode(rec.key, rec.symbol, rec.params, rec.metrics, rec.trades, rec.env) == a  # read, written again
+
+
+def test_engine_trades_are_stored_as_a_field_by_field_copy_would_store_them():
+    """``stored_trades`` copies the engine's records with a kernel; numpy's field-by-field copy is
+    the reference (contiguous records and a strided view of them)."""
+    from backtest.results import STORED_TRADE_DTYPE
+
+    trades = engine_trades()
+    for tr in (trades, trades[::3]):
+        want = np.empty(len(tr), STORED_TRADE_DTYPE)
+        for name in STORED_TRADE_DTYPE.names:
+            want[name] = tr[name]
+        got = stored_trades(tr)
+        assert got.dtype == STORED_TRADE_DTYPE and got.tobytes() == want.tobytes()
+    too_long = trades.copy()
+    too_long["bars"][1] = 2**31
+    with pytest.raises(ResultError, match="more than 2"):
+        stored_trades(too_long)
+
+
+def _reference_encode(key, symbol, params, metrics, trades, env) -> bytes:
+    """The file layout as the module docstring states it, made the plain way."""
+    import hashlib
+    import struct
+
+    from backtest.hashing import canonical_json
+
+    stored = stored_trades(trades)
+    head = canonical_json({"key": key, "symbol": symbol, "params": params, "metric_names": list(metrics),
+                           "n_trades": len(stored), "env": env,
+                           "trade_dtype": [[n, stored.dtype[n].str] for n in stored.dtype.names]}).encode()
+    payload = b"".join((MAGIC, struct.pack(">I", len(head)), head,
+                        np.array(list(metrics.values()), "<f8").tobytes(), stored.tobytes()))
+    return payload + hashlib.sha256(payload).digest()
+
+
+def test_the_shard_encoder_gives_the_canonical_bytes():
+    """``Encoder`` joins pre-encoded header parts; the bytes must be those of the canonical header,
+    whatever the params (unicode, nesting, booleans, floats) and however the metrics change."""
+    trades = engine_trades()
+    enc = Encoder("ÄÖ/x", ENV)
+    cases = [
+        ({"fast": 5, "slow": 20.5, "short": True, "name": "é\"q"}, {"sharpe": 1.25, "trades": 2.0}, trades),
+        ({"b": [1, 2], "a": {"z": None}}, {"sortino": float("nan"), "sharpe": float("inf")}, trades[:0]),
+        ({}, {"total_return": -0.5}, trades[:3]),
+    ]
+    for i, (params, metrics, tr) in enumerate(cases):
+        key = f"{i:02d}" + "f" * 62
+        got = enc(key, params, metrics, tr)
+        assert got == _reference_encode(key, "ÄÖ/x", params, metrics, tr, ENV)
+        assert got == encode(key, "ÄÖ/x", params, metrics, tr, ENV)
+        assert decode(got).params == params
 
 
 def test_trades_are_stored_compactly_and_read_back_bit_for_bit():
