@@ -100,7 +100,7 @@ class Encoder:
             f'{{"env":{self._env},"key":{canonical_json(key)},"metric_names":{self._names_json},'
             f'"n_trades":{int(stored.shape[0])},"params":{canonical_json(params)},"symbol":{self._symbol},'
             f'"trade_dtype":{_dtype_json(stored.dtype)}}}'
-        ).encode("utf-8")
+        ).encode()
         payload = b"".join((MAGIC, _U32.pack(len(head)), head, self._values.pack(*metrics.values()),
                             stored.tobytes()))
         return payload + hashlib.sha256(payload).digest()
