@@ -204,13 +204,18 @@ def decode_metrics(data: bytes) -> tuple[dict[str, Any], dict[str, float]]:
 
 
 def _same_bytes(path: str, data: bytes) -> bool:
+    """Whether the file at ``path`` holds exactly ``data`` (os-level calls: this runs once a task)."""
     try:
-        with open(path, "rb") as fh:
-            if os.fstat(fh.fileno()).st_size != len(data):
-                return False
-            return fh.read() == data
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return False
+    try:
+        size = len(data)
+        return os.fstat(fd).st_size == size and os.read(fd, size + 1) == data
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 class ResultStore:
@@ -240,7 +245,7 @@ class ResultStore:
             found.update(k for k in ks if f"{k}.res" in names)
         return found
 
-    def write(self, key: str, data: bytes) -> Path:
+    def write(self, key: str, data: bytes) -> None:
         """Store ``data`` as the result of ``key``. A stored file with exactly these bytes is left
         as it is (results are deterministic, so ``--force`` usually recomputes identical bytes, and
         comparing is much cheaper than replacing a file); a different or damaged one is replaced."""
@@ -252,7 +257,6 @@ class ResultStore:
             except FileNotFoundError:
                 os.makedirs(sub, exist_ok=True)
                 atomic_write(path, data)
-        return Path(path)
 
     def read_bytes(self, key: str) -> bytes:
         try:

@@ -153,6 +153,23 @@ def test_store_write_read_existing(tmp_path):
         store.read("ff" * 32)
 
 
+def test_store_leaves_identical_bytes_alone_and_replaces_different_or_damaged_ones(tmp_path):
+    store = ResultStore(tmp_path)
+    key = "ab" + "3" * 62
+    good = sample(key)
+    store.write(key, good)
+    path = store.path(key)
+    inode = path.stat().st_ino
+    store.write(key, good)  # the same bytes: the file is not rewritten
+    assert path.stat().st_ino == inode
+    for bad in (good[:-1] + bytes([good[-1] ^ 1]), good[:-10], good + b"x"):  # damaged, torn, longer
+        path.write_bytes(bad)
+        store.write(key, good)
+        assert path.read_bytes() == good
+        assert path.stat().st_ino != inode  # replaced by a rename, never edited in place
+        inode = path.stat().st_ino
+
+
 def test_frames_round_trip_and_torn_frames_are_errors(tmp_path):
     import io
 
