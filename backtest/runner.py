@@ -39,6 +39,7 @@ from backtest.plan import Job, Task, make_shards, make_tasks, parse_range
 from backtest.trace import mark
 
 FLUSH_SECONDS = 2.0
+LAST_ROWS_WAIT = 0.3  # seconds a catalog write near a run's end waits for the last rows (see _LastRows)
 
 
 @dataclass
@@ -476,11 +477,14 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
                 progress.workers = ex.status()
                 if on_progress:
                     on_progress(progress)
-                if time.monotonic() - last_flush > FLUSH_SECONDS or (
-                    len(task_rows) >= 100 and any(w.state == "idle" for w in progress.workers)
-                ):
+                near_end = len(task_rows) >= 100 and any(w.state == "idle" for w in progress.workers)
+                if (time.monotonic() - last_flush > FLUSH_SECONDS or near_end) and all(w.done() for w in writes):
                     # every 2 s; and as soon as a worker has nothing left to do (near the end of
-                    # a run, its core is free), so that little is left to record once all is in
+                    # a run, its core is free), so that little is left to record once all is in:
+                    # that write waits a little for the run's last rows. One write at a time, so
+                    # that the last rows, which end the run, are never recorded before others.
+                    if near_end:
+                        last.expect()
                     flush(background=True)
             exhausted = getattr(ex, "exhausted", None)
             if exhausted:
@@ -501,6 +505,7 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
                 # the writer thread, if it is still recording, takes these rows into the same
                 # transaction (never while result files they name wait behind it in its queue)
                 last.post((task_rows, result_rows, log_rows, final_update))
+        last.none_coming()  # (if not posted) a write waiting for them goes on at once
         if ex is not None:
             ex.close(cancel=status != "done")
         writer.shutdown(wait=True)
@@ -515,19 +520,36 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
 
 class _LastRows:
     """A run's last rows, for the catalog writer thread to take into the transaction it is
-    writing (``Catalog.record``'s ``more``) if they are ready before it commits."""
+    writing (``Catalog.record``'s ``more``). Once the run is near its end (``expect``), the
+    writer waits for them a little (``LAST_ROWS_WAIT`` at most, holding the catalog) rather than
+    commit just before they come: recording them in a connection of their own would cost more."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
         self._rows: Any = None
+        self._expected = False
+        self._final = False  # nothing more will be posted
         self.taken = False
 
+    def expect(self) -> None:
+        with self._cond:
+            self._expected = True
+
     def post(self, rows: Any) -> None:
-        with self._lock:
+        with self._cond:
             self._rows = rows
+            self._final = True
+            self._cond.notify_all()
+
+    def none_coming(self) -> None:
+        with self._cond:
+            self._final = True
+            self._cond.notify_all()
 
     def take(self) -> Any:
-        with self._lock:
+        with self._cond:
+            if self._expected:
+                self._cond.wait_for(lambda: self._final, LAST_ROWS_WAIT)
             rows, self._rows = self._rows, None
             self.taken = self.taken or rows is not None
             return rows

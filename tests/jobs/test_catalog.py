@@ -22,6 +22,16 @@ def _result(key: str) -> dict:
     return result_row(header, {m: 0.5 for m in METRICS} | {"sortino": float("nan")}, time.time())
 
 
+@pytest.fixture(params=["numpy", "json"])
+def staging(request, monkeypatch):
+    """Rows reach DuckDB as NumPy columns (runs that compute) or as JSON (a cached rerun, which
+    never loads NumPy): every recording test runs both ways."""
+    import backtest.catalog as catalog
+
+    monkeypatch.setattr(catalog, "_columnar", lambda: request.param == "numpy")
+    return request.param
+
+
 def test_migrations_recorded_once(tmp_path):
     cat = Catalog(tmp_path / "c.duckdb")
     with cat.connect() as con:
@@ -31,7 +41,7 @@ def test_migrations_recorded_once(tmp_path):
     assert n == (len(MIGRATIONS), len(MIGRATIONS))
 
 
-def test_record_and_read_back(tmp_path):
+def test_record_and_read_back(tmp_path, staging):
     cat = Catalog(tmp_path / "c.duckdb")
     cat.create_run(_run("r-1"))
     cat.record("r-1", [_task("k1")], [_result("k1")], [{"shard": "s", "worker": "w", "text": "hi", "at_time": 1.0}],
@@ -41,9 +51,23 @@ def test_record_and_read_back(tmp_path):
     assert rows[0]["sharpe"] == 0.5 and rows[0]["sortino"] is None and rows[0]["n_trades"] == 3
     assert cat.logs("r-1")[0]["text"] == "hi"
     assert cat.known_results(["k1", "k2"]) == {"k1"}
+    # text with quotes, newlines and non-ASCII, NULLs in every kind of column, inf as NULL
+    failed = _task("k2") | {"status": "failed", "cached": True, "attempts": 3, "worker": None,
+                            "error": 'ValueError: "bad" é', "details": "Traceback\n  line 1\n"}
+    odd = result_row({"key": "k3", "symbol": "AAA", "params": {}, "n_trades": 0, "env": {}},
+                     {m: 0.5 for m in METRICS} | {"sharpe": float("inf"), "calmar": float("nan")}, 1.0)
+    cat.record("r-1", [failed], [odd], [{"shard": None, "worker": "w", "text": "a\nb", "at_time": 2.0}])
+    [row] = [r for r in cat.task_rows("r-1") if r["key"] == "k2"]
+    assert (row["status"], row["cached"], row["attempts"], row["worker"], row["error"]) == (
+        "failed", True, 3, None, 'ValueError: "bad" é')
+    with cat.connect(read_only=True) as con:
+        got = con.execute("SELECT details FROM run_tasks WHERE key = 'k2'").fetchone()[0]
+        sharpe, calmar, n = con.execute("SELECT sharpe, calmar, n_trades FROM results WHERE key = 'k3'").fetchone()
+    assert got == "Traceback\n  line 1\n" and (sharpe, calmar, n) == (None, None, 0)
+    assert [x["text"] for x in cat.logs("r-1")] == ["hi", "a\nb"]
 
 
-def test_a_result_recorded_again_keeps_one_row_with_the_latest_versions(tmp_path):
+def test_a_result_recorded_again_keeps_one_row_with_the_latest_versions(tmp_path, staging):
     """A forced rerun records its keys again: one row per key stays, its metrics as they were
     (the key fixes them), its ``env`` that of the latest computation when that differs."""
     cat = Catalog(tmp_path / "c.duckdb")
@@ -61,7 +85,7 @@ def _task(key: str) -> dict:
             "attempts": 1, "error": None, "details": None, "worker": "local-0", "at_time": 1.0}
 
 
-def test_a_write_takes_in_the_rows_that_are_ready_before_it_commits(tmp_path):
+def test_a_write_takes_in_the_rows_that_are_ready_before_it_commits(tmp_path, staging):
     """``record(more=...)``: a run's last rows join the write in progress (one transaction)."""
     cat = Catalog(tmp_path / "c.duckdb")
     cat.create_run(_run("r-1"))

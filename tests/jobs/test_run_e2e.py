@@ -206,3 +206,33 @@ def test_bad_input_is_one_line_exit_2_and_records_nothing(ran: tuple[Path, str],
     assert len([line for line in err.strip().splitlines() if line.strip()]) <= 2, err
     assert len(Catalog(root / "catalog.duckdb").runs()) == before
     assert not (root / "grids").exists() or len(list((root / "grids").iterdir())) == 1  # only the good run's
+
+
+def test_a_write_near_the_end_waits_a_little_for_the_runs_last_rows():
+    """``_LastRows``: the catalog write started near a run's end takes the last rows when they come
+    while it waits (bounded), and goes on at once when none will come."""
+    import threading
+    import time
+
+    from backtest import runner as run_mod
+
+    last = run_mod._LastRows()
+    assert last.take() is None  # not near the end: no waiting
+    last.expect()
+    threading.Timer(0.05, last.post, args=(("rows",),)).start()
+    t0 = time.monotonic()
+    assert last.take() == ("rows",) and last.taken
+    assert time.monotonic() - t0 < run_mod.LAST_ROWS_WAIT
+
+    last = run_mod._LastRows()
+    last.expect()
+    threading.Timer(0.05, last.none_coming).start()
+    t0 = time.monotonic()
+    assert last.take() is None and not last.taken
+    assert time.monotonic() - t0 < run_mod.LAST_ROWS_WAIT
+
+    last = run_mod._LastRows()
+    last.expect()
+    t0 = time.monotonic()
+    assert last.take() is None  # nothing came in time: the write commits without them
+    assert time.monotonic() - t0 >= run_mod.LAST_ROWS_WAIT * 0.9
