@@ -171,7 +171,10 @@ class Catalog:
             delay = 0.005
             while True:
                 try:
-                    con = duckdb.connect(str(self.path), read_only=read_only)
+                    # a write is a few small statements, made while workers (or their fork
+                    # server, warming up) need every core: one thread, not one per core
+                    con = duckdb.connect(str(self.path), read_only=read_only,
+                                         config={} if read_only else {"threads": 1})
                     break
                 except (duckdb.IOException, duckdb.ConnectionException) as exc:
                     # another program (not bt) holds the file: wait for it, within reason
