@@ -116,16 +116,48 @@ def write_partition(path: Path, cols: Columns, meta: dict[str, str]) -> int:
 
 
 def open_partition(path: Path) -> Any:
-    """A ``pyarrow.parquet.ParquetFile``; DataError if missing or unreadable."""
+    """The partition file opened for reading (``.metadata``, ``.read(columns, use_threads)``, as
+    ``pyarrow.parquet.ParquetFile``); DataError if missing or unreadable."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     try:
-        return pq.ParquetFile(str(path))
+        reader = _ParquetReader()
+        if reader is None:  # pragma: no cover - a pyarrow without the reader class: the public one
+            import pyarrow.parquet as pq
+
+            return pq.ParquetFile(str(path))
+        reader.open(str(path))
+        return _Partition(reader)
     except FileNotFoundError as exc:
         raise DataError(f"partition file {path} is missing; re-import the symbol or run `bt data ls`") from exc
     except (OSError, pa.ArrowException) as exc:
         raise DataError(f"partition file {path} is unreadable ({exc}); re-import the symbol") from exc
+
+
+def _ParquetReader() -> Any:  # noqa: N802 - stands for the class
+    """A new ``pyarrow._parquet.ParquetReader`` (what ``ParquetFile`` reads with), or None.
+    ``pyarrow.parquet`` would also import ``pyarrow.fs`` and with it ``ssl``: 25-35 ms at every
+    worker's first shard, which waits for it."""
+    try:
+        from pyarrow._parquet import ParquetReader
+    except ImportError:  # pragma: no cover - moved in some pyarrow release
+        return None
+    return ParquetReader()
+
+
+class _Partition:
+    """``ParquetFile``'s part that reading partitions uses, on the reader itself (flat columns)."""
+
+    def __init__(self, reader: Any) -> None:
+        self._reader = reader
+
+    @property
+    def metadata(self) -> Any:
+        return self._reader.metadata
+
+    def read(self, columns: list[str], use_threads: bool = False) -> Any:
+        indices = [self._reader.column_name_idx(c) for c in columns]
+        return self._reader.read_all(column_indices=indices, use_threads=use_threads)
 
 
 def embedded_hash(pf: Any) -> str:

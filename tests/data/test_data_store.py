@@ -244,6 +244,27 @@ def test_read_bars_refuses_a_changed_or_missing_partition(store, five_years):
         read_bars("Y", files, ns("2020-01-01"), ns("2020-12-31"), 0)
 
 
+def test_partitions_read_as_pyarrow_parquet_reads_them_and_damage_is_a_clear_error(store, tmp_path):
+    """Reading goes through pyarrow's Parquet reader directly (``pyarrow.parquet`` would import
+    ``pyarrow.fs`` and ssl at every worker's first shard); it must read what ``ParquetFile`` reads."""
+    from backtest.data.partition import COLUMNS, embedded_hash, open_partition, read_columns
+
+    _import(store, "A", make_bars(300, start="2019-06-03"))
+    for p in store.partitions("A"):
+        pf = open_partition(store.path(p))
+        want = pq.ParquetFile(str(store.path(p)))
+        assert embedded_hash(pf) == p.sha256 == want.metadata.metadata[b"bt.sha256"].decode()
+        assert pf.metadata.num_rows == want.metadata.num_rows
+        got = read_columns(pf)
+        table = want.read(columns=list(COLUMNS))
+        for name, arr in zip(COLUMNS, got.arrays(), strict=True):
+            assert arr.tobytes() == table.column(name).to_numpy().astype(arr.dtype).tobytes(), name
+    bad = tmp_path / "year=2020.parquet"
+    bad.write_bytes(b"not parquet" * 100)
+    with pytest.raises(DataError, match=r"partition file .*year=2020\.parquet is unreadable \(.*\); re-import"):
+        open_partition(bad)
+
+
 def test_remove(store):
     _import(store, "A", make_bars(300, start="2019-06-03"))
     _import(store, "B", make_bars(10))
