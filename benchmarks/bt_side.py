@@ -18,7 +18,7 @@ this Python (``nox -s bench``: the session's venv), started in the repository wi
     computes all 1 800 tasks (asserted from the ``--json`` summary), writes their result files and
     records them in the catalog. No ``--from/--to``: bt trades from bar 0, as the peers do.
     Rows: ``"warm numba cache"`` (after ``max(1, ctx.warmup)`` untimed runs, numba's cache in
-    backtest/engine/__pycache__ is filled) and ``"cold numba cache"``: ``NUMBA_CACHE_DIR`` set to a
+    __pycache__ next to the installed kernels is filled) and ``"cold numba cache"``: ``NUMBA_CACHE_DIR`` set to a
     new empty directory per repeat, inherited by bt's workers, so every kernel is compiled again
     (checked: the directory holds index files afterwards); byte code and the page cache stay warm.
     The phase ``execute`` is the ``seconds`` bt's summary reports (recording the run to the last
@@ -199,7 +199,7 @@ def _grid_rows(
         summary = run_summary(res, tasks=n_tasks, computed=n_tasks)
         return {"execute_s": float(summary["seconds"])}, bt_answers(root, summary["run_id"], ctx.timeout)
 
-    # Warm: numba's on-disk cache (backtest/engine/__pycache__) filled by at least one untimed run.
+    # Warm: numba's on-disk cache (__pycache__ next to the installed kernels) filled by at least one untimed run.
     for _ in range(max(1, ctx.warmup)):
         run_summary(
             run_measured(argv, env=python_env(), cwd=REPO_DIR, timeout=ctx.timeout).check(),

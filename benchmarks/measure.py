@@ -42,7 +42,7 @@ def python_env(**extra: str) -> dict[str, str]:
     byte-code cache switched on and kept in ``.work/pycache`` (``PYTHONPYCACHEPREFIX``), plus ``extra``.
 
     The machine this runs on may set ``PYTHONDONTWRITEBYTECODE=1``; then every module without a
-    ``.pyc`` from its installation (bt's own, installed editable, in particular) is compiled from
+    ``.pyc`` from its installation (an editable install has none) is compiled from
     source in every process, which a user's installation does not do. With the prefix, the untimed
     warm-up runs write the byte code once and nothing is written outside ``benchmarks/.work``.
     Numba's on-disk cache is not affected (it ignores the prefix; see ``NUMBA_CACHE_DIR``)."""
