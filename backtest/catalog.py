@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -62,25 +60,16 @@ TASK_COLUMNS = {"run_id": "VARCHAR", "key": "VARCHAR", "symbol": "VARCHAR", "par
 LOG_COLUMNS = {"run_id": "VARCHAR", "shard": "VARCHAR", "worker": "VARCHAR", "text": "VARCHAR", "at_time": "DOUBLE"}
 
 
-def _stage(path: Path, rows: Sequence[dict[str, Any]], columns: dict[str, str]) -> Staged | None:
-    """Rows made ready for ``_insert_staged`` before the catalog is locked: typed NumPy columns when
-    NumPy is loaded (every run that computes loads it), else a JSON file (a fully cached rerun
-    never loads NumPy, 0.1 s it does not spend). DuckDB scans NumPy columns with no copy through
-    pandas or pyarrow; building and inserting them costs a third of encoding the rows as JSON and
-    parsing that back. (Arrow tables make pyarrow import pandas, half a second on every run, and
-    Python rows are 50 times slower.)"""
+def _stage(rows: Sequence[dict[str, Any]], columns: dict[str, str]) -> Staged | None:
+    """Rows made ready for ``_insert_staged`` before the catalog is locked: typed NumPy columns,
+    which DuckDB scans with no copy through pandas or pyarrow. Building and inserting them costs a
+    third of encoding the rows as JSON for DuckDB's reader and parsing that back, as was done
+    before. (Arrow tables make pyarrow import pandas, half a second on every run, and Python rows
+    are 50 times slower.) Every command that records has NumPy loaded already (the plan reads the
+    data store with it)."""
     if not rows:
         return None
-    if _columnar():
-        return _numpy_columns(rows, columns)
-    # the rows as they are, one call into json's C encoder: DuckDB's reader takes the columns it is
-    # given by name, ignores other keys and reads a missing one as NULL
-    path.write_text(json.dumps(rows, allow_nan=False), encoding="utf-8")
-    return path
-
-
-def _columnar() -> bool:
-    return "numpy" in sys.modules
+    return _numpy_columns(rows, columns)
 
 
 _NUMPY_TYPES = {"DOUBLE": "float64", "INTEGER": "int64", "BOOLEAN": "bool"}
@@ -100,12 +89,6 @@ def _numpy_columns(rows: Sequence[dict[str, Any]], columns: dict[str, str]) -> d
         else:  # text, or numbers with NULLs: Python objects, which DuckDB casts to the column's type
             out[name] = np.array(values, dtype=object)
     return out
-
-
-def _read_json(path: Path, columns: dict[str, str]) -> str:
-    spec = ", ".join(f"'{k}': '{t}'" for k, t in columns.items())
-    quoted = str(path).replace("'", "''")
-    return f"read_json('{quoted}', format='array', columns={{{spec}}})"
 
 
 T = TypeVar("T")
@@ -227,23 +210,20 @@ class Catalog:
         'interrupted', the run is recorded, and the subset of ``keys`` the catalog indexes is returned.
         With ``then``, the rows it makes of that subset (tasks, results, logs, run update) are
         recorded in the same transaction: a run with nothing to compute costs one transaction."""
-        with tempfile.TemporaryDirectory(prefix="bt-catalog-") as tmp:
+        def go(con: Any) -> set[str]:
+            _mark_stale(con, alive)
+            _insert_run(con, run)
+            known: set[str] = set()
+            if keys:
+                rows = con.execute("SELECT key FROM results WHERE key IN (SELECT unnest(?::VARCHAR[]))",
+                                   [list(keys)])
+                known = {r[0] for r in rows.fetchall()}
+            if then is not None:
+                tasks, results, logs, update = then(known)
+                _insert_staged(con, _stage_rows(tasks, results, logs), run["run_id"], update)
+            return known
 
-            def go(con: Any) -> set[str]:
-                _mark_stale(con, alive)
-                _insert_run(con, run)
-                known: set[str] = set()
-                if keys:
-                    rows = con.execute("SELECT key FROM results WHERE key IN (SELECT unnest(?::VARCHAR[]))",
-                                       [list(keys)])
-                    known = {r[0] for r in rows.fetchall()}
-                if then is not None:
-                    tasks, results, logs, update = then(known)
-                    _insert_staged(con, _stage_rows(Path(tmp), run["run_id"], tasks, results, logs), run["run_id"],
-                                   update)
-                return known
-
-            return self._write(go)
+        return self._write(go)
 
     def record(
         self,
@@ -260,18 +240,16 @@ class Catalog:
         update) to record in the same transaction, or None: a run whose last outcome comes in
         while its previous rows are being written has its last rows recorded with them, instead
         of paying for a connection of their own after."""
-        with tempfile.TemporaryDirectory(prefix="bt-catalog-") as tmp:
-            staged = _stage_rows(Path(tmp), run_id, tasks, results, logs)  # before taking the lock
+        staged = _stage_rows(tasks, results, logs)  # before taking the lock
 
-            def go(con: Any) -> None:
-                _insert_staged(con, staged, run_id, run_update)
-                extra = more() if more is not None else None
-                if extra is not None:
-                    tasks2, results2, logs2, update2 = extra
-                    _insert_staged(con, _stage_rows(Path(tmp), run_id, tasks2, results2, logs2, "more-"), run_id,
-                                   update2)
+        def go(con: Any) -> None:
+            _insert_staged(con, staged, run_id, run_update)
+            extra = more() if more is not None else None
+            if extra is not None:
+                tasks2, results2, logs2, update2 = extra
+                _insert_staged(con, _stage_rows(tasks2, results2, logs2), run_id, update2)
 
-            self._write(go)
+        self._write(go)
 
     def mark_stale_runs(self, alive: Callable[[int, str], bool]) -> None:
         """Runs still 'running' whose coordinator is gone become 'interrupted'."""
@@ -331,40 +309,36 @@ class Catalog:
     # rebuilding ---------------------------------------------------------------------------------
     def rebuild_results(self, rows: Sequence[dict[str, Any]]) -> int:
         """Replace the ``results`` table with ``rows`` (read from the results store)."""
-        with tempfile.TemporaryDirectory(prefix="bt-catalog-") as tmp:
-            staged = _stage(Path(tmp) / "results.json", rows, RESULT_COLUMNS)
+        staged = _stage(rows, RESULT_COLUMNS)
 
-            def go(con: Any) -> int:
-                con.execute("DELETE FROM results")
-                if staged is not None:
-                    con.execute(f"INSERT INTO results BY NAME SELECT * FROM "
-                                f"{_source(con, staged, RESULT_COLUMNS, 'staged_results')}")
-                return len(rows)
+        def go(con: Any) -> int:
+            con.execute("DELETE FROM results")
+            if staged is not None:
+                con.execute(f"INSERT INTO results BY NAME SELECT * FROM {_source(con, staged, RESULT_COLUMNS, 'staged_results')}")
+            return len(rows)
 
-            return self._write(go)
+        return self._write(go)
 
 
 Rows = tuple[Sequence[dict[str, Any]], Sequence[dict[str, Any]], Sequence[dict[str, Any]], "dict[str, Any] | None"]
-Staged = Path | dict[str, Any]  # a JSON file of rows, or NumPy columns
+Staged = dict[str, Any]  # NumPy columns by name
 _Staged = list[tuple["Staged | None", str, dict[str, str]]]
 
 
-def _stage_rows(tmp: Path, run_id: str, tasks: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]],
-                logs: Sequence[dict[str, Any]], prefix: str = "") -> _Staged:
+def _stage_rows(tasks: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]],
+                logs: Sequence[dict[str, Any]]) -> _Staged:
     """The rows staged for ``_insert_staged``; task and log rows need no ``run_id``: the insert adds it."""
     out: _Staged = []
-    for rows, name, table, columns in ((results, "results", "results", RESULT_COLUMNS),
-                                       (tasks, "tasks", "run_tasks", TASK_COLUMNS),
-                                       (logs, "logs", "logs", LOG_COLUMNS)):
+    for rows, table, columns in ((results, "results", RESULT_COLUMNS), (tasks, "run_tasks", TASK_COLUMNS),
+                                 (logs, "logs", LOG_COLUMNS)):
         given = {k: t for k, t in columns.items() if k != "run_id"}
-        out.append((_stage(tmp / f"{prefix}{name}.json", rows, given), table, given))
+        out.append((_stage(rows, given), table, given))
     return out
 
 
 def _source(con: Any, staged: Staged, columns: dict[str, str], name: str) -> str:
-    """A SQL source of the staged rows, with ``columns`` (non-finite numbers as NULL)."""
-    if isinstance(staged, Path):
-        return f"(SELECT * FROM {_read_json(staged, columns)})"
+    """The staged rows registered with ``con`` as ``name``; a SQL source of them with ``columns``
+    (non-finite numbers as NULL, as the catalog keeps them)."""
     con.register(name, staged)
     cols = ", ".join(f'CASE WHEN isfinite("{k}") THEN "{k}" END AS "{k}"' if t == "DOUBLE" else f'"{k}"'
                      for k, t in columns.items())
@@ -389,8 +363,7 @@ def _insert_staged(con: Any, staged: _Staged, run_id: str, run_update: dict[str,
             con.execute("DROP TABLE staged_results_t")
         else:
             con.execute(f"INSERT INTO {table} BY NAME SELECT *, ? AS run_id FROM {src}", [run_id])
-        if not isinstance(rows, Path):
-            con.unregister(f"staged_{table}")
+        con.unregister(f"staged_{table}")
     if run_update:
         sets = ", ".join(f"{k} = ?" for k in run_update)
         con.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", [*run_update.values(), run_id])

@@ -22,16 +22,6 @@ def _result(key: str) -> dict:
     return result_row(header, {m: 0.5 for m in METRICS} | {"sortino": float("nan")}, time.time())
 
 
-@pytest.fixture(params=["numpy", "json"])
-def staging(request, monkeypatch):
-    """Rows reach DuckDB as NumPy columns (runs that compute) or as JSON (a cached rerun, which
-    never loads NumPy): every recording test runs both ways."""
-    import backtest.catalog as catalog
-
-    monkeypatch.setattr(catalog, "_columnar", lambda: request.param == "numpy")
-    return request.param
-
-
 def test_migrations_recorded_once(tmp_path):
     cat = Catalog(tmp_path / "c.duckdb")
     with cat.connect() as con:
@@ -41,7 +31,7 @@ def test_migrations_recorded_once(tmp_path):
     assert n == (len(MIGRATIONS), len(MIGRATIONS))
 
 
-def test_record_and_read_back(tmp_path, staging):
+def test_record_and_read_back(tmp_path):
     cat = Catalog(tmp_path / "c.duckdb")
     cat.create_run(_run("r-1"))
     cat.record("r-1", [_task("k1")], [_result("k1")], [{"shard": "s", "worker": "w", "text": "hi", "at_time": 1.0}],
@@ -67,7 +57,7 @@ def test_record_and_read_back(tmp_path, staging):
     assert [x["text"] for x in cat.logs("r-1")] == ["hi", "a\nb"]
 
 
-def test_a_result_recorded_again_keeps_one_row_with_the_latest_versions(tmp_path, staging):
+def test_a_result_recorded_again_keeps_one_row_with_the_latest_versions(tmp_path):
     """A forced rerun records its keys again: one row per key stays, its metrics as they were
     (the key fixes them), its ``env`` that of the latest computation when that differs."""
     cat = Catalog(tmp_path / "c.duckdb")
@@ -85,7 +75,7 @@ def _task(key: str) -> dict:
             "attempts": 1, "error": None, "details": None, "worker": "local-0", "at_time": 1.0}
 
 
-def test_a_write_takes_in_the_rows_that_are_ready_before_it_commits(tmp_path, staging):
+def test_a_write_takes_in_the_rows_that_are_ready_before_it_commits(tmp_path):
     """``record(more=...)``: a run's last rows join the write in progress (one transaction)."""
     cat = Catalog(tmp_path / "c.duckdb")
     cat.create_run(_run("r-1"))

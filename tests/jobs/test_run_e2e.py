@@ -127,6 +127,28 @@ def test_report_formats_follow_the_contract(root: Path, sma_path: Path, tmp_path
     assert table.num_rows == 6 and "sharpe" in table.column_names
 
 
+def test_catalog_rebuild_indexes_the_results_store_again(root: Path, sma_path: Path) -> None:
+    """`bt catalog rebuild` re-indexes every stored result (the store is the source of truth): the
+    results table comes back as the runs recorded it; a damaged file is left out (the next run
+    recomputes it); a forced rerun after it indexes nothing twice."""
+    args = [sma_path, "--from", "2020", "--to", "2021", "--param", "fast=5,10", "--param", "slow=20,40", "-w", "2"]
+    assert run_json(root, *args)["computed"] == 12
+    before = catalog_results(root)
+    cat = Catalog(root / "catalog.duckdb")
+    with cat.connect() as con:
+        con.execute("DELETE FROM results")
+    code, out, err = bt(root, "catalog", "rebuild")
+    assert code == 0, err
+    assert catalog_results(root) == before
+    store = ResultStore(root)
+    damaged = sorted(store.keys())[0]
+    store.path(damaged).write_bytes(store.read_bytes(damaged)[:-1] + b"x")
+    assert bt(root, "catalog", "rebuild")[0] == 0
+    assert catalog_results(root) == [r for r in before if r["key"] != damaged]
+    assert run_json(root, *args, "--force")["computed"] == 12
+    assert catalog_results(root) == before
+
+
 def test_verify_catches_a_tampered_result(root: Path, sma_path: Path) -> None:
     from backtest.results import decode, encode
 
