@@ -69,9 +69,10 @@ def simulate_nb(
     # position opened by a change, one bankruptcy), so a quarter of the bars' count covers a
     # target that changes on one bar in sixteen (an SMA cross on minute bars: one in sixty). Out of
     # room, the loop stops at once and is rerun with eight times more; rows never written are
-    # never touched, so the unused part costs no memory. (Counting the changes first to size them
-    # exactly was a fifth of the time of the whole simulation.)
-    capacity = max(close.shape[0] - start, 0) // 4 + 16
+    # never touched, so the unused part costs no memory, only address space (capped at 2**20 rows,
+    # 117 MB, for very long series). (Counting the changes first to size them exactly was a fifth
+    # of the time of the whole simulation.)
+    capacity = min(max(close.shape[0] - start, 0) // 4, 1 << 20) + 16
     while True:
         trades = np.empty((capacity, 10))
         lots = np.empty((capacity, 4))
