@@ -386,6 +386,7 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
     writes: list[Any] = []
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bt-results")
     last = _LastRows()
+    recording: list[Any] = [None]  # the writer's latest catalog write (a Future)
     files_queued = False  # result files queued for the writer since its last queued record
     attempts: dict[str, int] = {}
     status = "done"
@@ -414,7 +415,8 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
         if background:
             if any(rows[1:]):
                 mark(f"recording {len(rows[1])} task rows in the background")
-                writes.append(writer.submit(catalog.record, *rows, more=last.take))
+                recording[0] = writer.submit(catalog.record, *rows, more=last.take)
+                writes.append(recording[0])
                 files_queued = False
             return
         for w in writes:
@@ -478,11 +480,14 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
                 if on_progress:
                     on_progress(progress)
                 near_end = len(task_rows) >= 100 and any(w.state == "idle" for w in progress.workers)
-                if (time.monotonic() - last_flush > FLUSH_SECONDS or near_end) and all(w.done() for w in writes):
+                if (time.monotonic() - last_flush > FLUSH_SECONDS or near_end) and (
+                    recording[0] is None or recording[0].done()
+                ):
                     # every 2 s; and as soon as a worker has nothing left to do (near the end of
                     # a run, its core is free), so that little is left to record once all is in:
-                    # that write waits a little for the run's last rows. One write at a time, so
-                    # that the last rows, which end the run, are never recorded before others.
+                    # that write waits a little for the run's last rows. One catalog write at a
+                    # time, so that the last rows, which end the run, are never recorded before
+                    # others (result files queued for the writer do not hold this up).
                     if near_end:
                         last.expect()
                     flush(background=True)
