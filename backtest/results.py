@@ -268,12 +268,14 @@ class ResultStore:
         return decode(self.read_bytes(key), where=f"result {key[:12]}")
 
     def keys(self) -> list[str]:
+        """Every stored key. A temporary file (``.tmp-*``, left by a writer killed mid-write, e.g.
+        a worker stopped by Ctrl+C) is not a result and not listed."""
         if not self.dir.is_dir():
             return []
         out: list[str] = []
         for sub in sorted(self.dir.iterdir()):
             if sub.is_dir():
-                out.extend(p.name[:-4] for p in sorted(sub.glob("*.res")))
+                out.extend(p.name[:-4] for p in sorted(sub.glob("*.res")) if not p.name.startswith("."))
         return out
 
     def remove(self, key: str) -> None:

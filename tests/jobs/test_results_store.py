@@ -149,6 +149,9 @@ def test_store_write_read_existing(tmp_path):
     assert store.read(key).key == key
     assert store.keys() == [key]
     assert not [p for p in (tmp_path / "results").rglob(".tmp-*")]
+    # what a writer killed mid-write leaves behind is not a result
+    (tmp_path / "results" / key[:2] / ".tmp-123-456-7.res").write_bytes(b"BTRES1 torn")
+    assert store.keys() == [key]
     with pytest.raises(ResultError, match="no stored result"):
         store.read("ff" * 32)
 
