@@ -355,12 +355,9 @@ def _insert_staged(con: Any, staged: _Staged, run_id: str, run_update: dict[str,
             # metrics, so its row stays (deleting and re-inserting every row of a forced rerun
             # made the insert and the checkpoint after it twice as slow); only the versions that
             # computed it again, when they differ, are brought up to date.
-            con.execute(f"CREATE OR REPLACE TEMP TABLE staged_results_t AS SELECT * FROM {src}")
-            con.execute("UPDATE results SET env = s.env FROM staged_results_t AS s "
+            con.execute(f"UPDATE results SET env = s.env FROM {src} AS s "
                         "WHERE results.key = s.key AND results.env IS DISTINCT FROM s.env")
-            con.execute("INSERT INTO results BY NAME SELECT * FROM staged_results_t "
-                        "WHERE key NOT IN (SELECT key FROM results)")
-            con.execute("DROP TABLE staged_results_t")
+            con.execute(f"INSERT INTO results BY NAME SELECT * FROM {src} WHERE key NOT IN (SELECT key FROM results)")
         else:
             con.execute(f"INSERT INTO {table} BY NAME SELECT *, ? AS run_id FROM {src}", [run_id])
         con.unregister(f"staged_{table}")

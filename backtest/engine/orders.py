@@ -108,7 +108,6 @@ def trade_records_nb(rows: np.ndarray, k: int, ts: np.ndarray, out: np.ndarray) 
         rec["closed"] = rows[j, 3] != 0.0
 
 
-
 @njit(cache=True)
 def stored_records_nb(trades: np.ndarray, out: np.ndarray) -> bool:
     """Copy ``trades`` (``TRADE_DTYPE``) into ``out`` (``results.STORED_TRADE_DTYPE``, as long): the
