@@ -325,15 +325,16 @@ Staged = dict[str, Any]  # NumPy columns by name
 _Staged = list[tuple["Staged | None", str, dict[str, str]]]
 
 
+#: The columns rows are staged with, by table: all but ``run_id``, which the insert adds.
+_GIVEN = {table: {k: t for k, t in columns.items() if k != "run_id"}
+          for table, columns in (("results", RESULT_COLUMNS), ("run_tasks", TASK_COLUMNS), ("logs", LOG_COLUMNS))}
+
+
 def _stage_rows(tasks: Sequence[dict[str, Any]], results: Sequence[dict[str, Any]],
                 logs: Sequence[dict[str, Any]]) -> _Staged:
-    """The rows staged for ``_insert_staged``; task and log rows need no ``run_id``: the insert adds it."""
-    out: _Staged = []
-    for rows, table, columns in ((results, "results", RESULT_COLUMNS), (tasks, "run_tasks", TASK_COLUMNS),
-                                 (logs, "logs", LOG_COLUMNS)):
-        given = {k: t for k, t in columns.items() if k != "run_id"}
-        out.append((_stage(rows, given), table, given))
-    return out
+    """The rows staged for ``_insert_staged`` (task and log rows need no ``run_id``)."""
+    return [(_stage(rows, _GIVEN[table]), table, _GIVEN[table])
+            for rows, table in ((results, "results"), (tasks, "run_tasks"), (logs, "logs"))]
 
 
 def _source(con: Any, staged: Staged, columns: dict[str, str], name: str) -> str:

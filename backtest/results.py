@@ -159,13 +159,9 @@ def _read_trades(stored: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _dtype_fields(dtype: np.dtype) -> list[list[str]]:
-    return [[name, dtype[name].str] for name in dtype.names or ()]
-
-
-@functools.lru_cache(maxsize=8)
 def _dtype_json(dtype: np.dtype) -> str:
-    return canonical_json(_dtype_fields(dtype))
+    """The header's ``trade_dtype``: [[field name, numpy type string], ...] as canonical JSON."""
+    return canonical_json([[name, dtype[name].str] for name in dtype.names or ()])
 
 
 def decode(data: bytes, where: str = "result") -> ResultRecord:
