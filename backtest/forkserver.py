@@ -47,7 +47,11 @@ def enabled() -> bool:
 
 
 def worker_env() -> dict[str, str]:
-    return dict(os.environ, NUMBA_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
+    """A local worker's environment: this one, with numba on one thread and the BLAS and OpenMP
+    pools on one thread unless set otherwise (``backtest.worker.POOLS``)."""
+    from backtest.worker import POOLS
+
+    return {**POOLS, **os.environ, "NUMBA_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
 
 
 class ForkServer:

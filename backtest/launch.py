@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> None:
     from backtest.trace import mark
 
     mark("bt started")
+    # bt itself does no linear algebra; OpenBLAS's threads (one per core, started at numpy's
+    # import) would spin ~0.1 CPU-seconds on the cores the workers need. Workers inherit it.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if _forced_local_run(sys.argv[1:] if argv is None else argv):
         from backtest.forkserver import preload
 

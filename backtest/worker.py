@@ -38,6 +38,12 @@ from backtest.protocol import FrameWriter, read_frame
 
 Emit = Callable[..., None]
 
+#: Thread pools a worker keeps to one thread unless its environment says otherwise: workers run
+#: one per core already, so more threads only contend. OpenBLAS (numpy's) also starts a thread
+#: per core at numpy's import, and these spin on the cores the run needs (~0.1 CPU-seconds at
+#: every start, measured); Arrow sizes its pool from OMP_NUM_THREADS.
+POOLS = {"NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
 
 def slice_bars(bars: Any, warmup: int, parts: list[str]) -> Any:
     """The bars a group of tasks with ``warmup`` bars of warm-up sees, cut from a longer read."""
@@ -246,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="run as the fork server of a local executor on control socket FD "
                          "(see backtest/executors/forkserver.py)")
     args = ap.parse_args(argv)
-    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+    for name, value in POOLS.items():
+        os.environ.setdefault(name, value)  # before numpy's import: BLAS reads it once, at load
     if args.fork_server is not None:
         from backtest.forkserver import serve as fork_server
 

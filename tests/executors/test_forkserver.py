@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from contract import processes_with
+from helpers import write_strategy
 
 from backtest.executors.base import ExecutorOptions, ShardFinished, TaskDone
 from backtest.executors.local import LocalExecutor
@@ -66,6 +67,40 @@ def test_workers_are_forked_from_one_server_and_all_end_with_the_executor(root: 
     time.sleep(0.2)
     assert server.proc.poll() is not None
     assert not [p for p in [*pids, server.proc.pid] if Path(f"/proc/{p}").exists()]
+
+
+SHOW_POOLS = """
+class ShowPools(Strategy):
+    n = 3
+
+    def signals(self, bars):
+        import os
+        print(" ".join(f"{k}={os.environ.get(k)}" for k in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")))
+        return np.zeros(len(bars))
+"""
+
+
+def test_workers_keep_thread_pools_to_one_thread_unless_told_otherwise(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """numpy's OpenBLAS starts a thread per core at import, which spins on cores the workers need
+    (in the server, until its first fork); workers run one per core anyway. A count the user's
+    environment sets is kept."""
+    from backtest.executors.base import ShardLog
+
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")
+    prep = plan(root, write_strategy(tmp_path, SHOW_POOLS, "pools.py"), ["n=3:4"])
+    ex = LocalExecutor(ExecutorOptions(data_root=root, workers=2))
+    ex.start(prep.job.strategy)
+    assert ex._server is not None
+    events = wait_ready(ex, 2)
+    ex.submit(prep.shards)
+    while not ex.finished():
+        events.extend(ex.poll(0.1))
+    ex.close()
+    logs = {line for e in events if isinstance(e, ShardLog) for line in e.text.splitlines()}
+    assert logs == {"OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=3"}
 
 
 def test_without_the_server_workers_start_on_their_own(root: Path, faulty: Path,
