@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import subprocess
+import sys
 import time
 
 import pytest
 
-from backtest.catalog import METRICS, MIGRATIONS, Catalog, result_row
+from backtest.catalog import METRICS, MIGRATIONS, Catalog, duckdb_driver, result_row
 from backtest.errors import CatalogError
 
 
@@ -31,7 +33,29 @@ def test_migrations_recorded_once(tmp_path):
     assert n == (len(MIGRATIONS), len(MIGRATIONS))
 
 
-def test_record_and_read_back(tmp_path):
+@pytest.fixture(params=["extension", "package"])
+def driver(request, monkeypatch):
+    """The catalog on DuckDB's C extension alone (duckdb >= 1.4 has it as ``_duckdb``) and on the
+    package (older duckdb, where the extension is no module of its own)."""
+    import duckdb  # the package imports the extension first: both are loaded from here on
+
+    if request.param == "package":
+        monkeypatch.setitem(sys.modules, "_duckdb", None)  # `import _duckdb` fails, as before 1.4
+        assert duckdb_driver() is duckdb
+    else:
+        assert duckdb_driver().__name__ == "_duckdb"
+    return request.param
+
+
+def test_the_catalog_does_not_import_the_duckdb_package(tmp_path):
+    code = (f"import sys; from backtest.catalog import Catalog; c = Catalog({str(tmp_path / 'c.duckdb')!r}); "
+            "c.create_run({'run_id': 'r', 'created': 1.0, 'strategy': 'S', 'status': 'done'}); "
+            "print(c.run('r')['status'], '_duckdb' in sys.modules, 'duckdb' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["done", "True", "False"]
+
+
+def test_record_and_read_back(tmp_path, driver):
     cat = Catalog(tmp_path / "c.duckdb")
     cat.create_run(_run("r-1"))
     cat.record("r-1", [_task("k1")], [_result("k1")], [{"shard": "s", "worker": "w", "text": "hi", "at_time": 1.0}],
