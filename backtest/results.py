@@ -274,6 +274,22 @@ class ResultStore:
                 out.extend(p.name[:-4] for p in sorted(sub.glob("*.res")) if not p.name.startswith("."))
         return out
 
+    def leftovers(self, older_than: float) -> list[Path]:
+        """Temporary files (``.tmp-*``) last written before ``older_than`` (a Unix time): what
+        writers killed mid-write left behind. A live writer holds one for a moment only."""
+        if not self.dir.is_dir():
+            return []
+        out: list[Path] = []
+        for sub in sorted(self.dir.iterdir()):
+            if sub.is_dir():
+                for p in sorted(sub.glob(".tmp-*")):
+                    try:
+                        if p.stat().st_mtime < older_than:
+                            out.append(p)
+                    except FileNotFoundError:  # renamed or removed meanwhile
+                        pass
+        return out
+
     def remove(self, key: str) -> None:
         try:
             self.path(key).unlink()

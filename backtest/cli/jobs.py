@@ -325,12 +325,21 @@ catalog_app = typer.Typer(help="Maintain the catalog (the DuckDB index of runs a
 def catalog_rebuild() -> None:
     """Re-index every stored result into the catalog's results table (the results store is the truth).
 
+    A result file that cannot be read is left out and named (the next run that needs it computes
+    it again); temporary files left by workers killed mid-write (over 10 minutes old) are removed.
+
     Example: bt catalog rebuild
     """
     from backtest.catalog_rebuild import rebuild
 
-    n = rebuild()
-    console.print(f"indexed {n} results")
+    done = rebuild()
+    console.print(f"indexed {done.indexed} results")
+    if done.damaged:
+        shown = ", ".join(k[:12] for k in done.damaged[:5]) + (" ..." if len(done.damaged) > 5 else "")
+        err_console.print(f"left out {len(done.damaged)} damaged result file(s) ({shown}); "
+                          "the next run that needs them computes them again")
+    if done.removed:
+        console.print(f"removed {done.removed} leftover temporary file(s) of interrupted writers")
 
 
 def register(app: typer.Typer) -> None:
