@@ -54,6 +54,21 @@ def machine() -> dict[str, str]:
     }
 
 
+def cpu_probe() -> str:
+    """Seconds a fixed pure-Python loop takes here, best of three: how fast the (shared) machine
+    is right now, so that runs on different days can be compared. Lower is faster."""
+    import time
+
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        s = 0
+        for i in range(3_000_000):
+            s += i * i % 7
+        best = min(best, time.perf_counter() - t0)
+    return f"{best:.2f} s"
+
+
 def bt_versions() -> dict[str, str]:
     import numba
     import numpy
@@ -241,6 +256,8 @@ def results_markdown(results: list[SuiteResult], meta: dict[str, Any]) -> str:
     md += [
         f"- load average (1/5/15 min) at start: {meta['load_start']}, at end: {meta['load_end']}"
         " — the 2 cores are shared with other engineers' work, so times are noisy",
+        f"- CPU speed probe (a fixed pure-Python loop, best of 3; lower is faster): {meta.get('probe_start', '?')}"
+        f" at start, {meta.get('probe_end', '?')} at end (see README.md: Machine speed)",
         "",
         "## Versions",
         "",

@@ -34,7 +34,7 @@ import check  # noqa: E402
 import common  # noqa: E402
 import peerenv  # noqa: E402
 from measure import Measurement, Run, measure_repeats, python_env, run_measured  # noqa: E402
-from report import SuiteResult, bt_versions, machine, print_suite, results_markdown, target_lines  # noqa: E402
+from report import SuiteResult, bt_versions, cpu_probe, machine, print_suite, results_markdown, target_lines  # noqa: E402
 
 SUITES = ("selftest", "sma_grid", "small", "rerun", "startup")
 ENGINES = ("bt", "vectorbt", "backtesting.py")
@@ -456,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "bt_versions": bt_versions(),
         "load_start": "/".join(f"{x:.2f}" for x in os.getloadavg()),
+        "probe_start": cpu_probe(),
         "repeats": args.repeats,
         "peer_repeats": args.peer_repeats,
         "warmup": args.warmup,
@@ -473,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nFAILED: the engines' answers disagree, so no times are reported.\n{exc}", file=sys.stderr)
         return 1
     meta["load_end"] = "/".join(f"{x:.2f}" for x in os.getloadavg())
+    meta["probe_end"] = cpu_probe()
     for s in results:
         print_suite(s)
     if targets := target_lines(results):
