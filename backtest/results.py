@@ -23,13 +23,14 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from backtest.errors import ResultError
 from backtest.fsutil import atomic_write
 from backtest.hashing import canonical_json
+
+if TYPE_CHECKING:  # numpy is imported where trades are handled: storing and indexing need none
+    import numpy as np
 
 MAGIC = b"BTRES1"
 _U32 = struct.Struct(">I")
@@ -50,6 +51,7 @@ def environment() -> dict[str, str]:
     import platform
 
     import numba
+    import numpy as np
 
     from backtest import ENGINE_VERSION, __version__
 
@@ -106,27 +108,47 @@ class Encoder:
         return payload + hashlib.sha256(payload).digest()
 
 
-#: How a result file stores trades: the engine's ``TRADE_DTYPE`` less what reading derives
-#: exactly (``return`` = pnl / (size · entry_price), the kernel's own expression) and less the bar
-#: indices (positions in the slice the task ran on, meaningless outside it; ``bars`` keeps the
-#: holding period) — 62 bytes a trade instead of 90.
-STORED_TRADE_DTYPE = np.dtype([
+#: How a result file stores trades (``STORED_TRADE_DTYPE``): the engine's ``TRADE_DTYPE`` less
+#: what reading derives exactly (``return`` = pnl / (size · entry_price), the kernel's own
+#: expression) and less the bar indices (positions in the slice the task ran on, meaningless
+#: outside it; ``bars`` keeps the holding period) — 62 bytes a trade instead of 90.
+_STORED_FIELDS = [
     ("entry_time", "<i8"), ("exit_time", "<i8"), ("side", "i1"), ("size", "<f8"), ("entry_price", "<f8"),
     ("exit_price", "<f8"), ("pnl", "<f8"), ("fees", "<f8"), ("bars", "<i4"), ("closed", "?"),
-])
-#: What reading a result file gives: ``STORED_TRADE_DTYPE`` with ``return`` back (and ``bars``
-#: as int64, as in ``TRADE_DTYPE``).
-READ_TRADE_DTYPE = np.dtype([
+]
+#: What reading a result file gives (``READ_TRADE_DTYPE``): the stored fields with ``return``
+#: back (and ``bars`` as int64, as in ``TRADE_DTYPE``).
+_READ_FIELDS = [
     ("entry_time", "<i8"), ("exit_time", "<i8"), ("side", "i1"), ("size", "<f8"), ("entry_price", "<f8"),
     ("exit_price", "<f8"), ("pnl", "<f8"), ("return", "<f8"), ("fees", "<f8"), ("bars", "<i8"), ("closed", "?"),
-])
+]
+
+
+@functools.cache
+def _trade_dtypes() -> tuple[np.dtype, np.dtype]:
+    import numpy as np
+
+    return np.dtype(_STORED_FIELDS), np.dtype(_READ_FIELDS)
+
+
+def __getattr__(name: str) -> Any:
+    """``STORED_TRADE_DTYPE`` and ``READ_TRADE_DTYPE``, made on first use: this module is also
+    what planning and recording use (``ResultStore``), which need no numpy."""
+    if name == "STORED_TRADE_DTYPE":
+        return _trade_dtypes()[0]
+    if name == "READ_TRADE_DTYPE":
+        return _trade_dtypes()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def stored_trades(trades: np.ndarray) -> np.ndarray:
     """``trades`` (the engine's records, or records read back) as ``STORED_TRADE_DTYPE``."""
-    if trades.dtype == STORED_TRADE_DTYPE:
+    import numpy as np
+
+    stored_dtype = _trade_dtypes()[0]
+    if trades.dtype == stored_dtype:
         return np.ascontiguousarray(trades)
-    out = np.empty(trades.shape[0], STORED_TRADE_DTYPE)
+    out = np.empty(trades.shape[0], stored_dtype)
     if _from_engine(trades.dtype):
         # the engine made them, so numba is loaded: its kernel copies them in a tenth of the time
         from backtest.engine.orders import stored_records_nb
@@ -134,7 +156,7 @@ def stored_trades(trades: np.ndarray) -> np.ndarray:
         if not stored_records_nb(trades, out):
             raise ResultError("a trade held for more than 2**31 bars cannot be stored")
         return out
-    for name in STORED_TRADE_DTYPE.names or ():
+    for name in stored_dtype.names or ():
         out[name] = trades[name]
     if out.shape[0] and int(trades["bars"].max()) > np.iinfo(np.int32).max:  # pragma: no cover - 2e9 bars
         raise ResultError("a trade held for more than 2**31 bars cannot be stored")
@@ -148,10 +170,13 @@ def _from_engine(dtype: np.dtype) -> bool:
 
 
 def _read_trades(stored: np.ndarray) -> np.ndarray:
-    if stored.dtype != STORED_TRADE_DTYPE:
+    import numpy as np
+
+    stored_dtype, read_dtype = _trade_dtypes()
+    if stored.dtype != stored_dtype:
         return stored.copy()  # a file written before trades were stored compactly: as it was
-    out = np.empty(stored.shape[0], READ_TRADE_DTYPE)
-    for name in STORED_TRADE_DTYPE.names or ():
+    out = np.empty(stored.shape[0], read_dtype)
+    for name in stored_dtype.names or ():
         out[name] = stored[name]
     with np.errstate(divide="ignore", invalid="ignore"):
         out["return"] = stored["pnl"] / (stored["size"] * stored["entry_price"])
@@ -165,6 +190,8 @@ def _dtype_json(dtype: np.dtype) -> str:
 
 
 def decode(data: bytes, where: str = "result") -> ResultRecord:
+    import numpy as np
+
     if len(data) < len(MAGIC) + 4 + 32 or not data.startswith(MAGIC):
         raise ResultError(f"{where} is not a bt result file; delete it and rerun to recompute it")
     payload, digest = data[:-32], data[-32:]
@@ -195,8 +222,8 @@ def decode_metrics(data: bytes) -> tuple[dict[str, Any], dict[str, float]]:
     pos = len(MAGIC) + 4
     header = json.loads(data[pos : pos + hlen])
     names = header["metric_names"]
-    values = np.frombuffer(data, dtype="<f8", count=len(names), offset=pos + hlen)
-    return header, dict(zip(names, values.tolist(), strict=True))
+    values = struct.unpack_from(f"<{len(names)}d", data, pos + hlen)
+    return header, dict(zip(names, values, strict=True))
 
 
 def _same_bytes(path: str, data: bytes) -> bool:

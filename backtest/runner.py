@@ -9,6 +9,7 @@ files only; the next run of the same job finds them and computes only what is mi
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
@@ -385,6 +386,9 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
     log_rows: list[dict[str, Any]] = []
     writes: list[Any] = []
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bt-results")
+    # The catalog stages metric rows ~40 % faster as NumPy columns (``catalog._stage``); planning
+    # no longer needs NumPy, so the writer imports it now, while the workers start up.
+    writer.submit(importlib.import_module, "numpy")
     last = _LastRows()
     recording: list[Any] = [None]  # the writer's latest catalog write (a Future)
     files_queued = False  # result files queued for the writer since its last queued record

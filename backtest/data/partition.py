@@ -14,12 +14,13 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from backtest.errors import DataError
 from backtest.hashing import canonical_json
+
+if TYPE_CHECKING:  # numpy is imported where arrays are made: planning from the manifest needs none
+    import numpy as np
 
 COLUMNS = ("ts", "open", "high", "low", "close", "volume")
 PRICES = ("open", "high", "low", "close")
@@ -65,10 +66,14 @@ class Columns:
 
     @staticmethod
     def concat(parts: list[Columns]) -> Columns:
+        import numpy as np
+
         return Columns(*(np.concatenate([getattr(p, c) for p in parts]) for c in COLUMNS))
 
     def canonical(self) -> Columns:
         """Contiguous arrays of the stored dtypes; one NaN bit pattern; -0.0 volume as 0.0."""
+        import numpy as np
+
         out = [np.ascontiguousarray(a, dtype=_DTYPES[c]) for c, a in zip(COLUMNS, self.arrays(), strict=True)]
         vol = out[5]
         if np.isnan(vol).any() or np.signbit(vol).any():
@@ -170,6 +175,8 @@ def read_columns(pf: Any, into: Columns | None = None, offset: int = 0) -> Colum
 
     ``ts`` (timestamp[ns]) is copied from its int64 buffer as it is: casting it would import
     ``pyarrow.compute``, 0.14 s at every worker's first shard."""
+    import numpy as np
+
     table = pf.read(columns=list(COLUMNS), use_threads=False)
     n = table.num_rows
     if into is None:
@@ -183,6 +190,8 @@ def read_columns(pf: Any, into: Columns | None = None, offset: int = 0) -> Colum
 def _copy_column(col: Any, dst: np.ndarray, offset: int) -> None:
     """Copy an Arrow column into ``dst`` from its buffers: ``to_numpy()`` would make pyarrow
     import pandas (when installed), half a second in every worker process."""
+    import numpy as np
+
     pos = offset
     for chunk in col.chunks:
         k = len(chunk)

@@ -7,8 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from backtest.data.partition import Columns, embedded_hash, open_partition, read_columns
 from backtest.errors import DataError
 
@@ -25,6 +23,8 @@ def read_bars(symbol: str, files: Sequence[tuple[Path, str]], start_ns: int, end
     content hash must equal the expected one, else DataError: the data changed since the run was
     planned and results would no longer match their keys.
     """
+    import numpy as np
+
     from backtest.engine.bars import Bars
 
     handles = []
@@ -61,6 +61,8 @@ def read_bars(symbol: str, files: Sequence[tuple[Path, str]], start_ns: int, end
 
 def bar_stats(bars: Bars) -> dict[str, float | str]:
     """A few facts about a series, for `bt data show` (NaN where there is nothing to say)."""
+    import numpy as np
+
     from backtest.data.freq import infer_freq
 
     n = len(bars)

@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from backtest.data.freq import fmt_ts, format_freq, infer_freq, modal_step, parse_freq, year_of
 from backtest.data.manifest import Files, Manifest
 from backtest.data.partition import (
@@ -21,10 +19,12 @@ from backtest.data.partition import (
     read_columns,
     write_partition,
 )
-from backtest.data.validate import Frame, Options, frame_from_arrays
 from backtest.errors import DataError, did_you_mean
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # numpy (and validation, which needs it) only where bars are handled: planning
+    import numpy as np  # from the manifest, as a rerun does, imports neither
+
+    from backtest.data.validate import Frame, Options
     from backtest.engine.bars import Bars
 
 Progress = Callable[[str, int], None]  # (file just done, its size in bytes)
@@ -119,6 +119,8 @@ class Store:
         hit = [i for i, p in enumerate(parts) if p.last_ts >= start_ns and p.first_ts <= end_ns]
         if hit and not any(start_ns <= parts[i].first_ts <= end_ns or start_ns <= parts[i].last_ts <= end_ns
                            for i in hit):
+            import numpy as np
+
             ts = self._ts(parts[hit[0]])  # the range lies inside one partition: look at its bars
             if np.searchsorted(ts, start_ns, "left") == np.searchsorted(ts, end_ns, "right"):
                 hit = []
@@ -128,13 +130,14 @@ class Store:
                             f"from {fmt_ts(parts[0].first_ts)} to {fmt_ts(parts[-1].last_ts)}")
         first, last = hit[0], hit[-1]
         p = parts[first]
-        before = 0 if start_ns <= p.first_ts else int(np.searchsorted(self._ts(p), start_ns, "left"))
+        before = 0 if start_ns <= p.first_ts else int(self._ts(p).searchsorted(start_ns, "left"))
         while before < warmup_bars and first > 0:
             first -= 1
             before += parts[first].rows
         return parts[first:last + 1]
 
     def _ts(self, p: Partition) -> np.ndarray:
+        import numpy as np
         import pyarrow as pa
 
         table = open_partition(self.path(p)).read(columns=["ts"], use_threads=False)
@@ -180,6 +183,8 @@ class Store:
                       *, replace: bool = False, dedupe: bool = False, dropna: bool = False,
                       repair: bool = False) -> ImportReport:
         """Import bars given as arrays (int64 ns UTC ``ts``), with the same checks as a file."""
+        from backtest.data.validate import Options, frame_from_arrays
+
         opts = Options(replace=replace, dedupe=dedupe, dropna=dropna, repair=repair)
         frame = frame_from_arrays(symbol, ts, open, high, low, close, volume, opts)
         return self._commit([frame], opts)[0]
@@ -197,6 +202,7 @@ class Store:
         from backtest.data.freq import parse_freq
         from backtest.data.sources import expand
         from backtest.data.timestamps import check_tz
+        from backtest.data.validate import Options
 
         opts = Options(symbol=symbol, tz=tz, adjust=adjust, bars=bars, dedupe=dedupe, dropna=dropna,
                        replace=replace, repair=repair)
@@ -260,6 +266,8 @@ class Store:
 
     def _merge(self, frame: Frame, old_parts: list[Partition], opts: Options
                ) -> tuple[ImportReport, list[Partition], dict[str, str | None]]:
+        import numpy as np
+
         cols, sym = frame.cols, frame.symbol
         old = {p.year: p for p in old_parts}
         step = modal_step(cols.ts[:200_000])  # a prefix tells the frequency as well as the whole
@@ -334,6 +342,8 @@ class Store:
 def _merge_year(stored: Columns, seg: Columns, frame: Frame, seg_offset: int, replace: bool,
                 first_ts: int, last_ts: int) -> tuple[Columns, int, int]:
     """Stored bars of one year + new ones → (merged, bars added, stored bars replaced)."""
+    import numpy as np
+
     idx = np.searchsorted(stored.ts, seg.ts)
     safe = np.minimum(idx, max(len(stored) - 1, 0))
     known = (idx < len(stored)) & (stored.ts[safe] == seg.ts) if len(stored) else np.zeros(len(seg), bool)

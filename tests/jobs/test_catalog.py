@@ -55,7 +55,16 @@ def test_the_catalog_does_not_import_the_duckdb_package(tmp_path):
     assert out.split() == ["done", "True", "False"]
 
 
-def test_record_and_read_back(tmp_path, driver):
+@pytest.fixture(params=["numpy", "lists"])
+def staging(request, monkeypatch):
+    """Rows reach DuckDB as NumPy columns when NumPy is loaded, else as lists (a cached rerun)."""
+    import backtest.catalog
+
+    monkeypatch.setattr(backtest.catalog, "_numpy_loaded", lambda: request.param == "numpy")
+    return request.param
+
+
+def test_record_and_read_back(tmp_path, driver, staging):
     cat = Catalog(tmp_path / "c.duckdb")
     cat.create_run(_run("r-1"))
     cat.record("r-1", [_task("k1")], [_result("k1")], [{"shard": "s", "worker": "w", "text": "hi", "at_time": 1.0}],
@@ -81,7 +90,7 @@ def test_record_and_read_back(tmp_path, driver):
     assert [x["text"] for x in cat.logs("r-1")] == ["hi", "a\nb"]
 
 
-def test_a_result_recorded_again_keeps_one_row_with_the_latest_versions(tmp_path):
+def test_a_result_recorded_again_keeps_one_row_with_the_latest_versions(tmp_path, staging):
     """A forced rerun records its keys again: one row per key stays, its metrics as they were
     (the key fixes them), its ``env`` that of the latest computation when that differs."""
     cat = Catalog(tmp_path / "c.duckdb")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -69,6 +71,20 @@ def test_rerun_and_changed_parameter_compute_only_what_is_missing(root: Path, sm
     changed = run_json(root, sma_path, "--from", "2020", "--to", "2021", "--param", "fast=5,15",
                        "--param", "slow=20", "-w", "2")
     assert (changed["computed"], changed["cached"]) == (3, 3)
+
+
+def test_a_cached_rerun_loads_neither_numpy_nor_pyarrow(root: Path, sma_path: Path) -> None:
+    """A fully cached rerun only plans from the manifest and records: NumPy's import alone would be
+    a fifth of its time. Its task rows reach the catalog as lists (tests/jobs/test_catalog.py)."""
+    args = [str(sma_path), "--from", "2020", "--to", "2021", "--param", "fast=5,10", "--param", "slow=20", "-w", "2"]
+    assert run_json(root, *args)["computed"] == 6
+    code = ("import json, sys\nfrom backtest.cli import main\n"
+            f"try:\n    main(['--data', {str(root)!r}, 'run', *{args!r}, '--json'])\nexcept SystemExit:\n    pass\n"
+            "print(json.dumps(sorted(m for m in ('numpy', 'pyarrow', 'numba', 'duckdb') if m in sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    summary, loaded = out.strip().splitlines()[-2:]
+    assert (json.loads(summary)["computed"], json.loads(summary)["cached"]) == (0, 6)
+    assert json.loads(loaded) == []
 
 
 def test_reimported_changed_year_recomputes_only_tasks_reading_it(root: Path, sma_path: Path) -> None:
