@@ -362,7 +362,7 @@ def _stage_rows(tasks: Sequence[dict[str, Any]], results: Sequence[dict[str, Any
 def _source(con: Any, staged: Staged, columns: dict[str, str], name: str) -> str:
     """The staged rows made a relation ``name`` of ``con`` (``_release`` drops it); a SQL source
     of them with ``columns`` (non-finite numbers as NULL, as the catalog keeps them)."""
-    if isinstance(next(iter(staged.values())), list):
+    if _as_lists(staged):
         unnest = ", ".join(f'unnest(?::{t}[]) AS "{k}"' for k, t in columns.items())
         con.execute(f"CREATE TEMP TABLE {name} AS SELECT {unnest}", [staged[k] for k in columns])
     else:
@@ -394,10 +394,15 @@ def _insert_staged(con: Any, staged: _Staged, run_id: str, run_update: dict[str,
 
 
 def _release(con: Any, staged: Staged, name: str) -> None:
-    if isinstance(next(iter(staged.values())), list):
+    if _as_lists(staged):
         con.execute(f"DROP TABLE {name}")
     else:
         con.unregister(name)
+
+
+def _as_lists(staged: Staged) -> bool:
+    """Whether ``staged`` holds Python lists (a temporary table) rather than NumPy columns."""
+    return isinstance(next(iter(staged.values())), list)
 
 
 def _insert_run(con: Any, run: dict[str, Any]) -> None:

@@ -293,29 +293,25 @@ class ResultStore:
     def keys(self) -> list[str]:
         """Every stored key. A temporary file (``.tmp-*``, left by a writer killed mid-write, e.g.
         a worker stopped by Ctrl+C) is not a result and not listed."""
-        if not self.dir.is_dir():
-            return []
-        out: list[str] = []
-        for sub in sorted(self.dir.iterdir()):
-            if sub.is_dir():
-                out.extend(p.name[:-4] for p in sorted(sub.glob("*.res")) if not p.name.startswith("."))
-        return out
+        return [p.name[:-4] for p in self._files("*.res") if not p.name.startswith(".")]
 
     def leftovers(self, older_than: float) -> list[Path]:
         """Temporary files (``.tmp-*``) last written before ``older_than`` (a Unix time): what
         writers killed mid-write left behind. A live writer holds one for a moment only."""
+        out: list[Path] = []
+        for p in self._files(".tmp-*"):
+            try:
+                if p.stat().st_mtime < older_than:
+                    out.append(p)
+            except FileNotFoundError:  # renamed or removed meanwhile
+                pass
+        return out
+
+    def _files(self, pattern: str) -> list[Path]:
+        """The store's files named like ``pattern``, in order, over every key-prefix folder."""
         if not self.dir.is_dir():
             return []
-        out: list[Path] = []
-        for sub in sorted(self.dir.iterdir()):
-            if sub.is_dir():
-                for p in sorted(sub.glob(".tmp-*")):
-                    try:
-                        if p.stat().st_mtime < older_than:
-                            out.append(p)
-                    except FileNotFoundError:  # renamed or removed meanwhile
-                        pass
-        return out
+        return [p for sub in sorted(self.dir.iterdir()) if sub.is_dir() for p in sorted(sub.glob(pattern))]
 
     def remove(self, key: str) -> None:
         try:
