@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +85,13 @@ def processes_with(marker: str) -> list[int]:
         if marker in cmd:
             found.append(int(pid))
     return found
+
+
+def loaded_by(code: str, modules: Sequence[str]) -> tuple[list[str], str]:
+    """Run ``code`` in a fresh interpreter: which of ``modules`` it imported (sorted), and what it
+    printed. Guards that a command keeps heavy imports out of its path."""
+    probe = f"{code}\nimport json as _j, sys as _s\nprint(_j.dumps(sorted(m for m in {list(modules)!r} if m in _s.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    printed, _, last = out.stdout.rstrip("\n").rpartition("\n")
+    return json.loads(last), printed

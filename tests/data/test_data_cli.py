@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from datahelpers import make_bars, to_csv
+from helpers import loaded_by
 from typer.testing import CliRunner
 
 from backtest import cli, paths
@@ -119,7 +120,5 @@ def test_real_bt_process_exit_codes_and_one_line_errors(tmp_path, write):
 
 
 def test_the_data_commands_do_not_import_heavy_modules():
-    code = ("import sys, backtest.cli.data; "
-            "print([m for m in ('numpy', 'pyarrow', 'duckdb', 'pandas', 'backtest.data') if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    loaded, _ = loaded_by("import backtest.cli.data", ("numpy", "pyarrow", "duckdb", "pandas", "backtest.data"))
+    assert loaded == []

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+from helpers import loaded_by
 
 from backtest.engine import (
     METRIC_NAMES,
@@ -148,6 +146,5 @@ def test_settings_canonical_and_validated():
 
 
 def test_import_engine_keeps_pandas_and_pyarrow_out():
-    code = "import sys, backtest.engine; print(sorted(m for m in ('pandas', 'pyarrow') if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    loaded, _ = loaded_by("import backtest.engine", ("pandas", "pyarrow"))
+    assert loaded == []

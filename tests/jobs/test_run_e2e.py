@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import loaded_by
 from typer.testing import CliRunner
 
 from backtest.catalog import Catalog
@@ -78,13 +77,12 @@ def test_a_cached_rerun_loads_neither_numpy_nor_pyarrow(root: Path, sma_path: Pa
     a fifth of its time. Its task rows reach the catalog as lists (tests/jobs/test_catalog.py)."""
     args = [str(sma_path), "--from", "2020", "--to", "2021", "--param", "fast=5,10", "--param", "slow=20", "-w", "2"]
     assert run_json(root, *args)["computed"] == 6
-    code = ("import json, sys\nfrom backtest.cli import main\n"
-            f"try:\n    main(['--data', {str(root)!r}, 'run', *{args!r}, '--json'])\nexcept SystemExit:\n    pass\n"
-            "print(json.dumps(sorted(m for m in ('numpy', 'pyarrow', 'numba', 'duckdb') if m in sys.modules)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    summary, loaded = out.strip().splitlines()[-2:]
-    assert (json.loads(summary)["computed"], json.loads(summary)["cached"]) == (0, 6)
-    assert json.loads(loaded) == []
+    code = ("from backtest.cli import main\n"
+            f"try:\n    main(['--data', {str(root)!r}, 'run', *{args!r}, '--json'])\nexcept SystemExit:\n    pass")
+    loaded, printed = loaded_by(code, ("numpy", "pyarrow", "numba", "duckdb"))
+    summary = json.loads(printed.splitlines()[-1])
+    assert (summary["computed"], summary["cached"]) == (0, 6)
+    assert loaded == []
 
 
 def test_reimported_changed_year_recomputes_only_tasks_reading_it(root: Path, sma_path: Path) -> None:

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from helpers import processes_with
+from helpers import loaded_by, processes_with
 
 from backtest.results import ResultStore
 
@@ -103,11 +103,9 @@ def test_every_command_has_help() -> None:
 
 
 def test_help_is_fast_and_does_not_import_heavy_modules() -> None:
-    code = ("import sys, backtest.cli as c; c._register(); "
-            "heavy = [m for m in ('numpy', 'numba', 'duckdb', 'pyarrow', 'pandas', 'fabric') if m in sys.modules]; "
-            "print(heavy)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    loaded, _ = loaded_by("import backtest.cli as c; c._register()",
+                          ("numpy", "numba", "duckdb", "pyarrow", "pandas", "fabric"))
+    assert loaded == []
 
 
 def test_real_process_bad_input_exit_codes(root: Path, tmp_path: Path) -> None:
