@@ -63,9 +63,13 @@ def run_grid(
 
 
 def warm_up() -> None:
-    """Load the simulation kernel from numba's cache now. The first kernel a process loads also
-    sets numba's compiler up (about 0.2 s), so a worker does it while the coordinator still plans
-    rather than when its first shard arrives. The argument types are ``_run_one``'s."""
+    """For a worker process: load the simulation kernel from numba's cache now, so that a worker
+    does it while the coordinator still plans rather than when its first shard arrives. Cached
+    kernels, from now on, load without readying numba's compiler (``numba_load``). The argument
+    types are ``_run_one``'s."""
+    from backtest.engine import numba_load
+
+    numba_load.install()
     ts = np.arange(3, dtype=np.int64) * 60_000_000_000
     x = np.ones(3)
     simulate_nb(ts, x, x, x, x, np.zeros(3), 0, 1.0, 0.0, 0.0, 0.0, False, False, 0.0, 0.0,
