@@ -15,6 +15,7 @@ import json
 import os
 import random
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -157,6 +158,55 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in text or "conflicting" in text or "being used by another process" in text
 
 
+class _Writer:
+    """This process's DuckDB instance for writing catalogs: in memory, on one thread, made once
+    (making an instance costs 20-50 ms, most of it DuckDB filling its own system catalog, which a
+    run would pay at its start and again at its end), with the catalog file attached for each
+    write and detached after (~1.5 ms), which takes and lets go of the file as opening and closing
+    a connection does. Writes in one process take turns; a turn that fails drops the instance
+    (closing it lets the file go whatever state it is in), and the next turn makes a new one."""
+
+    ALIAS = "bt_catalog"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._con: Any = None
+        self._pid = 0
+        self._driver: Any = None
+
+    @contextmanager
+    def turn(self, path: Path, opening: Callable[[Callable[[], Any]], Any]) -> Iterator[Any]:
+        with self._lock:
+            driver = duckdb_driver()
+            if self._con is None or self._pid != os.getpid() or self._driver is not driver:
+                self._con = driver.connect(":memory:", config={"threads": 1})  # (a forked child makes its own)
+                self._pid, self._driver = os.getpid(), driver
+            con = self._con
+            quoted = str(path).replace("'", "''")
+            opening(lambda: con.execute(f"ATTACH '{quoted}' AS {self.ALIAS}"))
+            try:
+                con.execute(f"USE {self.ALIAS}")
+                yield con
+            except BaseException:
+                self._drop()
+                raise
+            try:
+                con.execute("USE memory")
+                con.execute(f"DETACH {self.ALIAS}")
+            except Exception:
+                self._drop()
+
+    def _drop(self) -> None:
+        try:
+            self._con.close()
+        except Exception:  # noqa: S110 - it is being thrown away
+            pass
+        self._con = None
+
+
+_WRITER = _Writer()
+
+
 class Catalog:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -165,35 +215,40 @@ class Catalog:
     def connect(self, read_only: bool = False) -> Iterator[Any]:
         """A short connection. Processes take turns through a lock file next to the catalog
         (shared for readers, exclusive for writers), so DuckDB never sees two processes at once;
-        a write checkpoints before it lets go, so no reader ever depends on another's WAL."""
+        a write checkpoints before it lets go, so no reader ever depends on another's WAL.
+
+        A write attaches the file to this process's writing instance of DuckDB (``_Writer``)
+        and detaches it after, which lets the file go exactly as closing a connection does."""
         duckdb = duckdb_driver()
         if read_only and not self.path.exists():
             raise CatalogError("no runs recorded yet; start one with: bt run STRATEGY.py")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _file_lock(self.path.with_name(self.path.name + ".lock"), shared=read_only):
-            deadline = time.monotonic() + LOCK_WAIT
-            delay = 0.005
-            while True:
+            if read_only:
+                con = self._opening(lambda: duckdb.connect(str(self.path), read_only=True))
                 try:
-                    # a write is a few small statements, made while workers (or their fork
-                    # server, warming up) need every core: one thread, not one per core
-                    con = duckdb.connect(str(self.path), read_only=read_only,
-                                         config={} if read_only else {"threads": 1})
-                    break
-                except (duckdb.IOException, duckdb.ConnectionException) as exc:
-                    # another program (not bt) holds the file: wait for it, within reason
-                    if not _is_lock_error(exc) or time.monotonic() > deadline:
-                        raise CatalogError(f"cannot open the catalog {self.path}: {exc}") from exc
-                    time.sleep(delay * (1 + random.random()))
-                    delay = min(delay * 2, 0.2)
-            try:
-                if not read_only:
-                    self._migrate(con)
+                    yield con
+                finally:
+                    con.close()
+                return
+            with _WRITER.turn(self.path, self._opening) as con:
+                self._migrate(con)
                 yield con
-                if not read_only:
-                    con.execute("CHECKPOINT")
-            finally:
-                con.close()
+                con.execute("CHECKPOINT")
+
+    def _opening(self, open_: Callable[[], T]) -> T:
+        """``open_()``, retried while another program (not bt) holds the file, within reason."""
+        duckdb = duckdb_driver()
+        deadline = time.monotonic() + LOCK_WAIT
+        delay = 0.005
+        while True:
+            try:
+                return open_()
+            except (duckdb.IOException, duckdb.ConnectionException) as exc:
+                if not _is_lock_error(exc) or time.monotonic() > deadline:
+                    raise CatalogError(f"cannot open the catalog {self.path}: {exc}") from exc
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 0.2)
 
     def _migrate(self, con: Any) -> None:
         con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER, applied DOUBLE)")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import subprocess
 import sys
+import threading
 import time
 
 import pytest
 from helpers import loaded_by
 
+from backtest import catalog
 from backtest.catalog import METRICS, MIGRATIONS, Catalog, duckdb_driver, result_row
 from backtest.errors import CatalogError
 
@@ -167,3 +170,61 @@ def test_two_processes_write_while_a_third_reads(tmp_path):
     assert reads > 0
     ids = {r["run_id"] for r in Catalog(path).runs(100)}
     assert {f"{p}-{i}" for p in "ab" for i in range(15)} <= ids
+
+
+def _write_from_another_process(path, sql: str) -> None:
+    """``sql`` run by a separate process that opens the catalog file for writing (it fails at once
+    if this process still holds the file)."""
+    code = f"import duckdb; c = duckdb.connect({str(path)!r}); c.execute({sql!r}); c.close()"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_write_lets_the_file_go_and_the_next_one_reuses_duckdb(tmp_path, driver):
+    """Writes attach the file to one DuckDB instance per process and detach it after."""
+    path = tmp_path / "c.duckdb"
+    cat = Catalog(path)
+    cat.create_run(_run("a"))
+    instance = catalog._WRITER._con
+    _write_from_another_process(path, "UPDATE runs SET status = 'done' WHERE run_id = 'a'")
+    cat.create_run(_run("b"))
+    assert catalog._WRITER._con is instance  # made once, not for every write
+    assert (cat.run("a")["status"], cat.run("b")["status"]) == ("done", "running")
+
+
+def test_a_failed_write_records_nothing_and_lets_the_file_go(tmp_path):
+    path = tmp_path / "c.duckdb"
+    cat = Catalog(path)
+    cat.create_run(_run("a"))
+    def fail() -> None:
+        raise RuntimeError("failed half-way")
+
+    with pytest.raises(RuntimeError, match="half-way"):  # after its rows went in, before the commit
+        cat.record("a", [{"key": "k1", "symbol": "AAA", "status": "done"}], [_result("k1")],
+                   run_update={"status": "done"}, more=fail)
+    _write_from_another_process(path, "UPDATE runs SET tasks = 9 WHERE run_id = 'a'")
+    assert cat.task_rows("a") == [] and cat.known_results(["k1"]) == set()
+    assert (cat.run("a")["status"], cat.run("a")["tasks"]) == ("running", 9)
+    cat.create_run(_run("b"))  # and the next write works
+    assert cat.run("b")["status"] == "running"
+
+
+def test_threads_of_one_process_take_turns_writing(tmp_path):
+    cat = Catalog(tmp_path / "c.duckdb")
+    cat.create_run(_run("r"))
+    errors: list[BaseException] = []
+
+    def write(name: str) -> None:
+        try:
+            for i in range(15):
+                cat.record("r", [{"key": f"{name}{i}", "symbol": "AAA", "status": "done"}], [_result(f"{name}{i}")])
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in "xyz"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(r["key"] for r in cat.task_rows("r")) == sorted(f"{n}{i}" for n in "xyz" for i in range(15))
