@@ -1,7 +1,8 @@
 """The catalog: a DuckDB file indexing runs, task outcomes, metrics and logs. The only SQL in bt.
 
-DuckDB lets one process hold a file for writing at a time, so every use here is a short
-connection (open, one transaction, close) retried while another process holds the lock: two
+DuckDB lets one process hold a file for writing at a time, so every use here holds the file
+briefly (a read opens and closes a connection; a write attaches the file to the process's writing
+instance for one transaction and detaches it), retried while another process holds the lock: two
 ``bt run``s at once and a ``bt report`` during a run all work. Writes are append-only (task
 outcomes are final within a run), except the one ``runs`` row a run updates as it ends.
 
