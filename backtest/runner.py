@@ -368,9 +368,9 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
     known = catalog.start_run({
         "run_id": run_id, "created": time.time(), "strategy": job.strategy.name,
         "strategy_file": str(req.strategy), "code_hash": job.strategy.hash,
-        "job": json.dumps({"symbols": job.symbols, "params": job.params_list, "warmups": job.warmups,
-                           "start_ns": job.start_ns, "end_ns": job.end_ns,
-                           "parts": [[s, w, files] for (s, w), files in prep.parts.items()]}),
+        "job_hash": catalog.save_job(json.dumps({
+            "symbols": job.symbols, "params": job.params_list, "warmups": job.warmups, "start_ns": job.start_ns,
+            "end_ns": job.end_ns, "parts": [[s, w, files] for (s, w), files in prep.parts.items()]})),
         "settings": json.dumps(job.settings, sort_keys=True), "executor": prep.executor_url,
         "status": "running", "tasks": len(prep.tasks), "computed": 0, "cached": len(prep.cached), "failed": 0,
         "pid": os.getpid(), "host": socket.gethostname(),
@@ -639,7 +639,7 @@ def verify(run_id: str, sample: int | None = None, seed: int = 0, root: Path | N
     root = root or paths.root()
     catalog = Catalog(root / "catalog.duckdb")
     run = catalog.run(run_id)
-    spec = json.loads(run["job"])
+    spec = catalog.job(run)
     source = load_saved_source(root, run["code_hash"])
     parts = {(s, w): [tuple(f) for f in files] for s, w, files in spec["parts"]}
     job = Job(source, spec["params"], spec["warmups"], spec["symbols"], spec["start_ns"], spec["end_ns"],

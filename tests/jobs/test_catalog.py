@@ -228,3 +228,30 @@ def test_threads_of_one_process_take_turns_writing(tmp_path):
         t.join()
     assert errors == []
     assert sorted(r["key"] for r in cat.task_rows("r")) == sorted(f"{n}{i}" for n in "xyz" for i in range(15))
+
+
+def test_a_catalog_of_the_first_schema_moves_its_jobs_into_files(tmp_path):
+    """Migration 2: jobs leave the runs table for files named by hash; every run keeps its job."""
+    import duckdb
+
+    path = tmp_path / "c.duckdb"
+    jobs = ['{"symbols": ["AAA"], "params": [{"n": 1}]}', '{"symbols": ["BBB"], "params": [{"n": 2}]}']
+    con = duckdb.connect(str(path))
+    con.execute(MIGRATIONS[0])
+    con.execute("CREATE TABLE schema_migrations (version INTEGER, applied DOUBLE)")
+    con.execute("INSERT INTO schema_migrations VALUES (1, 0.0)")
+    for i, job in enumerate([jobs[0], jobs[1], jobs[0]]):
+        con.execute("INSERT INTO runs (run_id, created, status, job) VALUES (?, ?, 'done', ?)", [f"r{i}", float(i), job])
+    con.close()
+
+    cat = Catalog(path)
+    cat.create_run(_run("new"))  # the first write applies the migration
+    assert [json.dumps(cat.job(cat.run(f"r{i}"))) for i in range(3)] == [jobs[0], jobs[1], jobs[0]]
+    assert len(list((tmp_path / "jobs").glob("*.json"))) == 2  # the same job is stored once
+    with cat.connect(read_only=True) as con:
+        columns = [r[0] for r in con.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = 'runs'").fetchall()]
+        versions = con.execute("SELECT max(version) FROM schema_migrations").fetchone()[0]
+    assert "job" not in columns and "job_hash" in columns and versions == len(MIGRATIONS)
+    (tmp_path / "jobs" / f"{cat.run('r1')['job_hash']}.json").unlink()
+    with pytest.raises(CatalogError, match="job of run r1 is not stored"):
+        cat.job(cat.run("r1"))
