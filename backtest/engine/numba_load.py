@@ -58,4 +58,3 @@ def install() -> bool:
     FunctionCache.load_overload = load_overload  # type: ignore[method-assign]
     FunctionCache._bt_lean = True  # type: ignore[attr-defined]
     return True
-
