@@ -50,13 +50,10 @@ def _jobs_out_of_runs(con: Any, root: Path) -> None:
 def _save_job(root: Path, text: str) -> str:
     import hashlib
 
-    from backtest.fsutil import atomic_write
+    from backtest.fsutil import write_once
 
     digest = hashlib.sha256(text.encode()).hexdigest()
-    path = root / "jobs" / f"{digest}.json"
-    if not path.exists():  # the same job run again is stored once
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, text.encode())
+    write_once(root / "jobs" / f"{digest}.json", text.encode())  # the same job run again is stored once
     return digest
 
 

@@ -35,3 +35,11 @@ def atomic_write(path: Path | str, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def write_once(path: Path, data: bytes) -> None:
+    """``atomic_write`` unless ``path`` exists already (a file named by its content, or by what
+    decides it, is never written twice), making its folder if need be."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, data)

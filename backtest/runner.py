@@ -280,17 +280,14 @@ def grid_of(req: RunRequest, root: Path) -> tuple[StrategySource, list[dict[str,
 def remember_grid(req: RunRequest, root: Path, src: StrategySource, params_list: list[dict[str, Any]],
                   warmups: list[int]) -> None:
     """Store what ``grid_of`` expanded, once the whole job has been checked (bad input leaves nothing)."""
-    from backtest.fsutil import atomic_write
+    from backtest.fsutil import write_once
     from backtest.strategy import source_hash
 
     text = _read_source(req)
     if text is None or src.hash != source_hash(text):
         return
-    path = _grid_cache(req, root, src.hash)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps({"name": src.name, "params_list": params_list,
-                                                   "warmups": warmups}).encode())
+    write_once(_grid_cache(req, root, src.hash),
+               json.dumps({"name": src.name, "params_list": params_list, "warmups": warmups}).encode())
 
 
 def _worker_count(url: str) -> int:
@@ -602,12 +599,9 @@ def run(req: RunRequest, on_progress: OnProgress | None = None) -> RunSummary:
 
 def save_source(root: Path, source: StrategySource) -> None:
     """Keep the exact strategy source of every run by hash, so `bt verify` can rerun it later."""
-    from backtest.fsutil import atomic_write
+    from backtest.fsutil import write_once
 
-    path = root / "strategies" / f"{source.hash}.json"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps(source.__dict__).encode())
+    write_once(root / "strategies" / f"{source.hash}.json", json.dumps(source.__dict__).encode())
 
 
 def load_saved_source(root: Path, code_hash: str) -> StrategySource:
