@@ -277,6 +277,7 @@ def serve(fd: int) -> None:
     # collection in a worker (long runs make some) neither walks its ~100 000 objects (~80 ms)
     # nor writes to their pages, which would copy ~26 MB of them into every worker.
     gc.freeze()
+    gc.enable()  # off since ``worker.main``
     mark("fork server warm")
     while True:
         try:

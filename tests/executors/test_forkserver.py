@@ -74,33 +74,38 @@ class ShowPools(Strategy):
     n = 3
 
     def signals(self, bars):
-        import os
-        print(" ".join(f"{k}={os.environ.get(k)}" for k in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")))
+        import gc, os
+        pools = " ".join(f"{k}={os.environ.get(k)}" for k in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"))
+        print(pools, f"gc={gc.isenabled()}")
         return np.zeros(len(bars))
 """
 
 
+@pytest.mark.parametrize("server", [True, False], ids=["forked", "started"])
 def test_workers_keep_thread_pools_to_one_thread_unless_told_otherwise(
-    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, server: bool
 ) -> None:
     """numpy's OpenBLAS starts a thread per core at import, which spins on cores the workers need
     (in the server, until its first fork); workers run one per core anyway. A count the user's
-    environment sets is kept."""
+    environment sets is kept. The garbage collector, off while a worker (or the server) imports
+    and warms up, is on again when shards run."""
     from backtest.executors.base import ShardLog
 
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
     monkeypatch.setenv("MKL_NUM_THREADS", "3")
+    if not server:
+        monkeypatch.setenv("BT_NO_FORK_SERVER", "1")
     prep = plan(root, write_strategy(tmp_path, SHOW_POOLS, "pools.py"), ["n=3:4"])
     ex = LocalExecutor(ExecutorOptions(data_root=root, workers=2))
     ex.start(prep.job.strategy)
-    assert ex._server is not None
+    assert (ex._server is not None) == server
     events = wait_ready(ex, 2)
     ex.submit(prep.shards)
     while not ex.finished():
         events.extend(ex.poll(0.1))
     ex.close()
     logs = {line for e in events if isinstance(e, ShardLog) for line in e.text.splitlines()}
-    assert logs == {"OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=3"}
+    assert logs == {"OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=3 gc=True"}
 
 
 def test_without_the_server_workers_start_on_their_own(root: Path, faulty: Path,
