@@ -70,8 +70,9 @@ class DaskExecutor(Executor):
             if self.address in ("", "local"):
                 from backtest.executors.local import cores
 
+                # its HTTP server on a free port: the default, 8787, warns when taken (another cluster)
                 self._cluster = LocalCluster(n_workers=self.options.workers or cores(), threads_per_worker=1,
-                                             processes=True, dashboard_address=None)
+                                             processes=True, dashboard_address=":0")
                 self._client = Client(self._cluster)
             else:
                 self._client = Client(self.address, timeout=10)

@@ -11,13 +11,16 @@ from contract import ExecutorContract
 from backtest.executors.base import Executor, ExecutorOptions
 
 pytest.importorskip("distributed", reason="the dask extra is not installed (pip install 'bt-farm[dask]')")
+# two clusters at once (the fixture's and bt's own): bt's may not ask for the port the other holds
+pytestmark = pytest.mark.filterwarnings("error:Port .* is already in use")
 
 
 @pytest.fixture(scope="module")
 def scheduler() -> Any:
     from distributed import LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+    # on dask's default HTTP port, as a user's own cluster would be (bt's must then take another)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":8787") as cluster:
         yield cluster.scheduler_address
 
 
