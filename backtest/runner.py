@@ -371,7 +371,8 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
         "settings": json.dumps(job.settings, sort_keys=True), "executor": prep.executor_url,
         "status": "running", "tasks": len(prep.tasks), "computed": 0, "cached": len(prep.cached), "failed": 0,
         "pid": os.getpid(), "host": socket.gethostname(),
-        "data_hashes": json.dumps(sorted({h for s in prep.shards for _, h in s.spec["files"]})),
+        # every partition the run's tasks read, computed or cached
+        "data_hashes": json.dumps(sorted({h for files in prep.parts.values() for _, h in files})),
     }, [t.key for t in prep.cached], _pid_alive, then=None if prep.shards else all_cached)
     if not prep.shards:  # nothing to compute: the whole run was recorded in that one transaction
         summary = RunSummary(run_id, "done", len(prep.tasks), 0, len(prep.cached), 0, time.monotonic() - t0, "")

@@ -67,6 +67,10 @@ def test_rerun_and_changed_parameter_compute_only_what_is_missing(root: Path, sm
     assert (first["computed"], first["cached"]) == (6, 0)
     again = run_json(root, *args)
     assert (again["computed"], again["cached"], again["tasks"]) == (0, 6, 6)
+    # a run records the hashes of all the data its tasks read, whether computed or cached
+    catalog = Catalog(root / "catalog.duckdb")
+    hashes = [json.loads(catalog.run(r["run_id"])["data_hashes"]) for r in (first, again)]
+    assert hashes[0] == hashes[1] and len(hashes[0]) == 9  # 3 symbols × 2019 (the warm-up), 2020, 2021
     changed = run_json(root, sma_path, "--from", "2020", "--to", "2021", "--param", "fast=5,15",
                        "--param", "slow=20", "-w", "2")
     assert (changed["computed"], changed["cached"]) == (3, 3)
