@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -106,6 +107,32 @@ def test_help_is_fast_and_does_not_import_heavy_modules() -> None:
     loaded, _ = loaded_by("import backtest.cli as c; c._register()",
                           ("numpy", "numba", "duckdb", "pyarrow", "pandas", "fabric"))
     assert loaded == []
+
+
+def test_help_and_usage_errors_leave_markdown_unloaded_until_it_is_used() -> None:
+    """typer imports rich.markdown to format help and errors, for a markup mode bt does not use:
+    a stand-in defers it (backtest.cli._defer_rich_markdown), and the real module still works."""
+    code = textwrap.dedent("""
+        from backtest.cli import main
+        for argv in (["--help"], ["run", "--help"], ["nosuchcmd"]):
+            try:
+                main(argv)
+            except SystemExit:
+                pass
+        import sys
+        print("before use:", "markdown_it" in sys.modules)
+        from rich.console import Console
+        from rich.markdown import Markdown
+        console = Console(record=True, width=40)
+        console.print(Markdown("# Title\\n\\n*some* text"))
+        import rich.markdown
+        print("after use:", "markdown_it" in sys.modules, isinstance(Markdown("x"), rich.markdown.Markdown),
+              "some text" in console.export_text())
+    """)
+    loaded, printed = loaded_by(code, ("markdown_it",))
+    assert "Usage" in printed  # (the usage error went to stderr)
+    assert "before use: False" in printed and "after use: True True True" in printed
+    assert loaded == ["markdown_it"]
 
 
 def test_real_process_bad_input_exit_codes(root: Path, tmp_path: Path) -> None:
