@@ -4,6 +4,7 @@ numba's ordinary load, without readying numba's compiler, and compiling afterwar
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -25,8 +26,12 @@ from backtest.engine import METRIC_NAMES, SimSettings, run_grid
 from backtest.engine.run import warm_up
 from backtest.strategy import expand_grid, load_strategy
 
-warm_up()
 from backtest.engine import numba_load
+
+loaded = numba_load._load_runtime
+runtime = []  # whether the runtime's machine code came from bt's file in the kernels' cache folder
+numba_load._load_runtime = lambda *a: runtime.append(loaded(*a)) or runtime[-1]
+warm_up()
 lean = numba_load.install()
 bars = make_bars(3000, seed=5, start=300, vol=0.004, step_ns=60 * 10**9)
 digest = hashlib.sha256()
@@ -46,6 +51,22 @@ try:
 except ValueError as exc:
     error = str(exc)
 readied = "numba.np.linalg" in sys.modules  # imported by numba readying its compiler, not by loads
+skipped = sorted(m for m in ("numpy.ma", "numba.np.arrayobj") if m not in sys.modules)
+
+
+class Sub(np.ndarray):
+    pass
+
+
+import numba
+
+# a subclass is typed by numba's own function, which rejects masked arrays
+sub = [str(numba.typeof(bars.close.view(Sub))), float(sma_nb(bars.close.view(Sub), 3)[-1])]
+try:
+    numba.typeof(np.ma.masked_array(bars.close))
+    masked = None
+except Exception as exc:
+    masked = f"{{type(exc).__name__}}: {{exc}}"
 from numba import njit
 
 @njit
@@ -53,11 +74,12 @@ def total(x):
     return sma_nb(x, 3)[2:].sum()
 
 print(json.dumps({{"lean": lean, "digest": digest.hexdigest(), "error": error, "readied": readied,
-                  "compiled": float(total(np.arange(10.0)))}}))
+                  "skipped": skipped, "sub": sub,
+                  "runtime": ["loaded" if r is not None else "compiled" for r in runtime], "masked": masked, "compiled": float(total(np.arange(10.0)))}}))
 """
 
 
-def run(full: bool) -> dict:
+def run(full: bool = False) -> dict:
     strategies = sorted(str(p) for p in (ROOT / "strategies").glob("*.py"))
     code = SCRIPT.format(tests=str(ROOT / "tests"), strategies=strategies)
     env = {k: v for k, v in os.environ.items() if k != "BT_NUMBA_FULL_LOAD"}
@@ -75,6 +97,40 @@ def test_lean_load_gives_the_same_bits_and_compiling_still_works():
     assert full["lean"] is False and full["readied"] is True
     assert lean["lean"] is True
     assert lean["readied"] is False, "a cached kernel made numba ready its compiler: the lean load was not used"
+    # nor import numba's array module (for a kernel's environment) or numpy.ma (to type an ndarray)
+    assert lean["skipped"] == ["numba.np.arrayobj", "numpy.ma"]
+    assert full["skipped"] == [] and full["runtime"] == []
+    assert len(lean["runtime"]) == 1  # once, however many kernels load
+    assert lean["sub"] == full["sub"] and full["sub"][0] == "array(float64, 1d, C)" and math.isfinite(full["sub"][1])
+    assert lean["masked"] == full["masked"] and "MaskedArray" in full["masked"]
     assert lean["digest"] == full["digest"]
     assert lean["error"] == full["error"] == "sma_nb: n must be >= 1"
     assert lean["compiled"] == full["compiled"] == sum((i + (i - 1) + (i - 2)) / 3 for i in range(2, 10))
+
+
+def runtime_files() -> list[Path]:
+    from backtest.engine.sim import simulate_nb
+
+    return sorted(Path(simulate_nb._cache.cache_path).glob("bt-nrt-*.bin"))
+
+
+@pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="no kernels are compiled or loaded")
+def test_the_runtimes_machine_code_is_kept_and_a_damaged_file_is_compiled_again():
+    full = run(full=True)
+    for f in runtime_files():
+        f.unlink()
+    first = run()  # compiles numba's runtime and keeps its machine code
+    assert first["runtime"] == ["compiled"]
+    (kept,) = runtime_files()
+    second = run()
+    assert second["runtime"] == ["loaded"]
+    data = bytearray(kept.read_bytes())
+    data[-100] ^= 0xFF  # one bit pattern changed in the machine code: the checksum no longer holds
+    kept.write_bytes(bytes(data))
+    third = run()
+    assert third["runtime"] == ["compiled"]
+    kept.write_bytes(b"bt-nrt-1\n")  # cut short
+    assert run()["runtime"] == ["compiled"]
+    assert run()["runtime"] == ["loaded"]  # written whole again
+    assert first["digest"] == second["digest"] == third["digest"] == full["digest"]
+    assert first["error"] == second["error"] == full["error"]
