@@ -192,7 +192,10 @@ def prepare(req: RunRequest, root: Path | None = None) -> Prepared:
 
     root = root or paths.root()
     url = executor_url(req)
+    from backtest.data.bars_cache import limit_bytes
     from backtest.executors import SCHEMES
+
+    limit_bytes()  # a bad BT_BARS_CACHE_MB is one error here, not one per shard in the workers
 
     if url.partition("://")[0] not in SCHEMES:
         from backtest.executors import from_url

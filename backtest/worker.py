@@ -83,6 +83,10 @@ class Runner:
 
     def __init__(self, data_root: Path | None, results: Path | None = None) -> None:
         self.data_root = data_root
+        # uncompressed copies of the partitions read (``backtest.data.bars_cache``)
+        from backtest.data.bars_cache import folder
+
+        self.bars_cache = folder(data_root) if data_root is not None else None
         self.results = results  # a results store this worker writes into itself (same machine)
         self.strategies: dict[str, Any] = {}
         from backtest.results import environment
@@ -117,7 +121,7 @@ class Runner:
             settings = SimSettings(**spec["settings"])
             files = [(self._path(p), h) for p, h in spec["files"]]
             max_warmup = max(g["warmup"] for g in spec["groups"])
-            bars = read_bars(spec["symbol"], files, spec["start_ns"], spec["end_ns"], max_warmup)
+            bars = read_bars(spec["symbol"], files, spec["start_ns"], spec["end_ns"], max_warmup, self.bars_cache)
         except BtError as exc:
             emit({"t": "shard_error", "shard": sid, "error": str(exc), "details": ""})
             return

@@ -14,7 +14,9 @@ if TYPE_CHECKING:
 app = typer.Typer(
     help="Import, inspect and remove market data.\n\n"
     "Bars are stored under the data root (--data / BT_DATA) as one Parquet file per symbol and "
-    "year, each with a content hash that goes into the keys of every result computed from it.",
+    "year, each with a content hash that goes into the keys of every result computed from it. "
+    "Workers keep uncompressed copies of the partitions they read under cache/bars/ (a cache: "
+    "BT_BARS_CACHE_MB bounds it, default 2048; 0 keeps none).",
     no_args_is_help=True,
 )
 

@@ -85,12 +85,15 @@ class Columns:
 def content_hash(cols: Columns) -> str:
     """sha256 of the canonical encoding of ``cols`` (see the module docstring)."""
     c = cols.canonical()
-    h = hashlib.sha256()
-    header = {"format": HASH_FORMAT, "columns": _HEADER_COLUMNS, "rows": len(c)}
-    h.update(canonical_json(header).encode() + b"\n")
+    h = hashlib.sha256(hash_header(len(c)))
     for a in c.arrays():
         h.update(a.data.cast("B"))  # canonical(): contiguous little-endian
     return h.hexdigest()
+
+
+def hash_header(rows: int) -> bytes:
+    """What the content hash of ``rows`` bars covers before the columns' raw bytes."""
+    return canonical_json({"format": HASH_FORMAT, "columns": _HEADER_COLUMNS, "rows": rows}).encode() + b"\n"
 
 
 def _table(cols: Columns, meta: dict[str, str]) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from backtest.data.partition import Columns, embedded_hash, open_partition, read_columns
 from backtest.errors import DataError
@@ -15,38 +15,65 @@ if TYPE_CHECKING:  # backtest.engine loads numba: only when bars are actually re
 
 
 def read_bars(symbol: str, files: Sequence[tuple[Path, str]], start_ns: int, end_ns: int,
-              warmup_bars: int) -> Bars:
+              warmup_bars: int, cache: Path | None = None) -> Bars:
     """Bars of ``symbol`` from ``files`` ((path, expected sha256) in year order, as from ``Store.resolve``).
 
     Returns up to ``warmup_bars`` bars before ``start_ns`` and every bar in [start_ns, end_ns];
     ``Bars.start`` is the index of the first bar at or after ``start_ns``. Each file's embedded
     content hash must equal the expected one, else DataError: the data changed since the run was
     planned and results would no longer match their keys.
+
+    With ``cache`` (``bars_cache.folder(root)``), a partition whose uncompressed copy is there is
+    read from it, and one read from Parquet leaves a copy there (``backtest.data.bars_cache``).
     """
     import numpy as np
 
+    from backtest.data import bars_cache
     from backtest.engine.bars import Bars
 
-    handles = []
-    for path, expected in files:
-        pf = open_partition(Path(path))
-        got = embedded_hash(pf)
-        if got != expected:
-            raise DataError(f"partition {path} of {symbol} changed since this run was planned "
-                            f"(content {got[:12] or 'unknown'}, planned {expected[:12]}); run the command again "
-                            f"to plan with the current data")
-        handles.append(pf)
-    sizes = [pf.metadata.num_rows for pf in handles]
+    limit = bars_cache.limit_bytes() if cache is not None else 0
+    copies: dict[int, Any] = {}  # year index -> an open uncompressed copy
+    parquet: dict[int, Any] = {}  # year index -> an open Parquet file
+    sizes = []
+    try:
+        for k, (path, expected) in enumerate(files):
+            copy = bars_cache.rows(cache, expected) if cache is not None and limit else None
+            if copy is not None:
+                copies[k], n = copy
+                sizes.append(n)
+                continue
+            pf = open_partition(Path(path))
+            got = embedded_hash(pf)
+            if got != expected:
+                raise DataError(f"partition {path} of {symbol} changed since this run was planned "
+                                f"(content {got[:12] or 'unknown'}, planned {expected[:12]}); run the command "
+                                f"again to plan with the current data")
+            parquet[k] = pf
+            sizes.append(pf.metadata.num_rows)
+    except BaseException:
+        for fh in copies.values():
+            fh.close()
+        raise
     offsets = np.concatenate([[0], np.cumsum(sizes)]).tolist()
     total = int(offsets[-1])
     cols = Columns(np.empty(total, np.int64), *(np.empty(total, np.float64) for _ in range(5)))
-    if len(handles) > 1:  # decoding and copying release the GIL: read files side by side
+    try:
+        for k, fh in copies.items():
+            bars_cache.read_into(fh, sizes[k], cols, offsets[k])
+    finally:
+        for fh in copies.values():
+            fh.close()
+    if len(parquet) > 1:  # decoding and copying release the GIL: read files side by side
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(min(len(handles), os.cpu_count() or 1, 4)) as pool:
-            list(pool.map(lambda k: read_columns(handles[k], into=cols, offset=offsets[k]), range(len(handles))))
-    elif handles:
-        read_columns(handles[0], into=cols, offset=0)
+        with ThreadPoolExecutor(min(len(parquet), os.cpu_count() or 1, 4)) as pool:
+            list(pool.map(lambda k: read_columns(parquet[k], into=cols, offset=offsets[k]), parquet))
+    else:
+        for k, pf in parquet.items():
+            read_columns(pf, into=cols, offset=offsets[k])
+    if cache is not None and limit:
+        for k in parquet:
+            bars_cache.keep(cache, files[k][1], cols, offsets[k], sizes[k], limit)
     ts = cols.ts
     start = int(np.searchsorted(ts, start_ns, side="left"))
     stop = int(np.searchsorted(ts, end_ns, side="right"))

@@ -164,11 +164,15 @@ class Store:
 
     def verify(self, symbol: str | None = None) -> list[str]:
         """Recompute every partition's content hash; the problems found (empty when all is well)."""
+        from backtest.data import bars_cache
         from backtest.data.partition import file_content_hash
 
         problems = []
         for sym in [symbol] if symbol else self.symbols():
             for p in self.partitions(sym):
+                if bars_cache.damaged(bars_cache.folder(self.root), p.sha256):
+                    problems.append(f"{p.path}: its uncompressed copy in {bars_cache.folder(self.root)} was "
+                                    "damaged; deleted (the next run that reads it makes it again)")
                 try:
                     got = file_content_hash(self.path(p))
                 except DataError as exc:
@@ -244,6 +248,9 @@ class Store:
         d = self.root / "bars" / f"symbol={sym}"
         if d.exists() and not any(d.iterdir()):
             d.rmdir()
+        from backtest.data import bars_cache
+
+        bars_cache.drop(self.root, [p.sha256 for p in parts])
         self._cache = None
 
     def _commit(self, frames: Sequence[Frame], opts: Options) -> list[ImportReport]:

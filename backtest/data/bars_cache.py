@@ -1,0 +1,172 @@
+"""Uncompressed copies of the partitions that runs read, for workers to read without pyarrow.
+
+Reading Parquet means importing pyarrow (35-50 ms of a worker's first shard) and decoding the
+files (~4 ms a year of minute bars), both on the way to every result. So once a worker has read
+a partition from Parquet, it keeps its six columns as they are in memory, under
+``<data root>/cache/bars/<sha256>.bars``, and later reads copy them straight into the arrays (~1 ms,
+no pyarrow). The file is named by the partition's content hash (the one in every result's key)
+and holds a header (format, that hash, the row count) followed by the raw little-endian columns
+``ts, open, high, low, close, volume``: exactly the bytes that hash is computed over
+(``partition.content_hash``), so ``bt data verify`` can check a copy as it checks a partition.
+
+- A copy is written whole or not at all (``fsutil.atomic_write``); one whose header or size does
+  not match what its name promises is ignored and written again from the Parquet file.
+- The folder is a cache, bounded by ``BT_BARS_CACHE_MB`` (default 2048; 0 keeps no copies): when
+  a new copy takes it over the bound, the copies read longest ago go first. Deleting it any time
+  loses nothing. ``bt data rm`` deletes the copies of what it removes.
+- Workers that have a data root keep copies (local, inline, Dask); SSH workers, which read the
+  partitions shipped to their host's cache by absolute path, do not (yet).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from backtest.errors import BtError
+
+if TYPE_CHECKING:
+    from backtest.data.partition import Columns
+
+CACHE_ENV = "BT_BARS_CACHE_MB"
+DEFAULT_MB = 2048
+MAGIC = b"BTBARS1\0"
+_HEAD = struct.Struct("<8s32sQ")  # magic, sha256 (raw), rows: 48 bytes, the size of one row too
+ROW_BYTES = 48  # int64 ts and five float64 columns
+
+
+def folder(data_root: Path) -> Path:
+    return data_root / "cache" / "bars"
+
+
+def limit_bytes() -> int:
+    """The cache's bound from ``BT_BARS_CACHE_MB`` (BtError if it is not a whole number ≥ 0)."""
+    text = os.environ.get(CACHE_ENV, "").strip()
+    if not text:
+        return DEFAULT_MB << 20
+    try:
+        mb = int(text)
+    except ValueError:
+        mb = -1
+    if mb < 0:
+        raise BtError(f"{CACHE_ENV}={text!r}: give the bound of the bars cache in MB, a whole number "
+                      f"(0 keeps no copies; default {DEFAULT_MB})")
+    return mb << 20
+
+
+def path(cache: Path, sha256: str) -> Path:
+    return cache / f"{sha256}.bars"
+
+
+def rows(cache: Path, sha256: str) -> tuple[Any, int] | None:
+    """The open copy of partition ``sha256`` (positioned at its first column) and its row count,
+    or None when there is no whole copy."""
+    try:
+        fh = open(path(cache, sha256), "rb", buffering=0)  # noqa: SIM115 - the caller reads, then closes it
+    except OSError:
+        return None
+    try:
+        head = fh.read(_HEAD.size)
+        if len(head) == _HEAD.size:
+            magic, digest, n = _HEAD.unpack(head)
+            if magic == MAGIC and digest.hex() == sha256 and os.fstat(fh.fileno()).st_size == _HEAD.size + n * ROW_BYTES:
+                try:
+                    os.utime(fh.fileno())  # read now: the last to be evicted
+                except OSError:
+                    pass
+                return fh, n
+    except OSError:
+        pass
+    fh.close()
+    return None
+
+
+def read_into(fh: Any, n: int, cols: Columns, offset: int) -> None:
+    """Copy an open copy's ``n`` rows into ``cols`` at ``offset``, column by column."""
+    for a in cols.arrays():
+        view = memoryview(a[offset:offset + n]).cast("B")  # type: ignore[arg-type]
+        done = 0
+        while done < len(view):
+            got = fh.readinto(view[done:])
+            if not got:
+                raise OSError(f"{fh.name} ended early")
+            done += got
+
+
+def keep(cache: Path, sha256: str, cols: Columns, offset: int, n: int, limit: int) -> None:
+    """Write the copy of partition ``sha256`` (rows ``offset … offset+n`` of ``cols``), then evict
+    the least recently read copies beyond ``limit`` bytes. Best effort: a read-only or full disk
+    only means the next read decodes Parquet again."""
+    size = _HEAD.size + n * ROW_BYTES
+    if size > limit:
+        return
+    from backtest.fsutil import atomic_write
+
+    data = b"".join([_HEAD.pack(MAGIC, bytes.fromhex(sha256), n),
+                     *(a[offset:offset + n].tobytes() for a in cols.arrays())])
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        atomic_write(path(cache, sha256), data)
+        _evict(cache, limit, keep=path(cache, sha256).name)
+    except OSError:
+        pass
+
+
+def _evict(cache: Path, limit: int, keep: str) -> None:
+    entries = []
+    total = 0
+    with os.scandir(cache) as it:
+        for e in it:
+            if e.name.endswith(".bars"):
+                try:
+                    st = e.stat()
+                except OSError:
+                    continue
+                total += st.st_size
+                entries.append((st.st_mtime, e.name, st.st_size))
+    for _, name, size in sorted(entries):
+        if total <= limit:
+            return
+        if name == keep:
+            continue
+        try:
+            os.unlink(os.path.join(cache, name))
+            total -= size
+        except OSError:
+            pass
+
+
+def damaged(cache: Path, sha256: str) -> bool:
+    """Whether a copy of partition ``sha256`` is there and its columns do not hash to its name
+    (then it is deleted: the next read makes it again)."""
+    import hashlib
+
+    from backtest.data.partition import hash_header
+
+    p = path(cache, sha256)
+    try:
+        data = p.read_bytes()
+    except OSError:
+        return False
+    n = _HEAD.unpack_from(data)[2] if len(data) >= _HEAD.size else -1
+    if n >= 0 and len(data) == _HEAD.size + n * ROW_BYTES:
+        h = hashlib.sha256(hash_header(n))
+        h.update(memoryview(data)[_HEAD.size:])
+        if h.hexdigest() == sha256:
+            return False
+    try:
+        p.unlink()
+    except OSError:
+        pass
+    return True
+
+
+def drop(data_root: Path, hashes: list[str]) -> None:
+    """Delete the copies of these partitions (their data left the store)."""
+    for h in hashes:
+        try:
+            path(folder(data_root), h).unlink()
+        except OSError:
+            pass
