@@ -32,12 +32,14 @@ def read_bars(symbol: str, files: Sequence[tuple[Path, str]], start_ns: int, end
     from backtest.engine.bars import Bars
 
     limit = bars_cache.limit_bytes() if cache is not None else 0
+    if not limit:
+        cache = None  # no copies are kept: none are read either
     copies: dict[int, Any] = {}  # year index -> an open uncompressed copy
     parquet: dict[int, Any] = {}  # year index -> an open Parquet file
     sizes = []
     try:
         for k, (path, expected) in enumerate(files):
-            copy = bars_cache.rows(cache, expected) if cache is not None and limit else None
+            copy = bars_cache.rows(cache, expected) if cache is not None else None
             if copy is not None:
                 copies[k], n = copy
                 sizes.append(n)
@@ -71,7 +73,7 @@ def read_bars(symbol: str, files: Sequence[tuple[Path, str]], start_ns: int, end
     else:
         for k, pf in parquet.items():
             read_columns(pf, into=cols, offset=offsets[k])
-    if cache is not None and limit:
+    if cache is not None:
         for k in parquet:
             bars_cache.keep(cache, files[k][1], cols, offsets[k], sizes[k], limit)
     ts = cols.ts
