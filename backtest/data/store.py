@@ -168,10 +168,11 @@ class Store:
         from backtest.data.partition import file_content_hash
 
         problems = []
+        copies = bars_cache.folder(self.root)
         for sym in [symbol] if symbol else self.symbols():
             for p in self.partitions(sym):
-                if bars_cache.damaged(bars_cache.folder(self.root), p.sha256):
-                    problems.append(f"{p.path}: its uncompressed copy in {bars_cache.folder(self.root)} was "
+                if bars_cache.damaged(copies, p.sha256):
+                    problems.append(f"{p.path}: its uncompressed copy in {copies} was "
                                     "damaged; deleted (the next run that reads it makes it again)")
                 try:
                     got = file_content_hash(self.path(p))
