@@ -252,6 +252,9 @@ def serve(fd: int) -> None:
     import backtest.engine  # noqa: F401
     import backtest.strategy  # noqa: F401
     from backtest.engine.run import warm_up
+    from backtest.worker import keep_freed_memory
+
+    keep_freed_memory()  # the forked workers inherit it
 
     try:
         warm_up()

@@ -44,6 +44,38 @@ Emit = Callable[..., None]
 #: every start, measured); Arrow sizes its pool from OMP_NUM_THREADS.
 POOLS = {"NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
+#: ``keep_freed_memory``'s settings: arrays up to this size come from the heap (glibc's default
+#: is 128 KiB, raised on the fly up to 32 MiB as large blocks are freed) ...
+MMAP_THRESHOLD = 32 << 20
+#: ... and up to this much freed memory at the heap's top is kept (default 128 KiB, then twice the
+#: raised threshold) rather than handed back to the kernel.
+TRIM_THRESHOLD = 128 << 20
+
+
+def keep_freed_memory() -> bool:
+    """Make this process's ``malloc`` (glibc) keep freed memory for reuse instead of giving it back
+    to the kernel; whether it now does (False where there is no glibc ``mallopt``).
+
+    A shard allocates and frees megabytes of arrays: the indicators (a year of minute bars is 786 KB
+    an array, and the SMA grid keeps 18 of them a shard), targets, the simulation's buffers, the
+    result files' bytes. By default glibc maps large blocks afresh and trims the heap's free top
+    back to the kernel, so the next shard's arrays land on pages never touched, and every such
+    page costs a page fault when first written: ~4 µs each on a virtual machine like this one
+    (measured). With both thresholds fixed high, the shards after a worker's first reuse its heap:
+    in a run of the SMA grid, a worker's 10 shards took ~9 900 page faults instead of 15 000-21 000,
+    and 40-70 ms less CPU. The cost: a worker keeps its peak heap until it exits. Called after
+    numpy's and numba's imports, when ctypes is loaded already (llvmlite is built on it)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # pragma: no cover - a Linux without glibc (musl has no mallopt)
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
+    return bool(mallopt(m_mmap_threshold, MMAP_THRESHOLD)) and bool(mallopt(m_trim_threshold, TRIM_THRESHOLD))
+
 
 def slice_bars(bars: Any, warmup: int, parts: list[str]) -> Any:
     """The bars a group of tasks with ``warmup`` bars of warm-up sees, cut from a longer read."""
@@ -279,6 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     import backtest.engine  # noqa: F401
     import backtest.strategy  # noqa: F401
 
+    keep_freed_memory()  # a forked worker has it from its fork server already; ~0.1 ms
     if args.max_memory:
         import resource
 

@@ -77,6 +77,12 @@ class ShowPools(Strategy):
         import gc, os
         pools = " ".join(f"{k}={os.environ.get(k)}" for k in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"))
         print(pools, f"gc={gc.isenabled()}")
+        # a 24 MiB array, freed: glibc gives it back to the kernel unless told to keep freed memory
+        statm = lambda: int(open("/proc/self/statm").read().split()[1])
+        a = np.ones(3 << 20)
+        before = statm()
+        del a
+        print(f"freed memory kept: {before - statm() < 1024}")  # pages
         return np.zeros(len(bars))
 """
 
@@ -88,7 +94,8 @@ def test_workers_keep_thread_pools_to_one_thread_unless_told_otherwise(
     """numpy's OpenBLAS starts a thread per core at import, which spins on cores the workers need
     (in the server, until its first fork); workers run one per core anyway. A count the user's
     environment sets is kept. The garbage collector, off while a worker (or the server) imports
-    and warms up, is on again when shards run."""
+    and warms up, is on again when shards run. Freed memory stays with the worker for its next
+    arrays (``worker.keep_freed_memory``)."""
     from backtest.executors.base import ShardLog
 
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
@@ -105,7 +112,7 @@ def test_workers_keep_thread_pools_to_one_thread_unless_told_otherwise(
         events.extend(ex.poll(0.1))
     ex.close()
     logs = {line for e in events if isinstance(e, ShardLog) for line in e.text.splitlines()}
-    assert logs == {"OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=3 gc=True"}
+    assert logs == {"OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=3 gc=True", "freed memory kept: True"}
 
 
 def test_without_the_server_workers_start_on_their_own(root: Path, faulty: Path,
