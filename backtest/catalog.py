@@ -48,11 +48,10 @@ def _jobs_out_of_runs(con: Any, root: Path) -> None:
 
 
 def _save_job(root: Path, text: str) -> str:
-    import hashlib
-
     from backtest.fsutil import write_once
+    from backtest.hashing import sha256_hex
 
-    digest = hashlib.sha256(text.encode()).hexdigest()
+    digest = sha256_hex(text)
     write_once(root / "jobs" / f"{digest}.json", text.encode())  # the same job run again is stored once
     return digest
 

@@ -122,14 +122,14 @@ def _runtime_file(folder: str | None, codegen: Any, config: Any, ll: Any) -> str
     LLVM's versions, the target machine, the optimisation level), as numba's own cache is."""
     if not folder:
         return None
-    import hashlib
-
     import llvmlite
     import numba
 
+    from backtest.hashing import sha256_hex
+
     decided = repr((numba.__version__, llvmlite.__version__, ll.llvm_version_info, codegen.magic_tuple(),
                     str(config.OPT)))
-    return os.path.join(folder, f"bt-nrt-{hashlib.sha256(decided.encode()).hexdigest()[:20]}.bin")
+    return os.path.join(folder, f"bt-nrt-{sha256_hex(decided)[:20]}.bin")
 
 
 def _load_runtime(path: str | None, codegen: Any) -> Any:
