@@ -268,7 +268,12 @@ def launch(argv):
     import signal
     import time
 
-    os.setsid()
+    # A process group of our own, whose id we record. Under sh/dash (and fish) we are a child of
+    # the login shell, in its group: setsid() makes one. bash and zsh exec the last command of
+    # ``-c`` in place, so we are the session leader sshd made, already leading our own group, and
+    # setsid() would fail with EPERM: the group we lead is the one to record.
+    if os.getpgid(0) != os.getpid():
+        os.setsid()
     pgid = os.getpgid(0)
     procs = os.path.join(CACHE, "procs")
     os.makedirs(procs, exist_ok=True)

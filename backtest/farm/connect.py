@@ -26,7 +26,7 @@ import contextlib
 import fcntl
 import functools
 import os
-import shlex
+import re
 import socket
 import threading
 import time
@@ -79,9 +79,39 @@ class Completed:
         return (lines[-1] if lines else f"exit status {self.returncode}")[-limit:]
 
 
+_BARE = re.compile(r"[A-Za-z0-9_@+=:,./-]+")
+_SPECIAL = re.compile(r"(['\\])")
+
+
 def quote_argv(argv: Sequence[str]) -> str:
-    """A POSIX shell command line running exactly ``argv`` (sshd hands it to the login shell)."""
-    return " ".join(shlex.quote(a) for a in argv)
+    r"""A command line that runs exactly ``argv`` under any common login shell.
+
+    sshd hands the command to the user's login shell, and shells differ: fish reads ``\\`` and
+    ``\'`` as escapes even inside single quotes (sh, bash and zsh do not), and has no ``$((...))``
+    or ``[ ]``. A word of plain characters is left bare; any other word is single-quoted, except
+    that each quote and backslash stands alone in double quotes (``"'"``, ``"\\"``), which sh,
+    dash, bash, zsh and fish all read the same way. Shell scripts go through ``sh_argv``.
+    """
+    words = []
+    for arg in argv:
+        if _BARE.fullmatch(arg):
+            words.append(arg)
+            continue
+        parts = []
+        for piece in _SPECIAL.split(arg):
+            if piece == "'":
+                parts.append('"\'"')
+            elif piece == "\\":
+                parts.append('"\\\\"')
+            elif piece:
+                parts.append(f"'{piece}'")
+        words.append("".join(parts) or "''")
+    return " ".join(words)
+
+
+def sh_argv(script: str) -> list[str]:
+    """Run a POSIX ``sh`` script whatever the login shell is (fish does not read sh syntax)."""
+    return ["sh", "-c", script]
 
 
 def fingerprint_of(key: paramiko.PKey) -> str:

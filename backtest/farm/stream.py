@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from backtest.errors import HostError
-from backtest.farm.connect import exec_command, host_label, quote_argv
+from backtest.farm.connect import exec_command, host_label, quote_argv, sh_argv
 from backtest.farm.remote import agent_argv
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ class RemoteProcess:
             f"i=$((i+1)); done; kill -KILL -{self.pgid} 2>/dev/null; exit 0"
         )
         with contextlib.suppress(HostError):
-            exec_command(self.conn, script, timeout=grace + 10)
+            exec_command(self.conn, sh_argv(script), timeout=grace + 10)
 
     def __enter__(self) -> RemoteProcess:
         return self

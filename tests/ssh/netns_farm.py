@@ -35,6 +35,17 @@ from pathlib import Path
 SUBNET_PREFIX = "10.200"
 STATE_DIR = Path("/run/bt-test-farms")
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+# Login shells a host's user may have. bash is the default: it is what user accounts get on most
+# Linux machines, and it execs the last command of ``-c`` in place (so the launcher is already a
+# session leader). fish does not read POSIX sh syntax.
+SHELLS = ("bash", "sh", "zsh", "fish")
+
+
+def shell_path(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise RuntimeError(f"login shell {name} is not installed (apt-get install -y {name})")
+    return path
 
 
 def missing_requirements() -> str | None:
@@ -80,6 +91,7 @@ class Host:
     conf: Path
     pidfile: Path
     log: Path
+    shell: str = "bash"
     proc: subprocess.Popen[bytes] | None = None
 
     def pids(self) -> list[int]:
@@ -127,8 +139,9 @@ class Farm:
     # -- creation -------------------------------------------------------------------------------
 
     @classmethod
-    def start(cls, n_hosts: int, *, max_sessions: int = 10) -> Farm:
-        """``n_hosts`` hosts; ``max_sessions`` is each sshd's MaxSessions (10: sshd's default)."""
+    def start(cls, n_hosts: int, *, max_sessions: int = 10, shells: tuple[str, ...] = ("bash",)) -> Farm:
+        """``n_hosts`` hosts; ``max_sessions`` is each sshd's MaxSessions (10: sshd's default);
+        host i's user logs in with ``shells[i % len(shells)]`` (bash unless told otherwise)."""
         reason = missing_requirements()
         if reason:
             raise RuntimeError(reason)
@@ -151,7 +164,7 @@ class Farm:
             )
             farm._record()
         try:
-            farm._build(n_hosts)
+            farm._build(n_hosts, shells)
         except BaseException:
             farm.close()
             raise
@@ -170,16 +183,16 @@ class Farm:
         }
         (STATE_DIR / f"{self.octet}.json").write_text(json.dumps(state))
 
-    def _build(self, n_hosts: int) -> None:
+    def _build(self, n_hosts: int, shells: tuple[str, ...]) -> None:
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bt-test-client", "-f", str(self.client_key))
         sh("ip", "link", "add", self.bridge, "type", "bridge")
         sh("ip", "addr", "add", f"{SUBNET_PREFIX}.{self.octet}.1/24", "dev", self.bridge)
         sh("ip", "link", "set", self.bridge, "up")
-        for _ in range(n_hosts):
-            self.add_host()
+        for i in range(n_hosts):
+            self.add_host(shell=shells[i % len(shells)])
         self.write_known_hosts()
 
-    def add_host(self) -> Host:
+    def add_host(self, shell: str = "bash") -> Host:
         i = len(self.hosts) + 1
         hdir = self.dir / f"h{i}"
         home = hdir / "home"
@@ -197,12 +210,13 @@ class Farm:
             conf=hdir / "sshd_config",
             pidfile=hdir / "sshd.pid",
             log=hdir / "sshd.log",
+            shell=shell,
         )
         self.hosts.append(host)
         self._record_hosts()
         # user with its own home; '*' password: unlocked for sshd without PAM, no password login
         sh("userdel", "-f", host.user, check=False)
-        sh("useradd", "-M", "-N", "-d", str(home), "-s", "/bin/sh", "-p", "*", host.user)
+        sh("useradd", "-M", "-N", "-d", str(home), "-s", shell_path(shell), "-p", "*", host.user)
         pub = Path(str(self.client_key) + ".pub").read_text()
         (home / ".ssh" / "authorized_keys").write_text(pub)
         sh("chown", "-R", f"{host.user}:", str(home))

@@ -116,7 +116,7 @@ def test_a_broken_or_old_python_is_refused(farm: Farm, tmp_path: Path) -> None:
     settings = settings_for(farm)
     cases = [
         ("/usr/bin/false", r"python '/usr/bin/false' does not work on the host \(exit status 1\)"),
-        ("/no/such/python", r"python '/no/such/python' does not work on the host \(.*not found"),
+        ("/no/such/python", r"python '/no/such/python' does not work on the host \(.*(not found|No such file)"),
     ]
     old = Path("/root/.pyenv/versions/3.10.13")
     if old.exists():

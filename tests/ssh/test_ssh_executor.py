@@ -4,6 +4,7 @@ once per host, cancel without remote orphans, and many workers over sshd's sessi
 from __future__ import annotations
 
 import hashlib
+import pwd
 import shutil
 import time
 from pathlib import Path
@@ -12,7 +13,17 @@ from typing import Any
 import pytest
 from contract import ExecutorContract
 from netns_farm import Farm
-from sshhelpers import done_once, executor, farm_executor, line, notes, run, wait_no_workers, workers_on
+from sshhelpers import (
+    busy_on,
+    done_once,
+    executor,
+    farm_executor,
+    line,
+    notes,
+    run,
+    wait_no_workers,
+    workers_on,
+)
 
 from backtest.executors.base import Executor, ShardFailed, TaskDone
 from backtest.results import ResultStore
@@ -151,3 +162,46 @@ def test_a_lost_workers_late_frames_are_dropped(ready_farm: Farm, farm_python: s
     assert stale
     got = done_once(events, prep)
     assert b"late" not in got.values()
+
+
+def test_workers_start_under_every_common_login_shell(prebuilt_env: Any, farm_python: str, root: Path,
+                                                       sma_path: Path, faulty: Path, tmp_path: Path) -> None:
+    """sshd runs the command through the user's login shell: bash and zsh exec it in place (the
+    launcher is then already a session leader), sh forks it, fish reads another syntax. Every host
+    computes, the bytes are a local run's, and cancelling leaves nothing behind on any of them."""
+    from conftest import start_farm
+    from farmenv import provision
+
+    req = RunRequest(strategy=sma_path, start="2020", end="2021", params=["fast=5,10", "slow=20,40"])
+    other = tmp_path / "local"
+    shutil.copytree(root, other)
+    expected = local_results(other, req)
+
+    with start_farm(4, shells=("bash", "sh", "zsh", "fish")) as farm:
+        for host in farm.hosts:
+            provision(host, *prebuilt_env)
+        assert sorted(Path(pwd.getpwnam(h.user).pw_shell).name for h in farm.hosts) == ["bash", "fish", "sh", "zsh"]
+        prep = prepare(RunRequest(**{**req.__dict__, "force": True}), root)
+        events = run(farm_executor(farm, root, farm_python), prep)
+        assert not [n for n in notes(events) if "could not start" in n or "set aside" in n], notes(events)
+        assert done_once(events, prep) == expected
+
+        # slow tasks (0.4 s each, ~14 s of work): every host, whatever its shell, gets shards
+        prep = prepare(RunRequest(strategy=faulty, params=["n=3:14", "mode=slow"], start="2020", end="2021"), root)
+        ex = farm_executor(farm, root, farm_python)
+        done_once(run(ex, prep), prep)
+        per_host = {h.spec.host: sum(s.shards_done for s in h.slots) for h in ex.hosts}
+        assert all(per_host.values()), per_host
+
+        # cancel while every host computes: the kill command (an sh script) works from every shell
+        prep = prepare(RunRequest(strategy=faulty, params=["n=15:40", "mode=slow"], start="2020", end="2021"),
+                       root)
+        ex = farm_executor(farm, root, farm_python)
+        ex.start(prep.job.strategy)
+        ex.submit(prep.shards)
+        deadline = time.monotonic() + 60
+        while not all(busy_on(ex, h) and workers_on(h) for h in farm.hosts):
+            ex.poll(0.1)
+            assert time.monotonic() < deadline, "not every host got a shard"
+        ex.close(cancel=True)
+        assert wait_no_workers(farm.hosts, 10) == []
