@@ -59,6 +59,8 @@ class RemoteProcess:
             except Exception:
                 data = b""
             if not data:
+                if head:  # the launcher failed before its first line: its stderr is the reason
+                    self._stderr.append(head)
                 self._pgid_known.set()
                 return
             if self.pgid is None and not self._pgid_known.is_set():
@@ -80,9 +82,14 @@ class RemoteProcess:
     def wait_started(self, timeout: float = 10.0) -> int:
         """Block until the host reported the process group id; return it."""
         if not self._pgid_known.wait(timeout) or self.pgid is None:
-            raise HostError(
-                f"{host_label(self.conn)}: {self.argv[0]} did not start: {self.stderr_text()[-300:]}"
-            )
+            lines = [ln.strip() for ln in self.stderr_text().splitlines() if ln.strip()]
+            if lines:
+                why = lines[-1][-300:]
+            elif self.channel.status_event.wait(1.0):  # stderr ended; the exit status follows
+                why = f"exit status {self.channel.recv_exit_status()}, nothing on stderr"
+            else:
+                why = f"no word from the host within {timeout:g} s"
+            raise HostError(f"{host_label(self.conn)}: the process did not start: {why}")
         return self.pgid
 
     def stderr_text(self) -> str:

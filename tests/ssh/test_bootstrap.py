@@ -290,3 +290,17 @@ def test_the_wheelhouse_holds_this_interpreters_pip(monkeypatch: pytest.MonkeyPa
     mine = environment.wheelhouse_dir()
     monkeypatch.setattr(environment, "pip_pin", lambda: "pip==0.0.1")
     assert environment.wheelhouse_dir() != mine and environment.wheelhouse_dir().name.endswith("-0.0.1")
+
+
+def test_a_launcher_that_fails_says_why_in_the_hosts_words(farm: Farm, conn1: Any) -> None:
+    """The launcher's stderr is held back until its first line; when it fails before that line,
+    the host's own error text is the message (it used to be dropped: 'env did not start: ')."""
+    host = farm.hosts[0]
+    fake = host.home / "broken-python"
+    fake.write_text("#!/bin/sh\necho 'first line' >&2\necho 'cannot run here: disk quota exceeded' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    with pytest.raises(HostError, match=r"did not start: cannot run here: disk quota exceeded$"):
+        open_stream(conn1, ["true"], python=str(fake))
+    fake.write_text("#!/bin/sh\nexit 4\n")
+    with pytest.raises(HostError, match=r"did not start: exit status 4, nothing on stderr$"):
+        open_stream(conn1, ["true"], python=str(fake))
