@@ -226,7 +226,11 @@ def connect(spec: HostSpec, settings: SSHSettings | None = None) -> fabric.Conne
         "transport_factory": _gcm_first_transport(),
     }
     if spec.key:
-        connect_kwargs["key_filename"] = [str(Path(spec.key).expanduser())]
+        key_file = Path(spec.key).expanduser()
+        if not key_file.is_file() or not os.access(key_file, os.R_OK):
+            why = "does not exist" if not key_file.exists() else "cannot be read"
+            raise HostRefused(f"{name}: key file {key_file} {why}; fix key= in the hosts file")
+        connect_kwargs["key_filename"] = [str(key_file)]
     conn = fabric.Connection(
         spec.host,
         user=spec.user,

@@ -12,7 +12,7 @@ import pytest
 from netns_farm import Farm, Host
 
 from backtest.errors import HostError
-from backtest.farm.connect import SSHSettings, connect, exec_command, ping
+from backtest.farm.connect import HostRefused, SSHSettings, connect, exec_command, ping
 from backtest.farm.hostsfile import HostSpec
 
 pytestmark = pytest.mark.ssh
@@ -94,6 +94,17 @@ def test_wrong_key_fails_authentication(farm: Farm, settings: SSHSettings, tmp_p
     spec = HostSpec(farm.hosts[0].address, user=farm.hosts[0].user, key=str(stranger))
     with pytest.raises(HostError, match="authentication failed"):
         connect(spec, SSHSettings(known_hosts=farm.known_hosts, connect_timeout=3))
+
+
+def test_a_missing_key_file_is_named_and_not_retried(farm: Farm, tmp_path: Path) -> None:
+    """A key= file that does not exist is the hosts file's mistake, not the network's: refused at
+    once (HostRefused: the executor sets the host aside instead of retrying) with the file named."""
+    missing = tmp_path / "no_such_key"
+    spec = HostSpec(farm.hosts[0].address, user=farm.hosts[0].user, key=str(missing))
+    start = time.monotonic()
+    with pytest.raises(HostRefused, match=f"key file {missing} does not exist; fix key= in the hosts file"):
+        connect(spec, SSHSettings(known_hosts=farm.known_hosts, connect_timeout=3))
+    assert time.monotonic() - start < 1
 
 
 def test_host_that_never_answers_times_out(farm: Farm) -> None:
