@@ -16,8 +16,9 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    session.install("ruff")
+    session.install("ruff", "import-linter")
     session.run("ruff", "check", "backtest", "strategies", "tests", "benchmarks", "noxfile.py")
+    session.run("lint-imports")  # the layer contracts in pyproject.toml
 
 
 @nox.session(python="3.11")

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from backtest.version import ENGINE_VERSION, __version__
 
-ENGINE_VERSION = "2"  # 2: result files store trades compactly (results.STORED_TRADE_DTYPE)
-"""Bumped whenever the engine's results could change for the same inputs; part of every task key."""
+__all__ = ["ENGINE_VERSION", "__version__", "load_run"]
 
 
 def load_run(run_id: str, root: Any = None) -> Any:

@@ -16,7 +16,7 @@ Library code raises these; the CLI turns any ``BtError`` into one red line and t
     └── ExecutorError            executors: unknown scheme, lost workers, hosts
         └── HostError            one SSH host failed (unreachable, wrong environment, host key)
             └── HostRefused      it answers but cannot be used; retrying will not help
-                                 (defined in backtest/farm/connect.py, next to its causes)
+                                 (defined in backtest/executors/ssh/connect.py, next to its causes)
 """
 
 from __future__ import annotations

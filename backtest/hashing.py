@@ -1,4 +1,4 @@
-"""Canonical identities (STYLE 8): ids are sha256 over canonical JSON.
+"""Canonical identities: ids are sha256 over canonical JSON.
 
 Anything that cannot be serialised canonically (NaN, infinities, arbitrary objects) is an error,
 never a random or repr-based fallback.

@@ -1,7 +1,7 @@
 """The ``bt`` console script: a few lines that run before the command line's heavy imports.
 
 When the command is ``bt run --force`` on this machine (so there surely is work), the local
-workers' fork server (``backtest.forkserver``) is started first of all, so that its warm-up
+workers' fork server (``backtest.executors.forkserver``) is started first of all, so that its warm-up
 (numpy, numba) overlaps the coordinator's own start-up, parsing and planning; then
 ``backtest.cli`` takes over. Without ``--force``, whether there is anything to compute is known
 only from the plan: ``bt run`` then starts the workers while it plans when the job is new
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     # import) would spin ~0.1 CPU-seconds on the cores the workers need. Workers inherit it.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if _forced_local_run(sys.argv[1:] if argv is None else argv):
-        from backtest.forkserver import preload
+        from backtest.executors.forkserver import preload
 
         preload()  # `bt run` adopts it, or stops it if the input turns out bad (unless disabled)
     from backtest.cli import main as cli_main
@@ -41,7 +41,7 @@ def _leave(code: int) -> None:
     """Exit without tearing the interpreter down. By now every command has closed and flushed
     what it wrote (result files, the catalog, stopped workers); unloading numpy, numba, duckdb and
     their threads would only add ~50 ms to every command."""
-    forkserver = sys.modules.get("backtest.forkserver")
+    forkserver = sys.modules.get("backtest.executors.forkserver")
     if forkserver is not None:
         forkserver.discard()  # what atexit would have done
     for stream in (sys.stdout, sys.stderr):

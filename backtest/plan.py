@@ -3,9 +3,7 @@
 The runner resolves which partitions each (symbol, warm-up) needs and which keys already have
 results, and hands them in; this module only computes.
 
-Task key (DESIGN §4) = sha256 of the canonical JSON of: engine version, strategy source hash and
-class, parameters, symbol, the content hashes of the partitions the task reads, the date range,
-the warm-up in bars and the execution settings. Nothing random, nothing machine-specific.
+A task's key is ``spec.task_key``'s (``make_tasks`` computes the same bytes faster).
 
 Shards group one symbol's tasks (one data load; tasks with the same warm-up share indicators) and
 are sized so that there are at least ``4 × workers`` of them when the job allows (load balance),
@@ -17,41 +15,17 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
-from backtest import ENGINE_VERSION
 from backtest.errors import UsageError
-from backtest.executors.base import Shard, StrategySource
 from backtest.hashing import canonical_json, token
+from backtest.spec import Job, PartsFor, Shard, Task
+from backtest.version import ENGINE_VERSION
 
 OPEN_START = 0
 OPEN_END = 2**63 - 1
 SHARDS_PER_WORKER = 4
-
-PartsFor = Mapping[tuple[str, int], Sequence[tuple[str, str]]]
-"""(symbol, warm-up bars) → [(partition path relative to the data root, data sha256), ...]."""
-
-
-@dataclass(frozen=True)
-class Job:
-    strategy: StrategySource
-    params_list: list[dict[str, Any]]
-    warmups: list[int]  # one per params entry
-    symbols: list[str]
-    start_ns: int
-    end_ns: int
-    settings: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Task:
-    key: str
-    symbol: str
-    params: dict[str, Any]
-    warmup: int
-
 
 def _parse_date(text: str, end: bool, flag: str) -> int:
     text = text.strip()
@@ -85,25 +59,6 @@ def parse_range(start: str | None, end: str | None) -> tuple[int, int]:
     if s > e:
         raise UsageError(f"--from {start} is after --to {end}; swap them")
     return s, e
-
-
-def task_key(job: Job, symbol: str, params: dict[str, Any], warmup: int, hashes: Sequence[str]) -> str:
-    try:
-        return token(
-            {
-                "engine": ENGINE_VERSION,
-                "strategy": {"hash": job.strategy.hash, "class": job.strategy.name},
-                "params": params,
-                "symbol": symbol,
-                "partitions": list(hashes),
-                "from": job.start_ns,
-                "to": job.end_ns,
-                "warmup": warmup,
-                "settings": job.settings,
-            }
-        )
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"parameters {params} cannot be hashed canonically ({exc}); use plain numbers, booleans or strings") from exc
 
 
 def make_tasks(job: Job, parts: PartsFor) -> list[Task]:

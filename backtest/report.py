@@ -1,6 +1,6 @@
-"""Reports on a run: the rows (DESIGN §8), exports, and rich renderables for the terminal.
+"""Reports on a run: the rows of the output contract, exports, and rich renderables for the terminal.
 
-Only this module and ``backtest.cli`` import rich (STYLE 13); the functions that build rows and
+Only this module and ``backtest.cli`` import rich; the functions that build rows and
 exports do not, so notebooks can use them without a terminal.
 """
 
@@ -52,7 +52,7 @@ def task_records(run_id: str, root: Path | None = None) -> tuple[dict[str, Any],
 
 
 def contract_json(records: Sequence[dict[str, Any]]) -> str:
-    """DESIGN §8: one JSON array, one object per task."""
+    """The output contract: one JSON array, one object per task."""
     rows = []
     for r in records:
         row = {"key": r["key"], "symbol": r["symbol"], "params": r["params"], "status": r["status"],
@@ -155,7 +155,7 @@ def select_task(records: Sequence[dict[str, Any]], symbol: str | None, params: d
 def trades_rows(key: str, root: Path | None = None) -> list[dict[str, Any]]:
     import numpy as np
 
-    from backtest.results import ResultStore
+    from backtest.store.results import ResultStore
 
     rec = ResultStore(root or paths.root()).read(key)
     t = rec.trades

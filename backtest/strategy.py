@@ -21,7 +21,7 @@ A strategy is a class in a plain Python file::
             return cross_target_nb(fast, slow, self.short)
 
 Everything here runs before any work is dispatched: a misspelt parameter or an empty grid fails
-at plan time, with a message that says what to do (STYLE 3).
+at plan time, with a message that says what to do.
 """
 
 from __future__ import annotations
@@ -317,6 +317,13 @@ def load_strategy(path: str | Path, name: str | None = None) -> type[Strategy]:
         source = data.decode("utf-8")
     except UnicodeDecodeError:
         raise StrategyError(f"strategy file {path} is not UTF-8 text") from None
+    return load_strategy_text(source, path, name)
+
+
+def load_strategy_text(source: str, path: str | Path, name: str | None = None) -> type[Strategy]:
+    """``load_strategy`` for a file whose text the caller has read already (``bt run`` reads the
+    strategy file once, and plans and ships exactly that text)."""
+    path = Path(path)
     return _load(source, str(path), path.resolve(), name)
 
 
@@ -330,7 +337,7 @@ def load_strategy_source(source: str, filename: str, name: str | None = None) ->
     real = folder / f"{stem}.py"
     data = source.encode("utf-8")
     if not real.is_file() or real.read_bytes() != data:
-        from backtest.fsutil import atomic_write
+        from backtest.store.fsutil import atomic_write
 
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write(real, data)

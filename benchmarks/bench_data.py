@@ -3,7 +3,7 @@
     python benchmarks/bench_data.py                 # defaults: 2 M-row CSV, 10 y of 1-minute bars
     python benchmarks/bench_data.py --rows 500000 --repeat 3
 
-Targets (issue 3): CSV import >= 50 MB/s; reading ~1 M minute bars (resolve + read_bars) <= 0.1 s.
+Targets: CSV import >= 50 MB/s; reading ~1 M minute bars (resolve + read_bars) <= 0.1 s.
 Files go to benchmarks/.work/data (git-ignored) unless --work is given; --keep leaves them there.
 """
 

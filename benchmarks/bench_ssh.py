@@ -1,9 +1,9 @@
-"""SSH farm benchmark (issue 5): 3 network-namespace hosts against the local executor, same job.
+"""SSH farm benchmark: 3 network-namespace hosts against the local executor, same job.
 
     python benchmarks/bench_ssh.py                       # 20 symbols x 1-minute bars x 252 days
     python benchmarks/bench_ssh.py --cores 1 --repeat 3 --grid "fast=5:50:5" --grid "slow=20:400:20"
 
-Needs root, sshd and iproute2 (the test farm of ``tests/ssh/netns_farm.py``). Every host runs in a
+Needs root, sshd and iproute2 (the test farm of ``tests/executors/ssh/netns_farm.py``). Every host runs in a
 namespace of this same machine, so the farm and the local executor share the same CPUs: the
 ratio of their throughputs measures what the farm costs (SSH encryption both ways, sshd, shipping,
 dispatch), not what it gains. Target: farm throughput >= 85 % of local.
@@ -18,7 +18,7 @@ Printed:
 - recovery from a killed host: the job again with one host killed at about 40 % of it: how long
   until the loss is noticed, and the extra wall time against the undisturbed run.
 
-Hosts run the coordinator's exact Python with bt's environment pre-built (``tests/ssh/farmenv``),
+Hosts run the coordinator's exact Python with bt's environment pre-built (``tests/executors/ssh/farmenv``),
 so no host bootstraps inside a timed run.
 """
 
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent / "tests" / "ssh"), str(HERE.parent / "tests")]
+sys.path[:0] = [str(HERE.parent / "tests" / "executors" / "ssh"), str(HERE.parent / "tests")]
 
 
 class ShardTimes:
@@ -76,7 +76,7 @@ class ShardTimes:
 def timed_run(prep: Any, ex: Any, on_progress: Any = None) -> tuple[float, Any, ShardTimes]:
     """Start the executor and run the job; ``times.first``/``times.last``: when the first and
     the last result came in (seconds from the start)."""
-    from backtest.runner import execute
+    from backtest.run import execute
 
     times = ShardTimes(ex)
     t0 = time.perf_counter()
@@ -113,7 +113,7 @@ def steady(tasks: int, times: ShardTimes) -> str:
 
 
 def results(root: Path) -> dict[str, bytes]:
-    from backtest.results import ResultStore
+    from backtest.store.results import ResultStore
 
     store = ResultStore(root)
     return {k: store.read_bytes(k) for k in store.keys()}
@@ -145,10 +145,10 @@ def main() -> None:
     from backtest.data.demo import write_demo
     from backtest.executors.base import ExecutorOptions
     from backtest.executors.local import LocalExecutor, cores
-    from backtest.executors.ssh import SSHExecutor
-    from backtest.farm.connect import SSHSettings
-    from backtest.farm.hostsfile import parse_hosts
-    from backtest.runner import RunRequest, prepare
+    from backtest.executors.ssh.connect import SSHSettings
+    from backtest.executors.ssh.executor import SSHExecutor
+    from backtest.executors.ssh.hostsfile import parse_hosts
+    from backtest.run import RunRequest, prepare
 
     reason = missing_requirements()
     if reason:

@@ -96,7 +96,7 @@ def bt_command() -> list[str]:
 
 def bt_workers() -> int:
     """How many local workers ``bt run`` starts by default (one per core, bt's own definition)."""
-    from backtest.executors.local import cores
+    from backtest.executors import cores
 
     return cores()
 
@@ -144,11 +144,11 @@ def run_summary(res: ProcResult, *, tasks: int, computed: int) -> dict[str, Any]
 def bt_answers(root: Path, run_id: str, timeout: float | None) -> dict[TaskKey, dict[str, Any]]:
     """Every task's answer of run ``run_id`` (untimed), as run.py's checks take them.
 
-    ``final_equity`` and ``trades`` come from ``bt report RUN_ID --format json`` (DESIGN §8; bt's
+    ``final_equity`` and ``trades`` come from ``bt report RUN_ID --format json`` (the output contract; bt's
     ``trades`` metric counts the position still open at the end, like vectorbt's "Total Trades");
     ``closed_trades`` (round trips) from each task's stored trade list (``closed`` flag), which must
     have exactly ``trades`` rows."""
-    from backtest.results import ResultStore
+    from backtest.store.results import ResultStore
 
     res = subprocess.run(
         [*bt_command(), "--data", str(root), "report", run_id, "--format", "json"],

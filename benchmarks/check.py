@@ -121,7 +121,7 @@ def reference_sma_long_only(
     commission: float = COMMISSION,
     units: str = "fractional",
 ) -> dict[str, Any]:
-    """The benchmark's long-only SMA cross, bar by bar, exactly as DESIGN §3 states it.
+    """The benchmark's long-only SMA cross, bar by bar, exactly as docs/engine.md states bt's semantics.
 
     At bar t (after the fills at its open): a cross up (f[t-1] < s[t-1] and f[t] > s[t]; a NaN
     compares false) while flat orders a buy, a cross down while long orders a sell; orders fill at

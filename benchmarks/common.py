@@ -12,7 +12,7 @@ Data
         for i in range(len(data.symbols)):
             store.import_arrays(*data.arrays(i))
 
-Workloads (both are the long-only SMA cross of DESIGN §3, the one strategy all three engines can
+Workloads (both are the long-only SMA cross of docs/engine.md's semantics, the one strategy all three engines can
 express identically; see README.md for the full semantics)
     ``sma_grid``: MINUTE (20 symbols x 98 280 one-minute bars) x SMA_GRID (90 combos).
     ``small``:    DAILY (40 symbols x 2 520 daily bars = 10 years) x SMALL_GRID (10 combos)
@@ -45,7 +45,7 @@ PEERS_VENV = BENCH_DIR / ".peers"
 NS_PER_MIN = 60 * 1_000_000_000
 NS_PER_DAY = 24 * 60 * NS_PER_MIN
 
-# Execution settings of every workload (DESIGN §3 terms).
+# Execution settings of every workload (docs/engine.md's terms).
 CASH = 100_000.0
 COMMISSION = 0.001  # fraction of traded notional, per side
 SLIPPAGE = 0.0
@@ -199,7 +199,7 @@ def generate(spec: DataSpec) -> SyntheticData:
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    """Write via a temporary file in the same directory and ``os.replace`` (STYLE 9)."""
+    """Write via a temporary file in the same directory and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -246,7 +246,7 @@ def load_data(path: Path | str) -> SyntheticData:
 
 
 def validate(data: SyntheticData) -> None:
-    """Raise ValueError unless the data obeys the bar contract (DESIGN §3) and OHLC ordering."""
+    """Raise ValueError unless the data obeys the bar contract and OHLC ordering."""
     if not (np.all(np.diff(data.ts) > 0) and data.ts.dtype == np.int64):
         raise ValueError("ts must be int64, sorted and unique")
     for name in ("open", "high", "low", "close", "volume"):

@@ -184,7 +184,7 @@ def _row(results: list[SuiteResult], suite: str, engine: str, pick: Any = None) 
 
 
 def target_lines(results: list[SuiteResult]) -> list[str]:
-    """Issue 6's targets (and issue 4's sma_grid wall time), judged from this run's rows only."""
+    """The benchmark targets, judged from this run's rows only."""
     out: list[str] = []
 
     def verdict(ok: bool) -> str:
@@ -223,7 +223,7 @@ def target_lines(results: list[SuiteResult]) -> list[str]:
             + ", ".join(f"{v:,.0f} MB ({k})" for k, v in peaks.items())
             + f": {verdict(worst <= 600)}"
         )
-        out.append(f"sma_grid, bt (warm) ≤ 1.5 s wall (issue 4): {bt.wall:.2f} s: {verdict(bt.wall <= 1.5)}")
+        out.append(f"sma_grid, bt (warm) ≤ 1.5 s wall: {bt.wall:.2f} s: {verdict(bt.wall <= 1.5)}")
     small = _row(results, "small", "bt", warm)
     if small is not None:
         out.append(f"small, 400 backtests in < 2 s (bt, warm): {small.wall:.2f} s: {verdict(small.wall < 2)}")
@@ -279,7 +279,7 @@ def results_markdown(results: list[SuiteResult], meta: dict[str, Any]) -> str:
         + f" peers ran with {meta['peer_jobs']} process(es)"
     ]
     if targets := target_lines(results):
-        md += ["", "## Targets (issue 6; this run's rows)", ""]
+        md += ["", "## Targets (this run's rows)", ""]
         md += [f"- {t}" for t in targets]
     for s in results:
         md += ["", f"## {s.name}: {s.title}", ""]

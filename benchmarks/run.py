@@ -1,4 +1,4 @@
-"""Benchmarks of bt against vectorbt and backtesting.py, side by side in one run (issue 6).
+"""Benchmarks of bt against vectorbt and backtesting.py, side by side in one run.
 
     python benchmarks/run.py                       # all suites, 3 timed repeats each
     python benchmarks/run.py --suite sma_grid --repeats 5
@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in results:
         print_suite(s)
     if targets := target_lines(results):
-        print("\nTargets (issue 6):")
+        print("\nTargets:")
         for t in targets:
             print("  " + t.replace("**", ""))
     if not args.no_results:

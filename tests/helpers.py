@@ -72,6 +72,23 @@ class Faulty(Strategy):
 """
 
 
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Pids whose environment has ``name=value``: the processes a test's command started (workers
+    and fork servers inherit the coordinator's environment), not another bt's on the machine."""
+    wanted = f"{name}={value}".encode()
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if wanted in env:
+            found.append(int(pid))
+    return found
+
+
 def processes_with(marker: str) -> list[int]:
     """Pids whose command line mentions ``marker`` (to prove no worker outlives its executor)."""
     found = []

@@ -47,9 +47,9 @@ def check(
     Exits 1 when any host fails.  Example: bt hosts check farm.txt --accept-new-hosts
     """
     from backtest.cli.render import console
-    from backtest.farm.check import check_hosts
-    from backtest.farm.connect import SSHSettings
-    from backtest.farm.hostsfile import read_hosts_file
+    from backtest.executors.ssh.check import check_hosts
+    from backtest.executors.ssh.connect import SSHSettings
+    from backtest.executors.ssh.hostsfile import read_hosts_file
 
     specs = read_hosts_file(file)
     settings = SSHSettings(

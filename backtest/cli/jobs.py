@@ -16,7 +16,7 @@ from backtest.cli.render import console, err_console
 from backtest.errors import UsageError
 
 if TYPE_CHECKING:
-    from backtest.runner import Progress
+    from backtest.run import Progress
 
 
 class Fill(StrEnum):
@@ -90,7 +90,7 @@ def run(
 
     BT_TRACE=1 prints a timeline of the run on stderr; BT_NO_FORK_SERVER=1 starts each local worker from scratch instead of forking it from one warm process.
     """
-    from backtest.runner import RunRequest, prepare_started
+    from backtest.run import RunRequest, prepare_started
 
     req = RunRequest(
         strategy=strategy, strategy_name=strategy_name, start=start, end=end, symbols=_split(symbols),
@@ -108,7 +108,7 @@ def run(
 
         warn_line(f"{s}: no data in the date range; skipped")
     if as_json:
-        from backtest.runner import execute
+        from backtest.run import execute
 
         summary = execute(prep, executor=ex)
         print(json.dumps(summary.to_json()))
@@ -120,7 +120,7 @@ def run(
 def _execute_live(prep: Any, ex: Any) -> Any:
     from rich.live import Live
 
-    from backtest.runner import execute
+    from backtest.run import execute
 
     display = _Display(prep)
     if not prep.shards or not err_console.is_terminal:
@@ -209,7 +209,7 @@ def report(
     symbol: Annotated[str | None, typer.Option(help="Only this symbol.")] = None,
     params: Annotated[str | None, typer.Option(help="Only tasks with these parameters: fast=10,slow=50.")] = None,
     trades: Annotated[bool, typer.Option("--trades", help="The trades of the one task selected by --symbol/--params.")] = False,
-    fmt: Annotated[Format, typer.Option("--format", help="table, csv, json (DESIGN §8 contract) or parquet.")] = Format.table,
+    fmt: Annotated[Format, typer.Option("--format", help="table, csv, json (the output contract, see the README) or parquet.")] = Format.table,
     out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
 ) -> None:
     """Show a run's results: leaderboard, best parameters per symbol, summary, failures.
@@ -263,7 +263,7 @@ def runs(limit: Annotated[int, typer.Option(help="How many runs to list.")] = 20
     from backtest import paths
     from backtest.catalog import Catalog
     from backtest.report import render_runs
-    from backtest.runner import _pid_alive
+    from backtest.run import coordinator_alive as _pid_alive
 
     cat = Catalog(paths.root() / "catalog.duckdb")
     cat.mark_stale_runs(_pid_alive) if cat.path.exists() else None
@@ -304,7 +304,7 @@ def verify(
 
     Example: bt verify sma_cross-3f2a9c --sample 20     (exit 1 on any mismatch)
     """
-    from backtest.runner import verify as do_verify
+    from backtest.run import verify as do_verify
 
     if sample is not None and sample < 1:
         raise UsageError("--sample must be at least 1")
@@ -330,7 +330,7 @@ def catalog_rebuild() -> None:
 
     Example: bt catalog rebuild
     """
-    from backtest.catalog_rebuild import rebuild
+    from backtest.catalog.rebuild import rebuild
 
     done = rebuild()
     console.print(f"indexed {done.indexed} results")

@@ -3,7 +3,7 @@
 Bars live under the data root as ``bars/symbol=<SYM>/year=<YYYY>.parquet`` (UTC int64 ns ``ts``,
 float64 ``open high low close volume``), one file per symbol and UTC year, listed in
 ``bars/manifest.json`` with each file's content hash. A partition's hash covers its data, not its
-bytes, and is what result keys are built from (DESIGN §4).
+bytes, and is what result keys are built from.
 
     store = Store()                                   # backtest.paths.root() unless given
     store.import_files(["AAPL.csv"], tz="America/New_York")

@@ -102,7 +102,7 @@ def keep(cache: Path, sha256: str, cols: Columns, offset: int, n: int, limit: in
     size = _HEAD.size + n * ROW_BYTES
     if size > limit:
         return
-    from backtest.fsutil import atomic_write
+    from backtest.store.fsutil import atomic_write
 
     data = b"".join([_HEAD.pack(MAGIC, bytes.fromhex(sha256), n),
                      *(a[offset:offset + n].tobytes() for a in cols.arrays())])

@@ -1,5 +1,5 @@
 """The engine: numba kernels (indicators, order simulation, metrics) over NumPy arrays, and the
-wrapper ``run_grid`` that converts, calls one kernel per task and wraps the result (STYLE 1, 2).
+wrapper ``run_grid`` that converts, calls one kernel per task and wraps the result.
 
 Imports only numpy and numba (pyarrow lazily inside ``trade_schema``/``trades_table``).
 Semantics and metric definitions: docs/engine.md.

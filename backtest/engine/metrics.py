@@ -1,4 +1,4 @@
-"""Metric definitions (DESIGN §8 names) and the kernel that finishes them after a simulation.
+"""Metric definitions (the output contract's names) and the kernel that finishes them after a simulation.
 
 Per-bar quantities are accumulated by ``simulate_nb`` in its single pass; ``metrics_nb`` turns
 those accumulators and the trade list into the ``METRIC_NAMES`` values. Definitions:

@@ -1,4 +1,4 @@
-"""Output layouts of a task, declared once (STYLE 2): metric names, the trade dtype, its Arrow schema."""
+"""Output layouts of a task, declared once: metric names, the trade dtype, its Arrow schema."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "final_equity",
     "buy_and_hold_return",
 )
-"""DESIGN §8's metric names, in order. Definitions: docs/engine.md and ``backtest.engine.metrics``."""
+"""The output contract's metric names, in order. Definitions: docs/engine.md and ``backtest.engine.metrics``."""
 
 TRADE_DTYPE = np.dtype(
     [

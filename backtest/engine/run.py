@@ -1,4 +1,4 @@
-"""``run_grid``: one symbol's bars × many parameter sets → one outcome per set (STYLE 2, 7).
+"""``run_grid``: one symbol's bars × many parameter sets → one outcome per set.
 
 The wrapper validates and converts once per grid, shares indicators across the grid through
 one cache, calls the strategy and one simulation kernel per parameter set, and wraps the result.
@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-import backtest
 from backtest.engine.bars import Bars
 from backtest.engine.metrics import bars_per_year
 from backtest.engine.records import METRIC_NAMES, TRADE_DTYPE, TaskOutput
@@ -22,7 +21,7 @@ from backtest.engine.settings import SimSettings
 from backtest.engine.sim import simulate_nb
 from backtest.errors import BtError, StrategyError
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(backtest.__file__)) + os.sep
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # backtest/
 
 
 def run_grid(
@@ -63,13 +62,7 @@ def run_grid(
 
 
 def warm_up() -> None:
-    """For a worker process: load the simulation kernel from numba's cache now, so that a worker
-    does it while the coordinator still plans rather than when its first shard arrives. Cached
-    kernels, from now on, load without readying numba's compiler (``numba_load``). The argument
-    types are ``_run_one``'s."""
-    from backtest.engine import numba_load
-
-    numba_load.install()
+    """Load (or compile) the simulation kernel for ``_run_one``'s argument types now."""
     ts = np.arange(3, dtype=np.int64) * 60_000_000_000
     x = np.ones(3)
     simulate_nb(ts, x, x, x, x, np.zeros(3), 0, 1.0, 0.0, 0.0, 0.0, False, False, 0.0, 0.0,

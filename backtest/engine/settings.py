@@ -1,4 +1,4 @@
-"""Execution settings of a simulation (DESIGN §3): cash, costs, fill mode, units, stops."""
+"""Execution settings of a simulation: cash, costs, fill mode, units, stops."""
 
 from __future__ import annotations
 

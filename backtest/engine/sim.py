@@ -1,6 +1,6 @@
 """The simulation kernel: target positions → fills, trades, equity and metrics in one pass.
 
-Semantics (DESIGN §3; the full statement is in docs/engine.md):
+Semantics (the full statement is in docs/engine.md):
 
 - An order is sent only when the target changes (``target[t] != target[t-1]``; before ``start``
   the target counts as 0). With ``fill_close=False`` it fills at bar t+1's open, else at bar t's

@@ -1,45 +1,130 @@
-"""Executors, chosen by URL scheme (STYLE 6): ``local://N``, ``inline://``, ``ssh://h1,h2``,
-``dask://host:port``. Optional backends are imported only when chosen."""
+"""Executors, chosen by URL: ``local://N``, ``inline://``, ``ssh://h1,h2`` (or ``ssh://@FILE``,
+what ``--hosts FILE`` means), ``dask://host:port`` (or ``dask://local``).
+
+This module is the registry and the only place that knows each scheme's URL grammar: the runner
+turns its options into a URL (``resolve``), checks it before anything is recorded (``parse_url``:
+a bad hosts file names every bad line) and builds the executor (``from_url``). Parsing imports
+nothing heavy; an executor's module, and an optional backend such as dask, is imported only when
+that executor is built.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from importlib import import_module
+from pathlib import Path
 
 from backtest.errors import ExecutorError, UsageError
 from backtest.executors.base import Executor, ExecutorOptions
 
-SCHEMES = ("local", "inline", "ssh", "dask")
+#: scheme → (module, class) of its executor
+REGISTRY: dict[str, tuple[str, str]] = {
+    "local": ("backtest.executors.local", "LocalExecutor"),
+    "inline": ("backtest.executors.inline", "InlineExecutor"),
+    "ssh": ("backtest.executors.ssh.executor", "SSHExecutor"),
+    "dask": ("backtest.executors.dask_", "DaskExecutor"),
+}
+SCHEMES = tuple(REGISTRY)
+
+#: workers a remote executor is planned for before its hosts report their cores: shards are sized
+#: for several workers and handed out as workers free up, so this only sets the shards' count.
+REMOTE_PLANNED_WORKERS = 8
 
 
-def from_url(url: str, options: ExecutorOptions) -> Executor:
-    """Build the executor a URL names; an unknown scheme lists the known ones."""
-    from dataclasses import replace
+@dataclass(frozen=True)
+class Target:
+    """An executor URL, checked: its scheme, the part after ``://``, and how many workers the
+    planner sizes shards for (``capacity``)."""
 
+    url: str
+    scheme: str
+    rest: str
+    capacity: int
+
+
+def cores() -> int:
+    """This machine's cores available to bt (one local worker each by default)."""
+    from backtest.worker.tuning import cores as usable
+
+    return usable()
+
+
+def _local(url: str, rest: str) -> int:
+    if not rest:
+        return cores()
+    try:
+        n = int(rest)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UsageError(f'"{url}": the number of workers must be a whole number ≥ 1, e.g. local://4')
+    return n
+
+
+def _ssh(url: str, rest: str) -> int:
+    from backtest.executors.ssh.hostsfile import parse_ssh_url, read_hosts_file
+
+    if rest.startswith("@"):
+        read_hosts_file(rest[1:])
+    else:
+        parse_ssh_url(url)
+    return REMOTE_PLANNED_WORKERS
+
+
+_CHECKS: dict[str, Callable[[str, str], int]] = {
+    "local": _local,
+    "inline": lambda url, rest: 1,
+    "ssh": _ssh,
+    "dask": lambda url, rest: REMOTE_PLANNED_WORKERS,
+}
+
+
+def parse_url(url: str) -> Target:
+    """Check an executor URL (a bad one raises ``UsageError`` saying how to fix it)."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         raise UsageError(f'executor "{url}" is not a URL; use one of: ' + ", ".join(f"{s}://" for s in SCHEMES))
-    if scheme == "local":
-        from backtest.executors.local import LocalExecutor
+    check = _CHECKS.get(scheme)
+    if check is None:
+        raise UsageError(f'unknown executor scheme "{scheme}://"; known: ' + ", ".join(f"{s}://" for s in SCHEMES))
+    return Target(url, scheme, rest, check(url, rest))
 
-        if rest:
-            try:
-                n = int(rest)
-            except ValueError:
-                n = 0
-            if n < 1:
-                raise UsageError(f'"{url}": the number of workers must be a whole number ≥ 1, e.g. local://4')
-            options = replace(options, workers=n)
-        return LocalExecutor(options)
-    if scheme == "inline":
-        from backtest.executors.inline import InlineExecutor
 
-        return InlineExecutor(options)
-    if scheme == "ssh":
-        try:
-            from backtest.executors.ssh import SSHExecutor
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ExecutorError(f"the SSH executor is unavailable: {exc}") from exc
-        return SSHExecutor.from_url(rest, options)
-    if scheme == "dask":
-        from backtest.executors.dask_ import DaskExecutor
+def resolve(executor: str | None, hosts: Path | None, workers: int | None) -> str:
+    """The executor URL that ``bt run``'s ``--executor``, ``--hosts`` and ``--workers`` name."""
+    if hosts and executor:
+        raise UsageError("give either --hosts or --executor, not both")
+    if workers is not None and (hosts or (executor and not executor.startswith("local://"))):
+        raise UsageError("--workers is for local runs; on hosts, set cores=N on a host's line of the hosts file")
+    if workers is not None and workers < 1:
+        raise UsageError("--workers must be at least 1")
+    if hosts:
+        return f"ssh://@{hosts}"
+    if executor:
+        return executor
+    return f"local://{workers}" if workers is not None else "local://"
 
-        return DaskExecutor(rest, options)
-    raise UsageError(f'unknown executor scheme "{scheme}://"; known: ' + ", ".join(f"{s}://" for s in SCHEMES))
+
+def discard_preloaded() -> None:
+    """Stop a local fork server that the console script started before planning (for
+    ``bt run --force``), when the run turns out to need none: bad input, or nothing to compute."""
+    import sys
+
+    forkserver = sys.modules.get("backtest.executors.forkserver")
+    if forkserver is not None:
+        forkserver.discard()
+
+
+def from_url(url: str, options: ExecutorOptions) -> Executor:
+    """Build (not start) the executor a URL names."""
+    target = parse_url(url)
+    if target.scheme == "local" and target.rest:
+        options = replace(options, workers=target.capacity)
+    module, name = REGISTRY[target.scheme]
+    try:
+        cls = getattr(import_module(module), name)
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ExecutorError(f"the {target.scheme}:// executor is unavailable: {exc}") from exc
+    executor: Executor = cls.from_url(target.rest, options)
+    return executor

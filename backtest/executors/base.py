@@ -1,12 +1,19 @@
-"""The executor contract (STYLE 4, after Snakemake's ``executors/base.py``).
+"""The executor contract.
 
-An executor moves shards to workers and outcomes back. It knows nothing of the catalog, the
-results store or the terminal: the runner records what it reports and renders progress. Every
-executor passes the same contract tests (``tests/executors/contract.py``).
+An executor moves shards to workers and outcomes back. It knows nothing of the catalog or the
+terminal: the runner records what it reports and renders progress. Every executor passes the
+same contract tests (``tests/executors/contract.py``).
+
+Results come back one of two ways, and the runner handles both: a ``TaskDone`` carries the
+result file's bytes (``stored=False``: the runner writes them into the results store), or, for
+workers on the coordinator's own machine that share its results store, the worker has written
+the file itself and the event carries only the metrics the catalog needs (``stored=True``).
+Local workers store their own results (only a few hundred bytes a task cross the pipe instead of
+every trade); SSH and Dask workers, whose disks are not the coordinator's, send the bytes.
 
 The life of a run, from the runner's side::
 
-    ex = from_url("local://4", options)
+    ex = from_url("local://4", options)   # backtest.executors: the registry
     ex.start(strategy)            # start workers; may return before they are up
     ex.submit(shards)
     while not ex.finished():
@@ -24,6 +31,9 @@ Rules an implementer must keep:
 - A task whose strategy raised is reported by ``TaskFailed`` and not retried (it is
   deterministic); the rest of its shard goes on.
 - ``close(cancel=True)`` kills every worker it started, locally or remotely: no orphans.
+- When no worker can run anything any more (every host set aside, every worker failing to
+  start), ``exhausted`` says why and ``finished()`` is true: the runner ends the run as
+  interrupted, keeping what is done, and the same command resumes it.
 """
 
 from __future__ import annotations
@@ -33,24 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-
-@dataclass(frozen=True)
-class StrategySource:
-    hash: str
-    source: str
-    filename: str
-    name: str
-
-
-@dataclass
-class Shard:
-    id: str
-    spec: dict[str, Any]
-    keys: list[str]
-
-    def partitions(self) -> list[tuple[str, str]]:
-        """(path relative to the data root, data sha256) of every partition the shard reads."""
-        return [(p, h) for p, h in self.spec["files"]]
+from backtest.spec import Shard, StrategySource
 
 
 @dataclass(frozen=True)
@@ -154,10 +147,22 @@ def frames_to_events(shard: Shard, frames: list[tuple[dict[str, Any], bytes]], w
 
 class Executor(ABC):
     scheme: ClassVar[str]
+    #: Whether workers are processes this executor kills: then ``timeout`` and ``max_memory`` are
+    #: enforced (a shard over its time is killed and retried) and a dead worker's shard is retried
+    #: elsewhere. The inline executor runs shards in this process and Dask cannot kill a running
+    #: task: neither enforces them.
+    kills_workers: ClassVar[bool] = False
 
     def __init__(self, options: ExecutorOptions) -> None:
         self.options = options
         self.strategy: StrategySource | None = None  # set by start()
+        #: why no worker can run anything any more (see the rules above), else None
+        self.exhausted: str | None = None
+
+    @classmethod
+    def from_url(cls, rest: str, options: ExecutorOptions) -> Executor:
+        """The executor for a URL's part after ``scheme://`` (checked by ``executors.parse_url``)."""
+        return cls(options)
 
     @abstractmethod
     def start(self, strategy: StrategySource) -> None:

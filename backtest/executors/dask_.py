@@ -17,12 +17,11 @@ from backtest.executors.base import (
     Event,
     Executor,
     ExecutorOptions,
-    Shard,
     ShardFailed,
-    StrategySource,
     WorkerStatus,
     frames_to_events,
 )
+from backtest.spec import Shard, StrategySource
 
 _RUNNERS: dict[tuple[str, str], Any] = {}  # per Dask worker process: numba compiles once per strategy
 
@@ -31,7 +30,7 @@ def run_shard_task(spec: dict[str, Any], strategy: dict[str, str], data_root: st
     """The function Dask runs: one shard, every outcome as (header, body) frames."""
     from pathlib import Path
 
-    from backtest.worker import Runner
+    from backtest.worker.shard import Runner
 
     key = (strategy["hash"], data_root)
     runner = _RUNNERS.get(key)
@@ -59,6 +58,10 @@ class DaskExecutor(Executor):
         self._futures: dict[Any, Shard] = {}
         self._done = 0
 
+    @classmethod
+    def from_url(cls, rest: str, options: ExecutorOptions) -> DaskExecutor:
+        return cls(rest, options)
+
     def describe(self) -> str:
         return f"dask://{self.address or 'local'}"
 
@@ -68,7 +71,7 @@ class DaskExecutor(Executor):
         self.strategy = strategy
         try:
             if self.address in ("", "local"):
-                from backtest.executors.local import cores
+                from backtest.executors import cores
 
                 # its HTTP server on a free port: the default, 8787, warns when taken (another cluster)
                 self._cluster = LocalCluster(n_workers=self.options.workers or cores(), threads_per_worker=1,

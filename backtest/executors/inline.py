@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from backtest.executors.base import Event, Executor, Shard, StrategySource, WorkerStatus, frames_to_events
+from backtest.executors.base import Event, Executor, WorkerStatus, frames_to_events
+from backtest.spec import Shard, StrategySource
 
 
 class InlineExecutor(Executor):
     scheme: ClassVar[str] = "inline"
 
     def start(self, strategy: StrategySource) -> None:
-        from backtest.worker import Runner
+        from backtest.worker.shard import Runner
 
         self.strategy = strategy
         self._runner = Runner(self.options.data_root)

@@ -11,16 +11,10 @@ import threading
 from abc import abstractmethod
 from typing import IO, ClassVar
 
-from backtest.executors.base import StrategySource
+from backtest.executors import cores
+from backtest.executors.forkserver import ForkServer, adopt, enabled, worker_env
 from backtest.executors.pool import Channel, StreamPool
-from backtest.forkserver import ForkServer, adopt, enabled, worker_env
-
-
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+from backtest.spec import StrategySource
 
 
 def worker_options(data_root: str | None, max_memory: int | None, results: str | None = None) -> list[str]:
@@ -96,6 +90,7 @@ class ProcessChannel(_LocalChannel):
                     stream.close()
             except OSError:
                 pass
+        self._err.close()  # the worker's captured stderr: read by describe_exit, before the kill
 
     def exit_status(self, timeout: float) -> int | None:
         try:
@@ -148,6 +143,7 @@ class ForkedChannel(_LocalChannel):
                 stream.close()
             except OSError:
                 pass
+        self._err.close()
 
     def exit_status(self, timeout: float) -> int | None:
         pid = self.pid

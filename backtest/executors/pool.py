@@ -26,18 +26,17 @@ from typing import IO, Any, ClassVar
 from backtest.executors.base import (
     Event,
     Executor,
-    Shard,
     ShardFailed,
     ShardFinished,
     ShardLog,
-    StrategySource,
     TaskDone,
     TaskFailed,
     WorkerNote,
     WorkerStatus,
 )
-from backtest.protocol import ProtocolError, encode, read_frame
+from backtest.spec import Shard, StrategySource
 from backtest.trace import mark
+from backtest.worker.protocol import ProtocolError, encode, read_frame
 
 STARTUP_TIMEOUT = 120.0
 PREFETCH = 2
@@ -113,6 +112,8 @@ class _Slot:
 
 
 class StreamPool(Executor):
+    kills_workers: ClassVar[bool] = True  # every worker is a process on a stream this pool can kill
+
     #: Whether this pool's workers write result files into the coordinator's store themselves (and
     #: so may report them by their metrics alone, in ``results`` frames). Never for remote hosts.
     stores_results: ClassVar[bool] = False

@@ -3,7 +3,7 @@
     python benchmarks/peers/vectorbt_sma.py --data FILE.npz --out answers.json [--symbols 0,3|all]
         [--combos all|5:20,10:40] [--grid sma_grid|small] [--bars N] [--jobs N] [--batch symbol|all]
 
-Semantics (DESIGN §3, long-only SMA cross): SMAs of close (``vbt.MA``, one run over the distinct
+Semantics (bt's, docs/engine.md; long-only SMA cross): SMAs of close (``vbt.MA``, one run over the distinct
 windows, shared by every combo); entries where fast crosses above slow *strictly*
 (f[t-1] < s[t-1] and f[t] > s[t], NaN is no cross), exits where it crosses below; both shifted one
 bar and filled at ``price=open`` (the next bar's open); ``fees`` 0.1 % per side; ``size=np.inf``

@@ -144,7 +144,7 @@ class Lot:
 
 @dataclass
 class Account:
-    """DESIGN §3 written out bar by bar (see backtest/engine/sim.py for the statement)."""
+    """The trading semantics of docs/engine.md written out bar by bar (see backtest/engine/sim.py for the statement)."""
 
     cash: float
     commission: float
@@ -282,7 +282,7 @@ def simulate(o, h, lo, c, target, start=0, cash=100_000.0, commission=0.0, fee=0
 
 
 def metrics(equity, trades, cash, bars_per_year, close_start, close_end):
-    """DESIGN §8 metrics from an equity list and trade dicts, with numpy, as docs/engine.md states."""
+    """The output contract's metrics from an equity list and trade dicts, with numpy, as docs/engine.md states."""
     eq = np.asarray(equity, dtype=float)
     prev = np.concatenate([[cash], eq[:-1]])
     r = (eq - prev) / prev

@@ -3,7 +3,7 @@
 backtesting.py settings: cash 10 000, ``commission=.002`` (charged on entry and on exit, on the
 fill price), ``exclusive_orders=True`` (a new order first closes the open trade), default size
 (all available cash in whole units: floor(cash / (price·(1 + commission)))), fills at the next
-bar's open. That is DESIGN §3 with integer units; a reversal is a close followed by an entry
+bar's open. That is bt's semantics (docs/engine.md) with integer units; a reversal is a close followed by an entry
 sized from the cash left, as in bt.
 
 Long-only maps to backtesting.py as: ``buy()`` on the cross over, ``position.close()`` on the cross

@@ -1,4 +1,4 @@
-"""The simulation kernel: DESIGN §3 scenarios worked by hand, and agreement with the slow reference."""
+"""The simulation kernel: the trading semantics' scenarios worked by hand, and agreement with the slow reference."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""The executor contract, one test class for every backend (STYLE 14).
+"""The executor contract, one test class for every backend.
 
 Subclass ``ExecutorContract`` and implement ``make`` (``__test__`` is switched back on there).
+Executors whose workers are processes they can kill (local, ssh) subclass
+``WorkerProcessContract``, which adds the timeout rule (``Executor.kills_workers``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from backtest.executors.base import (
     TaskDone,
     TaskFailed,
 )
-from backtest.runner import RunRequest, prepare
+from backtest.run import RunRequest, prepare
 
 
 def drive(ex: Executor, prep: Any, limit: float = 240.0) -> list[Any]:
@@ -69,12 +71,47 @@ class ExecutorContract:
         assert not [e for e in events if isinstance(e, ShardFailed)]
 
 
+    def test_cancel_mid_run_returns_at_once_and_keeps_what_was_reported(self, root: Path, faulty: Path) -> None:
+        import time
+
+        prep = self.plan(root, faulty, ["n=3:10", "mode=slow"])
+        ex = self.make(root)
+        ex.start(prep.job.strategy)
+        ex.submit(prep.shards)
+        events: list[Any] = []
+        deadline = time.monotonic() + 120
+        while not any(isinstance(e, TaskDone) for e in events):
+            events.extend(ex.poll(0.1))
+            assert time.monotonic() < deadline, "no task was done in time"
+        t0 = time.monotonic()
+        ex.close(cancel=True)
+        assert time.monotonic() - t0 < 5
+        ex.close(cancel=True)  # idempotent
+        done = [e.key for e in events if isinstance(e, TaskDone)]
+        assert len(done) == len(set(done)) and set(done) <= {t.key for t in prep.tasks}
+
+
+class WorkerProcessContract(ExecutorContract):
+    """For executors whose workers are processes they kill (``kills_workers``): a shard that
+    overruns ``timeout`` is killed and retried, then fails with every attempt's error."""
+
+    def test_the_executor_says_it_kills_workers(self, root: Path) -> None:
+        assert self.make(root).kills_workers
+
+    def test_timeout_kills_and_retries_then_fails_with_every_attempt(self, root: Path, faulty: Path) -> None:
+        prep = self.plan(root, faulty, ["n=7", "mode=loop"], symbols=["AAA"])
+        events = drive(self.make(root, timeout=2.0), prep)
+        failed = [e for e in events if isinstance(e, ShardFailed)]
+        assert len(failed) == 1 and len(failed[0].errors) == 3
+        assert all("timed out after 2 s" in e for e in failed[0].errors)
+
+
 def whole_result(root: Path, event: TaskDone) -> bytes:
     """The result file an event stands for: workers on the coordinator's machine store it
     themselves and send only its head, which must then be the head of that file."""
     if not event.stored:
         return event.body
-    from backtest.results import ResultStore
+    from backtest.store.results import ResultStore
 
     data = ResultStore(root).read_bytes(event.key)
     assert data.startswith(event.body) and len(event.body) < len(data)

@@ -44,7 +44,7 @@ def test_local_cluster_runs_a_job(root: Path, faulty: Path) -> None:
 
     from backtest.executors.base import TaskDone
     from backtest.executors.dask_ import DaskExecutor
-    from backtest.runner import RunRequest, prepare
+    from backtest.run import RunRequest, prepare
 
     prep = prepare(RunRequest(strategy=faulty, params=["n=3:4"], start="2021"), root)
     events = drive(DaskExecutor("local", ExecutorOptions(data_root=root, workers=1)), prep)
@@ -54,7 +54,7 @@ def test_local_cluster_runs_a_job(root: Path, faulty: Path) -> None:
 def test_dask_url_and_unreachable_scheduler(tmp_path: Path) -> None:
     from backtest.errors import ExecutorError
     from backtest.executors import from_url
-    from backtest.executors.base import StrategySource
+    from backtest.spec import StrategySource
 
     ex = from_url("dask://127.0.0.1:1", ExecutorOptions(data_root=tmp_path))
     with pytest.raises(ExecutorError, match="cannot reach the Dask scheduler at 127.0.0.1:1"):

@@ -1,11 +1,4 @@
-"""Local workers forked from a warm fork server, and sent their next shard while they compute.
-
-Real processes throughout, except two tests that drive the pool with channels that only record
-what they are sent: the dispatch policy (which shard goes where near the end of a run cannot be
-made to happen on demand with real workers) and malformed or misplaced ``results`` frames (a real
-worker never sends one); the same paths run for real in the other tests here, in the executor
-contract and in tests/jobs/test_run_e2e.py.
-"""
+"""Local workers forked from a warm fork server: real processes throughout."""
 
 from __future__ import annotations
 
@@ -21,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from contract import processes_with
-from helpers import write_strategy
+from helpers import processes_with_env, write_strategy
 
-from backtest.executors.base import ExecutorOptions, ShardFinished, TaskDone
+from backtest.executors.base import ExecutorOptions, TaskDone
 from backtest.executors.local import LocalExecutor
-from backtest.runner import RunRequest, prepare
+from backtest.run import RunRequest, prepare
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the fork server is Linux-only")
 
@@ -162,98 +154,16 @@ def ppid_or_none(pid: int) -> int | None:
         return None
 
 
-def test_a_killed_worker_charges_only_the_shard_it_was_running(root: Path, faulty: Path) -> None:
-    """A worker holds its running shard and the next one; killed, the running one counts an
-    attempt and the waiting one goes back to the queue as it was."""
-    prep = plan(root, faulty, ["n=3:12", "mode=slow"], symbols=["AAA", "BBB"])
-    assert len(prep.shards) >= 6
-    ex = LocalExecutor(ExecutorOptions(data_root=root, workers=2))
-    events: list[Any] = []
-    running = waiting = None
-    with ex:
-        ex.start(prep.job.strategy)
-        ex.submit(prep.shards)
-        deadline = time.monotonic() + 120
-        while not ex.finished():
-            events.extend(ex.poll(0.05))
-            assert time.monotonic() < deadline
-            if running is None:
-                for slot in ex._slots:
-                    if len(slot.jobs) == 2 and slot.channel is not None:
-                        running, waiting = slot.jobs
-                        os.kill(slot.channel.pid, signal.SIGKILL)  # type: ignore[attr-defined]
-                        break
-    assert running is not None and waiting is not None
-    assert running.attempts == 1 and "killed by SIGKILL" in running.errors[0]
-    assert waiting.attempts == 0 and waiting.errors == []
-    assert Counter(e.key for e in events if isinstance(e, TaskDone)) == Counter(t.key for t in prep.tasks)
-    assert {e.shard for e in events if isinstance(e, ShardFinished)} == {s.id for s in prep.shards}
-
-
-class _Recorder:
-    """A channel that only records the shards it is sent (see the module docstring)."""
-
-    def __init__(self) -> None:
-        self.shards: list[str] = []
-
-    def send(self, data: bytes) -> None:
-        pass
-
-    def kill(self) -> None:
-        pass
-
-
-def test_next_shards_go_out_early_only_while_there_is_more_work_than_workers() -> None:
-    from backtest.executors.base import Shard
-    from backtest.executors.pool import PREFETCH, StreamPool
-
-    class Pool(StreamPool):
-        def slot_names(self) -> list[tuple[str, str]]:
-            return [("w0", "h"), ("w1", "h")]
-
-        def spawn(self, label: str, host: str) -> Any:
-            return _Recorder()
-
-        def send_shard(self, slot: Any, spec: dict[str, Any]) -> None:
-            slot.channel.shards.append(spec["id"])
-
-    assert PREFETCH == 2
-    pool = Pool(ExecutorOptions(data_root=Path(".")))
-    from backtest.executors.pool import _Slot
-
-    pool._slots = [_Slot("w0", "h"), _Slot("w1", "h")]
-    for gen, s in enumerate(pool._slots, 1):
-        s.channel = _Recorder()  # type: ignore[assignment]
-        s.state = "idle"
-        s.gen = gen
-    shards = [Shard(f"s{i}", {"id": f"s{i}", "groups": [{"tasks": [[f"k{i}", {}]]}]}, [f"k{i}"]) for i in range(5)]
-    pool.submit(shards)
-    sent = {s.label: list(s.channel.shards) for s in pool._slots}  # type: ignore[union-attr]
-    # one each, then a second each while ≥ 2 shards were left: s0 s2 / s1 s3; s4 waits
-    assert sent == {"w0": ["s0", "s2"], "w1": ["s1", "s3"]}
-    assert [p.shard.id for p in pool._pending] == ["s4"]
-
-    def finish(shard: str) -> None:
-        k = "k" + shard[1:]
-        pool._handle(1, {"t": "result", "shard": shard, "key": k, "stored": True}, b"")
-        pool._handle(1, {"t": "shard_done", "shard": shard, "seconds": 0.1}, b"")
-
-    finish("s0")
-    # w0 runs s2 now; one shard left for two workers: nobody gets a second one
-    assert [j.shard.id for j in pool._slots[0].jobs] == ["s2"]
-    assert [p.shard.id for p in pool._pending] == ["s4"]
-    finish("s2")
-    assert [j.shard.id for j in pool._slots[0].jobs] == ["s4"] and not pool._pending
-    assert [e.shard for e in pool.poll(0) if type(e).__name__ == "ShardFinished"] == ["s0", "s2"]
-
-
 def test_bt_run_force_with_bad_input_leaves_no_fork_server(root: Path, faulty: Path) -> None:
-    before = set(processes_with("--fork-server"))
+    mark = f"bad-input-{os.getpid()}-{time.monotonic_ns()}"  # this command's processes, not another test's
     res = subprocess.run([sys.executable, "-m", "backtest", "--data", str(root), "run", str(faulty),
-                          "--param", "nope=1", "--force"], capture_output=True, text=True, timeout=120)
+                          "--param", "nope=1", "--force"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "BT_TEST_MARK": mark})
     assert res.returncode == 2 and "nope" in res.stderr
-    time.sleep(0.3)
-    assert set(processes_with("--fork-server")) <= before
+    deadline = time.monotonic() + 5
+    while processes_with_env("BT_TEST_MARK", mark):  # its fork server (forked or started) is gone
+        assert time.monotonic() < deadline, "a fork server outlived bt run with bad input"
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize(("args", "expected"), [
@@ -274,63 +184,13 @@ def test_the_console_script_preloads_only_for_forced_local_runs(args: list[str],
     assert _forced_local_run(args) is expected
 
 
-def test_results_frames_are_taken_only_from_workers_that_store_results_themselves() -> None:
-    from array import array
-
-    from backtest.executors.base import Shard, WorkerNote
-    from backtest.executors.pool import StreamPool, _Slot
-
-    def pool_with(stores: bool) -> Any:
-        class Pool(StreamPool):
-            stores_results = stores
-
-            def slot_names(self) -> list[tuple[str, str]]:
-                return [("w0", "h")]
-
-            def spawn(self, label: str, host: str) -> Any:
-                return _Recorder()
-
-            def send_shard(self, slot: Any, spec: dict[str, Any]) -> None:
-                pass
-
-        pool = Pool(ExecutorOptions(data_root=Path(".")))
-        slot = _Slot("w0", "h")
-        slot.channel, slot.state, slot.gen = _Recorder(), "idle", 1  # type: ignore[assignment]
-        slot.env = {"env": {"bt": "x"}}
-        pool._slots = [slot]
-        pool.submit([Shard("s0", {"id": "s0", "groups": [{"tasks": [["k0", {}], ["k1", {}]]}]}, ["k0", "k1"])])
-        return pool
-
-    def frame(keys: list[str], values: list[float]) -> tuple[dict[str, Any], bytes]:
-        return ({"t": "results", "shard": "s0", "keys": keys, "n_trades": [3] * len(keys), "metrics": ["a", "b"]},
-                array("d", values).tobytes())
-
-    good = pool_with(True)
-    good._handle(1, *frame(["k0", "k1"], [1.0, 2.0, 3.0, float("inf")]))
-    done = [e for e in good.poll(0) if isinstance(e, TaskDone)]
-    assert [(e.key, e.metrics, e.n_trades, e.env, e.stored) for e in done] == [
-        ("k0", {"a": 1.0, "b": 2.0}, 3, {"bt": "x"}, True), ("k1", {"a": 3.0, "b": float("inf")}, 3, {"bt": "x"}, True)]
-    assert good._slots[0].jobs[0].remaining == []
-
-    torn = frame(["k0", "k1"], [1.0, 2.0, 3.0, 4.0])
-    for pool, (header, body) in ((pool_with(False), frame(["k0", "k1"], [1.0, 2.0, 3.0, 4.0])),  # remote hosts
-                                 (pool_with(True), frame(["k0", "k1"], [1.0, 2.0, 3.0])),  # one value short
-                                 (pool_with(True), (torn[0], torn[1][:-3]))):  # not whole float64s
-        pool._handle(1, header, body)
-        events = list(pool._events)  # not poll(): that would start a replacement worker
-        assert not [e for e in events if isinstance(e, TaskDone)]
-        assert [e.message for e in events if isinstance(e, WorkerNote)] == [
-            "worker sent a results frame it should not have"]
-        assert [p.remaining for p in pool._pending] == [["k0", "k1"]]  # back in the queue, nothing lost
-
-
 def test_the_console_script_forks_its_server_from_itself(tmp_path: Path) -> None:
     """``preload`` at the start of ``bt`` forks the server from the (still single-threaded)
     process instead of starting an interpreter; it forks workers like the Popen'd one."""
     script = tmp_path / "preload.py"
     script.write_text(textwrap.dedent("""
         import json, os, sys, tempfile
-        from backtest import forkserver
+        from backtest.executors import forkserver
         forkserver.preload()
         server = forkserver.adopt()
         mine = open("/proc/self/cmdline", "rb").read()
@@ -341,7 +201,7 @@ def test_the_console_script_forks_its_server_from_itself(tmp_path: Path) -> None
         pid = server.fork([], in_r, out_w, err.fileno())
         os.close(in_r)
         os.close(out_w)
-        from backtest.protocol import read_frame
+        from backtest.worker.protocol import read_frame
         hello = read_frame(os.fdopen(out_r, "rb"))[0]
         parent = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
         os.close(in_w)  # the worker's input ends: it exits

@@ -9,25 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from contract import ExecutorContract, drive, processes_with
+from contract import ExecutorContract, WorkerProcessContract, drive, processes_with
 
 from backtest.executors.base import Executor, ExecutorOptions, ShardFailed, TaskDone, TaskFailed
 from backtest.executors.inline import InlineExecutor
 from backtest.executors.local import LocalExecutor
 
 
-class TestLocal(ExecutorContract):
+class TestLocal(WorkerProcessContract):
     __test__ = True
 
     def make(self, root: Path, **options: Any) -> Executor:
         return LocalExecutor(ExecutorOptions(data_root=root, workers=2, **options))
-
-    def test_timeout_kills_and_retries_then_fails_with_every_attempt(self, root: Path, faulty: Path) -> None:
-        prep = self.plan(root, faulty, ["n=7", "mode=loop"], symbols=["AAA"])
-        events = drive(self.make(root, timeout=2.0), prep)
-        failed = [e for e in events if isinstance(e, ShardFailed)]
-        assert len(failed) == 1 and len(failed[0].errors) == 3
-        assert all("timed out after 2 s" in e for e in failed[0].errors)
 
     def test_memory_cap_fails_the_hog_not_the_run(self, root: Path, faulty: Path) -> None:
         prep = self.plan(root, faulty, ["n=6:8", "mode=hog"], symbols=["AAA"])
@@ -78,6 +71,9 @@ class TestInline(ExecutorContract):
 
     def make(self, root: Path, **options: Any) -> Executor:
         return InlineExecutor(ExecutorOptions(data_root=root, **options))
+
+    def test_it_does_not_claim_to_kill_workers(self, root: Path) -> None:
+        assert not self.make(root).kills_workers  # it runs shards in this process
 
 
 def test_unknown_scheme_lists_known(tmp_path: Path) -> None:

@@ -1,0 +1,350 @@
+"""The host side of bootstrap and shipping: a stdlib-only script run as ``python3 -c SOURCE CMD``.
+
+It is sent with every call (a few KB), so nothing has to be installed on a host first. It writes
+only under the host's cache dir (``~/.cache/bt``)::
+
+    objects/<sha[:2]>/<sha>     shipped files, by the sha256 of their bytes
+    envs/<key>/                 a venv of the pinned dependencies; ``.bt-ready`` written last
+    code/<key>/                 the unpacked bt wheel (on PYTHONPATH); ``.bt-ready`` written last
+    procs/<pgid>                process groups started by ``open_stream`` (for reaping)
+
+Commands (JSON on stdout, one object or one per line):
+
+- ``probe ENV_KEY CODE_KEY``: Python version, platform, cores, and whether the keyed env and code
+  are complete. Written in old syntax so that a too-old Python can still say what it is.
+- ``have``: stdin is a JSON list of sha256; prints ``{sha: size}`` of those present.
+- ``receive``: stdin is, per file, a header line ``{"sha","size","z"}`` then chunks each
+  prefixed by a 4-byte big-endian length, then a zero length (zlib stream when z); each file is hashed as it is written and only a file whose sha256 and size
+  match is moved into place; prints one ``{"sha","ok"[,"got"]}`` line per frame.
+- ``install``: stdin is a JSON plan (see ``backtest.executors.ssh.bootstrap``); builds what is missing
+  under a lock; prints the fingerprint.
+- ``launch ARGV...``: used by ``open_stream``; setsid, record the pgid, run ARGV, and kill the
+  whole group when the SSH channel goes away.
+"""
+
+# Keep this file runnable by Python 3.6+: no walrus, no match, no "X | Y" annotations at runtime.
+import hashlib
+import json
+import os
+import sys
+
+CACHE = os.path.join(os.path.expanduser("~"), ".cache", "bt")
+FINGERPRINT_DISTS = ("bt-farm", "numpy", "numba", "pyarrow", "duckdb")
+
+
+def _out(obj):
+    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def _ready(path):
+    marker = os.path.join(path, ".bt-ready")
+    try:
+        with open(marker) as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def _cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def probe(env_key, code_key):
+    import platform
+    import sysconfig
+
+    env_dir = os.path.join(CACHE, "envs", env_key)
+    env = _ready(env_dir)
+    if env is not None and not os.path.exists(os.path.join(env_dir, "bin", "python")):
+        env = None  # the base Python it points to is gone
+    _out(
+        {
+            "version": list(sys.version_info[:3]),
+            "executable": sys.executable,
+            "implementation": sys.implementation.name,
+            "cache_tag": sys.implementation.cache_tag,
+            "platform": sysconfig.get_platform(),
+            "machine": platform.machine(),
+            "libc": list(platform.libc_ver()),
+            "cores": _cores(),
+            "cache": CACHE,
+            "env": env,
+            "code": _ready(os.path.join(CACHE, "code", code_key)),
+        }
+    )
+
+
+def _object_path(sha):
+    return os.path.join(CACHE, "objects", sha[:2], sha)
+
+
+def have():
+    wanted = json.loads(sys.stdin.read() or "[]")
+    present = {}
+    for sha in wanted:
+        try:
+            present[sha] = os.stat(_object_path(sha)).st_size
+        except OSError:
+            pass
+    _out(present)
+
+
+def _read_exact(stream, n):
+    data = stream.read(n)
+    if len(data) != n:
+        raise EOFError("stream ended inside a frame")
+    return data
+
+
+def receive():
+    import struct
+    import zlib
+
+    stream = sys.stdin.buffer
+    while True:
+        header = stream.readline()
+        if not header.strip():
+            return
+        frame = json.loads(header.decode())
+        sha, size = frame["sha"], frame["size"]
+        final = _object_path(sha)
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        tmp = f"{final}.tmp-{os.getpid()}"
+        digest = hashlib.sha256()
+        count = 0
+        inflater = zlib.decompressobj() if frame.get("z") else None
+        broken = None
+        with open(tmp, "wb") as fh:
+            while True:
+                (n,) = struct.unpack(">I", _read_exact(stream, 4))
+                if n == 0:
+                    break
+                data = _read_exact(stream, n)
+                if broken is not None:
+                    continue
+                if inflater is not None:
+                    try:
+                        data = inflater.decompress(data)
+                    except zlib.error as exc:
+                        broken = str(exc)
+                        continue
+                digest.update(data)
+                count += len(data)
+                fh.write(data)
+            if inflater is not None and broken is None:
+                try:
+                    tail = inflater.flush()
+                except zlib.error as exc:
+                    broken = str(exc)
+                else:
+                    digest.update(tail)
+                    count += len(tail)
+                    fh.write(tail)
+        got = digest.hexdigest()
+        if broken is None and got == sha and count == size:
+            os.replace(tmp, final)
+            _out({"sha": sha, "ok": True})
+        else:
+            os.unlink(tmp)
+            _out({"sha": sha, "ok": False, "got": got, "size": count, "error": broken})
+
+
+def _fingerprint_of(python, code_dir):
+    import subprocess
+
+    script = (
+        "import json, platform, sys\n"
+        "from importlib import metadata\n"
+        "fp = {'python': '%d.%d' % sys.version_info[:2], 'machine': platform.machine()}\n"
+        "for name in DISTS:\n"
+        "    try:\n"
+        "        fp[name] = metadata.version(name)\n"
+        "    except metadata.PackageNotFoundError:\n"
+        "        fp[name] = None\n"
+        "print(json.dumps(fp))\n"
+    ).replace("DISTS", repr(FINGERPRINT_DISTS))
+    env = dict(os.environ)
+    if code_dir:
+        env["PYTHONPATH"] = code_dir
+    out = subprocess.check_output([python, "-c", script], env=env)
+    return json.loads(out.decode())
+
+
+def _link_named(workdir, files):
+    """Symlink objects under their real file names (pip needs wheel names)."""
+    os.makedirs(workdir, exist_ok=True)
+    paths = []
+    for item in files:
+        path = os.path.join(workdir, item["name"])
+        if os.path.lexists(path):
+            os.unlink(path)
+        os.symlink(_object_path(item["sha"]), path)
+        paths.append(path)
+    return paths
+
+
+def _build_env(plan, env_dir):
+    import shutil
+    import subprocess
+
+    if os.path.exists(env_dir):
+        shutil.rmtree(env_dir)  # an earlier attempt died before its marker
+    subprocess.check_call([sys.executable, "-m", "venv", "--without-pip", env_dir], stdout=sys.stderr)
+    python = os.path.join(env_dir, "bin", "python")
+    work = os.path.join(env_dir, ".wheels")
+    pip = _link_named(work, [plan["pip"]])[0]
+    cmd = [python, os.path.join(pip, "pip"), "install", "--no-deps", "--disable-pip-version-check"]
+    cmd += ["--no-input", "--no-warn-script-location", "--no-compile", "--quiet"]
+    if plan["mode"] == "wheelhouse":
+        cmd += ["--no-index"] + _link_named(work, plan["wheels"])
+    else:
+        cmd += ["--only-binary=:all:"] if plan.get("only_binary") else []
+        cmd += plan["pins"]
+    env = dict(os.environ)
+    if plan["mode"] == "wheelhouse":
+        env["PIP_CONFIG_FILE"] = os.devnull  # no index, no find-links from the host's config
+    subprocess.check_call(cmd, stdout=sys.stderr, env=env)
+    shutil.rmtree(work)
+    fingerprint = _fingerprint_of(python, None)
+    fingerprint.pop("bt-farm", None)
+    _write_marker(env_dir, {"fingerprint": fingerprint, "pins": plan.get("pins", [])})
+
+
+def _build_code(plan, code_dir):
+    import shutil
+    import zipfile
+
+    tmp = f"{code_dir}.tmp-{os.getpid()}"
+    if os.path.exists(tmp):
+        shutil.rmtree(tmp)
+    with zipfile.ZipFile(_object_path(plan["code"]["sha"])) as zf:
+        zf.extractall(tmp)
+    _write_marker(tmp, {"name": plan["code"]["name"], "version": plan["code"]["version"]})
+    if os.path.exists(code_dir):
+        shutil.rmtree(code_dir)
+    os.rename(tmp, code_dir)
+
+
+def _write_marker(path, obj):
+    marker = os.path.join(path, ".bt-ready")
+    with open(marker + ".tmp", "w") as fh:
+        json.dump(obj, fh, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(marker + ".tmp", marker)
+
+
+def install():
+    import fcntl
+
+    plan = json.loads(sys.stdin.read())
+    env_dir = os.path.join(CACHE, "envs", plan["env_key"])
+    code_dir = os.path.join(CACHE, "code", plan["code_key"])
+    os.makedirs(os.path.dirname(env_dir), exist_ok=True)
+    os.makedirs(os.path.dirname(code_dir), exist_ok=True)
+    with open(env_dir + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two coordinators bootstrapping at once: one builds
+        if _ready(env_dir) is None:
+            _build_env(plan, env_dir)
+    with open(code_dir + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _ready(code_dir) is None:
+            _build_code(plan, code_dir)
+    fingerprint = _fingerprint_of(os.path.join(env_dir, "bin", "python"), code_dir)
+    _out({"env": env_dir, "code": code_dir, "fingerprint": fingerprint})
+
+
+def launch(argv):
+    """setsid; run argv as a child in this process group; kill the group when the channel goes.
+
+    The channel's stdout is a pipe from sshd: when the client closes the channel or the
+    connection dies and sshd notices, its read end closes and poll() on our fd 1 reports an error.
+    """
+    import select
+    import signal
+    import time
+
+    # A process group of our own, whose id we record. Under sh/dash (and fish) we are a child of
+    # the login shell, in its group: setsid() makes one. bash and zsh exec the last command of
+    # ``-c`` in place, so we are the session leader sshd made, already leading our own group, and
+    # setsid() would fail with EPERM: the group we lead is the one to record.
+    if os.getpgid(0) != os.getpid():
+        os.setsid()
+    pgid = os.getpgid(0)
+    procs = os.path.join(CACHE, "procs")
+    os.makedirs(procs, exist_ok=True)
+    record = os.path.join(procs, str(pgid))
+    with open(record, "w") as fh:
+        fh.write(json.dumps({"argv": argv, "started": time.time()}))
+    sys.stderr.write(f"bt-pgid {pgid}\n")
+    sys.stderr.flush()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.execvp(argv[0], argv)
+        finally:
+            os._exit(127)
+    os.close(0)
+
+    def stop_group(signum=None, frame=None):
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+        except OSError:
+            pass
+        deadline = time.time() + 2.0
+        while time.time() < deadline:
+            try:
+                if os.waitpid(child, os.WNOHANG)[0]:
+                    break
+            except ChildProcessError:
+                break
+            time.sleep(0.05)
+        try:
+            os.unlink(record)
+        except OSError:
+            pass
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.killpg(pgid, signal.SIGKILL)  # also ends this watchdog
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, stop_group)
+    signal.signal(signal.SIGPIPE, stop_group)
+    poller = select.poll()
+    poller.register(1, select.POLLERR | select.POLLHUP)
+    while True:
+        pid, st = os.waitpid(child, os.WNOHANG)
+        if pid:
+            break
+        if poller.poll(200):
+            stop_group()
+    try:
+        os.unlink(record)
+    except OSError:
+        pass
+    code = os.WEXITSTATUS(st) if os.WIFEXITED(st) else 128 + os.WTERMSIG(st)
+    os._exit(code)
+
+
+def main(args):
+    cmd = args[0] if args else ""
+    if cmd == "probe":
+        probe(args[1], args[2])
+    elif cmd == "have":
+        have()
+    elif cmd == "receive":
+        receive()
+    elif cmd == "install":
+        install()
+    elif cmd == "launch":
+        launch(args[1:])
+    else:
+        sys.stderr.write(f"bt agent: unknown command {cmd!r}\n")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

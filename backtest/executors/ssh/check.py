@@ -1,0 +1,87 @@
+"""``check_hosts``: reach every host of a farm in parallel and say what each one can do.
+
+Collects one ``HostReport`` per host (every outcome, never the first failure only).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from backtest.errors import BtError
+from backtest.executors.ssh.hostsfile import HostSpec
+
+
+@dataclass(frozen=True)
+class HostReport:
+    spec: HostSpec
+    reachable: bool
+    cores: int | None = None
+    python: str | None = None
+    environment: str = "-"  # "match", "installed", "not installed (wheels)", "not installed (index)"
+    latency_ms: float | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reachable and self.error is None
+
+
+def check_host(spec: HostSpec, settings: object = None, *, install: bool = False) -> HostReport:
+    import backtest.executors.ssh.bootstrap as boot
+    from backtest.executors.ssh.connect import SSHSettings, connect, ping
+
+    ssh = settings if isinstance(settings, SSHSettings) else SSHSettings()
+    try:
+        conn = connect(spec, ssh)
+    except BtError as exc:
+        return HostReport(spec, reachable=False, error=_strip_name(spec, str(exc)))
+    try:
+        latency = statistics.median(ping(conn) for _ in range(3)) * 1000
+        try:
+            found = boot.probe(conn, spec)
+        except BtError as exc:
+            message = _strip_name(spec, str(exc))
+            state = "differs" if "environment differs" in message or "bt needs" in message else "-"
+            return HostReport(spec, True, latency_ms=latency, environment=state, error=message)
+        cores = spec.cores or found.cores
+        if install:
+            try:
+                env = boot.bootstrap(conn, spec)
+            except BtError as exc:
+                return HostReport(
+                    spec, True, cores, found.version_text, "differs", latency, _strip_name(spec, str(exc))
+                )
+            state = "installed, match" if env.installed else "match"
+            return HostReport(spec, True, cores, found.version_text, state, latency)
+        recorded = found.fingerprint()
+        if recorded is None:
+            how = "wheels" if boot.wheelhouse_fits(found) else "index"
+            return HostReport(spec, True, cores, found.version_text, f"not installed ({how})", latency)
+        from backtest.executors.ssh.environment import fingerprint, fingerprint_diff
+
+        diff = fingerprint_diff(fingerprint(), recorded)
+        if diff:
+            return HostReport(spec, True, cores, found.version_text, "differs", latency, "; ".join(diff))
+        return HostReport(spec, True, cores, found.version_text, "match", latency)
+    except BtError as exc:
+        return HostReport(spec, True, error=_strip_name(spec, str(exc)))
+    finally:
+        conn.close()
+
+
+def _strip_name(spec: HostSpec, message: str) -> str:
+    prefix = f"{spec.name}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
+
+
+def check_hosts(
+    specs: Sequence[HostSpec], settings: object = None, *, install: bool = False, parallel: int = 32
+) -> list[HostReport]:
+    """Check every host at once; reports come back in the order of ``specs``."""
+    if not specs:
+        return []
+    with ThreadPoolExecutor(max_workers=min(parallel, len(specs))) as pool:
+        return list(pool.map(lambda s: check_host(s, settings, install=install), specs))

@@ -1,0 +1,70 @@
+"""A strategy's parameter grid, kept by hash so that a rerun plans without importing the strategy.
+
+Expanding the grid imports the strategy (and numba, ~0.3 s); the result depends only on the
+strategy's source, the ``--param`` specs and bt's version, so it is kept under
+``<root>/grids/<hash>.json`` once a whole job has been checked (bad input leaves nothing).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from backtest.run.request import RunRequest
+from backtest.spec import StrategySource
+
+
+def _path(req: RunRequest, root: Path, code_hash: str) -> Path:
+    from backtest.hashing import token
+    from backtest.version import ENGINE_VERSION, __version__
+
+    key = token({"bt": __version__, "engine": ENGINE_VERSION, "code": code_hash, "name": req.strategy_name,
+                 "params": list(req.params)})
+    return root / "grids" / f"{key}.json"
+
+
+def grid_cached(req: RunRequest, root: Path, text: str | None) -> bool:
+    """Whether this strategy source and these --param specs were expanded before."""
+    from backtest.strategy import source_hash
+
+    return text is not None and _path(req, root, source_hash(text)).is_file()
+
+
+def load_source(path: Path, name: str | None, text: str | None = None) -> tuple[Any, StrategySource]:
+    """Import the strategy (from ``text`` when the file was read already); its class and source."""
+    from backtest.strategy import load_strategy, load_strategy_text
+
+    cls = load_strategy(path, name) if text is None else load_strategy_text(text, path, name)
+    return cls, StrategySource(cls.__bt_source_hash__, cls.__bt_source__, Path(cls.__bt_filename__).name, cls.__name__)
+
+
+def grid_of(req: RunRequest, root: Path, text: str | None) -> tuple[StrategySource, list[dict[str, Any]], list[int]]:
+    """The strategy's source, parameter sets and the warm-up each needs: kept ones when this source
+    (``text``, the file as read once for the run) and these specs were expanded before."""
+    from backtest.strategy import expand_grid, parse_param_specs, source_hash, warmup_bars
+
+    if text is not None:
+        path = _path(req, root, source_hash(text))
+        try:
+            saved = json.loads(path.read_text())
+            src = StrategySource(source_hash(text), text, req.strategy.name, saved["name"])
+            return src, saved["params_list"], saved["warmups"]
+        except (OSError, ValueError, KeyError):
+            pass
+    cls, src = load_source(req.strategy, req.strategy_name, text)
+    params_list = expand_grid(cls, parse_param_specs(cls, req.params))
+    warmups = [int(warmup_bars(cls, p)) for p in params_list]
+    return src, params_list, warmups
+
+
+def remember_grid(req: RunRequest, root: Path, text: str | None, src: StrategySource,
+                  params_list: list[dict[str, Any]], warmups: list[int]) -> None:
+    """Keep what ``grid_of`` expanded (only when it came from that same source text)."""
+    from backtest.store.fsutil import write_once
+    from backtest.strategy import source_hash
+
+    if text is None or src.hash != source_hash(text):
+        return
+    write_once(_path(req, root, src.hash),
+               json.dumps({"name": src.name, "params_list": params_list, "warmups": warmups}).encode())

@@ -1,0 +1,112 @@
+"""Check everything and plan: a request becomes a ``Prepared`` run, or one clear error.
+
+Everything that can be wrong with the input is found here, before a run is recorded or a worker
+started. ``prepare_started`` also starts the executor's workers while it plans, when there is
+likely work, so that their start-up (imports, numba) overlaps the planning.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backtest import paths
+from backtest.errors import BtError, DataError, PlanError
+from backtest.executors.base import Executor, ExecutorOptions
+from backtest.plan import make_shards, make_tasks, parse_range
+from backtest.run.grid_cache import grid_cached, grid_of, remember_grid
+from backtest.run.request import Prepared, RunRequest, symbols_of
+from backtest.spec import Job, StrategySource
+from backtest.trace import mark
+
+
+def executor_options(req: RunRequest, root: Path) -> ExecutorOptions:
+    return ExecutorOptions(data_root=root, workers=req.workers, timeout=req.timeout, max_memory=req.max_memory,
+                           accept_new_hosts=req.accept_new_hosts)
+
+
+def start_early(req: RunRequest, root: Path, text: str | None) -> Executor | None:
+    """Start the executor's workers from the strategy's source text, before the strategy is even
+    imported here. None when that is not possible (``prepare`` then reports why)."""
+    from backtest.executors import from_url
+    from backtest.hashing import sha256_hex
+
+    if text is None:
+        return None
+    try:
+        ex = from_url(req.executor_url(), executor_options(req, root))
+    except BtError:
+        return None
+    ex.start(StrategySource(sha256_hex(text), text, req.strategy.name, req.strategy_name or ""))
+    return ex
+
+
+def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) -> Prepared:
+    """Check everything and plan; raises a BtError (exit 2) on bad input, records nothing.
+    ``text``: the strategy file as already read for this run (else it is read here)."""
+    from backtest.data import Store
+    from backtest.data.bars_cache import limit_bytes
+    from backtest.engine.settings import SimSettings
+    from backtest.executors import parse_url
+    from backtest.store.results import ResultStore
+
+    root = root or paths.root()
+    target = parse_url(req.executor_url())
+    limit_bytes()  # a bad BT_BARS_CACHE_MB is one error here, not one per shard in the workers
+    if text is None:
+        text = req.read_source()
+    source, params_list, warmups = grid_of(req, root, text)
+    settings = SimSettings(**req.settings).to_dict()
+    start_ns, end_ns = parse_range(req.start, req.end)
+    store = Store(root)
+    symbols = symbols_of(req, store)
+    for s in symbols:
+        store.partitions(s)  # unknown symbol → DataError with a suggestion
+    parts: dict[tuple[str, int], list[tuple[str, str]]] = {}
+    skipped: list[str] = []
+    first_error: DataError | None = None
+    for s in symbols:
+        for w in sorted(set(warmups)):
+            try:
+                found = store.resolve(s, start_ns, end_ns, w)
+            except DataError as exc:
+                first_error = first_error or exc
+                skipped.append(s)
+                break
+            parts[(s, w)] = [(p.path, p.sha256) for p in found]
+    if len(skipped) == len(symbols):
+        raise PlanError(str(first_error) if len(symbols) == 1 else
+                        f"no data in the date range for any of the {len(symbols)} symbols ({first_error})")
+    job = Job(source, params_list, warmups, [s for s in symbols if s not in skipped], start_ns, end_ns, settings)
+    tasks = make_tasks(job, parts)
+    have = set() if req.force else ResultStore(root).existing([t.key for t in tasks])
+    todo = [t for t in tasks if t.key not in have]
+    cached = [t for t in tasks if t.key in have]
+    shards = make_shards(job, todo, parts, target.capacity)
+    remember_grid(req, root, text, source, params_list, warmups)
+    return Prepared(req, job, tasks, cached, shards, skipped, target.url, root, parts)
+
+
+def prepare_started(req: RunRequest, root: Path | None = None) -> tuple[Prepared, Executor | None]:
+    """``prepare``, with the workers started meanwhile when work is likely (a first run of this
+    strategy, or ``--force``); they are stopped again if the input is bad or nothing is missing.
+    A rerun of a known grid plans first (in well under a second) and starts workers only for what
+    is missing. The strategy file is read once, here."""
+    from backtest.executors import discard_preloaded
+
+    mark("planning")
+    root = root or paths.root()
+    text = req.read_source()
+    ex = start_early(req, root, text) if req.force or not grid_cached(req, root, text) else None
+    try:
+        prep = prepare(req, root, text)
+    except BaseException:
+        if ex is not None:
+            ex.close(cancel=True)
+        discard_preloaded()
+        raise
+    if not prep.shards:
+        if ex is not None:
+            ex.close(cancel=True)
+            ex = None
+        discard_preloaded()
+    return prep, ex

@@ -1,0 +1,120 @@
+"""What the user asked ``bt run`` for, and what planning made of it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from backtest.errors import PlanError, UsageError
+from backtest.executors.base import WorkerStatus
+from backtest.spec import Job, Shard, Task
+
+
+@dataclass
+class RunRequest:
+    strategy: Path
+    strategy_name: str | None = None
+    start: str | None = None
+    end: str | None = None
+    symbols: list[str] | None = None
+    universe: Path | None = None
+    params: list[str] = field(default_factory=list)
+    executor: str | None = None
+    hosts: Path | None = None
+    workers: int | None = None
+    timeout: float | None = None
+    max_memory: int | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    force: bool = False
+    accept_new_hosts: bool = False
+
+    def executor_url(self) -> str:
+        """The executor URL that ``--executor``, ``--hosts`` and ``--workers`` name."""
+        from backtest.executors import resolve
+
+        return resolve(self.executor, self.hosts, self.workers)
+
+    def read_source(self) -> str | None:
+        """The strategy file's text, exactly as ``load_strategy`` reads it; None when it cannot be
+        read (loading it then reports why)."""
+        try:
+            return self.strategy.read_bytes().decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+
+
+@dataclass
+class Prepared:
+    """A checked, planned run: nothing is recorded yet."""
+
+    request: RunRequest
+    job: Job
+    tasks: list[Task]
+    cached: list[Task]
+    shards: list[Shard]
+    skipped_symbols: list[str]
+    executor_url: str
+    root: Path
+    parts: dict[tuple[str, int], list[tuple[str, str]]]
+
+
+@dataclass
+class Progress:
+    run_id: str
+    total: int
+    cached: int
+    computed: int = 0
+    failed: int = 0
+    started: float = field(default_factory=time.monotonic)
+    workers: list[WorkerStatus] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        return self.cached + self.computed + self.failed
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    status: str  # done | failed | interrupted
+    tasks: int
+    computed: int
+    cached: int
+    failed: int
+    seconds: float
+    message: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        return {"done": 0, "failed": 1, "interrupted": 130}[self.status]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "status": self.status, "tasks": self.tasks, "computed": self.computed,
+                "cached": self.cached, "failed": self.failed, "seconds": round(self.seconds, 3)}
+
+
+def symbols_of(req: RunRequest, store: Any) -> list[str]:
+    """The symbols a request names (``--symbols``, ``--universe``), else every symbol stored."""
+    if req.symbols and req.universe:
+        raise UsageError("give either --symbols or --universe, not both")
+    if req.universe:
+        try:
+            text = req.universe.read_text()
+        except OSError as exc:
+            raise UsageError(f"cannot read the universe file {req.universe}: {exc.strerror}") from exc
+        syms = [s.strip().upper() for line in text.splitlines() for s in line.split("#")[0].replace(",", " ").split()]
+        if not syms:
+            raise UsageError(f"the universe file {req.universe} lists no symbols; put one symbol per line")
+        return list(dict.fromkeys(syms))
+    if req.symbols:
+        syms = [s.strip().upper() for s in req.symbols if s.strip()]
+        if not syms:
+            raise UsageError("--symbols is empty; give symbols like --symbols AAPL,MSFT")
+        return list(dict.fromkeys(syms))
+    syms = store.symbols()
+    if not syms:
+        raise PlanError("the data store is empty; import data with `bt data import FILE` or try `bt data demo`")
+    return list(syms)

@@ -1,0 +1,68 @@
+"""``bt verify``: recompute (a sample of) a run's done tasks in this process and compare bytes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from backtest import paths
+from backtest.executors.base import ShardFailed, TaskDone, TaskFailed
+from backtest.spec import Job, Task
+
+
+@dataclass
+class VerifyReport:
+    run_id: str
+    checked: int
+    mismatched: list[str]
+    missing: list[str]
+
+
+def verify(run_id: str, sample: int | None = None, seed: int = 0, root: Path | None = None) -> VerifyReport:
+    """Rerun the run's saved source on its recorded job, in-process, and compare each result's
+    bytes with the store's."""
+    import random
+
+    from backtest.catalog import Catalog
+    from backtest.executors.base import ExecutorOptions
+    from backtest.executors.inline import InlineExecutor
+    from backtest.plan import _shard
+    from backtest.store.archive import load_job, load_source
+    from backtest.store.results import ResultStore
+
+    root = root or paths.root()
+    catalog = Catalog(root / "catalog.duckdb")
+    run = catalog.run(run_id)
+    spec = load_job(root, run)
+    source = load_source(root, run["code_hash"])
+    parts = {(s, w): [tuple(f) for f in files] for s, w, files in spec["parts"]}
+    job = Job(source, spec["params"], spec["warmups"], spec["symbols"], spec["start_ns"], spec["end_ns"],
+              json.loads(run["settings"]))
+    rows = [r for r in catalog.task_rows(run["run_id"]) if r["status"] == "done"]
+    if sample is not None and sample < len(rows):
+        rows = random.Random(seed).sample(rows, sample)
+    warm = dict(zip((json.dumps(p, sort_keys=True) for p in job.params_list), job.warmups, strict=True))
+    tasks = [Task(r["key"], r["symbol"], json.loads(r["params"]), warm[r["params"]]) for r in rows]
+    store = ResultStore(root)
+    ex = InlineExecutor(ExecutorOptions(data_root=root))
+    ex.start(source)
+    by_symbol: dict[str, list[Task]] = {}
+    for t in tasks:
+        by_symbol.setdefault(t.symbol, []).append(t)
+    ex.submit([_shard(job, s, ts, parts) for s, ts in by_symbol.items()])
+    mismatched, missing = [], []
+    seen = set()
+    while not ex.finished():
+        for ev in ex.poll(0):
+            if isinstance(ev, TaskDone):
+                seen.add(ev.key)
+                if not store.has(ev.key):
+                    missing.append(ev.key)
+                elif store.read_bytes(ev.key) != ev.body:
+                    mismatched.append(ev.key)
+            elif isinstance(ev, TaskFailed | ShardFailed):
+                keys = [ev.key] if isinstance(ev, TaskFailed) else ev.keys
+                mismatched.extend(keys)
+                seen.update(keys)
+    return VerifyReport(run["run_id"], len(tasks), mismatched, missing)

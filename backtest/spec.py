@@ -1,0 +1,89 @@
+"""The nouns of a run, shared by the planner, the runner, the executors and the workers.
+
+- ``StrategySource``: the exact text of a strategy file, its hash, and the class to run.
+- ``Job``: what the user asked for, resolved: the strategy, its parameter sets (with the warm-up
+  each needs), the symbols, the date range and the execution settings.
+- ``Task``: one (symbol, parameter set), named by its content key.
+- ``Shard``: some of one symbol's tasks, the unit handed to a worker. ``Shard.spec`` is what
+  travels to the worker (plain JSON: the partitions to read, the settings, the task groups).
+
+A task's key is the sha256 of the canonical JSON of: engine version, strategy source hash and
+class, parameters, symbol, the content hashes of the partitions the task reads, the date range,
+the warm-up in bars and the execution settings. Nothing random, nothing machine-specific: the same
+inputs give the same key on any machine, so a result is computed once and found again by any run.
+
+This module imports nothing of bt but its hashing and errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from backtest.errors import UsageError
+from backtest.hashing import token
+from backtest.version import ENGINE_VERSION
+
+PartsFor = Mapping[tuple[str, int], Sequence[tuple[str, str]]]
+"""(symbol, warm-up bars) → [(partition path relative to the data root, data sha256), ...]."""
+
+
+@dataclass(frozen=True)
+class StrategySource:
+    """A strategy file's exact text (``source``), its sha256 (``hash``), the file's name and the
+    class to run (``name``; empty until the file is loaded when the file has one class)."""
+
+    hash: str
+    source: str
+    filename: str
+    name: str
+
+
+@dataclass
+class Shard:
+    id: str
+    spec: dict[str, Any]
+    keys: list[str]
+
+    def partitions(self) -> list[tuple[str, str]]:
+        """(path relative to the data root, data sha256) of every partition the shard reads."""
+        return [(p, h) for p, h in self.spec["files"]]
+
+
+@dataclass(frozen=True)
+class Job:
+    strategy: StrategySource
+    params_list: list[dict[str, Any]]
+    warmups: list[int]  # one per params entry
+    symbols: list[str]
+    start_ns: int
+    end_ns: int
+    settings: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Task:
+    key: str
+    symbol: str
+    params: dict[str, Any]
+    warmup: int
+
+
+def task_key(job: Job, symbol: str, params: dict[str, Any], warmup: int, hashes: Sequence[str]) -> str:
+    try:
+        return token(
+            {
+                "engine": ENGINE_VERSION,
+                "strategy": {"hash": job.strategy.hash, "class": job.strategy.name},
+                "params": params,
+                "symbol": symbol,
+                "partitions": list(hashes),
+                "from": job.start_ns,
+                "to": job.end_ns,
+                "warmup": warmup,
+                "settings": job.settings,
+            }
+        )
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"parameters {params} cannot be hashed canonically ({exc}); use plain numbers, booleans or strings") from exc

@@ -1,0 +1,53 @@
+"""What a run was made of, kept by hash next to the catalog so that ``bt verify`` can rerun it:
+
+- ``<root>/strategies/<sha256>.json``: the exact strategy source (``StrategySource``);
+- ``<root>/jobs/<sha256>.json``: the job (symbols, parameter sets, warm-ups, date range and the
+  data files each (symbol, warm-up) reads), ~30 KB of JSON for a large grid.
+
+Files written once by content: the same job or source run again is stored once.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from backtest.errors import BtError, CatalogError
+from backtest.spec import StrategySource
+
+
+def save_source(root: Path, source: StrategySource) -> None:
+    """Keep the exact strategy source of a run by its hash."""
+    from backtest.store.fsutil import write_once
+
+    write_once(root / "strategies" / f"{source.hash}.json", json.dumps(source.__dict__).encode())
+
+
+def load_source(root: Path, code_hash: str) -> StrategySource:
+    path = root / "strategies" / f"{code_hash}.json"
+    try:
+        return StrategySource(**json.loads(path.read_text()))
+    except FileNotFoundError as exc:
+        raise BtError(f"the strategy source of this run ({code_hash[:12]}) is not stored; rerun the job") from exc
+
+
+def save_job(root: Path, text: str) -> str:
+    """Keep a run's job (its JSON text); its hash, which the run's catalog row keeps."""
+    from backtest.hashing import sha256_hex
+    from backtest.store.fsutil import write_once
+
+    digest = sha256_hex(text)
+    write_once(root / "jobs" / f"{digest}.json", text.encode())
+    return digest
+
+
+def load_job(root: Path, run: dict[str, Any]) -> dict[str, Any]:
+    """The job of ``run`` (a ``runs`` row), as it was recorded."""
+    path = root / "jobs" / f"{run.get('job_hash')}.json"
+    try:
+        job: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CatalogError(f"the job of run {run['run_id']} is not stored ({path} is missing); "
+                           "run the job again instead") from None
+    return job

@@ -1,0 +1,320 @@
+"""The content-addressed results store: one file per task, named by the task key.
+
+A result file is made by the worker (on any host) and written whole by the coordinator::
+
+    b"BTRES1" | u32 header length | canonical JSON header | float64 metrics | trades | sha256
+
+The header holds the key, symbol, params, metric names, trade count and dtype, the codec of the
+trades block and the environment versions (python, numpy, numba, bt) — nothing host- or
+time-specific, so the same task gives the same bytes anywhere. The trailing sha256 covers all
+that precedes it: a torn or damaged file is detected on read. Trades are stored raw, 62 bytes a
+trade (``STORED_TRADE_DTYPE``: what can be derived exactly is derived on reading); equity curves
+are not stored: they are re-derived on demand by re-running the task, which is deterministic (see
+``bt verify``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from backtest.errors import ResultError
+from backtest.hashing import canonical_json
+from backtest.store.fsutil import atomic_write
+
+if TYPE_CHECKING:  # numpy is imported where trades are handled: storing and indexing need none
+    import numpy as np
+
+MAGIC = b"BTRES1"
+_U32 = struct.Struct(">I")
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    key: str
+    symbol: str
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    trades: np.ndarray
+    env: dict[str, str]
+
+
+def environment() -> dict[str, str]:
+    """The versions that decide a result's bits (the host name is recorded in the catalog instead)."""
+    import platform
+
+    import numba
+    import numpy as np
+
+    from backtest.version import ENGINE_VERSION, __version__
+
+    return {
+        # major.minor, as SSH hosts are matched: a patch release does not change a result's bits
+        "python": ".".join(platform.python_version_tuple()[:2]),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "bt": __version__,
+        "engine": ENGINE_VERSION,
+        "machine": platform.machine(),
+    }
+
+
+def encode(
+    key: str,
+    symbol: str,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    trades: np.ndarray,
+    env: dict[str, str],
+) -> bytes:
+    """The result file of one task (module docstring: the layout)."""
+    return Encoder(symbol, env)(key, params, metrics, trades)
+
+
+class Encoder:
+    """``encode`` for the tasks of one symbol computed in one environment, as a worker makes them
+    shard after shard: the header's parts that are the same for every task are encoded once. The
+    header is canonical JSON (sorted keys, no spaces), i.e. its values' encodings joined in key
+    order, which is how it is put together here; ``canonical_json(header)`` gives the same bytes."""
+
+    def __init__(self, symbol: str, env: dict[str, str]) -> None:
+        self._env = canonical_json(env)
+        self._symbol = canonical_json(symbol)
+        self._names: tuple[str, ...] = ()
+        self._names_json = "[]"
+        self._values = struct.Struct("<")
+
+    def __call__(self, key: str, params: dict[str, Any], metrics: dict[str, float], trades: np.ndarray) -> bytes:
+        names = tuple(metrics)
+        if names != self._names:
+            self._names, self._names_json = names, canonical_json(list(names))
+            self._values = struct.Struct(f"<{len(names)}d")
+        stored = stored_trades(trades)
+        # the header's keys in sorted order: env, key, metric_names, n_trades, params, symbol, trade_dtype
+        head = (
+            f'{{"env":{self._env},"key":{canonical_json(key)},"metric_names":{self._names_json},'
+            f'"n_trades":{int(stored.shape[0])},"params":{canonical_json(params)},"symbol":{self._symbol},'
+            f'"trade_dtype":{_dtype_json(stored.dtype)}}}'
+        ).encode()
+        payload = b"".join((MAGIC, _U32.pack(len(head)), head, self._values.pack(*metrics.values()),
+                            stored.tobytes()))
+        return payload + hashlib.sha256(payload).digest()
+
+
+#: How a result file stores trades (``STORED_TRADE_DTYPE``): the engine's ``TRADE_DTYPE`` less
+#: what reading derives exactly (``return`` = pnl / (size · entry_price), the kernel's own
+#: expression) and less the bar indices (positions in the slice the task ran on, meaningless
+#: outside it; ``bars`` keeps the holding period) — 62 bytes a trade instead of 90.
+_STORED_FIELDS = [
+    ("entry_time", "<i8"), ("exit_time", "<i8"), ("side", "i1"), ("size", "<f8"), ("entry_price", "<f8"),
+    ("exit_price", "<f8"), ("pnl", "<f8"), ("fees", "<f8"), ("bars", "<i4"), ("closed", "?"),
+]
+#: What reading a result file gives (``READ_TRADE_DTYPE``): the stored fields with ``return``
+#: back (and ``bars`` as int64, as in ``TRADE_DTYPE``).
+_READ_FIELDS = [
+    ("entry_time", "<i8"), ("exit_time", "<i8"), ("side", "i1"), ("size", "<f8"), ("entry_price", "<f8"),
+    ("exit_price", "<f8"), ("pnl", "<f8"), ("return", "<f8"), ("fees", "<f8"), ("bars", "<i8"), ("closed", "?"),
+]
+
+
+@functools.cache
+def _trade_dtypes() -> tuple[np.dtype, np.dtype]:
+    import numpy as np
+
+    return np.dtype(_STORED_FIELDS), np.dtype(_READ_FIELDS)
+
+
+def __getattr__(name: str) -> Any:
+    """``STORED_TRADE_DTYPE`` and ``READ_TRADE_DTYPE``, made on first use: this module is also
+    what planning and recording use (``ResultStore``), which need no numpy."""
+    if name == "STORED_TRADE_DTYPE":
+        return _trade_dtypes()[0]
+    if name == "READ_TRADE_DTYPE":
+        return _trade_dtypes()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def stored_trades(trades: np.ndarray) -> np.ndarray:
+    """``trades`` (the engine's records, or records read back) as ``STORED_TRADE_DTYPE``."""
+    import numpy as np
+
+    stored_dtype = _trade_dtypes()[0]
+    if trades.dtype == stored_dtype:
+        return np.ascontiguousarray(trades)
+    out = np.empty(trades.shape[0], stored_dtype)
+    if _from_engine(trades.dtype):
+        # the engine made them, so numba is loaded: its kernel copies them in a tenth of the time
+        from backtest.engine.orders import stored_records_nb
+
+        if not stored_records_nb(trades, out):
+            raise ResultError("a trade held for more than 2**31 bars cannot be stored")
+        return out
+    for name in stored_dtype.names or ():
+        out[name] = trades[name]
+    if out.shape[0] and int(trades["bars"].max()) > np.iinfo(np.int32).max:  # pragma: no cover - 2e9 bars
+        raise ResultError("a trade held for more than 2**31 bars cannot be stored")
+    return out
+
+
+def _from_engine(dtype: np.dtype) -> bool:
+    from backtest.engine.records import TRADE_DTYPE
+
+    return dtype == TRADE_DTYPE
+
+
+def _read_trades(stored: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    stored_dtype, read_dtype = _trade_dtypes()
+    if stored.dtype != stored_dtype:
+        return stored.copy()  # a file written before trades were stored compactly: as it was
+    out = np.empty(stored.shape[0], read_dtype)
+    for name in stored_dtype.names or ():
+        out[name] = stored[name]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["return"] = stored["pnl"] / (stored["size"] * stored["entry_price"])
+    return out
+
+
+@functools.lru_cache(maxsize=8)
+def _dtype_json(dtype: np.dtype) -> str:
+    """The header's ``trade_dtype``: [[field name, numpy type string], ...] as canonical JSON."""
+    return canonical_json([[name, dtype[name].str] for name in dtype.names or ()])
+
+
+def decode(data: bytes, where: str = "result") -> ResultRecord:
+    import numpy as np
+
+    if len(data) < len(MAGIC) + 4 + 32 or not data.startswith(MAGIC):
+        raise ResultError(f"{where} is not a bt result file; delete it and rerun to recompute it")
+    payload, digest = data[:-32], data[-32:]
+    if hashlib.sha256(payload).digest() != digest:
+        raise ResultError(f"{where} is damaged (checksum mismatch); delete it and rerun to recompute it")
+    (hlen,) = _U32.unpack_from(payload, len(MAGIC))
+    pos = len(MAGIC) + 4
+    header = json.loads(payload[pos : pos + hlen])
+    pos += hlen
+    names = header["metric_names"]
+    values = np.frombuffer(payload, dtype="<f8", count=len(names), offset=pos)
+    pos += 8 * len(names)
+    dtype = np.dtype([(n, s) for n, s in header["trade_dtype"]])
+    trades = _read_trades(np.frombuffer(payload, dtype=dtype, count=header["n_trades"], offset=pos))
+    return ResultRecord(
+        key=header["key"],
+        symbol=header["symbol"],
+        params=header["params"],
+        metrics={n: float(v) for n, v in zip(names, values, strict=True)},
+        trades=trades,
+        env=header["env"],
+    )
+
+
+def decode_metrics(data: bytes) -> tuple[dict[str, Any], dict[str, float]]:
+    """Header and metrics only (no trades copy, no checksum): for fast catalog indexing."""
+    (hlen,) = _U32.unpack_from(data, len(MAGIC))
+    pos = len(MAGIC) + 4
+    header = json.loads(data[pos : pos + hlen])
+    names = header["metric_names"]
+    values = struct.unpack_from(f"<{len(names)}d", data, pos + hlen)
+    return header, dict(zip(names, values, strict=True))
+
+
+def _same_bytes(path: str, data: bytes) -> bool:
+    """Whether the file at ``path`` holds exactly ``data`` (os-level calls: this runs once a task)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        size = len(data)
+        return os.fstat(fd).st_size == size and os.read(fd, size + 1) == data
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+class ResultStore:
+    """``<root>/results/<key[:2]>/<key>.res``; a file that exists is complete."""
+
+    def __init__(self, root: Path) -> None:
+        self.dir = Path(root) / "results"
+        self._dir = str(self.dir)
+
+    def path(self, key: str) -> Path:
+        return self.dir / key[:2] / f"{key}.res"
+
+    def has(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def existing(self, keys: Iterable[str]) -> set[str]:
+        """The subset of ``keys`` already stored (one directory listing per prefix)."""
+        by_prefix: dict[str, list[str]] = {}
+        for k in keys:
+            by_prefix.setdefault(k[:2], []).append(k)
+        found: set[str] = set()
+        for prefix, ks in by_prefix.items():
+            try:
+                names = set(os.listdir(self.dir / prefix))
+            except FileNotFoundError:
+                continue
+            found.update(k for k in ks if f"{k}.res" in names)
+        return found
+
+    def write(self, key: str, data: bytes) -> None:
+        """Store ``data`` as the result of ``key``. A stored file with exactly these bytes is left
+        as it is (results are deterministic, so ``--force`` usually recomputes identical bytes, and
+        comparing is much cheaper than replacing a file); a different or damaged one is replaced."""
+        sub = os.path.join(self._dir, key[:2])
+        path = os.path.join(sub, key + ".res")
+        if not _same_bytes(path, data):
+            try:
+                atomic_write(path, data)
+            except FileNotFoundError:
+                os.makedirs(sub, exist_ok=True)
+                atomic_write(path, data)
+
+    def read_bytes(self, key: str) -> bytes:
+        try:
+            return self.path(key).read_bytes()
+        except FileNotFoundError as exc:
+            raise ResultError(f"no stored result for task {key[:12]}; rerun the job to compute it") from exc
+
+    def read(self, key: str) -> ResultRecord:
+        return decode(self.read_bytes(key), where=f"result {key[:12]}")
+
+    def keys(self) -> list[str]:
+        """Every stored key. A temporary file (``.tmp-*``, left by a writer killed mid-write, e.g.
+        a worker stopped by Ctrl+C) is not a result and not listed."""
+        return [p.name[:-4] for p in self._files("*.res") if not p.name.startswith(".")]
+
+    def leftovers(self, older_than: float) -> list[Path]:
+        """Temporary files (``.tmp-*``) last written before ``older_than`` (a Unix time): what
+        writers killed mid-write left behind. A live writer holds one for a moment only."""
+        out: list[Path] = []
+        for p in self._files(".tmp-*"):
+            try:
+                if p.stat().st_mtime < older_than:
+                    out.append(p)
+            except FileNotFoundError:  # renamed or removed meanwhile
+                pass
+        return out
+
+    def _files(self, pattern: str) -> list[Path]:
+        """The store's files named like ``pattern``, in order, over every key-prefix folder."""
+        if not self.dir.is_dir():
+            return []
+        return [p for sub in sorted(self.dir.iterdir()) if sub.is_dir() for p in sorted(sub.glob(pattern))]
+
+    def remove(self, key: str) -> None:
+        try:
+            self.path(key).unlink()
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,6 @@
+"""bt's version, and the engine's: a leaf module that every layer may import."""
+
+__version__ = "0.1.0"
+
+ENGINE_VERSION = "2"  # 2: result files store trades compactly (results.STORED_TRADE_DTYPE)
+"""Bumped whenever the engine's results could change for the same inputs; part of every task key."""

@@ -1,0 +1,152 @@
+"""A shard spec becomes outcomes: read the bars, run the strategy's grid, encode the results.
+
+A shard spec (JSON)::
+
+    {"id", "symbol", "strategy": <source hash>, "start_ns", "end_ns", "settings": {...},
+     "files": [[path, data_sha256], ...],          # in year order, enough for the largest warm-up
+     "groups": [{"warmup": w, "parts": [sha256, ...], "tasks": [[key, params], ...]}, ...]}
+
+Relative paths are resolved under the data root. Each group's tasks see exactly ``warmup`` bars
+before the start, so a task's result depends only on what its key names; groups that see the same
+slice of the bars (their warm-ups reach back to the same bar) run together and share the
+strategy's indicators. Outcomes are frames of ``backtest.worker.protocol`` handed to ``emit``.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import traceback
+from array import array
+from collections.abc import Callable
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import Any
+
+Emit = Callable[..., None]
+
+
+def slice_bars(bars: Any, warmup: int, parts: list[str]) -> Any:
+    """The bars a group of tasks with ``warmup`` bars of warm-up sees, cut from a longer read."""
+    from backtest.engine.bars import Bars
+
+    offset = max(0, bars.start - warmup)
+    if offset == 0 and tuple(parts) == bars.partitions:
+        return bars
+    return Bars(
+        symbol=bars.symbol,
+        ts=bars.ts[offset:],
+        open=bars.open[offset:],
+        high=bars.high[offset:],
+        low=bars.low[offset:],
+        close=bars.close[offset:],
+        volume=bars.volume[offset:],
+        start=bars.start - offset,
+        partitions=tuple(parts),
+    )
+
+
+def _by_slice(bars: Any, groups: list[dict[str, Any]]) -> list[tuple[Any, list[Any]]]:
+    """The shard's tasks by the bars they see: groups whose warm-ups reach back to the same bar
+    (e.g. every group when the data starts after the range's start minus the warm-up) run as one,
+    on one slice, so they share its indicators."""
+    merged: dict[int, tuple[Any, list[Any]]] = {}
+    for group in groups:
+        offset = max(0, bars.start - group["warmup"])
+        if offset not in merged:
+            merged[offset] = (slice_bars(bars, group["warmup"], group["parts"]), [])
+        merged[offset][1].extend(group["tasks"])
+    return list(merged.values())
+
+
+class Runner:
+    """Runs shards in this process; the inline executor uses it directly."""
+
+    def __init__(self, data_root: Path | None, results: Path | None = None) -> None:
+        self.data_root = data_root
+        # uncompressed copies of the partitions read (``backtest.data.bars_cache``)
+        from backtest.data.bars_cache import folder
+
+        self.bars_cache = folder(data_root) if data_root is not None else None
+        self.results = results  # a results store this worker writes into itself (same machine)
+        self.strategies: dict[str, Any] = {}
+        from backtest.store.results import environment
+
+        self.env = environment()
+
+    def add_strategy(self, msg: dict[str, Any]) -> None:
+        if msg["hash"] in self.strategies:
+            return
+        from backtest.strategy import load_strategy_source
+
+        self.strategies[msg["hash"]] = load_strategy_source(msg["source"], msg["filename"], msg.get("name") or None)
+
+    def _path(self, p: str) -> Path:
+        path = Path(p)
+        if path.is_absolute() or self.data_root is None:
+            return path
+        return self.data_root / path
+
+    def run_shard(self, spec: dict[str, Any], emit: Emit) -> None:
+        """Run every task of ``spec``; ``emit(header, body)`` receives each outcome as it is made."""
+        from backtest.data import read_bars
+        from backtest.engine import SimSettings
+        from backtest.engine.records import METRIC_NAMES
+        from backtest.errors import BtError
+        from backtest.store.results import Encoder, ResultStore
+
+        sid = spec["id"]
+        t0 = time.perf_counter()
+        try:
+            cls = self.strategies[spec["strategy"]]
+            settings = SimSettings(**spec["settings"])
+            files = [(self._path(p), h) for p, h in spec["files"]]
+            max_warmup = max(g["warmup"] for g in spec["groups"])
+            bars = read_bars(spec["symbol"], files, spec["start_ns"], spec["end_ns"], max_warmup, self.bars_cache)
+        except BtError as exc:
+            emit({"t": "shard_error", "shard": sid, "error": str(exc), "details": ""})
+            return
+        except Exception as exc:
+            emit({"t": "shard_error", "shard": sid, "error": f"{type(exc).__name__}: {exc}",
+                  "details": traceback.format_exc()})
+            return
+        from backtest.engine import run_grid
+
+        store = ResultStore(self.results) if self.results is not None else None
+        encode = Encoder(spec["symbol"], self.env)
+
+        for gbars, tasks in _by_slice(bars, spec["groups"]):
+            keys = [k for k, _ in tasks]
+            params = [p for _, p in tasks]
+            out = io.StringIO()
+            with redirect_stdout(out), redirect_stderr(out):
+                try:
+                    outcomes: list[Any] = run_grid(cls, gbars, params, settings)
+                except Exception as exc:  # the engine itself failed: every task of the group fails
+                    outcomes = [exc] * len(keys)
+            text = out.getvalue()
+            if text:
+                emit({"t": "log", "shard": sid, "text": text})
+            stored: list[str] = []
+            n_trades: list[int] = []
+            values: array[float] = array("d")
+            for key, p, res in zip(keys, params, outcomes, strict=True):
+                if isinstance(res, BaseException):
+                    details = getattr(res, "details", "") or "".join(
+                        traceback.format_exception(type(res), res, res.__traceback__))
+                    msg = str(res) if isinstance(res, BtError) else f"{type(res).__name__}: {res}"
+                    emit({"t": "task_error", "shard": sid, "key": key, "error": msg, "details": details})
+                else:
+                    body = encode(key, p, res.metrics, res.trades)
+                    if store is not None:
+                        # the file is stored before it is reported; only its metrics travel
+                        store.write(key, body)
+                        stored.append(key)
+                        n_trades.append(len(res.trades))
+                        values.extend(res.metrics[n] for n in METRIC_NAMES)
+                    else:
+                        emit({"t": "result", "shard": sid, "key": key}, body)
+            if stored:
+                emit({"t": "results", "shard": sid, "keys": stored, "n_trades": n_trades, "metrics": METRIC_NAMES},
+                     values.tobytes())
+        emit({"t": "shard_done", "shard": sid, "seconds": time.perf_counter() - t0})

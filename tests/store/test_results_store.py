@@ -1,0 +1,191 @@
+"""Result files: deterministic encoding, integrity, atomic writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from backtest.errors import ResultError
+from backtest.store.results import MAGIC, Encoder, ResultStore, decode, decode_metrics, encode, stored_trades
+from backtest.worker.protocol import FrameWriter, ProtocolError, read_frame
+from backtest.worker.protocol import encode as frame
+
+ENV = {"python": "3.11", "numpy": "2", "numba": "0.6", "bt": "0.1", "engine": "1", "machine": "x86_64"}
+
+
+def engine_trades() -> np.ndarray:
+    """Real trades from the engine: SMA crosses on a synthetic series, with costs."""
+    from helpers import synth_daily
+
+    from backtest.engine import Bars, SimSettings, run_grid
+    from backtest.strategy import load_strategy
+
+    ts, o, h, lo, c, v = synth_daily(0)
+    bars = Bars("AAA", ts, o, h, lo, c, v)
+    cls = load_strategy(Path(__file__).resolve().parents[2] / "strategies" / "sma_cross.py")
+    out = run_grid(cls, bars, [{"fast": 5, "slow": 20, "short": True}], SimSettings(commission=0.001, fee=1.0))[0]
+    assert len(out.trades) > 10
+    return out.trades
+
+
+def sample(key: str = "ab" + "0" * 62, trades: np.ndarray | None = None) -> bytes:
+    trades = engine_trades() if trades is None else trades
+    return encode(key, "AAA", {"fast": 5}, {"sharpe": 1.25, "trades": 2.0, "sortino": float("nan")}, trades, ENV)
+
+
+def test_encode_is_deterministic_and_round_trips():
+    a, b = sample(), sample()
+    assert a == b
+    rec = decode(a)
+    assert rec.symbol == "AAA" and rec.params == {"fast": 5}
+    assert rec.metrics["sharpe"] == 1.25 and np.isnan(rec.metrics["sortino"])
+    header, metrics = decode_metrics(a)
+    assert header["n_trades"] == len(rec.trades) and metrics["trades"] == 2.0
+    assert encode(rec.key, rec.symbol, rec.params, rec.metrics, rec.trades, rec.env) == a  # read, written again
+
+
+def test_engine_trades_are_stored_as_a_field_by_field_copy_would_store_them():
+    """``stored_trades`` copies the engine's records with a kernel; numpy's field-by-field copy is
+    the reference (contiguous records and a strided view of them)."""
+    from backtest.store.results import STORED_TRADE_DTYPE
+
+    trades = engine_trades()
+    for tr in (trades, trades[::3]):
+        want = np.empty(len(tr), STORED_TRADE_DTYPE)
+        for name in STORED_TRADE_DTYPE.names:
+            want[name] = tr[name]
+        got = stored_trades(tr)
+        assert got.dtype == STORED_TRADE_DTYPE and got.tobytes() == want.tobytes()
+    too_long = trades.copy()
+    too_long["bars"][1] = 2**31
+    with pytest.raises(ResultError, match="more than 2"):
+        stored_trades(too_long)
+
+
+def _reference_encode(key, symbol, params, metrics, trades, env) -> bytes:
+    """The file layout as the module docstring states it, made the plain way."""
+    import hashlib
+    import struct
+
+    from backtest.hashing import canonical_json
+
+    stored = stored_trades(trades)
+    head = canonical_json({"key": key, "symbol": symbol, "params": params, "metric_names": list(metrics),
+                           "n_trades": len(stored), "env": env,
+                           "trade_dtype": [[n, stored.dtype[n].str] for n in stored.dtype.names]}).encode()
+    payload = b"".join((MAGIC, struct.pack(">I", len(head)), head,
+                        np.array(list(metrics.values()), "<f8").tobytes(), stored.tobytes()))
+    return payload + hashlib.sha256(payload).digest()
+
+
+def test_the_shard_encoder_gives_the_canonical_bytes():
+    """``Encoder`` joins pre-encoded header parts; the bytes must be those of the canonical header,
+    whatever the params (unicode, nesting, booleans, floats) and however the metrics change."""
+    trades = engine_trades()
+    enc = Encoder("ÄÖ/x", ENV)
+    cases = [
+        ({"fast": 5, "slow": 20.5, "short": True, "name": "é\"q"}, {"sharpe": 1.25, "trades": 2.0}, trades),
+        ({"b": [1, 2], "a": {"z": None}}, {"sortino": float("nan"), "sharpe": float("inf")}, trades[:0]),
+        ({}, {"total_return": -0.5}, trades[:3]),
+    ]
+    for i, (params, metrics, tr) in enumerate(cases):
+        key = f"{i:02d}" + "f" * 62
+        got = enc(key, params, metrics, tr)
+        assert got == _reference_encode(key, "ÄÖ/x", params, metrics, tr, ENV)
+        assert got == encode(key, "ÄÖ/x", params, metrics, tr, ENV)
+        assert decode(got).params == params
+
+
+def test_trades_are_stored_compactly_and_read_back_bit_for_bit():
+    from backtest.store.results import READ_TRADE_DTYPE, STORED_TRADE_DTYPE
+
+    trades = engine_trades()
+    data = sample(trades=trades)
+    assert STORED_TRADE_DTYPE.itemsize == 62 and trades.dtype.itemsize == 90
+    assert len(data) < len(sample(trades=trades[:0])) + 63 * len(trades)
+    back = decode(data).trades
+    assert back.dtype == READ_TRADE_DTYPE
+    for name in READ_TRADE_DTYPE.names or ():  # `return` is derived, and equal to the kernel's bits
+        assert back[name].tobytes() == trades[name].astype(READ_TRADE_DTYPE[name]).tobytes(), name
+
+
+def test_files_with_the_earlier_trade_layout_still_read(tmp_path):
+    """Files written before trades were stored compactly (engine 1) carry the full records."""
+    import hashlib
+    import json
+    import struct
+
+    from backtest.hashing import canonical_json
+    from backtest.store.results import MAGIC
+
+    trades = engine_trades()
+    header = {"key": "ab" + "0" * 62, "symbol": "AAA", "params": {}, "metric_names": ["sharpe"],
+              "n_trades": len(trades), "trade_dtype": [[n, trades.dtype[n].str] for n in trades.dtype.names or ()],
+              "env": ENV}
+    head = canonical_json(header).encode()
+    payload = MAGIC + struct.pack(">I", len(head)) + head + np.array([0.5]).tobytes() + trades.tobytes()
+    rec = decode(payload + hashlib.sha256(payload).digest())
+    assert rec.trades.dtype == trades.dtype and rec.trades.tobytes() == trades.tobytes()
+    assert json.loads(head)["n_trades"] == len(rec.trades)
+
+
+def test_damage_is_detected(tmp_path):
+    data = bytearray(sample())
+    data[40] ^= 1
+    with pytest.raises(ResultError, match="damaged"):
+        decode(bytes(data))
+    with pytest.raises(ResultError, match="not a bt result"):
+        decode(b"garbage")
+
+
+def test_store_write_read_existing(tmp_path):
+    store = ResultStore(tmp_path)
+    key = "ab" + "1" * 62
+    assert store.existing([key]) == set()
+    store.write(key, sample(key))
+    assert store.existing([key, "cd" + "2" * 62]) == {key}
+    assert store.read(key).key == key
+    assert store.keys() == [key]
+    assert not [p for p in (tmp_path / "results").rglob(".tmp-*")]
+    # what a writer killed mid-write leaves behind is not a result
+    (tmp_path / "results" / key[:2] / ".tmp-123-456-7.res").write_bytes(b"BTRES1 torn")
+    assert store.keys() == [key]
+    with pytest.raises(ResultError, match="no stored result"):
+        store.read("ff" * 32)
+
+
+def test_store_leaves_identical_bytes_alone_and_replaces_different_or_damaged_ones(tmp_path):
+    store = ResultStore(tmp_path)
+    key = "ab" + "3" * 62
+    good = sample(key)
+    store.write(key, good)
+    path = store.path(key)
+    inode = path.stat().st_ino
+    store.write(key, good)  # the same bytes: the file is not rewritten
+    assert path.stat().st_ino == inode
+    for bad in (good[:-1] + bytes([good[-1] ^ 1]), good[:-10], good + b"x"):  # damaged, torn, longer
+        path.write_bytes(bad)
+        store.write(key, good)
+        assert path.read_bytes() == good
+        assert path.stat().st_ino != inode  # replaced by a rename, never edited in place
+        inode = path.stat().st_ino
+
+
+def test_frames_round_trip_and_torn_frames_are_errors(tmp_path):
+    import io
+
+    buf = io.BytesIO()
+    w = FrameWriter(buf)
+    w.send({"t": "result", "key": "k"}, b"\x00\x01")
+    w.send({"t": "hb"})
+    buf.seek(0)
+    assert read_frame(buf) == ({"t": "result", "key": "k"}, b"\x00\x01")
+    assert read_frame(buf) == ({"t": "hb"}, b"")
+    assert read_frame(buf) is None
+    torn = io.BytesIO(frame({"t": "hb"}, b"xyz")[:-1])
+    with pytest.raises(ProtocolError, match="middle of a frame"):
+        read_frame(torn)
+    with pytest.raises(ProtocolError):
+        read_frame(io.BytesIO(b"\xff\xff\xff\xff\x00\x00\x00\x00"))

@@ -1,0 +1,102 @@
+"""The planner: date ranges, task keys, shards."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from backtest.errors import UsageError
+from backtest.plan import OPEN_END, make_shards, make_tasks, parse_range
+from backtest.spec import Job, StrategySource
+
+SRC = StrategySource("h" * 64, "class S: pass", "s.py", "S")
+
+
+def ns(*args: int) -> int:
+    return int(dt.datetime(*args, tzinfo=dt.UTC).timestamp()) * 1_000_000_000
+
+
+def job(params=None, symbols=("AAA", "BBB"), settings=None) -> Job:
+    params = params or [{"fast": f, "slow": 20} for f in (5, 10)]
+    return Job(SRC, params, [p["slow"] for p in params], list(symbols), ns(2020, 1, 1), ns(2025, 1, 1) - 1,
+               settings or {"cash": 100000.0})
+
+
+def parts_for(j: Job, hashes=("p1", "p2")) -> dict:
+    return {(s, w): [(f"bars/symbol={s}/year={2019 + i}.parquet", f"{s}-{h}") for i, h in enumerate(hashes)]
+            for s in j.symbols for w in set(j.warmups)}
+
+
+def test_range_years_months_days():
+    assert parse_range("2020", "2024") == (ns(2020, 1, 1), ns(2025, 1, 1) - 1)
+    assert parse_range("2020-03", "2020-03") == (ns(2020, 3, 1), ns(2020, 4, 1) - 1)
+    assert parse_range("2020-12", "2020-12")[1] == ns(2021, 1, 1) - 1
+    assert parse_range("2020-03-15", "2020-03-15") == (ns(2020, 3, 15), ns(2020, 3, 16) - 1)
+    assert parse_range(None, None)[1] == OPEN_END
+
+
+def test_range_errors_say_what_to_do():
+    with pytest.raises(UsageError, match=r"--from 2024 is after --to 2020; swap them"):
+        parse_range("2024", "2020")
+    with pytest.raises(UsageError, match=r'--to "20x4" is not a date; use a year'):
+        parse_range("2020", "20x4")
+
+
+def test_keys_are_stable_and_depend_on_every_input():
+    j = job()
+    parts = parts_for(j)
+    keys = [t.key for t in make_tasks(j, parts)]
+    assert keys == [t.key for t in make_tasks(job(), parts_for(job()))]
+    assert len(set(keys)) == 4
+    # one changed parameter value changes only the tasks with that value
+    j2 = job([{"fast": 5, "slow": 20}, {"fast": 11, "slow": 20}])
+    keys2 = [t.key for t in make_tasks(j2, parts_for(j2))]
+    assert len(set(keys) & set(keys2)) == 2
+    # changed data of one symbol changes only that symbol's keys
+    p3 = parts_for(j)
+    p3 = {k: ([(v[0][0], v[0][1]), (v[1][0], "changed")] if k[0] == "BBB" else v) for k, v in p3.items()}
+    keys3 = [t.key for t in make_tasks(j, p3)]
+    assert keys3[:2] == keys[:2] and not set(keys3[2:]) & set(keys)
+    # settings are part of the key
+    keys4 = [t.key for t in make_tasks(job(settings={"cash": 1.0}), parts)]
+    assert not set(keys4) & set(keys)
+
+
+def test_keys_are_task_key_byte_for_byte():
+    """make_tasks joins pre-encoded parts; the keys must be exactly task_key's."""
+    from backtest.spec import task_key
+
+    j = job([{"fast": f, "slow": s, "name": "é\"x", "on": True, "w": 0.5} for f in (5, 10) for s in (20, 50)],
+            symbols=("AAA", "B/B"), settings={"cash": 1e5, "fill": "next_open", "stop_loss": None})
+    parts = parts_for(j)
+    for t in make_tasks(j, parts):
+        assert t.key == task_key(j, t.symbol, t.params, t.warmup, [h for _, h in parts[(t.symbol, t.warmup)]])
+
+
+def test_nan_parameter_cannot_be_hashed():
+    j = job([{"x": float("nan"), "slow": 1}])
+    with pytest.raises(UsageError, match="cannot be hashed canonically"):
+        make_tasks(j, parts_for(j))
+
+
+def test_shards_group_by_symbol_and_warmup():
+    params = [{"fast": f, "slow": s} for s in (20, 40) for f in (5, 10)]
+    j = job(params, symbols=[f"S{i}" for i in range(10)])
+    parts = parts_for(j)
+    tasks = make_tasks(j, parts)
+    shards = make_shards(j, tasks, parts, workers=2)  # 10 symbols ≥ 8: one shard per symbol
+    assert len(shards) == 10
+    assert sorted(k for s in shards for k in s.keys) == sorted(t.key for t in tasks)
+    spec = shards[0].spec
+    assert [g["warmup"] for g in spec["groups"]] == [20, 40]
+    assert all(len(g["tasks"]) == 2 for g in spec["groups"])
+
+
+def test_few_symbols_are_split_for_load_balance():
+    params = [{"fast": f, "slow": 20} for f in range(1, 41)]
+    j = job(params, symbols=["ONE"])
+    parts = parts_for(j)
+    shards = make_shards(j, make_tasks(j, parts), parts, workers=2)
+    assert len(shards) == 8 and {len(s.keys) for s in shards} == {5}
+    assert len({s.id for s in shards}) == 8
