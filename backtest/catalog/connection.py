@@ -1,7 +1,14 @@
 """How a process holds the catalog file: a lock file (shared for readers, exclusive for writers,
 with a turnstile so readers cannot starve a writer), the DuckDB driver, one in-memory writing
 instance a process with the file attached for each write, and retries while another program
-holds the file."""
+holds the file.
+
+The lock is ``flock`` on two files, by hand, because the libraries that offer one do something
+else: fasteners' reader-writer lock uses ``lockf`` (POSIX record locks belong to the process, so
+the catalog writer thread and a reader thread of one ``bt`` would not exclude each other, and
+closing any descriptor of the file drops them all), filelock's ``FileLock`` is exclusive only and
+its ``ReadWriteLock`` is a SQLite database; neither lets a waiting writer stop new readers (the
+turnstile here), which a stream of ``bt report`` s during a run needs."""
 
 from __future__ import annotations
 

@@ -139,6 +139,10 @@ def _execute_live(prep: Any, ex: Any) -> Any:
         f"{summary.computed} computed, {summary.cached} cached, {summary.failed} failed in {summary.seconds:.2f}s"
         + (f" — {summary.message}" if summary.message else "")
     )
+    for note in summary.set_aside:
+        from backtest.cli.render import warn_line
+
+        warn_line(note)
     if summary.failed:
         console.print(f"see failures with: bt report {summary.run_id}; tracebacks: bt logs {summary.run_id}")
     elif summary.status == "interrupted":

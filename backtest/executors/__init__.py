@@ -11,12 +11,14 @@ that executor is built.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from importlib import import_module
-from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
-from backtest.errors import ExecutorError, UsageError
-from backtest.executors.base import Executor, ExecutorOptions
+from backtest.errors import UsageError
+
+if TYPE_CHECKING:  # this module stays light: the console script imports the fork server (below) first
+    from pathlib import Path
+
+    from backtest.executors.base import Executor, ExecutorOptions
 
 #: scheme → (module, class) of its executor
 REGISTRY: dict[str, tuple[str, str]] = {
@@ -32,8 +34,7 @@ SCHEMES = tuple(REGISTRY)
 REMOTE_PLANNED_WORKERS = 8
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):
     """An executor URL, checked: its scheme, the part after ``://``, and how many workers the
     planner sizes shards for (``capacity``)."""
 
@@ -118,6 +119,11 @@ def discard_preloaded() -> None:
 
 def from_url(url: str, options: ExecutorOptions) -> Executor:
     """Build (not start) the executor a URL names."""
+    from dataclasses import replace
+    from importlib import import_module
+
+    from backtest.errors import ExecutorError
+
     target = parse_url(url)
     if target.scheme == "local" and target.rest:
         options = replace(options, workers=target.capacity)

@@ -71,6 +71,7 @@ class TaskDone:
     metrics: dict[str, float] | None = None
     n_trades: int = 0
     env: dict[str, Any] | None = None
+    attempt: int = 1  # which attempt at its shard made it (1 unless the shard was retried)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class TaskFailed:
     error: str
     details: str
     worker: str
+    attempt: int = 1
 
 
 @dataclass(frozen=True)

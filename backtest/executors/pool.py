@@ -280,7 +280,7 @@ class StreamPool(Executor):
                 job.remaining.remove(key)
                 if key not in self._done_keys:
                     self._done_keys.add(key)
-                    self._events.append(TaskDone(job.shard.id, key, body, slot.label))
+                    self._events.append(TaskDone(job.shard.id, key, body, slot.label, attempt=job.attempts + 1))
         elif kind == "results":  # a worker that stored these files itself: their metrics, in one block
             try:
                 keys, names, n_trades = list(msg["keys"]), list(msg["metrics"]), list(msg["n_trades"])
@@ -301,13 +301,15 @@ class StreamPool(Executor):
                 if key not in self._done_keys:
                     self._done_keys.add(key)
                     metrics = dict(zip(names, values[i * width:(i + 1) * width], strict=True))
-                    self._events.append(TaskDone(job.shard.id, key, b"", slot.label, True, metrics, n_trades[i], env))
+                    self._events.append(TaskDone(job.shard.id, key, b"", slot.label, True, metrics, n_trades[i], env,
+                                                        job.attempts + 1))
             job.remaining = [k for k in job.remaining if k in left]
         elif kind == "task_error":
             key = msg["key"]
             if key in job.remaining:
                 job.remaining.remove(key)
-                self._events.append(TaskFailed(job.shard.id, key, msg["error"], msg.get("details", ""), slot.label))
+                self._events.append(TaskFailed(job.shard.id, key, msg["error"], msg.get("details", ""), slot.label,
+                                                  job.attempts + 1))
         elif kind == "log":
             self._events.append(ShardLog(job.shard.id, msg["text"], slot.label))
         elif kind == "shard_done":

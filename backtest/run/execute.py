@@ -119,10 +119,10 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
             for ev in ex.poll(0.1):
                 now = time.time()
                 if isinstance(ev, TaskDone):
-                    recorder.task_done(ev, 1, now)
+                    recorder.task_done(ev, ev.attempt, now)
                     progress.computed += 1
                 elif isinstance(ev, TaskFailed):
-                    recorder.task_failed(ev, 1, now)
+                    recorder.task_failed(ev, ev.attempt, now)
                     progress.failed += 1
                 elif isinstance(ev, ShardFailed):
                     recorder.shard_failed(ev, now)
@@ -155,8 +155,9 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
         if ex is not None:
             ex.close(cancel=status != "done")
         recorder.stop_writer()
+    set_aside = [n for n in progress.notes if ": set aside" in n]
     summary = RunSummary(run_id, status, len(prep.tasks), progress.computed, progress.cached, progress.failed,
-                         seconds, message)
+                         seconds, message, set_aside)
     recorder.flush(final_update)
     mark("recorded")
     if on_progress:

@@ -86,14 +86,22 @@ class RunSummary:
     failed: int
     seconds: float
     message: str = ""
+    #: hosts or workers set aside during the run, each with why ("host: set aside: reason")
+    set_aside: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
         return {"done": 0, "failed": 1, "interrupted": 130}[self.status]
 
     def to_json(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "status": self.status, "tasks": self.tasks, "computed": self.computed,
-                "cached": self.cached, "failed": self.failed, "seconds": round(self.seconds, 3)}
+        out: dict[str, Any] = {"run_id": self.run_id, "status": self.status, "tasks": self.tasks,
+                               "computed": self.computed, "cached": self.cached, "failed": self.failed,
+                               "seconds": round(self.seconds, 3)}
+        if self.message:
+            out["message"] = self.message
+        if self.set_aside:
+            out["set_aside"] = self.set_aside
+        return out
 
 
 def symbols_of(req: RunRequest, store: Any) -> list[str]:

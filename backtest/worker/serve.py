@@ -42,13 +42,21 @@ def serve(stdin: Any, writer: FrameWriter, data_root: Path | None, heartbeat: fl
 
     def beat() -> None:
         while not stop.wait(heartbeat):
-            if coordinator_timeout and time.monotonic() - last_heard[0] > coordinator_timeout:
-                os._exit(4)  # the coordinator went silent: never outlive it
             try:
                 writer.send({"t": "hb"})
             except (OSError, ValueError):
                 os._exit(3)  # nobody is listening any more
 
+    def watch() -> None:
+        """Exit once the coordinator has been silent for ``coordinator_timeout``. A thread of its
+        own: a write to a cut-off coordinator blocks (the SSH channel's window is full and sshd
+        stops reading), and a check made between writes would wait with it."""
+        while not stop.wait(min(0.5, coordinator_timeout / 4)):
+            if time.monotonic() - last_heard[0] > coordinator_timeout:
+                os._exit(4)  # the coordinator went silent: never outlive it
+
+    if coordinator_timeout:
+        threading.Thread(target=watch, daemon=True, name="bt-watchdog").start()
     runner = Runner(data_root, results)
     try:
         warm_up()

@@ -50,6 +50,10 @@ def test_a_killed_worker_charges_only_the_shard_it_was_running(root: Path, fault
     assert running is not None and waiting is not None
     assert running.attempts == 1 and "killed by SIGKILL" in running.errors[0]
     assert waiting.attempts == 0 and waiting.errors == []
+    # outcomes say which attempt made them (recorded in run_tasks.attempts)
+    by_key = {e.key: e.attempt for e in events if isinstance(e, TaskDone)}
+    assert 2 in {by_key[k] for k in running.shard.keys}  # the killed shard's rest, on its second attempt
+    assert {by_key[k] for k in waiting.shard.keys} == {1}
     assert Counter(e.key for e in events if isinstance(e, TaskDone)) == Counter(t.key for t in prep.tasks)
     assert {e.shard for e in events if isinstance(e, ShardFinished)} == {s.id for s in prep.shards}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -45,3 +46,23 @@ def test_pings_keep_it_alive() -> None:
         assert p.poll() is None
         p.stdin.close()  # input ends: the worker ends
         assert p.wait(timeout=10) == 0
+
+
+def test_a_silent_coordinator_makes_the_worker_exit_even_while_its_output_is_blocked() -> None:
+    """A cut-off coordinator neither pings nor reads: the worker's writes block on a full pipe
+    (as on an SSH channel whose window is full), and it must still exit on time."""
+    import fcntl
+
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, 1031, 4096)  # F_SETPIPE_SZ: one page, full after the hello and ~250 beats
+    try:
+        with subprocess.Popen([sys.executable, "-m", "backtest.worker", "--heartbeat", "0.001",
+                               "--coordinator-timeout", "2"], stdin=subprocess.PIPE, stdout=write_end,
+                              stderr=subprocess.DEVNULL) as p:
+            t0 = time.monotonic()
+            assert p.wait(timeout=60) == 4  # nobody reads its output, nobody pings it
+            assert time.monotonic() - t0 < 30
+            assert len(os.read(read_end, 65536)) >= 4000  # its output was blocked, the pipe full
+    finally:
+        os.close(read_end)
+        os.close(write_end)

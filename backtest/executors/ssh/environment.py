@@ -33,7 +33,7 @@ from importlib import metadata
 from pathlib import Path
 
 from backtest.errors import HostError
-from backtest.hashing import token
+from backtest.hashing import file_sha256, token
 
 DIST_NAME = "bt-farm"
 _BUILD_LOCK = threading.Lock()  # hosts bootstrapped in parallel threads build the wheels once
@@ -162,14 +162,6 @@ class Wheel:
         return {"name": self.name, "sha": self.sha256}
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _load_manifest(folder: Path) -> list[Wheel] | None:
     try:
         entries = json.loads((folder / "manifest.json").read_text())
@@ -184,7 +176,7 @@ def _load_manifest(folder: Path) -> list[Wheel] | None:
 def _publish(folder: Path, tmp: Path) -> list[Wheel]:
     wheels = []
     for path in sorted(tmp.glob("*.whl")):
-        wheels.append(Wheel(path.name, folder / path.name, _sha256_file(path), path.stat().st_size))
+        wheels.append(Wheel(path.name, folder / path.name, file_sha256(path), path.stat().st_size))
     (tmp / "manifest.json").write_text(
         json.dumps([{"name": w.name, "sha256": w.sha256, "size": w.size} for w in wheels], indent=1)
     )

@@ -313,7 +313,8 @@ class SSHExecutor(StreamPool):
                 self._slots.remove(slot)
         self._prime(host, [p.shard for p in self._open.values()])
         how = f", environment installed in {env.seconds:.0f} s" if env.installed else ""
-        self._note(host, f"ready: {env.cores} workers, Python {env.python_version}{how}")
+        workers = f"{env.cores} worker{'s' if env.cores != 1 else ''}"
+        self._note(host, f"ready: {workers}, Python {env.python_version}{how}")
         for slot in host.slots:
             if slot.channel is None and slot.state in ("starting", "lost"):
                 super()._spawn(slot)

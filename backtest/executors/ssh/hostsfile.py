@@ -144,8 +144,9 @@ def _strip_comment(line: str) -> str:
     return line[: match.start()] if match else line
 
 
-def parse_hosts(text: str, source: str = "hosts file") -> list[HostSpec]:
-    """Parse hosts-file text; raise one UsageError naming every bad line."""
+def parse_hosts(text: str, source: str = "hosts file", unit: str = "line") -> list[HostSpec]:
+    """Parse hosts-file text; raise one UsageError naming every bad line (``unit``: what a line
+    is called in the message: "line" in a file, "host" in an ``ssh://`` URL)."""
     specs: list[HostSpec] = []
     errors: list[str] = []
     seen: dict[tuple[str, str | None, int | None], int] = {}
@@ -157,14 +158,14 @@ def parse_hosts(text: str, source: str = "hosts file") -> list[HostSpec]:
         if spec is not None:
             ident = (spec.host, spec.user, spec.port)
             if ident in seen:
-                problems = [f"{spec.name} is already listed on line {seen[ident]}"]
+                problems = [f"{spec.name} is already listed as {unit} {seen[ident]}"]
             else:
                 seen[ident] = number
                 specs.append(spec)
-        errors.extend(f"line {number}: {p}" for p in problems)
+        errors.extend(f"{unit} {number}: {p}" for p in problems)
     if errors:
         raise UsageError(
-            f"{source}: {len(errors)} bad line{'s' if len(errors) > 1 else ''}: " + "; ".join(errors)
+            f"{source}: {len(errors)} bad {unit}{'s' if len(errors) > 1 else ''}: " + "; ".join(errors)
         )
     if not specs:
         raise UsageError(f"{source}: no hosts (one [user@]host[:port] a line)")
@@ -191,4 +192,4 @@ def parse_ssh_url(url: str) -> list[HostSpec]:
     if not body:
         raise UsageError("ssh:// URL names no hosts, e.g. ssh://host1,alice@host2:2222")
     text = "\n".join(part.strip() for part in body.split(","))
-    return parse_hosts(text, source=url)
+    return parse_hosts(text, source=url, unit="host")

@@ -15,7 +15,6 @@ hashes are of data content and are a different thing.)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import struct
@@ -56,11 +55,9 @@ def file_sha256(path: Path | str) -> str:
         known = _SHA_CACHE.get(key)
     if known is not None:
         return known
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    sha = h.hexdigest()
+    from backtest.hashing import file_sha256 as digest
+
+    sha = digest(path)
     with _SHA_LOCK:
         _SHA_CACHE[key] = sha
     return sha

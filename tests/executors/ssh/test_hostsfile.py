@@ -66,7 +66,7 @@ def test_every_bad_line_is_named_once() -> None:
         (6, "empty user name"),
         (7, "option 'key' has no value"),
         (8, "IPv6 address 'fe80::1' must be in brackets"),
-        (9, "good-host is already listed on line 1"),
+        (9, "good-host is already listed as line 1"),
         (10, "must start with [user@]host[:port]"),
         (11, "option 'python' given twice"),
         (12, "bad host name 'ho$t'"),
@@ -96,5 +96,5 @@ def test_ssh_url() -> None:
     ]
     with pytest.raises(UsageError, match="names no hosts"):
         parse_ssh_url("ssh://")
-    with pytest.raises(UsageError, match="line 2: bad port"):
+    with pytest.raises(UsageError, match="1 bad host: host 2: bad port"):
         parse_ssh_url("ssh://h1,h2:x")

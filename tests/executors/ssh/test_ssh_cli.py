@@ -75,7 +75,7 @@ def test_a_bad_hosts_file_names_every_bad_line_and_records_no_run(root: Path, sm
     missing = bt(root, "run", sma_path, "--hosts", tmp_path / "nope.txt")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
     url = bt(root, "run", sma_path, "--executor", "ssh://a,,b:0")
-    assert url.returncode == 2 and "bad line" in url.stderr
+    assert url.returncode == 2 and "1 bad host: host 3: bad port" in url.stderr  # hosts, not lines, of a URL
 
 
 def test_a_farm_whose_only_host_changed_its_key_ends_interrupted(ready_farm: Farm, farm_python: str,
@@ -95,6 +95,31 @@ def test_a_farm_whose_only_host_changed_its_key_ends_interrupted(ready_farm: Far
     out = " ".join(done.stdout.split())
     assert "interrupted run" in out and "every host failed" in out and "host key CHANGED" in out
     assert "run the same command again" in out
+
+
+def test_a_host_set_aside_during_a_run_is_in_the_final_summary(ready_farm: Farm, farm_python: str,
+                                                               root: Path, sma_path: Path, tmp_path: Path) -> None:
+    """One host of two has a changed key: the run completes on the other, and the summary (plain
+    output and --json) names the host that was set aside and why."""
+    farm = ready_farm
+    other = tmp_path / "other_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    kind, key = Path(str(other) + ".pub").read_text().split()[:2]
+    bad, good = farm.hosts[0], farm.hosts[1]
+    known = tmp_path / "known_hosts"
+    real = [ln for ln in farm.known_hosts.read_text().splitlines() if ln.startswith(good.address + " ")]
+    known.write_text(f"{bad.address} {kind} {key}\n" + "\n".join(real) + "\n")
+    hosts = farm.hosts_file([line(farm, bad, farm_python), line(farm, good, farm_python)], name="mixed.txt")
+    env = dict(farm_env(farm), BT_KNOWN_HOSTS=str(known))
+    done = bt(root, "run", sma_path, "--from", "2020", "--to", "2021", "--hosts", hosts, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    err = " ".join(done.stderr.split())
+    assert f"warning: {bad.user}@{bad.address}: set aside: " in err and "host key CHANGED" in err, err
+    as_json = bt(root, "run", sma_path, "--from", "2020", "--to", "2021", "--hosts", hosts, "--force", "--json",
+                 env=env)
+    summary = json.loads(as_json.stdout)
+    assert summary["status"] == "done" and len(summary["set_aside"]) == 1
+    assert summary["set_aside"][0].startswith(f"{bad.user}@{bad.address}: set aside: ")
 
 
 def test_ctrl_c_stops_the_run_and_leaves_no_worker_on_any_host(ready_farm: Farm, farm_python: str,

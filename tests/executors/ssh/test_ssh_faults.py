@@ -18,7 +18,7 @@ import pytest
 from netns_farm import Farm, Host
 from sshhelpers import busy_on, done_once, executor, farm_executor, host_of, line, notes, run
 
-from backtest.executors.base import ExecutorOptions, ShardFinished, TaskDone, WorkerNote
+from backtest.executors.base import ExecutorOptions, ShardFinished, ShardLog, TaskDone, WorkerNote
 from backtest.executors.inline import InlineExecutor
 from backtest.executors.ssh import environment
 from backtest.run import RunRequest, execute, prepare
@@ -279,3 +279,52 @@ def test_a_slow_host_joins_a_job_that_is_already_running(ready_farm: Farm, farm_
     check_run(ex, events, prep)
     assert order == ["first result", "slow host ready"]
     assert sum(s.shards_done for s in ex.hosts[1].slots) > 0, notes(events)
+
+
+LOUD = '''
+import sys
+import numpy as np
+from backtest.strategy import Strategy
+
+
+class Loud(Strategy):
+    n = 1
+
+    def signals(self, bars):
+        sys.stdout.write("x" * 8_000_000)  # captured, and sent to the coordinator as an 8 MB log frame
+        return np.zeros(len(bars.close))
+'''
+
+
+def test_a_cut_off_hosts_workers_exit_on_time_even_while_their_output_is_blocked(
+        ready_farm: Farm, farm_python: str, root: Path, tmp_path: Path) -> None:
+    """Cut off, a host's sshd cannot send, so a worker writing its output blocks (here: megabytes
+    of a strategy's prints); it must still exit once its coordinator has been silent for
+    COORDINATOR_TIMEOUT, not when TCP gives up minutes later."""
+    from sshhelpers import workers_on
+
+    from backtest.executors.ssh.executor import COORDINATOR_TIMEOUT
+
+    strategy = tmp_path / "loud.py"
+    strategy.write_text(LOUD)
+    prep = prepare(RunRequest(strategy=strategy, params=["n=1:20"], start="2020", end="2021"), root)
+    victim = ready_farm.hosts[0]
+    ex = executor(ready_farm, root, [line(ready_farm, victim, farm_python)])
+    ex.start(prep.job.strategy)
+    ex.submit(prep.shards)
+    try:
+        deadline = time.monotonic() + 60
+        logs = 0
+        while logs < 2:  # its output flows, and it has more shards to run and print
+            logs += sum(isinstance(e, ShardLog) for e in ex.poll(0.1))
+            assert time.monotonic() < deadline, "the host sent no output"
+        ready_farm.cut(victim)
+        cut_at = time.monotonic()
+        while workers_on(victim) and time.monotonic() - cut_at < COORDINATOR_TIMEOUT + 20:
+            ex.poll(0.2)
+        left = workers_on(victim)
+        assert left == [], f"{len(left)} still running {time.monotonic() - cut_at:.0f} s after the cut: {[p[-80:] for p in left]}"
+        assert time.monotonic() - cut_at > COORDINATOR_TIMEOUT - 5  # they waited for the timeout, no less
+    finally:
+        ex.close(cancel=True)
+        ready_farm.mend(victim)
