@@ -9,7 +9,7 @@ from pathlib import Path
 from backtest import paths
 from backtest.catalog import Catalog, result_row
 from backtest.errors import ResultError
-from backtest.store.results import ResultStore, decode
+from backtest.store.results import ResultStore
 
 #: A temporary file untouched for this long is a killed writer's leftover (a writer holds one for
 #: the moment it takes to write a result file).
@@ -31,9 +31,9 @@ def rebuild(root: Path | None = None) -> Rebuilt:
     now = time.time()
     for key in store.keys():
         try:
-            rec = decode(store.read_bytes(key), where=f"result {key[:12]}")
+            rec = store.read(key)  # checked: checksum, and that it is this key's result
         except ResultError:
-            damaged.append(key)  # not indexed, so the next run that needs it recomputes it
+            damaged.append(key)  # set aside and not indexed: the next run that needs it recomputes it
             continue
         header = {"key": rec.key, "symbol": rec.symbol, "params": rec.params, "n_trades": int(rec.trades.shape[0]),
                   "env": rec.env}

@@ -103,10 +103,12 @@ def run(
     if workers is not None and workers < 1:
         raise UsageError("--workers must be at least 1")
     prep, ex = prepare_started(req)
-    for s in prep.skipped_symbols:
-        from backtest.cli.render import warn_line
+    from backtest.cli.render import warn_line
 
+    for s in prep.skipped_symbols:
         warn_line(f"{s}: no data in the date range; skipped")
+    for note in prep.notes:
+        warn_line(note)
     if as_json:
         from backtest.run import execute
 
@@ -140,9 +142,9 @@ def _execute_live(prep: Any, ex: Any) -> Any:
         + (f" — {summary.message}" if summary.message else "")
     )
     for note in summary.set_aside:
-        from backtest.cli.render import warn_line
+        from backtest.cli.render import warn_line as warn
 
-        warn_line(note)
+        warn(note)
     if summary.failed:
         console.print(f"see failures with: bt report {summary.run_id}; tracebacks: bt logs {summary.run_id}")
     elif summary.status == "interrupted":
@@ -313,6 +315,12 @@ def verify(
     if sample is not None and sample < 1:
         raise UsageError("--sample must be at least 1")
     rep = do_verify(run_id, sample)
+    if rep.data_changed:
+        console.print(f"[red]data changed or removed[/] since run {rep.run_id}: its results cannot be recomputed "
+                      "from the same bars (bt run computes them on today's data):")
+        for line in rep.data_changed[:20]:
+            console.print(f"  {line}")
+        raise typer.Exit(1)
     bad = rep.mismatched + rep.missing
     if bad:
         console.print(f"[red]{len(bad)} of {rep.checked} tasks differ[/] from their stored results in run {rep.run_id}:")

@@ -78,12 +78,17 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) 
                         f"no data in the date range for any of the {len(symbols)} symbols ({first_error})")
     job = Job(source, params_list, warmups, [s for s in symbols if s not in skipped], start_ns, end_ns, settings)
     tasks = make_tasks(job, parts)
-    have = set() if req.force else ResultStore(root).existing([t.key for t in tasks])
+    damaged: dict[str, str] = {}
+    if req.force:
+        have: set[str] = set()
+    else:
+        have, damaged = ResultStore(root).intact([t.key for t in tasks])
     todo = [t for t in tasks if t.key not in have]
     cached = [t for t in tasks if t.key in have]
     shards = make_shards(job, todo, parts, target.capacity)
     remember_grid(req, root, text, source, params_list, warmups)
-    return Prepared(req, job, tasks, cached, shards, skipped, target.url, root, parts)
+    notes = [f"result {k[:12]} {why}: set aside, computed again" for k, why in sorted(damaged.items())]
+    return Prepared(req, job, tasks, cached, shards, skipped, target.url, root, parts, notes)
 
 
 def prepare_started(req: RunRequest, root: Path | None = None) -> tuple[Prepared, Executor | None]:

@@ -58,6 +58,8 @@ class Prepared:
     executor_url: str
     root: Path
     parts: dict[tuple[str, int], list[tuple[str, str]]]
+    #: warnings for the user: stored results found damaged (set aside and computed again)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from backtest import paths
@@ -17,6 +17,30 @@ class VerifyReport:
     checked: int
     mismatched: list[str]
     missing: list[str]
+    #: the run's data partitions that are no longer in the data store as they were (re-imported
+    #: with other bars, or removed): then nothing is recomputed, and this says why
+    data_changed: list[str] = field(default_factory=list)
+
+
+def changed_data(root: Path, parts: dict[tuple[str, int], list[tuple[str, str]]]) -> list[str]:
+    """Which of a run's partitions (path, content hash) the data store no longer holds as they were."""
+    from backtest.data import Store
+    from backtest.errors import DataError
+
+    store = Store(root)
+    now: dict[str, str] = {}
+    for symbol in sorted({s for s, _ in parts}):
+        try:
+            now.update({p.path: p.sha256 for p in store.partitions(symbol)})
+        except DataError:
+            pass  # the symbol was removed: all its partitions are missing below
+    out = []
+    for path, sha in sorted({(p, h) for files in parts.values() for p, h in files}):
+        if path not in now:
+            out.append(f"{path}: removed from the data store")
+        elif now[path] != sha:
+            out.append(f"{path}: re-imported with other bars (content {now[path][:12]}, the run read {sha[:12]})")
+    return out
 
 
 def verify(run_id: str, sample: int | None = None, seed: int = 0, root: Path | None = None) -> VerifyReport:
@@ -36,7 +60,10 @@ def verify(run_id: str, sample: int | None = None, seed: int = 0, root: Path | N
     run = catalog.run(run_id)
     spec = load_job(root, run)
     source = load_source(root, run["code_hash"])
-    parts = {(s, w): [tuple(f) for f in files] for s, w, files in spec["parts"]}
+    parts = {(s, w): [(f[0], f[1]) for f in files] for s, w, files in spec["parts"]}
+    changed = changed_data(root, parts)
+    if changed:
+        return VerifyReport(run["run_id"], 0, [], [], changed)
     job = Job(source, spec["params"], spec["warmups"], spec["symbols"], spec["start_ns"], spec["end_ns"],
               json.loads(run["settings"]))
     rows = [r for r in catalog.task_rows(run["run_id"]) if r["status"] == "done"]
