@@ -234,20 +234,33 @@ def decode_metrics(data: bytes) -> tuple[dict[str, Any], dict[str, float]]:
 _TYPE_SIZE = re.compile(r"[<>|=]?[A-Za-z](\d+)$")
 
 
+def _field(header: bytes, name: bytes, end: bytes) -> bytes | None:
+    """The JSON text of a top-level field of a result file's canonical-JSON header, up to and
+    including ``end`` (bytes.find: a planning pass checks thousands of heads)."""
+    at = header.find(b'"' + name + b'":')
+    if at < 0:
+        return None
+    at += len(name) + 3
+    stop = header.find(end, at)
+    return None if stop < 0 else header[at : stop + len(end)]
+
+
 @functools.lru_cache(maxsize=64)
-def _row_size(types: tuple[str, ...]) -> int:
-    """Bytes of one trade whose fields have these numpy type strings ("<f8", "|i1", "|b1")."""
+def _fixed_size(metric_names: bytes, trade_dtype: bytes) -> tuple[int, int]:
+    """(bytes of the metrics block, bytes of one trade) for a header's metric names and trade
+    dtype (their JSON text: every result of a job shares them, so this is computed once)."""
+    types = [t for _, t in json.loads(trade_dtype)]
     sizes = [_TYPE_SIZE.match(t) for t in types]
     if not all(sizes):
         raise ValueError(f"a trade field of an unknown type: {types}")
-    return sum(int(m.group(1)) for m in sizes if m)
+    return 8 * len(json.loads(metric_names)), sum(int(m.group(1)) for m in sizes if m)
 
 
 def check_head(path: str, key: str) -> str | None:
     """What is wrong with the result file at ``path`` as the result of ``key``, judged from its
     head and size alone (no checksum: a run's planning checks every cached result this way, ~20 µs
-    a file with os-level calls), or None. Catches a file of another task and a torn or resized
-    one; a file damaged in place is caught by the checksum when it is read (``ResultStore.read``)."""
+    a file), or None. Catches a file of another task and a torn or resized one; a file damaged in
+    place is caught by the checksum when it is read (``ResultStore.read``)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         try:
@@ -261,12 +274,17 @@ def check_head(path: str, key: str) -> str | None:
                 head += os.read(fd, start + hlen - len(head))
         finally:
             os.close(fd)
-        header = json.loads(head[start : start + hlen])
-        if header.get("key") != key:
-            return f"holds the result of another task ({str(header.get('key'))[:12]})"
-        item = _row_size(tuple(t for _, t in header["trade_dtype"]))
-        expected = start + hlen + 8 * len(header["metric_names"]) + item * int(header["n_trades"]) + 32
-    except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+        header = head[start : start + hlen]
+        if b'"key":"' + key.encode("ascii") + b'"' not in header:
+            found = re.search(rb'"key":"([0-9a-f]{12})', header)
+            return f"holds the result of another task ({found.group(1).decode() if found else '?'})"
+        n_trades, names, dtype = (_field(header, b"n_trades", b","), _field(header, b"metric_names", b"]"),
+                                  _field(header, b"trade_dtype", b"]]"))
+        if n_trades is None or names is None or dtype is None:
+            return "has a header bt cannot read"
+        metrics, row = _fixed_size(names, dtype)
+        expected = start + hlen + metrics + row * int(n_trades[:-1]) + 32
+    except (OSError, ValueError, TypeError, struct.error, UnicodeEncodeError) as exc:
         return f"cannot be read ({exc})"
     if size != expected:
         return f"is damaged ({size} bytes where its header implies {expected})"
@@ -360,9 +378,9 @@ class ResultStore:
         stored file (which is set aside, so that it is computed again)."""
         good: set[str] = set()
         bad: dict[str, str] = {}
+        base = self._dir
         for key in self.existing(keys):
-            path = os.path.join(self._dir, key[:2], key + ".res")
-            problem = check_head(path, key)
+            problem = check_head(f"{base}/{key[:2]}/{key}.res", key)
             if problem is None:
                 good.add(key)
             else:
