@@ -4,7 +4,7 @@ Each host is set up by a thread of its own — connect (host key verified), boot
 connection per ``WORKERS_PER_CONNECTION`` workers (sshd's ``MaxSessions`` is 10 by default) — and
 its worker slots come up when it is ready: a slow or dead host holds up neither the others nor
 the coordinator's loop. The ``StreamPool`` does the rest of the executor contract (dispatch,
-heartbeats, timeouts, retries); this module adds the transport (``farm.channel.WorkerChannel``:
+heartbeats, timeouts, retries); this module adds the transport (``channel.WorkerChannel``:
 nothing that can block on a host runs on the loop; a shard's partitions are shipped to the host
 by content hash before its frame is written) and per-host health:
 
@@ -84,7 +84,7 @@ class SSHExecutor(StreamPool):
         self._by_name = {h.name: h for h in self.hosts}
         self._events_in: queue.SimpleQueue[tuple[str, _Host, int, Any]] = queue.SimpleQueue()
         self._channels: list[Any] = []  # WorkerChannels not yet known to be killed
-        #: test hook: corrupt shipped data (see ``farm.ship.Tamper``)
+        #: test hook: corrupt shipped data (see ``ship.Tamper``)
         self.tamper: Any = None
         self.max_host_failures = MAX_HOST_FAILURES
         self.backoff_first = BACKOFF_FIRST
