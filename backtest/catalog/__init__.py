@@ -193,6 +193,10 @@ class Catalog:
         prefixed = [i for i in ids if i.startswith(run_id)]
         if len(prefixed) == 1:
             return self.run(prefixed[0])
+        if len(prefixed) > 1:
+            shown = ", ".join(prefixed[:5]) + (f" and {len(prefixed) - 5} more" if len(prefixed) > 5 else "")
+            raise CatalogError(f'run "{run_id}" is ambiguous: it begins {len(prefixed)} run ids ({shown}); '
+                               "give more of the id")
         if not ids:
             raise CatalogError(f'unknown run "{run_id}": no runs recorded yet; start one with: bt run STRATEGY.py')
         hint = did_you_mean(run_id, ids) or " Recent runs: " + ", ".join(ids[:3]) + "."

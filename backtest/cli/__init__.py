@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from backtest.errors import BtError
+from backtest.errors import BtError, UsageError
 
 
 class _Group(TyperGroup):
@@ -59,6 +59,8 @@ def _root(
 ) -> None:
     from backtest import paths
 
+    if data is not None and data.expanduser().exists() and not data.expanduser().is_dir():
+        raise UsageError(f"--data {data} is a file; give the folder that holds (or will hold) bt's data")
     paths.set_root(data)
 
 

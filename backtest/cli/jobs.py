@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
@@ -102,6 +103,11 @@ def run(
     )
     if workers is not None and workers < 1:
         raise UsageError("--workers must be at least 1")
+    if timeout is not None and not timeout > 0:
+        raise UsageError(f"--timeout must be more than 0 seconds, not {timeout:g}")
+    for flag, value in (("--from", start), ("--to", end)):
+        if value is not None and not value.strip():
+            raise UsageError(f"{flag} is empty; give a year (2020), a month (2020-03) or a day (2020-03-15)")
     prep, ex = prepare_started(req)
     from backtest.cli.render import warn_line
 
@@ -225,8 +231,17 @@ def report(
     """
     from backtest import report as rep
 
+    if top < 1:
+        raise UsageError(f"--top must be at least 1, not {top}")
+    if out is not None:
+        _check_out(out)
     rep.check_sort(sort)
     run_row, records = rep.task_records(run_id)
+    if symbol:
+        present = sorted({r["symbol"] for r in records})
+        if symbol.upper() not in present:
+            shown = ", ".join(present[:10]) + (" ..." if len(present) > 10 else "")
+            raise UsageError(f'--symbol {symbol}: not a symbol of run {run_row["run_id"]}; its symbols: {shown}')
     selected = rep.select_task(records, symbol, rep.parse_params_filter(params))
     if trades:
         if len(selected) != 1:
@@ -256,6 +271,17 @@ def report(
     _emit(rep.write_rows(rep.flat_rows(ranked), fmt.value, out))
 
 
+def _check_out(out: Path) -> None:
+    """An --out path that cannot be written is one clear line, before any work."""
+    folder = out.expanduser().resolve().parent
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {out}: the folder {folder} does not exist; create it or choose another --out")
+    if out.is_dir():
+        raise UsageError(f"cannot write {out}: it is a folder; give a file name, e.g. {out / 'report.csv'}")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"cannot write {out}: the folder {folder} is not writable")
+
+
 def _emit(text: str | None) -> None:
     if text is not None:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
@@ -271,6 +297,8 @@ def runs(limit: Annotated[int, typer.Option(help="How many runs to list.")] = 20
     from backtest.report import render_runs
     from backtest.run import coordinator_alive as _pid_alive
 
+    if limit < 1:
+        raise UsageError(f"--limit must be at least 1, not {limit}")
     cat = Catalog(paths.root() / "catalog.duckdb")
     cat.mark_stale_runs(_pid_alive) if cat.path.exists() else None
     rows = cat.runs(limit)

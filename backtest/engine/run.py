@@ -101,6 +101,9 @@ def _run_one(
         if isinstance(exc, StrategyError):
             raise
         raise StrategyError(f"{_label(strategy_cls, params, bars.symbol)}: {exc}") from exc
+    except SystemExit as exc:  # a strategy's sys.exit() fails its task, not the worker running it
+        raise StrategyError(f"{_label(strategy_cls, params, bars.symbol)}: the strategy called sys.exit({exc.code!r}); "
+                            "return a target array (or raise an exception) instead") from None
     except Exception as exc:
         real = getattr(strategy_cls, "__bt_cached_file__", "")
         renames = {real: strategy_cls.__bt_filename__} if real else {}
