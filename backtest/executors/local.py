@@ -179,7 +179,7 @@ class LocalExecutor(StreamPool):
     def close(self, *, cancel: bool = False) -> None:
         if not self._closed:
             # every worker is killed first, so that closing waits for all of them at once
-            for slot in self._slots:
+            for slot in self.slots:
                 if isinstance(slot.channel, _LocalChannel):
                     slot.channel.signal_kill()
         super().close(cancel=cancel)

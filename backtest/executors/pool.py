@@ -149,6 +149,68 @@ class StreamPool(Executor):
     def on_slot_failure(self, slot: _Slot, reason: str) -> None:
         """Hook for transports that track host health (SSH backoff); the default does nothing."""
 
+    def may_spawn(self, slot: _Slot) -> bool:
+        """Whether the slot's worker may start now; a transport that says no keeps the slot without
+        a channel (e.g. while its host connects) and starts it later with ``spawn_slot``."""
+        return True
+
+    def maintain(self) -> None:
+        """Called at the start of every maintenance pass of the loop (host health, say)."""
+
+    # what the pool offers a transport (the SSH executor manages slots and hosts with these) -----
+    @property
+    def closed(self) -> bool:
+        """``close`` has been called: start nothing more."""
+        return self._closed
+
+    @property
+    def slots(self) -> list[_Slot]:
+        """The worker slots (read them; change them with ``add_slot``/``remove_slot``)."""
+        return list(self._slots)
+
+    def has_work(self) -> bool:
+        """Some submitted shard has not ended yet."""
+        return bool(self._open)
+
+    def in_flight(self) -> list[Shard]:
+        """The shards submitted and not ended yet (running, waiting in a worker, or queued)."""
+        return [p.shard for p in self._open.values()]
+
+    def reset_slots(self) -> None:
+        self._slots = []
+
+    def add_slot(self, slot: _Slot) -> None:
+        """A worker slot the pool dispatches to once it has a channel."""
+        self._slots.append(slot)
+
+    def remove_slot(self, slot: _Slot) -> None:
+        """Forget a slot without a channel (a host with fewer cores than it had)."""
+        self._slots.remove(slot)
+
+    def spawn_slot(self, slot: _Slot) -> None:
+        """Start the slot's worker now (``spawn``), as the pool would."""
+        self._spawn(slot)
+
+    def release(self, slot: _Slot, reason: str) -> None:
+        """The slot's worker is gone with its host: stop it, put its shards back in the queue (an
+        attempt each for the running one, as when a worker dies); the slot stays, channel-less."""
+        if slot.channel is not None:
+            self._retire(slot)
+        self._take_jobs(slot, reason)
+
+    def deliver(self, gen: int, frame: dict[str, Any] | None, body: Any = b"") -> None:
+        """A frame for the slot of generation ``gen`` (from a transport's own thread); generation
+        0 is no slot's: it only wakes the loop, which then maintains the pool."""
+        self._q.put((gen, frame, body))
+
+    def emit(self, event: Event) -> None:
+        """An event for the next ``poll`` (a host's note, say)."""
+        self._events.append(event)
+
+    def dispatch(self) -> None:
+        """Hand queued shards to idle workers now."""
+        self._dispatch()
+
     # the contract ------------------------------------------------------------------------------
     def start(self, strategy: StrategySource) -> None:
         self.strategy = strategy
@@ -210,6 +272,8 @@ class StreamPool(Executor):
 
     # internals ----------------------------------------------------------------------------------
     def _spawn(self, slot: _Slot) -> None:
+        if not self.may_spawn(slot):
+            return
         self._gen += 1
         slot.gen = self._gen
         slot.state = "starting"
@@ -400,6 +464,7 @@ class StreamPool(Executor):
             self.exhausted = f"every worker failed; last error: {reason}"
 
     def _maintain(self) -> None:
+        self.maintain()
         now = time.monotonic()
         if now - self._last_ping > PING_SECONDS:
             self._last_ping = now

@@ -106,11 +106,11 @@ class SSHExecutor(StreamPool):
 
     def start(self, strategy: StrategySource) -> None:
         self.strategy = strategy
-        self._slots = []
+        self.reset_slots()
         for label, host_name in self.slot_names():
             slot = _Slot(label, host_name)
             slot.next_spawn = math.inf
-            self._slots.append(slot)
+            self.add_slot(slot)
             self._by_name[host_name].slots.append(slot)
         for host in self.hosts:
             self._connect(host)
@@ -131,7 +131,7 @@ class SSHExecutor(StreamPool):
         gen = slot.gen
 
         def report(frame: dict[str, Any]) -> None:
-            self._q.put((gen, frame, b""))
+            self.deliver(gen, frame)
 
         ch = WorkerChannel(label, conn, argv, python=h.spec.python_command, objects=h.objects, report=report)
         self._channels.append(ch)
@@ -160,24 +160,24 @@ class SSHExecutor(StreamPool):
         assert isinstance(slot.channel, WorkerChannel)
         slot.channel.send_shard(spec)
 
-    def _spawn(self, slot: _Slot) -> None:
+    def may_spawn(self, slot: _Slot) -> bool:
         host = self._by_name[slot.host]
-        if host.state == "ready" and not self._closed:
-            super()._spawn(slot)
-            return
+        if host.state == "ready" and not self.closed:
+            return True
         self._park(slot, host)  # wait, without a channel, until the host is (back) up
+        return False
 
     def on_slot_failure(self, slot: _Slot, reason: str) -> None:
         host = self._by_name[slot.host]
-        if host.state == "ready" and not host.checking and not self._closed:
+        if host.state == "ready" and not host.checking and not self.closed:
             host.checking = True
             self._thread(self._check, host, host.epoch, list(host.conns), name=f"bt-ssh-check-{host.name}")
 
-    def _maintain(self) -> None:
+    def maintain(self) -> None:
         self._take_host_events()
         now = time.monotonic()
         for host in self.hosts:
-            if self._closed:
+            if self.closed:
                 break
             if host.state == "down" and now >= host.next_try:
                 self._connect(host)
@@ -190,13 +190,12 @@ class SSHExecutor(StreamPool):
                     if r.resent:
                         self._note(host, f"{len(r.resent)} file(s) arrived damaged and were sent again")
                 host.reports_seen = len(reports)
-        super()._maintain()
         self._channels = [ch for ch in self._channels if not ch.gone()]
-        if self._open and all(h.state == "set-aside" for h in self.hosts):
+        if self.has_work() and all(h.state == "set-aside" for h in self.hosts):
             self.exhausted = "every host failed: " + "; ".join(f"{h.name}: {h.reason}" for h in self.hosts)
 
     def close(self, *, cancel: bool = False) -> None:
-        if self._closed:
+        if self.closed:
             return
         super().close(cancel=cancel)  # retires every slot: each channel is killed in a thread
         deadline = time.monotonic() + CLOSE_WAIT
@@ -213,7 +212,7 @@ class SSHExecutor(StreamPool):
         threading.Thread(target=target, args=args, daemon=True, name=name).start()
 
     def _wake(self) -> None:
-        self._q.put((0, None, None))  # no slot has generation 0: the pool drops it, then maintains
+        self.deliver(0, None, None)
 
     def _connect(self, host: _Host) -> None:
         host.epoch += 1
@@ -245,7 +244,7 @@ class SSHExecutor(StreamPool):
             self._shut(conns)
         self._events_in.put((event[0], host, epoch, event[1]))
         self._wake()
-        if self._closed:
+        if self.closed:
             self._shut(conns)
 
     def _check(self, host: _Host, epoch: int, conns: list[Any]) -> None:
@@ -271,7 +270,7 @@ class SSHExecutor(StreamPool):
                 kind, host, epoch, data = self._events_in.get_nowait()
             except queue.Empty:
                 return
-            if epoch != host.epoch or host.state == "set-aside" or self._closed:
+            if epoch != host.epoch or host.state == "set-aside" or self.closed:
                 if kind == "ready":
                     self._shut(data[1])
                 continue
@@ -294,7 +293,7 @@ class SSHExecutor(StreamPool):
         return message[len(prefix):] if message.startswith(prefix) else message
 
     def _note(self, host: _Host, message: str) -> None:
-        self._events.append(WorkerNote(host.name, message))
+        self.emit(WorkerNote(host.name, message))
 
     def _ready(self, host: _Host, env: Any, conns: list[Any]) -> None:
         from backtest.executors.ssh.ship import HostObjects
@@ -306,18 +305,18 @@ class SSHExecutor(StreamPool):
         while len(host.slots) < env.cores:
             slot = _Slot(f"{host.name}/{len(host.slots)}", host.name)
             host.slots.append(slot)
-            self._slots.append(slot)
+            self.add_slot(slot)
         for slot in host.slots[env.cores:]:  # the host has fewer cores than before: drop the rest
             if slot.channel is None:
                 host.slots.remove(slot)
-                self._slots.remove(slot)
-        self._prime(host, [p.shard for p in self._open.values()])
+                self.remove_slot(slot)
+        self._prime(host, self.in_flight())
         how = f", environment installed in {env.seconds:.0f} s" if env.installed else ""
         workers = f"{env.cores} worker{'s' if env.cores != 1 else ''}"
         self._note(host, f"ready: {workers}, Python {env.python_version}{how}")
         for slot in host.slots:
             if slot.channel is None and slot.state in ("starting", "lost"):
-                super()._spawn(slot)
+                self.spawn_slot(slot)
 
     def _host_failed(self, host: _Host, reason: str) -> None:
         """The host could not be reached or was lost: drop it; retry later, or set it aside."""
@@ -348,11 +347,9 @@ class SSHExecutor(StreamPool):
         conns, host.conns = host.conns, []
         self._shut(conns)
         for slot in host.slots:
-            if slot.channel is not None:
-                self._retire(slot)
-            self._take_jobs(slot, f"host lost: {reason}")
+            self.release(slot, f"host lost: {reason}")
             self._park(slot, host)
-        self._dispatch()
+        self.dispatch()
 
     @staticmethod
     def _park(slot: _Slot, host: _Host) -> None:
