@@ -68,10 +68,12 @@ def _register() -> None:
     from backtest.cli import data as data_cli
     from backtest.cli import hosts as hosts_cli
     from backtest.cli import jobs as jobs_cli
+    from backtest.cli import runs as runs_cli
 
     app.add_typer(data_cli.app, name="data")
     app.add_typer(hosts_cli.app, name="hosts")
     jobs_cli.register(app)
+    runs_cli.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
