@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from backtest.errors import BtError
 from backtest.version import ENGINE_VERSION, __version__
 
-__all__ = ["ENGINE_VERSION", "__version__", "load_run"]
+__all__ = ["ENGINE_VERSION", "BtError", "__version__", "load_equity", "load_run"]
 
 
 def load_run(run_id: str, root: Any = None) -> Any:
@@ -17,3 +18,11 @@ def load_run(run_id: str, root: Any = None) -> Any:
     from backtest.report import load_run as _load_run
 
     return _load_run(run_id, root)
+
+
+def load_equity(run_id: str, symbol: str, params: dict[str, Any] | None = None, root: Any = None) -> Any:
+    """Return one task's equity curve (``ts``, ``equity``, ``drawdown``, ``position``) as a pyarrow
+    Table, computed again and checked bit for bit against the stored result."""
+    from backtest.report import load_equity as _load_equity
+
+    return _load_equity(run_id, symbol, params, root)

@@ -35,6 +35,7 @@ class Format(StrEnum):
     csv = "csv"
     json = "json"
     parquet = "parquet"
+    html = "html"
 
 
 def parse_size(text: str | None) -> int | None:
@@ -215,27 +216,48 @@ class _Display:
 
 
 def report(
-    run_id: Annotated[str, typer.Argument(help="The run id (bt runs lists them; a unique prefix works).", show_default=False)],
-    top: Annotated[int, typer.Option(help="How many rows in the leaderboard.")] = 10,
+    run_id: Annotated[str, typer.Argument(help="The run id (bt runs lists them; a unique prefix works; latest: the newest run).", show_default=False)],
+    top: Annotated[int | None, typer.Option(help="How many tasks to show or export, best first [default: 10 in the table, all in files].", show_default=False)] = None,
     sort: Annotated[str, typer.Option(help="Metric to rank by, e.g. sharpe, total_return, calmar.")] = "sharpe",
     symbol: Annotated[str | None, typer.Option(help="Only this symbol.")] = None,
     params: Annotated[str | None, typer.Option(help="Only tasks with these parameters: fast=10,slow=50.")] = None,
     trades: Annotated[bool, typer.Option("--trades", help="The trades of the one task selected by --symbol/--params.")] = False,
-    fmt: Annotated[Format, typer.Option("--format", help="table, csv, json (the output contract, see the README) or parquet.")] = Format.table,
-    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout.")] = None,
+    equity: Annotated[bool, typer.Option("--equity", help="The equity curve (ts, equity, drawdown, position) of the one task selected by --symbol/--params, computed again and checked against its stored result.")] = False,
+    fmt: Annotated[Format | None, typer.Option("--format", help="table, csv, json (the output contract, see the README), parquet or html [default: from --out's suffix, else table].", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option(help="Write to this file instead of stdout (html: default ./<run-id>.html).")] = None,
+    x: Annotated[str | None, typer.Option("--x", help="html: the heatmap's across parameter [default: the first that varies].", show_default=False)] = None,
+    y: Annotated[str | None, typer.Option("--y", help="html: the heatmap's up parameter [default: the next that varies].", show_default=False)] = None,
+    metric: Annotated[str | None, typer.Option(help="html: the heatmap's and distribution's metric [default: --sort].", show_default=False)] = None,
+    charts: Annotated[int, typer.Option(help="html: chart the equity of this many top tasks (and each symbol's best).")] = 5,
+    tz: Annotated[str, typer.Option(help="Show times in this time zone, e.g. America/New_York.")] = "UTC",
+    open_: Annotated[bool, typer.Option("--open", help="html: open the report in the default browser.")] = False,
 ) -> None:
-    """Show a run's results: leaderboard, best parameters per symbol, summary, failures.
+    """Show a run's results: leaderboard, best parameters per symbol, summary, failures; or write
+    them as csv, json, parquet, or one self-contained HTML report with charts.
 
-    Example: bt report sma_cross-3f2a9c --sort calmar --top 20
-             bt report sma_cross-3f2a9c --symbol DEMO01 --params fast=10,slow=40 --trades --format csv
+    Examples:
+      bt report latest --sort calmar --top 20
+      bt report sma_cross-3f2a9c --format html --open            (charts; opens with no network)
+      bt report sma_cross-3f2a9c --format html --x fast --y slow --metric total_return
+      bt report sma_cross-3f2a9c --out results.csv               (the format follows the suffix)
+      bt report sma_cross-3f2a9c --symbol DEMO01 --params fast=10,slow=40 --trades --format csv
+      bt report sma_cross-3f2a9c --symbol DEMO01 --params fast=10,slow=40 --equity --out curve.parquet
     """
     from backtest import report as rep
 
-    if top < 1:
+    if top is not None and top < 1:
         raise UsageError(f"--top must be at least 1, not {top}")
+    if charts < 0:
+        raise UsageError(f"--charts must be 0 or more, not {charts}")
+    tz = _check_tz(tz)
+    fmt = _format_for(fmt, out)
+    if trades and equity:
+        raise UsageError("--trades and --equity each export one table; give one of them")
     if out is not None:
         _check_out(out)
     rep.check_sort(sort)
+    if metric is not None:
+        rep.check_sort(metric, "--metric")
     run_row, records = rep.task_records(run_id)
     if symbol:
         present = sorted({r["symbol"] for r in records})
@@ -243,24 +265,54 @@ def report(
             shown = ", ".join(present[:10]) + (" ..." if len(present) > 10 else "")
             raise UsageError(f'--symbol {symbol}: not a symbol of run {run_row["run_id"]}; its symbols: {shown}')
     selected = rep.select_task(records, symbol, rep.parse_params_filter(params))
-    if trades:
+    if trades or equity:
+        what = "--trades" if trades else "--equity"
         if len(selected) != 1:
-            raise UsageError(f"--trades needs exactly one task; --symbol/--params select {len(selected)}")
+            raise UsageError(f"{what} needs exactly one task; --symbol/--params select {len(selected)} "
+                             "(give the symbol and every varying parameter, e.g. --symbol DEMO01 --params fast=10,slow=40)")
         if selected[0]["status"] != "done":
-            raise UsageError("that task failed; it has no trades (bt logs shows why)")
-        rows = rep.trades_rows(selected[0]["key"])
+            raise UsageError(f"that task failed; it has no {what[2:]} (bt logs {run_row['run_id']} shows why)")
+        if fmt == Format.html:
+            raise UsageError(f"{what} exports a table: use --format table, csv, json or parquet")
+        if equity:
+            from backtest.report.equity import curves, equity_table
+            from backtest.worker import tuning
+
+            tuning.warm_up()
+            (curve,) = curves(run_row, [selected[0]["key"]], records=records)
+            table = equity_table(curve)
+            if fmt == Format.table:
+                console.print(rep.render_equity(selected[0], table, tz))
+            else:
+                _emit(rep.write_table(table, fmt.value, out))
+            return
+        rows = rep.trades_rows(selected[0]["key"], tz=tz)
         if fmt == Format.table:
             console.print(rep.render_task(selected[0], rows))
         else:
             _emit(rep.write_rows(rows, fmt.value, out))
         return
+    if fmt == Format.html:
+        _write_html(run_row, records, out, sort, metric, x, y, charts, tz, open_, bool(symbol or params))
+        return
     if fmt == Format.table:
         if (symbol or params) and len(selected) == 1:
-            console.print(rep.render_task(selected[0], None))
+            body = rep.render_task(selected[0], None)
         else:
-            console.print(rep.render_run(run_row, selected, sort, top))
+            body = rep.render_run(run_row, selected, sort, top or 10, tz, total=len(records),
+                                  facts=rep.run_facts(run_row, tz=tz))
+        if out is None:
+            console.print(body)
+        else:
+            from rich.console import Console
+
+            with out.open("w") as f:
+                Console(file=f, width=120, no_color=True, highlight=False).print(body)
+            err_console.print(f"wrote {out}")
         return
     ranked = rep.ranked(selected, sort) + [r for r in selected if r["status"] != "done"]
+    if top is not None:
+        ranked = ranked[:top]
     if fmt == Format.json:
         text = rep.contract_json(ranked)
         if out:
@@ -269,6 +321,55 @@ def report(
             _emit(text)
         return
     _emit(rep.write_rows(rep.flat_rows(ranked), fmt.value, out))
+
+
+def _format_for(fmt: Format | None, out: Path | None) -> Format:
+    """--format as given, else the one --out's suffix names, else the table."""
+    if fmt is not None:
+        if out is not None and fmt != Format.table:
+            suffix = out.suffix.lower().lstrip(".")
+            if suffix in {f.value for f in Format} - {"table"} and suffix != fmt.value:
+                raise UsageError(f"--format {fmt.value} but --out {out} ends in .{suffix}; make them agree")
+        return fmt
+    if out is not None:
+        suffix = out.suffix.lower().lstrip(".")
+        if suffix == "htm":
+            return Format.html
+        if suffix in {f.value for f in Format} - {"table"}:
+            return Format(suffix)
+    return Format.table
+
+
+def _check_tz(tz: str) -> str:
+    if tz.upper() == "UTC":
+        return "UTC"
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise UsageError(f'--tz "{tz}" is not a time zone; give an IANA name such as America/New_York or UTC') from None
+    return tz
+
+
+def _write_html(run_row: dict[str, Any], records: list[dict[str, Any]], out: Path | None, sort: str, metric: str | None, x: str | None,
+                y: str | None, charts: int, tz: str, open_: bool, filtered: bool) -> None:
+    from backtest.report import html
+
+    if filtered:
+        raise UsageError("the HTML report covers the whole run; leave out --symbol/--params (its leaderboard filters by symbol)")
+    path = out if out is not None else Path.cwd() / f"{run_row['run_id']}.html"
+    if out is None:
+        _check_out(path)
+    with err_console.status(f"writing the report of run {run_row['run_id']} ..."):
+        written, seconds, size = html.write(run_row["run_id"], path, html.Options(sort, metric, x, y, charts, tz),
+                                            have=(run_row, records))
+    console.print(f"wrote {written} ({size / 1e6:.1f} MB, {seconds:.1f} s)")
+    if open_:
+        import webbrowser
+
+        if not webbrowser.open(written.resolve().as_uri()):
+            err_console.print(f"no browser found to open it; open {written} yourself")
 
 
 def _check_out(out: Path) -> None:

@@ -183,6 +183,24 @@ class Store:
                     problems.append(f"{p.path}: content hash {got[:12]} differs from the manifest's {p.sha256[:12]}")
         return problems
 
+    def changed(self, symbols: Iterable[str], files: Iterable[tuple[str, str]]) -> list[str]:
+        """Which of ``files`` ((path relative to the root, content hash), as a run of ``symbols``
+        read them) the store no longer holds as they were: one line each, empty when all are."""
+        now: dict[str, str] = {}
+        files = sorted(set(files))
+        for symbol in sorted(set(symbols)):
+            try:
+                now.update({p.path: p.sha256 for p in self.partitions(symbol)})
+            except DataError:
+                pass  # the symbol was removed: all its partitions are missing below
+        out = []
+        for path, sha in files:
+            if path not in now:
+                out.append(f"{path}: removed from the data store")
+            elif now[path] != sha:
+                out.append(f"{path}: re-imported with other bars (content {now[path][:12]}, the run read {sha[:12]})")
+        return out
+
     # ---- writing -------------------------------------------------------------------------------
     def import_arrays(self, symbol: str, ts: Any, open: Any, high: Any, low: Any, close: Any, volume: Any = None,
                       *, replace: bool = False, dedupe: bool = False, dropna: bool = False,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from backtest.errors import BtError, CatalogError
-from backtest.spec import StrategySource
+from backtest.spec import Job, PartsFor, StrategySource
 
 
 def save_source(root: Path, source: StrategySource) -> None:
@@ -51,3 +51,14 @@ def load_job(root: Path, run: dict[str, Any]) -> dict[str, Any]:
         raise CatalogError(f"the job of run {run['run_id']} is not stored ({path} is missing); "
                            "run the job again instead") from None
     return job
+
+
+def run_job(root: Path, run: dict[str, Any]) -> tuple[Job, PartsFor]:
+    """The ``Job`` a recorded run (a ``runs`` row) ran, and the partitions each (symbol, warm-up)
+    read: enough to plan its tasks again, with the same keys."""
+    spec = load_job(root, run)
+    source = load_source(root, run["code_hash"])
+    parts = {(s, w): [(f[0], f[1]) for f in files] for s, w, files in spec["parts"]}
+    job = Job(source, spec["params"], spec["warmups"], spec["symbols"], spec["start_ns"], spec["end_ns"],
+              json.loads(run["settings"]))
+    return job, parts

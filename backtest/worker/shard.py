@@ -87,10 +87,34 @@ class Runner:
             return path
         return self.data_root / path
 
-    def run_shard(self, spec: dict[str, Any], emit: Emit) -> None:
-        """Run every task of ``spec``; ``emit(header, body)`` receives each outcome as it is made."""
+    def _load(self, spec: dict[str, Any]) -> tuple[Any, Any, Any]:
+        """The strategy class, the settings and the bars (enough for the widest warm-up) of a shard."""
         from backtest.data import read_bars
         from backtest.engine import SimSettings
+
+        cls = self.strategies[spec["strategy"]]
+        settings = SimSettings(**spec["settings"])
+        files = [(self._path(p), h) for p, h in spec["files"]]
+        max_warmup = max(g["warmup"] for g in spec["groups"])
+        bars = read_bars(spec["symbol"], files, spec["start_ns"], spec["end_ns"], max_warmup, self.bars_cache)
+        return cls, settings, bars
+
+    def replay(self, spec: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+        """Run a shard's tasks again in this process, keeping each one's equity curve: one
+        ``(key, bars the task saw, TaskOutput | StrategyError)`` per task, in the shard's order.
+        The same bars, slices and settings as ``run_shard``, so the same metrics, bit for bit."""
+        from backtest.engine import run_grid
+
+        cls, settings, bars = self._load(spec)
+        out: list[tuple[str, Any, Any]] = []
+        with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+            for gbars, tasks in _by_slice(bars, spec["groups"]):
+                outcomes = run_grid(cls, gbars, [p for _, p in tasks], settings, want_equity=True)
+                out.extend((key, gbars, res) for (key, _), res in zip(tasks, outcomes, strict=True))
+        return out
+
+    def run_shard(self, spec: dict[str, Any], emit: Emit) -> None:
+        """Run every task of ``spec``; ``emit(header, body)`` receives each outcome as it is made."""
         from backtest.engine.records import METRIC_NAMES
         from backtest.errors import BtError
         from backtest.store.results import Encoder, ResultStore
@@ -98,11 +122,7 @@ class Runner:
         sid = spec["id"]
         t0 = time.perf_counter()
         try:
-            cls = self.strategies[spec["strategy"]]
-            settings = SimSettings(**spec["settings"])
-            files = [(self._path(p), h) for p, h in spec["files"]]
-            max_warmup = max(g["warmup"] for g in spec["groups"])
-            bars = read_bars(spec["symbol"], files, spec["start_ns"], spec["end_ns"], max_warmup, self.bars_cache)
+            cls, settings, bars = self._load(spec)
         except BtError as exc:
             emit({"t": "shard_error", "shard": sid, "error": str(exc), "details": ""})
             return

@@ -1,0 +1,152 @@
+"""Equity curves, re-derived: a task's curve is not stored, so it is computed again from the run's
+saved strategy source, job and data, in this process, the same way a worker computed the result.
+
+The re-derived final equity must equal the stored ``final_equity`` metric bit for bit; if it does
+not, the curve is refused (``ReproducibilityError``): the run cannot be reproduced as recorded, and
+``bt verify`` tells which tasks differ. That makes every chart a reproducibility check for free.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backtest.errors import BtError, DataError
+
+
+class ReproducibilityError(BtError):
+    """A task computed again does not give its stored result."""
+
+    exit_code = 1
+
+
+@dataclass
+class Curve:
+    """One task's path through its bars, from the first bar of the date range on."""
+
+    key: str
+    symbol: str
+    params: dict[str, Any]
+    ts: np.ndarray  # int64 UTC ns of each bar
+    equity: np.ndarray  # marked to each bar's close
+    drawdown: np.ndarray  # equity / its running maximum − 1 (≤ 0)
+    position: np.ndarray  # signed units held at each bar's close
+    close: np.ndarray
+    buy_hold: np.ndarray  # the starting cash held in the symbol from the first bar's close, no costs
+    trades: np.ndarray  # ``TRADE_DTYPE`` rows; indices are into ``ts`` (not the warm-up)
+    metrics: dict[str, float]
+
+
+def positions(trades: np.ndarray, n: int, offset: int = 0) -> np.ndarray:
+    """Signed units held at each of ``n`` bars' closes, from trade lots whose bar indices are
+    ``offset`` more than the output's: a lot counts from its entry bar on, and up to (not at) its
+    exit bar, or to the end while it is still open."""
+    delta = np.zeros(n + 1)
+    signed = trades["side"].astype(np.float64) * trades["size"]
+    np.add.at(delta, np.clip(trades["entry_index"] - offset, 0, n), signed)
+    closed = trades["closed"]
+    np.add.at(delta, np.clip(trades["exit_index"][closed] - offset, 0, n), -signed[closed])
+    return np.cumsum(delta[:n])
+
+
+def drawdown(equity: np.ndarray) -> np.ndarray:
+    if equity.size == 0:
+        return equity.copy()
+    peak = np.maximum.accumulate(equity)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dd = np.where(peak > 0, equity / peak - 1.0, -1.0)
+    return dd
+
+
+def curves(run: str | dict[str, Any], keys: Sequence[str], root: Path | None = None,
+           records: Sequence[dict[str, Any]] | None = None) -> list[Curve]:
+    """The curves of a run's tasks named by ``keys`` (done tasks), in the order given. ``run`` is
+    a run id or its catalog row; ``records`` (``backtest.report.task_records``'s), when the
+    caller has them, save reading the run's tasks again.
+
+    Raises ``DataError`` when the data the run read has changed or been removed since, and
+    ``ReproducibilityError`` when a task's re-derived final equity differs from its stored one."""
+    from backtest import paths
+    from backtest.catalog import Catalog
+    from backtest.data import Store
+    from backtest.engine import SimSettings
+    from backtest.plan import _shard
+    from backtest.spec import Task
+    from backtest.store.archive import run_job
+    from backtest.store.results import ResultStore
+    from backtest.worker.shard import Runner
+
+    if not keys:
+        return []
+    root = root or paths.root()
+    cat = Catalog(root / "catalog.duckdb")
+    if isinstance(run, str):
+        run = cat.run(run)
+    job, parts = run_job(root, run)
+    if records is None:
+        records = [{**r, "params": json.loads(r["params"])} for r in cat.task_rows(run["run_id"])]
+    rows = {r["key"]: r for r in records}
+    missing = [k for k in keys if k not in rows or rows[k]["status"] != "done"]
+    if missing:
+        raise BtError(f"task {missing[0][:12]} is not a done task of run {run['run_id']}")
+    wanted_files = {f for k in keys for f in parts.get((rows[k]["symbol"], _warmup(job, rows[k])), [])}
+    changed = Store(root).changed({rows[k]["symbol"] for k in keys}, wanted_files)
+    if changed:
+        raise DataError(f"the data of run {run['run_id']} changed since it ran, so its equity curves cannot be "
+                        f"re-derived: {changed[0]}" + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""))
+    runner = Runner(root)
+    s = job.strategy
+    runner.add_strategy({"hash": s.hash, "source": s.source, "filename": s.filename, "name": s.name})
+    store = ResultStore(root)
+    out: dict[str, Curve] = {}
+    for k in dict.fromkeys(keys):
+        r = rows[k]
+        params = r["params"]
+        task = Task(k, r["symbol"], params, _warmup(job, r))
+        shard = _shard(job, r["symbol"], [task], parts)
+        ((key, bars, res),) = runner.replay(shard.spec)
+        if isinstance(res, BaseException):
+            raise ReproducibilityError(f"task {k[:12]} ({r['symbol']} {json.dumps(params)}) failed when computed again: {res}")
+        want = store.read(k).metrics["final_equity"]
+        got = float(res.equity[-1]) if res.equity.size else float(res.metrics["final_equity"])
+        if np.float64(got).tobytes() != np.float64(want).tobytes():
+            raise ReproducibilityError(
+                f"task {k[:12]} ({r['symbol']} {json.dumps(params)}) computed again ends at equity {got!r}, but its stored "
+                f"result says {want!r}; the run cannot be reproduced as recorded (bt verify {run['run_id']} lists "
+                "every task that differs)")
+        start = bars.start
+        ts = np.asarray(bars.ts[start:])
+        close = np.asarray(bars.close[start:], dtype=np.float64)
+        trades = res.trades.copy()
+        trades["entry_index"] -= start
+        trades["exit_index"] -= start
+        cash = float(SimSettings(**job.settings).cash)
+        bh = cash * close / close[0] if close.size else close
+        out[k] = Curve(k, r["symbol"], params, ts, res.equity, drawdown(res.equity), positions(trades, ts.size),
+                       close, bh, trades, res.metrics)
+    return [out[k] for k in keys]
+
+
+def _warmup(job: Any, row: dict[str, Any]) -> int:
+    params = row["params"]
+    for p, w in zip(job.params_list, job.warmups, strict=True):
+        if p == params:
+            return int(w)
+    raise BtError(f"the parameters {json.dumps(params)} are not in the run's recorded job; rerun the job")
+
+
+def equity_table(curve: Curve) -> Any:
+    """A curve as a pyarrow Table: ``ts`` (timestamp[ns, UTC]), ``equity``, ``drawdown``, ``position``."""
+    import pyarrow as pa
+
+    return pa.table({
+        "ts": pa.array(curve.ts, pa.timestamp("ns", tz="UTC")),
+        "equity": pa.array(curve.equity, pa.float64()),
+        "drawdown": pa.array(curve.drawdown, pa.float64()),
+        "position": pa.array(curve.position, pa.float64()),
+    })  # fmt: skip
