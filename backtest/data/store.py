@@ -136,6 +136,26 @@ class Store:
             before += parts[first].rows
         return parts[first:last + 1]
 
+    def short_spans(self, symbols: Iterable[str], start_ns: int, end_ns: int,
+                    slack_ns: int = 7 * 86_400_000_000_000) -> dict[str, tuple[int, int]]:
+        """The symbols whose bars cover only part of [start_ns, end_ns] (starting or ending more
+        than ``slack_ns`` inside it), with the span they do cover (first, last bar in the range,
+        from the manifest). An open end (0 or 2**63 - 1) is never short."""
+        out = {}
+        for sym in symbols:
+            try:
+                parts = [p for p in self.partitions(sym) if p.last_ts >= start_ns and p.first_ts <= end_ns]
+            except DataError:
+                continue
+            if not parts:
+                continue
+            first, last = max(parts[0].first_ts, start_ns), min(parts[-1].last_ts, end_ns)
+            late = start_ns > 0 and first - start_ns > slack_ns
+            early = end_ns < 2**63 - 1 and end_ns - last > slack_ns
+            if late or early:
+                out[sym] = (first, last)
+        return out
+
     def _ts(self, p: Partition) -> np.ndarray:
         import numpy as np
         import pyarrow as pa

@@ -54,7 +54,7 @@ class Context:
     records: list[dict[str, Any]]
     job: Any  # backtest.spec.Job
     parts: PartsFor
-    spans: dict[str, tuple[int, int]]  # symbol -> (first, last) bar in the range, UTC ns
+    spans: dict[str, tuple[int, int]]  # symbols covering part of the range -> (first, last) bar, UTC ns
     curves: list[Curve]
     surface: Surface | None
     env: dict[str, str]
@@ -89,15 +89,7 @@ def gather(run_id: str, opts: Options, root: Path | None = None,
     tuning.warm_up()  # the simulation kernel, loaded the lean way a worker loads it
     found = curves(run, chart_keys, root, records)
     env = ResultStore(root).read(chart_keys[0]).env if chart_keys else {}
-    store = Store(root)
-    spans: dict[str, tuple[int, int]] = {}
-    for sym in job.symbols:
-        try:
-            ps = [p for p in store.partitions(sym) if p.last_ts >= job.start_ns and p.first_ts <= job.end_ns]
-        except Exception:  # a symbol removed since: its span is unknown
-            continue
-        if ps:
-            spans[sym] = (max(ps[0].first_ts, job.start_ns), min(ps[-1].last_ts, job.end_ns))
+    spans = Store(root).short_spans(job.symbols, job.start_ns, job.end_ns)
     return Context(run, records, job, parts, spans, found, surface, env, opts)
 
 
@@ -122,6 +114,9 @@ def _local_ms(ts_ns: np.ndarray, tz: str) -> np.ndarray:
 
 def _when(ns: int, tz: str) -> str:
     from zoneinfo import ZoneInfo
+
+    if (ns + 1) % 86_400_000_000_000 == 0:  # a range's inclusive end: the last nanosecond of a day
+        ns -= 86_400_000_000_000 - 1
 
     stamp = dt.datetime.fromtimestamp(ns / 1e9, dt.UTC)
     if tz != "UTC":
@@ -247,18 +242,9 @@ def _page_vars(ctx: Context, present: set[str]) -> dict[str, Any]:
     vary = list(dict.fromkeys(k for r in ctx.records for k in r["params"]))
     grid = {k: sorted({repr(r["params"].get(k)) for r in ctx.records}) for k in vary}
     files = sorted({f for fs in ctx.parts.values() for f in fs})
-    partial = []
-    for sym in job.symbols:
-        span = ctx.spans.get(sym)
-        if span is None:
-            continue
-        lo = job.start_ns if job.start_ns > 0 else span[0]
-        hi = job.end_ns if job.end_ns < 2**63 - 1 else span[1]
-        day = 86_400_000_000_000
-        if span[0] - lo > 7 * day or hi - span[1] > 7 * day:
-            partial.append((sym, _when(span[0], tz), _when(span[1], tz)))
-    first = min((s[0] for s in ctx.spans.values()), default=job.start_ns)
-    last = max((s[1] for s in ctx.spans.values()), default=job.end_ns)
+    partial = [(sym, _when(a, tz), _when(b, tz)) for sym, (a, b) in sorted(ctx.spans.items())]
+    first = job.start_ns if job.start_ns > 0 else None
+    last = job.end_ns if job.end_ns < 2**63 - 1 else None
     curves = [{"key": c.key, "symbol": c.symbol, "params": _params_text(c.params)} for c in ctx.curves]
     return {
         "run": run,
@@ -267,7 +253,8 @@ def _page_vars(ctx: Context, present: set[str]) -> dict[str, Any]:
         "strategy_file": run["strategy_file"],
         "code_hash": run["code_hash"],
         "symbols": job.symbols,
-        "range": (_when(max(job.start_ns, first), tz), _when(min(job.end_ns, last), tz)),
+        "range": (_when(first, tz) if first is not None else "the first bar",
+                  _when(last, tz) if last is not None else "the last bar"),
         "tz": tz,
         "settings": [
             ("cash", f"{settings.cash:,.2f}"),

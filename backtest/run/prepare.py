@@ -45,6 +45,7 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) 
     ``text``: the strategy file as already read for this run (else it is read here)."""
     from backtest.data import Store
     from backtest.data.bars_cache import limit_bytes
+    from backtest.data.freq import fmt_ts
     from backtest.engine.settings import SimSettings
     from backtest.executors import parse_url
     from backtest.store.results import ResultStore
@@ -88,6 +89,9 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) 
     shards = make_shards(job, todo, parts, target.capacity)
     remember_grid(req, root, text, source, params_list, warmups)
     notes = [f"result {k[:12]} {why}: set aside, computed again" for k, why in sorted(damaged.items())]
+    for sym, (first, last) in store.short_spans(job.symbols, start_ns, end_ns).items():
+        notes.append(f"{sym} has bars only from {fmt_ts(first)} to {fmt_ts(last)}, part of the range: "
+                     "rank its results with care")
     return Prepared(req, job, tasks, cached, shards, skipped, target.url, root, parts, notes)
 
 
