@@ -135,7 +135,7 @@ def open_partition(path: Path) -> Any:
 
             return pq.ParquetFile(str(path))
         reader.open(str(path))
-        return _Partition(reader)
+        return _Partition(reader, path)
     except FileNotFoundError as exc:
         raise DataError(f"partition file {path} is missing; re-import the symbol or run `bt data ls`") from exc
     except (OSError, pa.ArrowException) as exc:
@@ -156,16 +156,23 @@ def _ParquetReader() -> Any:  # noqa: N802 - stands for the class
 class _Partition:
     """``ParquetFile``'s part that reading partitions uses, on the reader itself (flat columns)."""
 
-    def __init__(self, reader: Any) -> None:
+    def __init__(self, reader: Any, path: Path) -> None:
         self._reader = reader
+        self._path = path
 
     @property
     def metadata(self) -> Any:
         return self._reader.metadata
 
     def read(self, columns: list[str], use_threads: bool = False) -> Any:
-        indices = [self._reader.column_name_idx(c) for c in columns]
-        return self._reader.read_all(column_indices=indices, use_threads=use_threads)
+        import pyarrow as pa
+
+        try:
+            indices = [self._reader.column_name_idx(c) for c in columns]
+            return self._reader.read_all(column_indices=indices, use_threads=use_threads)
+        except (OSError, pa.ArrowException) as exc:  # damaged pages: Corrupt Lz4 compressed data, ...
+            raise DataError(f"partition file {self._path} is damaged ({exc}); run bt data verify, then "
+                            "re-import the symbol") from None
 
 
 def embedded_hash(pf: Any) -> str:

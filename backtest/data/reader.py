@@ -25,7 +25,39 @@ def read_bars(symbol: str, files: Sequence[tuple[Path, str]], start_ns: int, end
 
     With ``cache`` (``bars_cache.folder(root)``), a partition whose uncompressed copy is there is
     read from it, and one read from Parquet leaves a copy there (``backtest.data.bars_cache``).
+
+    Every file's bars are hashed as read and must hash to the expected content hash, so no
+    damaged or rewritten byte reaches a result: a copy that fails is deleted and its partition
+    read from Parquet instead; a Parquet file that fails stops the read with a DataError naming
+    the symbol, the year and the fix. (sha256 of the bars: ~3 ms per 100 000 bars.)
     """
+    for _ in files:
+        try:
+            return _read(symbol, files, start_ns, end_ns, warmup_bars, cache)
+        except _DamagedCopy:  # deleted; the partition is read from Parquet and the copy made again
+            continue
+    return _read(symbol, files, start_ns, end_ns, warmup_bars, None)
+
+
+class _DamagedCopy(Exception):
+    pass
+
+
+def _bars_hash(cols: Columns, offset: int, n: int) -> str:
+    """The content hash of rows ``offset … offset+n`` of ``cols`` (``partition.content_hash`` of
+    canonical columns, which is what partitions and copies hold)."""
+    import hashlib
+
+    from backtest.data.partition import hash_header
+
+    h = hashlib.sha256(hash_header(n))
+    for a in cols.arrays():
+        h.update(memoryview(a[offset:offset + n]).cast("B"))  # type: ignore[arg-type]
+    return h.hexdigest()
+
+
+def _read(symbol: str, files: Sequence[tuple[Path, str]], start_ns: int, end_ns: int,
+          warmup_bars: int, cache: Path | None) -> Bars:
     import numpy as np
 
     from backtest.data import bars_cache
@@ -73,6 +105,18 @@ def read_bars(symbol: str, files: Sequence[tuple[Path, str]], start_ns: int, end
     else:
         for k, pf in parquet.items():
             read_columns(pf, into=cols, offset=offsets[k])
+    for k, (path, expected) in enumerate(files):
+        if _bars_hash(cols, offsets[k], sizes[k]) == expected:
+            continue
+        if k in copies and cache is not None:
+            try:
+                bars_cache.path(cache, expected).unlink()
+            except OSError:
+                pass
+            raise _DamagedCopy(expected)
+        year = Path(path).stem.removeprefix("year=")
+        raise DataError(f"the {symbol} bars of {year} ({path}) do not match their content hash {expected[:12]}: the file "
+                        f"was damaged or rewritten; run bt data verify, then import {symbol} again")
     if cache is not None:
         for k in parquet:
             bars_cache.keep(cache, files[k][1], cols, offsets[k], sizes[k], limit)
