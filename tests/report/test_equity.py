@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import bt
+from reportkit import bt
 
 import backtest
 from backtest.report import task_records

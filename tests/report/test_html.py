@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import REPORTED, bt
+from browser import chromium_missing, load_offline
 from helpers import synth_daily, write_strategy
+from reportkit import REPORTED, bt
+
+
+@pytest.fixture
+def chromium() -> None:
+    """Skip without a browser, except in CI (``CI`` set), where a missing browser fails the test."""
+    reason = chromium_missing()
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"the browser tests must run in CI: {reason}")
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +114,37 @@ def test_the_default_name_is_the_run_id_in_the_current_folder(reported: tuple[Pa
     code, out, err = bt("--data", root, "report", rid, "--format", "html", "--charts", "0")
     assert code == 0, err
     assert (tmp_path / f"{rid}.html").is_file()
+
+
+def test_a_real_browser_draws_it_offline_without_errors(page: tuple[Path, str, str], tmp_path: Path,
+                                                         reported: tuple[Path, str], chromium: None) -> None:
+    from backtest.report import best_per_symbol, ranked, task_records
+
+    html, rid, text = page
+    _, records = task_records(rid, reported[0])
+    first = ranked(records, "sharpe")[0]
+    other = next(r for r in best_per_symbol(records, "sharpe") if r["key"] != first["key"])
+    label = re.search(rf'"({other["symbol"]} [^"]*best of {other["symbol"]}\))"', text)
+    assert label, "the charts' menu lists each symbol's best set"
+    shot = tmp_path / "report.png"
+    seen = load_offline(html, shot, choose=label.group(1))
+    assert seen.page_errors == [] and seen.console_errors == []
+    assert seen.requests == []  # nothing but the file itself was asked for
+    assert seen.canvases >= 8  # leaderboard aside: heatmaps, distribution, bars, equity, drawdown, price
+    assert seen.distinct_colours > 50 and seen.ink > 0.10  # drawn, not blank
+    assert "What was run" in seen.text and "Leaderboard" in seen.text
+    # choosing another task in the menu swaps the charts to it: its key shows, with no error
+    assert seen.after_select["picked"] is True
+    assert f"task {other['key']}" in seen.after_select["codes"]
+    assert f"task {first['key']}" not in seen.after_select["codes"]
+    assert seen.page_errors == [] and seen.console_errors == []
+
+
+def test_the_browser_check_would_catch_a_fetch_and_an_error(tmp_path: Path, chromium: None) -> None:
+    bad = tmp_path / "bad.html"
+    bad.write_text('<html><body><p>x</p><img src="http://127.0.0.1:9/x.png"><script>throw new Error("boom")</script>'
+                   '<script>window.Bokeh = {documents: [1], index: {a: 1}}</script></body></html>')
+    seen = load_offline(bad)
+    assert seen.requests == ["http://127.0.0.1:9/x.png"]
+    assert any("boom" in e for e in seen.page_errors)
+    assert seen.canvases == 0 and seen.ink < 0.01

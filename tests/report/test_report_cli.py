@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import bt
+from reportkit import bt
 
 
 @pytest.mark.parametrize(("name", "check"), [
