@@ -361,9 +361,9 @@ def _write_html(run_row: dict[str, Any], records: list[dict[str, Any]], out: Pat
     path = out if out is not None else Path.cwd() / f"{run_row['run_id']}.html"
     if out is None:
         _check_out(path)
-    with err_console.status(f"writing the report of run {run_row['run_id']} ..."):
-        written, seconds, size = html.write(run_row["run_id"], path, html.Options(sort, metric, x, y, charts, tz),
-                                            have=(run_row, records))
+    err_console.print(f"writing the report of run {run_row['run_id']} ...", style="dim")
+    written, seconds, size = html.write(run_row["run_id"], path, html.Options(sort, metric, x, y, charts, tz),
+                                        have=(run_row, records))
     console.print(f"wrote {written} ({size / 1e6:.1f} MB, {seconds:.1f} s)")
     if open_:
         import webbrowser

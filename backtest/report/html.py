@@ -16,12 +16,15 @@ again and checked bit for bit against its stored final equity; the failures.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import html
+import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -29,6 +32,8 @@ from backtest.report import LOWER_IS_BETTER, _fmt, best_per_symbol, ranked
 from backtest.report.equity import Curve
 from backtest.report.grid import Surface
 from backtest.spec import PartsFor
+
+T = TypeVar("T")
 
 PERCENT = {"total_return", "cagr", "volatility", "max_drawdown", "exposure", "win_rate", "best_trade", "worst_trade",
            "avg_trade", "buy_and_hold_return"}
@@ -47,6 +52,20 @@ class Options:
 
 
 @dataclass
+class Charts:
+    """What the equity charts draw, per charted task: small arrays and page text, no Bokeh."""
+
+    lines: list[dict[str, Any]]  # t, equity, hold, dd, close, pos (downsampled)
+    marks: list[dict[str, Any]]  # long entries: t, price
+    shorts: list[dict[str, Any]]  # short entries
+    exits: list[dict[str, Any]]
+    labels: list[str]  # the menu's entries
+    titles: list[str]  # HTML above the charts
+    returns: list[str]  # HTML returns tables
+    keys: list[str]
+
+
+@dataclass
 class Context:
     """Everything the page is made of, gathered before Bokeh is imported."""
 
@@ -55,11 +74,11 @@ class Context:
     job: Any  # backtest.spec.Job
     parts: PartsFor
     spans: dict[str, tuple[int, int]]  # symbols covering part of the range -> (first, last) bar, UTC ns
-    curves: list[Curve]
     surface: Surface | None
-    env: dict[str, str]
     opts: Options
-    notes: list[str] = field(default_factory=list)
+    chart_keys: list[str] = field(default_factory=list)
+    charts: Charts | None = None  # filled by ``charts_of`` (maybe in a child process)
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def gather(run_id: str, opts: Options, root: Path | None = None,
@@ -70,10 +89,7 @@ def gather(run_id: str, opts: Options, root: Path | None = None,
     from backtest.data import Store
     from backtest.report import grid as gridmod
     from backtest.report import task_records
-    from backtest.report.equity import curves
     from backtest.store.archive import run_job
-    from backtest.store.results import ResultStore
-    from backtest.worker import tuning
 
     root = root or paths.root()
     run, records = have if have is not None else task_records(run_id, root)
@@ -86,11 +102,23 @@ def gather(run_id: str, opts: Options, root: Path | None = None,
     chart_keys = [r["key"] for r in order[: opts.charts]]
     chart_keys += [r["key"] for r in best_per_symbol(records, opts.sort)]
     chart_keys = list(dict.fromkeys(chart_keys))
-    tuning.warm_up()  # the simulation kernel, loaded the lean way a worker loads it
-    found = curves(run, chart_keys, root, records)
-    env = ResultStore(root).read(chart_keys[0]).env if chart_keys else {}
     spans = Store(root).short_spans(job.symbols, job.start_ns, job.end_ns)
-    return Context(run, records, job, parts, spans, found, surface, env, opts)
+    return Context(run, records, job, parts, spans, surface, opts, chart_keys)
+
+
+def charts_of(ctx: Context, root: Path | None = None) -> tuple[Charts, dict[str, str]]:
+    """Re-derive the charted tasks' curves (checked against their stored results) and cut them
+    down for drawing; and the versions that made the results."""
+    from backtest import paths
+    from backtest.report.equity import curves
+    from backtest.store.results import ResultStore
+    from backtest.worker import tuning
+
+    root = root or paths.root()
+    tuning.warm_up()  # the simulation kernel, loaded the lean way a worker loads it
+    found = curves(ctx.run, ctx.chart_keys, root, ctx.records)
+    env = ResultStore(root).read(ctx.chart_keys[0]).env if ctx.chart_keys else {}
+    return prepare_charts(found, ctx), env
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -222,7 +250,7 @@ def build(ctx: Context) -> str:
     bvb = _best_vs_hold(ctx)
     if bvb is not None:
         models["best_vs_hold"] = bvb
-    if ctx.curves:
+    if ctx.charts is not None and ctx.charts.keys:
         models["charts"] = _task_charts(ctx)
     for name, m in models.items():
         m.name = name
@@ -245,7 +273,7 @@ def _page_vars(ctx: Context, present: set[str]) -> dict[str, Any]:
     partial = [(sym, _when(a, tz), _when(b, tz)) for sym, (a, b) in sorted(ctx.spans.items())]
     first = job.start_ns if job.start_ns > 0 else None
     last = job.end_ns if job.end_ns < 2**63 - 1 else None
-    curves = [{"key": c.key, "symbol": c.symbol, "params": _params_text(c.params)} for c in ctx.curves]
+    curves = ctx.charts.keys if ctx.charts is not None else []
     return {
         "run": run,
         "present": present,
@@ -503,13 +531,9 @@ def _best_vs_hold(ctx: Context) -> Any:
     return p
 
 
-def _task_charts(ctx: Context) -> Any:
-    """One set of charts (equity and buy & hold, drawdown, price with trades) and a menu of the
-    charted tasks: choosing one swaps the charts' data, so the page draws three charts, not 75."""
-    from bokeh.layouts import column
-    from bokeh.models import ColumnDataSource, CustomJS, Div, HoverTool, NumeralTickFormatter, Select
-    from bokeh.plotting import figure
-
+def prepare_charts(curves: list[Curve], ctx: Context) -> Charts:
+    """Each curve cut to what is drawn (extremes kept), its trades as markers, its menu label,
+    title and returns table."""
     from backtest.report.downsample import extremes
 
     tz = ctx.opts.tz
@@ -520,7 +544,7 @@ def _task_charts(ctx: Context) -> Any:
     shorts: list[dict[str, Any]] = []  # short entries
     exits: list[dict[str, Any]] = []
     labels, titles = [], []
-    for c in ctx.curves:
+    for c in curves:
         n = c.ts.size
         keep = extremes(n, [c.equity, c.close, c.drawdown], BUCKETS)
         # float32 for what is drawn (7 digits: far finer than a pixel); times need float64's ms
@@ -560,6 +584,22 @@ def _task_charts(ctx: Context) -> Any:
             f"<code>task {c.key}</code> · final equity {m['final_equity']!r}, re-derived and identical to the "
             "stored result"
         )
+    returns = [returns_table_html(c, tz) for c in curves]
+    return Charts(lines, marks, shorts, exits, labels, titles, returns, [c.key for c in curves])
+
+
+def _task_charts(ctx: Context) -> Any:
+    """One set of charts (equity and buy & hold, drawdown, price with trades) and a menu of the
+    charted tasks: choosing one swaps the charts' data, so the page draws three charts, not 75."""
+    from bokeh.layouts import column
+    from bokeh.models import ColumnDataSource, CustomJS, Div, HoverTool, NumeralTickFormatter, Select
+    from bokeh.plotting import figure
+
+    assert ctx.charts is not None
+    ch = ctx.charts
+    tz = ctx.opts.tz
+    lines, marks, shorts, exits = ch.lines, ch.marks, ch.shorts, ch.exits
+    labels, titles, returns = ch.labels, ch.titles, ch.returns
     # every task's points in one pair of sources (a source per task costs Bokeh ~10 models each),
     # cut by offsets when a task is chosen
     all_lines, line_at = _stack(lines)
@@ -589,7 +629,6 @@ def _task_charts(ctx: Context) -> Any:
         p3.add_tools(HoverTool(renderers=[r], tooltips=[(what, "@t{%F %H:%M}"), ("price", "@price{0,0.0000}")],
                                formatters={"@t": "datetime"}))
     p3.xaxis.axis_label = xlabel
-    returns = [returns_table_html(c, tz) for c in ctx.curves]
     head = Div(text=titles[0], width=1000)
     table = Div(text=returns[0], width=1000)
     select = Select(title="task", value=labels[0], options=labels, width=700)
@@ -634,19 +673,65 @@ def _stack(parts: list[dict[str, Any]]) -> tuple[dict[str, Any], list[int]]:
 def write(run_id: str, out: Path, opts: Options, root: Path | None = None,
           have: tuple[dict[str, Any], list[dict[str, Any]]] | None = None) -> tuple[Path, float, int]:
     """Write the report of ``run_id`` to ``out``; (path, seconds, bytes). ``have``: the run's row
-    and ``task_records`` when the caller has read them."""
-    import threading
+    and ``task_records`` when the caller has read them.
 
+    The curves are re-derived in a forked child process while this one imports Bokeh (~0.7 s):
+    both are CPU-bound Python, so a thread would only take turns with it."""
     from backtest.store.fsutil import atomic_write
 
     t0 = time.perf_counter()
-    # Bokeh's import (~0.7 s) overlaps the curves' re-derivation, much of which is numba's
-    # loading and the kernels (outside the GIL)
-    loader = threading.Thread(target=_import_bokeh, daemon=True)
-    loader.start()
     ctx = gather(run_id, opts, root, have)
-    loader.join()
+    pending = _beside(lambda: charts_of(ctx, root))
+    _import_bokeh()
+    ctx.charts, ctx.env = pending()
     text = build(ctx)
     atomic_write(out, text.encode("utf-8"))
     return out, time.perf_counter() - t0, len(text.encode("utf-8"))
 
+
+def _beside(fn: Callable[[], T]) -> Callable[[], T]:
+    """Start ``fn`` in a forked child (another core) and return what waits for its result, or
+    re-raises its exception. Where fork is unsafe (threads running) or unavailable, or if the
+    child dies, ``fn`` runs here instead, when its result is asked for."""
+    import pickle
+    import tempfile
+    import threading
+    import warnings
+
+    if not hasattr(os, "fork") or threading.active_count() > 1:
+        return fn
+    fd, name = tempfile.mkstemp(prefix="bt-report-", suffix=".pickle")
+    os.close(fd)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with native threads (3.12+): none run Python here
+        pid = os.fork()
+    if pid == 0:  # the child: compute, leave the answer in the file, exit without cleanup
+        code = 0
+        try:
+            try:
+                answer: tuple[str, Any] = ("ok", fn())
+            except BaseException as exc:  # noqa: BLE001 - the parent re-raises it
+                answer = ("error", exc)
+            with open(name, "wb") as f:
+                pickle.dump(answer, f, protocol=pickle.HIGHEST_PROTOCOL)
+        except BaseException:  # noqa: BLE001 - nothing to report to; the parent computes instead
+            code = 1
+        os._exit(code)
+
+    def wait() -> T:
+        os.waitpid(pid, 0)
+        try:
+            with open(name, "rb") as f:
+                kind, value = pickle.load(f)
+        except (OSError, EOFError, pickle.UnpicklingError):
+            kind, value = "lost", None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+        if kind == "ok":
+            return cast(T, value)
+        if kind == "error":
+            raise value
+        return fn()
+
+    return wait
