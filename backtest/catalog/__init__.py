@@ -186,6 +186,12 @@ class Catalog:
         return self._read("SELECT * FROM runs ORDER BY created DESC LIMIT ?", [limit])
 
     def run(self, run_id: str) -> dict[str, Any]:
+        """The run named by ``run_id``: a full id, a unique prefix of one, or ``latest`` (the newest)."""
+        if run_id == "latest":
+            newest = self.runs(1)
+            if not newest:
+                raise CatalogError("no runs recorded yet, so there is no latest; start one with: bt run STRATEGY.py")
+            return newest[0]
         rows = self._read("SELECT * FROM runs WHERE run_id = ?", [run_id]) if self.path.exists() else []
         if rows:
             return rows[0]

@@ -31,10 +31,10 @@ def runs(limit: Annotated[int, typer.Option(help="How many runs to list.")] = 20
     console.print(render_runs(rows))
 
 
-def logs(run_id: Annotated[str, typer.Argument(help="The run id.", show_default=False)]) -> None:
+def logs(run_id: Annotated[str, typer.Argument(help="The run id (a unique prefix works; latest: the newest run).", show_default=False)]) -> None:
     """Show a run's captured strategy output, worker events and failure tracebacks.
 
-    Example: bt logs sma_cross-3f2a9c
+    Example: bt logs latest
     """
     from backtest import paths
     from backtest.catalog import Catalog
@@ -54,7 +54,7 @@ def logs(run_id: Annotated[str, typer.Argument(help="The run id.", show_default=
 
 
 def verify(
-    run_id: Annotated[str, typer.Argument(help="The run id.", show_default=False)],
+    run_id: Annotated[str, typer.Argument(help="The run id (a unique prefix works; latest: the newest run).", show_default=False)],
     sample: Annotated[int | None, typer.Option(help="Recompute only this many tasks, chosen at random (seeded).")] = None,
 ) -> None:
     """Recompute a run's tasks and check the results are bit-for-bit identical to the stored ones.

@@ -80,3 +80,20 @@ class Quitter(Strategy):
     assert code == 1 and json.loads(out)["failed"] == 1
     code, out, err = bt("--data", root, "logs", json.loads(out)["run_id"])
     assert "the strategy called sys.exit(3)" in out and "worker died" not in out
+
+
+def test_latest_names_the_newest_run(root: Path, sma_path: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    code, out, err = bt("--data", empty, "report", "latest")
+    assert code == 2 and "no runs recorded yet, so there is no latest" in " ".join(err.split())
+    ids = []
+    for fast in (5, 6):
+        code, out, err = bt("--data", root, "run", sma_path, "--from", "2021", "--param", f"fast={fast}",
+                            "--param", "slow=20", "--executor", "inline://", "--json")
+        assert code == 0, err
+        ids.append(json.loads(out)["run_id"])
+    code, out, err = bt("--data", root, "report", "latest", "--format", "json")
+    assert code == 0 and {r["params"]["fast"] for r in json.loads(out)} == {6}
+    for command in ("logs", "verify"):
+        code, out, err = bt("--data", root, command, "latest")
+        assert code == 0 and ids[1] in out, (command, out, err)
