@@ -486,18 +486,47 @@ def _status_style(status: str) -> str:
     return {"done": "green", "failed": "red", "interrupted": "yellow", "running": "cyan"}.get(status, "")
 
 
-def render_runs(runs: Sequence[dict[str, Any]]) -> Any:
+def run_scope(run: dict[str, Any], root: Path | None = None) -> tuple[str, str, str]:
+    """(symbols, date range, parameter sets) of a run, short enough for a column; "–" where the
+    run's job file is gone."""
+    from backtest.errors import BtError
+    from backtest.store.archive import load_job
+
+    try:
+        job = load_job(root or paths.root(), run)
+    except BtError:
+        return "–", "–", "–"
+    syms = job["symbols"]
+    names = ",".join(syms) if len(syms) <= 3 and sum(map(len, syms)) <= 16 else f"{len(syms)} symbols"
+
+    def day(ns: int, end: bool) -> str:
+        if ns <= 0 or ns >= 2**63 - 1:
+            return "…"
+        text = format_time(ns + (1 if end else 0) - (86_400_000_000_000 if end else 0))[:10]
+        return text[:4] if text[5:] == ("12-31" if end else "01-01") else text
+
+    return names, f"{day(job['start_ns'], False)}–{day(job['end_ns'], True)}", str(len(job["params"]))
+
+
+def render_runs(runs: Sequence[dict[str, Any]], root: Path | None = None) -> Any:
+    """The runs table: what each run ran (strategy, symbols, range, parameter sets) and how it went.
+    Columns wrap rather than cut: nothing is shortened with "…"."""
     import datetime as dt
 
     from rich.table import Table
+    from rich.text import Text
 
     t = Table(title="runs, newest first", title_justify="left", box=None, pad_edge=False, padding=(0, 1))
-    for c in ("run id", "when", "strategy", "tasks", "new", "cached", "failed", "status", "secs"):
-        t.add_column(c, justify="right" if c in ("tasks", "new", "cached", "failed", "secs") else "left",
-                     no_wrap=True, min_width=len(c) if c != "run id" else max(len(r["run_id"]) for r in runs))
+    right = ("tasks", "cached", "failed", "secs")
+    t.add_column("run", overflow="fold", ratio=1)
+    for c in ("when", *right[:3], "status", "secs"):
+        t.add_column(c, justify="right" if c in right else "left", no_wrap=True)
     for r in runs:
         when = dt.datetime.fromtimestamp(r["created"]).strftime("%m-%d %H:%M")
         secs = f"{r['seconds']:.1f}" if r["seconds"] is not None else "–"
-        t.add_row(r["run_id"], when, (r["strategy"] or "")[:14], str(r["tasks"]), str(r["computed"]), str(r["cached"]),
-                  str(r["failed"]), f"[{_status_style(r['status'])}]{r['status']}[/]", secs)
+        symbols, span, sets = run_scope(r, root)
+        what = Text.assemble((r["run_id"], "bold"), "\n", (f"{r['strategy'] or ''} · {symbols} · {span} · {sets} sets",
+                                                            "dim"))
+        t.add_row(what, when, str(r["tasks"]), str(r["cached"]), str(r["failed"]),
+                  f"[{_status_style(r['status'])}]{r['status']}[/]", secs)
     return t

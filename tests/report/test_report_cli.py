@@ -98,3 +98,11 @@ def test_unwritable_out_and_unknown_run(reported: tuple[Path, str], tmp_path: Pa
         assert code == 2 and "is not writable" in err
     code, out, err = bt("--data", root, "report", "nosuchrun-000000", "--format", "html")
     assert code == 2 and 'unknown run "nosuchrun-000000"' in " ".join(err.split()) and "Traceback" not in out + err
+
+
+def test_runs_says_what_each_run_ran_without_cutting_it(reported: tuple[Path, str]) -> None:
+    root, rid = reported
+    code, out, err = bt("--data", root, "runs")
+    text = " ".join(out.split())
+    assert code == 0, err
+    assert rid in text and "Crossing · AAA,BBB,CCC · 2019-06-01–2021 · 12 sets" in text and "…" not in out
