@@ -172,7 +172,36 @@ class Catalog:
         if any(not alive(r["pid"], r["host"]) for r in rows):
             self._write(lambda con: _mark_stale(con, alive))
 
+    def remove_runs(self, run_ids: Sequence[str]) -> None:
+        """Forget runs: their rows, task outcomes and logs. Results stay (other runs may share them;
+        ``bt gc`` removes the ones no run refers to)."""
+        def go(con: Any) -> None:
+            for table in ("run_tasks", "logs", "runs"):
+                con.execute(f"DELETE FROM {table} WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [list(run_ids)])
+
+        self._write(go)
+
+    def forget_results(self, keys: Sequence[str]) -> None:
+        """Drop the metric rows of results that are being deleted from the store."""
+        if keys:
+            self._write(lambda con: con.execute(
+                "DELETE FROM results WHERE key IN (SELECT unnest(?::VARCHAR[]))", [list(keys)]))
+
     # reading ------------------------------------------------------------------------------------
+    def referenced_keys(self) -> set[str]:
+        """Every result key some recorded run's tasks name."""
+        if not self.path.exists():
+            return set()
+        with self.connect(read_only=True) as con:
+            return {r[0] for r in con.execute("SELECT DISTINCT key FROM run_tasks").fetchall()}
+
+    def running(self, alive: Callable[[int, str], bool]) -> list[str]:
+        """Runs recorded as running whose coordinator may still be at it."""
+        if not self.path.exists():
+            return []
+        rows = self._read("SELECT run_id, pid, host FROM runs WHERE status = 'running'")
+        return [r["run_id"] for r in rows if alive(r["pid"], r["host"])]
+
     def known_results(self, keys: Sequence[str]) -> set[str]:
         if not keys or not self.path.exists():
             return set()

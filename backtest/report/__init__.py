@@ -486,6 +486,80 @@ def _status_style(status: str) -> str:
     return {"done": "green", "failed": "red", "interrupted": "yellow", "running": "cyan"}.get(status, "")
 
 
+def compare_runs(run_a: str, run_b: str, root: Path | None = None) -> dict[str, Any]:
+    """What differs between two runs: settings and scope, shared tasks, and per key metric the
+    differences (b − a) over tasks of the same symbol and parameters whose keys differ."""
+    import numpy as np
+
+    from backtest.errors import BtError
+    from backtest.store.archive import load_job
+
+    a, ra = task_records(run_a, root)
+    b, rb = task_records(run_b, root)
+    if a["run_id"] == b["run_id"]:
+        raise UsageError(f"both names give run {a['run_id']}; compare two different runs")
+
+    def scope(run: dict[str, Any]) -> dict[str, Any]:
+        try:
+            job = load_job(root or paths.root(), run)
+        except BtError:
+            job = {}
+        span = (format_time(job["start_ns"])[:10] if job.get("start_ns", 0) > 0 else "first bar",
+                format_time(job["end_ns"])[:10] if job.get("end_ns", 2**63 - 1) < 2**63 - 1 else "last bar")
+        return {"strategy": run["strategy"], "code_hash": run["code_hash"], "symbols": job.get("symbols"),
+                "range": f"{span[0]} to {span[1]}" if job else None, "parameter sets": len(job.get("params", [])),
+                **{f"settings.{k}": v for k, v in json.loads(run["settings"] or "{}").items()}}
+
+    sa, sb = scope(a), scope(b)
+    differs = [{"what": k, "a": sa.get(k), "b": sb.get(k)} for k in dict.fromkeys([*sa, *sb]) if sa.get(k) != sb.get(k)]
+    keys_a = {r["key"] for r in ra}
+    shared = sum(1 for r in rb if r["key"] in keys_a)
+
+    def ident(r: dict[str, Any]) -> str:
+        return r["symbol"] + " " + json.dumps(r["params"], sort_keys=True)
+
+    by_a = {ident(r): r for r in ra if r["status"] == "done"}
+    pairs = [(by_a[ident(r)], r) for r in rb if r["status"] == "done" and ident(r) in by_a
+             and by_a[ident(r)]["key"] != r["key"]]
+    metrics = []
+    for m in KEY_METRICS:
+        d = np.array([(y["metrics"].get(m) or 0.0) - (x["metrics"].get(m) or 0.0) for x, y in pairs
+                      if x["metrics"].get(m) is not None and y["metrics"].get(m) is not None])
+        metrics.append({"metric": m, "tasks": int(d.size),
+                        "median_change": float(np.median(d)) if d.size else None,
+                        "max_abs_change": float(np.abs(d).max()) if d.size else None})
+    return {"a": a["run_id"], "b": b["run_id"], "differs": differs, "tasks_a": len(ra), "tasks_b": len(rb),
+            "shared": shared, "matched": len(pairs), "metrics": metrics}
+
+
+def render_compare(c: dict[str, Any]) -> Any:
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    head = Text.assemble((f"{c['a']} → {c['b']}", "bold"),
+                         f"\n{c['tasks_a']} and {c['tasks_b']} tasks; {c['shared']} shared (same key, the same result); "
+                         f"{c['matched']} of the same symbol and parameters computed differently")
+    parts: list[Any] = [head]
+    if c["differs"]:
+        t = Table(title="what differs", title_justify="left")
+        for col in ("", c["a"], c["b"]):
+            t.add_column(col, overflow="fold")
+        for d in c["differs"]:
+            t.add_row(d["what"], *(", ".join(v) if isinstance(v, list) else str(v) for v in (d["a"], d["b"])))
+        parts.append(t)
+    else:
+        parts.append(Text("they ran the same strategy code, symbols, range, grid and settings", style="dim"))
+    if c["matched"]:
+        t = Table(title=f"change from {c['a']} to {c['b']}, over {c['matched']} tasks", title_justify="left")
+        for col in ("metric", "median change", "largest change"):
+            t.add_column(col, justify="left" if col == "metric" else "right")
+        for m in c["metrics"]:
+            t.add_row(m["metric"], _fmt(m["metric"], m["median_change"]), _fmt(m["metric"], m["max_abs_change"]))
+        parts.append(t)
+    return Group(*parts)
+
+
 def run_scope(run: dict[str, Any], root: Path | None = None) -> tuple[str, str, str]:
     """(symbols, date range, parameter sets) of a run, short enough for a column; "–" where the
     run's job file is gone."""

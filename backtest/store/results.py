@@ -405,6 +405,10 @@ class ResultStore:
                 pass
         return out
 
+    def damaged_files(self) -> list[Path]:
+        """Damaged result files set aside (``<key>.res.damaged``), kept for a post-mortem."""
+        return self._files("*.res.damaged")
+
     def _files(self, pattern: str) -> list[Path]:
         """The store's files named like ``pattern``, in order, over every key-prefix folder."""
         if not self.dir.is_dir():
