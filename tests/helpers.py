@@ -112,3 +112,17 @@ def loaded_by(code: str, modules: Sequence[str]) -> tuple[list[str], str]:
     assert out.returncode == 0, out.stdout + out.stderr
     printed, _, last = out.stdout.rstrip("\n").rpartition("\n")
     return json.loads(last), printed
+
+
+def bt(*args: object) -> tuple[int, str, str]:
+    """Run a ``bt`` command in this process (typer's runner): (exit code, stdout, stderr). An
+    exception other than the command's exit is raised, so a traceback fails the test."""
+    from typer.testing import CliRunner
+
+    from backtest.cli import _register, app
+
+    _register()
+    res = CliRunner().invoke(app, [*map(str, args)])
+    if res.exception and not isinstance(res.exception, SystemExit):
+        raise res.exception
+    return res.exit_code, res.stdout, res.stderr

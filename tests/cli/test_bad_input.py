@@ -6,20 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import write_strategy
-from typer.testing import CliRunner
-
-from backtest.cli import _register, app
-
-_register()
-runner = CliRunner()
-
-
-def bt(*args: object) -> tuple[int, str, str]:
-    res = runner.invoke(app, [*map(str, args)])
-    if res.exception and not isinstance(res.exception, SystemExit):
-        raise res.exception
-    return res.exit_code, res.stdout, res.stderr
+from helpers import bt, write_strategy
 
 
 @pytest.fixture

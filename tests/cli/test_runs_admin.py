@@ -8,20 +8,9 @@ import socket
 from pathlib import Path
 
 import duckdb
-from typer.testing import CliRunner
+from helpers import bt
 
-from backtest.cli import _register, app
 from backtest.store.results import ResultStore
-
-_register()
-runner = CliRunner()
-
-
-def bt(*args: object) -> tuple[int, str, str]:
-    res = runner.invoke(app, [*map(str, args)])
-    if res.exception and not isinstance(res.exception, SystemExit):
-        raise res.exception
-    return res.exit_code, res.stdout, res.stderr
 
 
 def run(root: Path, sma: Path, *extra: str) -> str:

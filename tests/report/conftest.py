@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import write_strategy
-from reportkit import REPORTED, bt
+from helpers import bt, write_strategy
+from reportkit import REPORTED
 
 
 @pytest.fixture(scope="module")

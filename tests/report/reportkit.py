@@ -1,13 +1,6 @@
-"""What the report tests share: the strategy they run and ``bt`` through typer's runner."""
+"""The strategy the report tests run."""
 
 from __future__ import annotations
-
-from typer.testing import CliRunner
-
-from backtest.cli import _register, app
-
-_register()
-_runner = CliRunner()
 
 # the SMA crossover on numpy, with a float parameter (stored as 1.0) and one task that fails
 REPORTED = """
@@ -25,10 +18,3 @@ class Crossing(Strategy):
         s = np.convolve(c, np.ones(self.slow) / self.slow)[: len(c)]
         return np.where(f > s, self.scale, -self.scale * 0.5)
 """
-
-
-def bt(*args: object) -> tuple[int, str, str]:
-    res = _runner.invoke(app, [*map(str, args)])
-    if res.exception and not isinstance(res.exception, SystemExit):
-        raise res.exception
-    return res.exit_code, res.stdout, res.stderr

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from reportkit import bt
+from helpers import bt
 
 import backtest
 from backtest.report import task_records

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from browser import chromium_missing, load_offline
-from helpers import synth_daily, write_strategy
-from reportkit import REPORTED, bt
+from helpers import bt, synth_daily, write_strategy
+from reportkit import REPORTED
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from reportkit import bt
+from helpers import bt
 
 
 @pytest.mark.parametrize(("name", "check"), [
