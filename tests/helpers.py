@@ -121,7 +121,8 @@ def bt(*args: object) -> tuple[int, str, str]:
 
     from backtest.cli import _register, app
 
-    _register()
+    if not app.registered_groups:  # once: registering twice would list every command twice
+        _register()
     res = CliRunner().invoke(app, [*map(str, args)])
     if res.exception and not isinstance(res.exception, SystemExit):
         raise res.exception
