@@ -6,29 +6,14 @@ must run and therefore fail.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from netns_farm import Farm, missing_requirements
+from netns_farm import Farm
+from sshhelpers import require_farm, start_farm
 
 from backtest.executors.ssh.connect import SSHSettings
-
-
-def require_farm() -> None:
-    reason = missing_requirements()
-    if reason is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"ssh farm tests must run in CI: {reason}")
-    pytest.skip(reason)
-
-
-def start_farm(n: int, **kw: Any) -> Farm:
-    require_farm()
-    return Farm.start(n, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from netns_farm import Farm, Host
+import pytest
+from netns_farm import Farm, Host, missing_requirements
 
 from backtest.executors.base import ExecutorOptions, TaskDone, WorkerNote
 from backtest.executors.ssh.connect import SSHSettings
 from backtest.executors.ssh.executor import SSHExecutor
 from backtest.executors.ssh.hostsfile import parse_hosts
+
+
+def require_farm() -> None:
+    reason = missing_requirements()
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"ssh farm tests must run in CI: {reason}")
+    pytest.skip(reason)
+
+
+def start_farm(n: int, **kw: Any) -> Farm:
+    require_farm()
+    return Farm.start(n, **kw)
 
 
 def line(farm: Farm, host: Host, python: str, cores: int = 1, **extra: Any) -> str:

@@ -115,8 +115,8 @@ def test_more_workers_than_one_connection_may_carry(prebuilt_env: Any, farm_pyth
                                                      faulty: Path) -> None:
     """sshd allows MaxSessions channels per connection: a host with more workers gets more
     connections (here MaxSessions 4 and 2 workers a connection: 5 workers need 3 connections)."""
-    from conftest import start_farm
     from farmenv import provision
+    from sshhelpers import start_farm
 
     import backtest.executors.ssh.executor as ssh
 
@@ -165,8 +165,8 @@ def test_workers_start_under_every_common_login_shell(prebuilt_env: Any, farm_py
     """sshd runs the command through the user's login shell: bash and zsh exec it in place (the
     launcher is then already a session leader), sh forks it, fish reads another syntax. Every host
     computes, the bytes are a local run's, and cancelling leaves nothing behind on any of them."""
-    from conftest import start_farm
     from farmenv import provision
+    from sshhelpers import start_farm
 
     req = RunRequest(strategy=sma_path, start="2020", end="2021", params=["fast=5,10", "slow=20,40"])
     other = tmp_path / "local"
