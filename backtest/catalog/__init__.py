@@ -21,6 +21,7 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,30 @@ from backtest.catalog.staging import (
 )
 from backtest.errors import CatalogError, did_you_mean
 
-__all__ = ["METRICS", "Catalog", "duckdb_driver", "result_row"]
+__all__ = ["METRICS", "Catalog", "Removed", "Sweep", "duckdb_driver", "result_row"]
+
+
+@dataclass(frozen=True)
+class Removed:
+    """What ``Catalog.remove_runs`` removed: each run (``run_id``, ``strategy``, ``status``, and how
+    many ``tasks`` and ``logs`` rows went with it), and how many stored results no remaining run
+    refers to any more because of it (``bt gc`` deletes them)."""
+
+    runs: list[dict[str, Any]]
+    unreferenced: int
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What ``Catalog.sweep`` found (and, when it deleted, removed): the stored result ``keys`` no
+    recorded run refers to, the ``results`` rows of keys no run refers to (whether or not the
+    file is there), the ``stale_rows`` (task and log rows of runs no longer recorded), and the
+    runs going on (``live``: only when looking)."""
+
+    keys: list[str]
+    rows: int
+    stale_rows: int
+    live: list[dict[str, Any]]
 
 
 class Catalog:
@@ -172,35 +196,103 @@ class Catalog:
         if any(not alive(r["pid"], r["host"]) for r in rows):
             self._write(lambda con: _mark_stale(con, alive))
 
-    def remove_runs(self, run_ids: Sequence[str]) -> None:
-        """Forget runs: their rows, task outcomes and logs. Results stay (other runs may share them;
-        ``bt gc`` removes the ones no run refers to)."""
-        def go(con: Any) -> None:
+    def remove_runs(self, run_ids: Sequence[str], alive: Callable[[int, str], bool],
+                    force: bool = False) -> Removed:
+        """Forget runs: their rows, task outcomes and logs, in one transaction. Results stay (other
+        runs may share them; ``bt gc`` deletes the ones no run refers to). A run recorded as
+        running whose coordinator may still be at it (``alive``) is refused unless ``force``."""
+        ids = list(dict.fromkeys(run_ids))
+
+        def go(con: Any) -> Removed:
+            rows = con.execute(
+                "SELECT run_id, strategy, status, pid, host FROM runs WHERE run_id IN (SELECT unnest(?::VARCHAR[]))",
+                [ids]).fetchall()
+            found = {r[0]: r for r in rows}
+            gone = [i for i in ids if i not in found]
+            if gone:  # removed by another bt since it was named
+                raise CatalogError(f'unknown run "{gone[0]}" (bt runs lists them)')
+            live = [r for r in rows if r[2] == "running" and alive(r[3], r[4])]
+            if live and not force:
+                rid, _, _, pid, host = live[0]
+                more = f" (and {len(live) - 1} more)" if len(live) > 1 else ""
+                raise CatalogError(f"run {rid}{more} is still running (pid {pid} on {host}); stop it first "
+                                   "(Ctrl+C in its terminal), or give --force to remove it anyway")
+            tasks = dict(con.execute(
+                "SELECT run_id, count(*) FROM run_tasks WHERE run_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY run_id",
+                [ids]).fetchall())
+            logs = dict(con.execute(
+                "SELECT run_id, count(*) FROM logs WHERE run_id IN (SELECT unnest(?::VARCHAR[])) GROUP BY run_id",
+                [ids]).fetchall())
+            # results only these runs refer to: bt gc can delete them once the runs are gone
+            (freed,) = con.execute(
+                """SELECT count(DISTINCT key) FROM run_tasks
+                   WHERE run_id IN (SELECT unnest(?::VARCHAR[])) AND status = 'done'
+                     AND key NOT IN (SELECT key FROM run_tasks t JOIN runs USING (run_id)
+                                     WHERE t.run_id NOT IN (SELECT unnest(?::VARCHAR[])))""",
+                [ids, ids]).fetchone()
             for table in ("run_tasks", "logs", "runs"):
-                con.execute(f"DELETE FROM {table} WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [list(run_ids)])
+                con.execute(f"DELETE FROM {table} WHERE run_id IN (SELECT unnest(?::VARCHAR[]))", [ids])
+            runs = [{"run_id": i, "strategy": found[i][1], "status": found[i][2], "tasks": int(tasks.get(i, 0)),
+                     "logs": int(logs.get(i, 0))} for i in ids]
+            return Removed(runs, int(freed))
 
-        self._write(go)
+        return self._write(go)
 
-    def forget_results(self, keys: Sequence[str]) -> None:
-        """Drop the metric rows of results that are being deleted from the store."""
-        if keys:
-            self._write(lambda con: con.execute(
-                "DELETE FROM results WHERE key IN (SELECT unnest(?::VARCHAR[]))", [list(keys)]))
+    def sweep(self, stored: Sequence[str], alive: Callable[[int, str], bool],
+              delete: Callable[[list[str]], None] | None) -> Sweep:
+        """The stored results (of ``stored``, the results store's keys) that no recorded run refers
+        to any more. With ``delete``, in one transaction that holds the catalog while it runs:
+        refuse if a run is going on (``alive``: its newest results are not recorded yet), drop
+        the ``results`` rows no recorded run refers to and the task and log rows of runs no longer
+        recorded, and call ``delete`` with those keys before committing (a run that starts
+        meanwhile waits, and finds them gone). Without it, only look (``live`` says which runs
+        are going on, so that the caller can say the answer may change)."""
+        referenced = "SELECT 1 FROM run_tasks t JOIN runs r ON t.run_id = r.run_id WHERE t.key = {}"
+        unused_sql = f"SELECT s.k FROM (SELECT unnest(?::VARCHAR[]) AS k) s WHERE NOT EXISTS ({referenced.format('s.k')})"
+        rows_where = f"NOT EXISTS ({referenced.format('results.key')})"
+        stale_where = "run_id NOT IN (SELECT run_id FROM runs)"
+
+        def look(con: Any, live: list[dict[str, Any]]) -> Sweep:
+            unused = sorted(r[0] for r in con.execute(unused_sql, [list(stored)]).fetchall())
+            (rows,) = con.execute(f"SELECT count(*) FROM results WHERE {rows_where}").fetchone()
+            (stale,) = con.execute(f"SELECT (SELECT count(*) FROM run_tasks WHERE {stale_where}) "
+                                   f"+ (SELECT count(*) FROM logs WHERE {stale_where})").fetchone()
+            return Sweep(unused, int(rows), int(stale), live)
+
+        if delete is None:
+            if not self.path.exists():
+                return Sweep(sorted(stored), 0, 0, [])
+            live = self.running(alive)
+            with self.connect(read_only=True) as con:
+                return look(con, live)
+
+        def go(con: Any) -> Sweep:
+            _mark_stale(con, alive)
+            cols = "run_id, pid, host"
+            going = [dict(zip(("run_id", "pid", "host"), r, strict=True)) for r in con.execute(
+                f"SELECT {cols} FROM runs WHERE status = 'running' ORDER BY created DESC").fetchall()]
+            if going:  # (_mark_stale left only runs whose coordinator may be alive)
+                r = going[0]
+                more = f" (and {len(going) - 1} more)" if len(going) > 1 else ""
+                raise CatalogError(f"run {r['run_id']}{more} is still running (pid {r['pid']} on {r['host']}); "
+                                   "bt gc deletes nothing while a run goes on (its newest results are not "
+                                   "recorded yet): run it again when the run has ended")
+            found = look(con, [])
+            con.execute(f"DELETE FROM results WHERE {rows_where}")
+            con.execute(f"DELETE FROM run_tasks WHERE {stale_where}")
+            con.execute(f"DELETE FROM logs WHERE {stale_where}")
+            delete(found.keys)
+            return found
+
+        return self._write(go)
 
     # reading ------------------------------------------------------------------------------------
-    def referenced_keys(self) -> set[str]:
-        """Every result key some recorded run's tasks name."""
-        if not self.path.exists():
-            return set()
-        with self.connect(read_only=True) as con:
-            return {r[0] for r in con.execute("SELECT DISTINCT key FROM run_tasks").fetchall()}
-
-    def running(self, alive: Callable[[int, str], bool]) -> list[str]:
-        """Runs recorded as running whose coordinator may still be at it."""
+    def running(self, alive: Callable[[int, str], bool]) -> list[dict[str, Any]]:
+        """Runs recorded as running whose coordinator may still be at it (``alive``): their rows."""
         if not self.path.exists():
             return []
-        rows = self._read("SELECT run_id, pid, host FROM runs WHERE status = 'running'")
-        return [r["run_id"] for r in rows if alive(r["pid"], r["host"])]
+        rows = self._read("SELECT * FROM runs WHERE status = 'running' ORDER BY created DESC")
+        return [r for r in rows if alive(r["pid"], r["host"])]
 
     def known_results(self, keys: Sequence[str]) -> set[str]:
         if not keys or not self.path.exists():
@@ -215,27 +307,33 @@ class Catalog:
         return self._read("SELECT * FROM runs ORDER BY created DESC LIMIT ?", [limit])
 
     def run(self, run_id: str) -> dict[str, Any]:
-        """The run named by ``run_id``: a full id, a unique prefix of one, or ``latest`` (the newest)."""
-        if run_id == "latest":
+        """The run named by ``run_id``: a full id, a unique prefix of one, or ``latest`` (the
+        newest run, by when it started). Anything else is one line: no runs, unknown (with the
+        closest ids) or ambiguous (with the ids it begins)."""
+        name = run_id.strip()
+        if not name:
+            raise CatalogError('give a run id: one from bt runs, a unique prefix of one, or "latest"')
+        if name == "latest":
             newest = self.runs(1)
             if not newest:
-                raise CatalogError("no runs recorded yet, so there is no latest; start one with: bt run STRATEGY.py")
+                raise CatalogError("no runs recorded yet, so there is no latest run; start one with: bt run STRATEGY.py")
             return newest[0]
-        rows = self._read("SELECT * FROM runs WHERE run_id = ?", [run_id]) if self.path.exists() else []
+        if not self.path.exists():
+            raise CatalogError(f'unknown run "{name}": no runs recorded yet; start one with: bt run STRATEGY.py')
+        rows = self._read("SELECT * FROM runs WHERE starts_with(run_id, ?) ORDER BY created DESC", [name])
+        exact = [r for r in rows if r["run_id"] == name]
+        if exact or len(rows) == 1:
+            return (exact or rows)[0]
         if rows:
-            return rows[0]
-        ids = [r["run_id"] for r in self.runs(1000)]
-        prefixed = [i for i in ids if i.startswith(run_id)]
-        if len(prefixed) == 1:
-            return self.run(prefixed[0])
-        if len(prefixed) > 1:
+            prefixed = [r["run_id"] for r in rows]
             shown = ", ".join(prefixed[:5]) + (f" and {len(prefixed) - 5} more" if len(prefixed) > 5 else "")
-            raise CatalogError(f'run "{run_id}" is ambiguous: it begins {len(prefixed)} run ids ({shown}); '
+            raise CatalogError(f'run "{name}" is ambiguous: it begins {len(prefixed)} run ids ({shown}); '
                                "give more of the id")
+        ids = [r["run_id"] for r in self._read("SELECT run_id FROM runs ORDER BY created DESC")]
         if not ids:
-            raise CatalogError(f'unknown run "{run_id}": no runs recorded yet; start one with: bt run STRATEGY.py')
-        hint = did_you_mean(run_id, ids) or " Recent runs: " + ", ".join(ids[:3]) + "."
-        raise CatalogError(f'unknown run "{run_id}".{hint} (bt runs lists them)')
+            raise CatalogError(f'unknown run "{name}": no runs recorded yet; start one with: bt run STRATEGY.py')
+        hint = did_you_mean(name, ids) or " Recent runs: " + ", ".join(ids[:3]) + "."
+        raise CatalogError(f'unknown run "{name}".{hint} (bt runs lists them)')
 
     def task_rows(self, run_id: str) -> list[dict[str, Any]]:
         """Every recorded task of a run, with its metrics where it is done."""
