@@ -42,6 +42,10 @@ def import_(
     tz: Annotated[str | None, typer.Option(
         "--tz", help="Time zone of timestamps written without one, e.g. America/New_York (default: UTC).",
         show_default=False)] = None,
+    date_format: Annotated[str | None, typer.Option(
+        "--date-format", help="How the timestamps are written, as strptime codes, e.g. %d/%m/%Y or "
+        "%d.%m.%Y %H:%M (default: detected; dates with slashes read as month/day/year).",
+        show_default=False)] = None,
     adjust: Annotated[bool, typer.Option(
         "--adjust", help="Rescale open/high/low/close by adj close / close (splits and dividends).")] = False,
     bars: Annotated[str | None, typer.Option(
@@ -68,6 +72,7 @@ def import_(
     Examples:
       bt data import AAPL.csv
       bt data import ~/vendor/daily/ --tz America/New_York
+      bt data import eu-quotes.csv --date-format %d/%m/%Y
       bt data import es-trades.csv.gz --symbol ES --bars 1min
     """
     from backtest.cli.render import console, error_line, warn_line
@@ -76,7 +81,7 @@ def import_(
 
     store = _store()
     files = expand(paths)
-    kwargs = dict(symbol=symbol, tz=tz, adjust=adjust, bars=bars, dedupe=dedupe, dropna=dropna,
+    kwargs = dict(symbol=symbol, tz=tz, date_format=date_format, adjust=adjust, bars=bars, dedupe=dedupe, dropna=dropna,
                   replace=replace, repair=repair)
     failed: ImportFailed | None = None
     if sys.stderr.isatty():

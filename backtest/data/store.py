@@ -233,7 +233,7 @@ class Store:
         return self._commit([frame], opts)[0]
 
     def import_files(self, paths: Iterable[Path | str], *, symbol: str | None = None, tz: str | None = None,
-                     adjust: bool = False, bars: str | None = None, dedupe: bool = False, dropna: bool = False,
+                     date_format: str | None = None, adjust: bool = False, bars: str | None = None, dedupe: bool = False, dropna: bool = False,
                      replace: bool = False, repair: bool = False,
                      progress: Progress | None = None) -> list[ImportReport]:
         """Import CSV / gzip CSV / Parquet files (directories: every data file in them).
@@ -247,10 +247,14 @@ class Store:
         from backtest.data.timestamps import check_tz
         from backtest.data.validate import Options
 
-        opts = Options(symbol=symbol, tz=tz, adjust=adjust, bars=bars, dedupe=dedupe, dropna=dropna,
+        opts = Options(symbol=symbol, tz=tz, date_format=date_format, adjust=adjust, bars=bars, dedupe=dedupe, dropna=dropna,
                        replace=replace, repair=repair)
         if tz:
             check_tz(tz)
+        if date_format is not None:
+            from backtest.data.timestamps import check_date_format
+
+            check_date_format(date_format)
         if bars:
             parse_freq(bars)
         if symbol:

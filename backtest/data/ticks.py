@@ -125,7 +125,7 @@ def _prepare(table: Any, src: Source, lay: Layout, opts: Options, step: int, sor
     def where(i: int) -> str:
         return src.where(int(index[i]))
 
-    ts, warns = parse_timestamps(ts_col, opts.tz, where)
+    ts, warns = parse_timestamps(ts_col, opts.tz, where, opts.date_format)
     state["warnings"] += [w for w in warns if w not in state["warnings"]]
     for c, v in nums.items():
         bad = ~(v >= 0) | np.isinf(v) if c in ("size", "volume") else ~(v > 0) | np.isinf(v)

@@ -104,8 +104,17 @@ def _epoch(values: np.ndarray, where: Where) -> np.ndarray:
     return np.round(values * mult).astype(np.int64)
 
 
-def parse_timestamps(arr: Any, tz: str | None, where: Where) -> tuple[np.ndarray, list[str]]:
-    """A pyarrow array of timestamps (no nulls) → (UTC int64 ns, warnings)."""
+def check_date_format(fmt: str) -> None:
+    """A ``--date-format`` must hold strptime codes for at least a year, a month and a day."""
+    if not all(c in fmt for c in ("%d", "%m")) or not ("%Y" in fmt or "%y" in fmt):
+        raise ValidationError(f'--date-format "{fmt}" must give the day, month and year as strptime codes, '
+                              'e.g. %d/%m/%Y, %d.%m.%Y %H:%M or %Y%m%d')
+
+
+def parse_timestamps(arr: Any, tz: str | None, where: Where,
+                     date_format: str | None = None) -> tuple[np.ndarray, list[str]]:
+    """A pyarrow array of timestamps (no nulls) → (UTC int64 ns, warnings). ``date_format``:
+    strptime codes for string timestamps, instead of detecting their format."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -126,6 +135,10 @@ def parse_timestamps(arr: Any, tz: str | None, where: Where) -> tuple[np.ndarray
     elif pa.types.is_integer(t) or pa.types.is_floating(t):
         ns = _epoch(arr.to_numpy(zero_copy_only=False), where)
         return _check_range(ns, where), _tz_ignored(tz, warnings)
+    elif (pa.types.is_string(t) or pa.types.is_large_string(t)) and date_format:
+        arr = pc.utf8_trim_whitespace(arr)
+        out = _strptime(arr, date_format, where, f" (--date-format {date_format})")
+        kind = "naive" if any(c in date_format for c in ("%H", "%I", "%M", "%S")) else "date"
     elif pa.types.is_string(t) or pa.types.is_large_string(t):
         arr = pc.utf8_trim_whitespace(arr)
         first = arr[0].as_py()
@@ -142,11 +155,17 @@ def parse_timestamps(arr: Any, tz: str | None, where: Where) -> tuple[np.ndarray
                 kind = "naive" if m.group("time") else "date"
         elif m := _SLASH.match(first):
             out, kind = _slash(arr, m, where)
+            if len(m.group("a")) != 4 and n > 1 and pc.max(pc.day(out)).as_py() <= 12:
+                warnings.append(f'dates such as "{first}" were read as month/day/year, but every one of them '
+                                "would read as day/month/year too; if the file is day/month/year, import it "
+                                "again with --date-format %d/%m/%Y --replace")
         else:
             raise ValidationError(f'{where(0)}: cannot read timestamp "{first}"; {FORMATS_HELP}')
     else:
         raise ValidationError(f"{where(0)}: the timestamp column has type {t}; {FORMATS_HELP}")
 
+    if date_format and not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        warnings.append(f"--date-format {date_format} was not used: the timestamps are typed ({t}), not text")
     if kind == "naive" and tz:
         out = _assume_tz(out, tz, where)
     ns = np.asarray(out.cast(pa.int64()).to_numpy(zero_copy_only=False), dtype=np.int64)

@@ -20,12 +20,18 @@ from backtest.errors import ValidationError
 SYMBOL_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_^="
 
 
+#: The largest price accepted: far above any traded instrument's (a few 1e5 per share), far below
+#: where an account's arithmetic (size × price × bars) loses its precision or overflows.
+MAX_PRICE = 1e12
+
+
 @dataclass
 class Options:
     """How to read files; the CLI flags of ``bt data import``."""
 
     symbol: str | None = None
     tz: str | None = None
+    date_format: str | None = None  # strptime codes of string timestamps (default: detected)
     adjust: bool = False
     bars: str | None = None
     dedupe: bool = False
@@ -124,7 +130,7 @@ def frames_from_table(table: Any, label: str, unit: str, first: int, opts: Optio
     def where(i: int) -> str:
         return f"{label}: {unit} {int(lines[i])}"
 
-    ts, ts_warnings = parse_timestamps(ts_col, opts.tz, where)
+    ts, ts_warnings = parse_timestamps(ts_col, opts.tz, where, opts.date_format)
     warnings += ts_warnings
     arrays: dict[str, np.ndarray] = {"ts": ts}
     for c in ("open", "high", "low", "close", "volume", "adjclose"):
@@ -184,6 +190,12 @@ def check_values(rows: _Rows, opts: Options, warnings: list[str]) -> None:
             i = int(np.argmax(bad))
             raise ValidationError(f"{rows.where(i)}: {_name(c)} is {_num(a[c][i])}{_more(bad, 'row')}; prices must be "
                                   f"positive finite numbers: fix or remove the row")
+        huge = a[c] > MAX_PRICE
+        if huge.any():
+            i = int(np.argmax(huge))
+            raise ValidationError(f"{rows.where(i)}: {_name(c)} is {_num(a[c][i])}{_more(huge, 'row')}, more than "
+                                  f"{MAX_PRICE:.0e}: a price that large is a data error (and would overflow a "
+                                  "backtest's arithmetic); fix or remove the row")
     if "volume" in a:
         bad = ~(a["volume"] >= 0) | np.isinf(a["volume"])
         if bad.any():

@@ -41,6 +41,8 @@ CASES = [
      r"m\.csv: line 4: low is 0; prices must be positive finite numbers"),
     ("negative price", GOOD + "2020-01-06,-10,11,9,10.5,100\n2020-01-07,-1,11,9,10.5,100\n",
      r"m\.csv: line 4: open is -10 \(and 1 more row like it\)"),
+    ("absurd price", GOOD + "2020-01-06,1e308,1e308,9,1e308,100\n",
+     r"m\.csv: line 4: open is 1e\+308, more than 1e\+12: a price that large is a data error"),
     ("negative volume", GOOD + "2020-01-06,10,11,9,10.5,-5\n", r"m\.csv: line 4: volume is -5; volume must be zero or more"),
     ("high below low", GOOD + "2020-01-06,10,9,11,10.5,100\n",
      r"m\.csv: line 4: high 9 is below low 11; fix the row, or pass --repair"),
@@ -142,3 +144,32 @@ def test_a_refused_file_leaves_stored_data_alone(store, write):
         store.import_files([write("x.csv", GOOD + "2021-01-06,10,11,9,10.5,-1\n")])
     assert stored_files(store) == before
     assert [p.sha256 for p in store.partitions("X")] == [p.sha256 for p in r.written]
+
+
+DMY = "date,open,high,low,close,volume\n" + "".join(
+    f"{d:02d}/{m:02d}/2021,10,11,9,10.5,100\n" for m in range(1, 13) for d in (1, 5, 12))
+
+
+def test_slashed_dates_that_read_both_ways_say_so_and_date_format_reads_them(store, write, tmp_path):
+    """Day/month/year dates whose days are all 12 or less parse as month/day/year: a warning says
+    so and names --date-format, which reads them as they are meant."""
+    path = write("dmy.csv", DMY)
+    [r] = store.import_files([path], symbol="US")
+    assert any("--date-format %d/%m/%Y" in w and "would read as day/month/year" in w for w in r.warnings)
+    [r] = store.import_files([path], symbol="EU", date_format="%d/%m/%Y")
+    assert not any("date-format" in w for w in r.warnings)
+    ts = store.read("EU").ts
+    days = ts.astype("datetime64[ns]").astype("datetime64[D]")
+    assert str(days[0]) == "2021-01-01" and str(days[1]) == "2021-01-05" and str(days[3]) == "2021-02-01"
+    # a date the format does not fit names the line; a format without day, month and year is refused
+    from backtest.data import Store
+
+    empty = Store(tmp_path / "empty")
+    _refused(empty, write("bad.csv", DMY + "31/31/2021,10,11,9,10.5,100\n"), r'bad\.csv: line 38: cannot read '
+             r'timestamp "31/31/2021".*--date-format %d/%m/%Y', date_format="%d/%m/%Y")
+    _refused(empty, write("x.csv", DMY), r"--date-format \"%d/%Y\" must give the day, month and year",
+             date_format="%d/%Y")
+    # unambiguous US dates (a day past 12) warn of nothing
+    [r] = store.import_files([write("us.csv", GOOD.replace("2020-01-02", "1/2/2020").replace("2020-01-03", "1/13/2020"))],
+                             symbol="US2")
+    assert not any("date-format" in w for w in r.warnings)
