@@ -72,3 +72,34 @@ def did_you_mean(word: str, choices: list[str] | tuple[str, ...] | set[str]) -> 
 
     close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
     return f' Did you mean "{close[0]}"?' if close else ""
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (an OSError, or DuckDB's IOException, which carries no errno) says that a
+    disk or a quota is full."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "No space left on device" in text or "Disk quota exceeded" in text
+
+
+def unexpected(exc: BaseException) -> tuple[str, int]:
+    """The one line (and exit code) for an exception no command turned into a ``BtError``: what
+    the machine did (a full disk, a path it refused), or else an error in bt itself."""
+    import os
+
+    if disk_full(exc):
+        from backtest import paths
+
+        where = getattr(exc, "filename", None) or paths.root()
+        return (f"the disk is full (writing {where}); free some space and run the command again: what "
+                "was stored before stays, and a rerun computes only what is missing", 1)
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror}{where}", 1
+    if type(exc).__module__.startswith("_duckdb") or type(exc).__module__.startswith("duckdb"):
+        return f"the catalog could not be written or read ({exc}); bt catalog rebuild re-creates it from the results", 1
+    debug = "" if os.environ.get("BT_DEBUG") else " (BT_DEBUG=1 shows the traceback)"
+    return f"internal error: {type(exc).__name__}: {exc}{debug}; please report it", 1

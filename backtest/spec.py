@@ -18,11 +18,11 @@ This module imports nothing of bt but its hashing and errors.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from backtest.errors import UsageError
-from backtest.hashing import token
+from backtest.hashing import sha256_hex, token
 from backtest.version import ENGINE_VERSION
 
 PartsFor = Mapping[tuple[str, int], Sequence[tuple[str, str]]]
@@ -31,13 +31,32 @@ PartsFor = Mapping[tuple[str, int], Sequence[tuple[str, str]]]
 
 @dataclass(frozen=True)
 class StrategySource:
-    """A strategy file's exact text (``source``), its sha256 (``hash``), the file's name and the
-    class to run (``name``; empty until the file is loaded when the file has one class)."""
+    """A strategy file's exact text (``source``), the hash of all the code it runs (``hash``), the
+    file's name and the class to run (``name``; empty until the file is loaded when the file has
+    one class). ``modules``: the local modules it imports (path relative to their folder → text),
+    shipped to workers with it; ``packages``: the installed packages it imports (name →
+    ``dist==version``). With neither, ``hash`` is the sha256 of ``source``."""
 
     hash: str
     source: str
     filename: str
     name: str
+    modules: dict[str, str] = field(default_factory=dict)
+    packages: dict[str, str] = field(default_factory=dict)
+
+    def message(self) -> dict[str, Any]:
+        """What a worker needs to load it (``backtest.worker.shard.Runner.add_strategy``)."""
+        return {"hash": self.hash, "source": self.source, "filename": self.filename, "name": self.name,
+                "modules": self.modules}
+
+
+def code_hash(source_sha256: str, modules: Mapping[str, str], packages: Mapping[str, str]) -> str:
+    """The hash of a strategy's code: its source's sha256 alone when it imports nothing local and no
+    package, else the token of that, each local module's sha256 and each package's version."""
+    if not modules and not packages:
+        return source_sha256
+    return token({"source": source_sha256, "modules": {k: sha256_hex(v) for k, v in sorted(modules.items())},
+                  "packages": dict(sorted(packages.items()))})
 
 
 @dataclass

@@ -327,20 +327,33 @@ def load_strategy_text(source: str, path: str | Path, name: str | None = None) -
     return _load(source, str(path), path.resolve(), name)
 
 
-def load_strategy_source(source: str, filename: str, name: str | None = None) -> type[Strategy]:
+def load_strategy_source(source: str, filename: str, name: str | None = None,
+                         modules: dict[str, str] | None = None, digest: str | None = None) -> type[Strategy]:
     """Load a strategy from its source text (a worker, maybe on another host). The text is written
-    to ``<cache>/strategies/<hash>/<stem>.py`` (cache: ``$BT_CACHE`` or the user cache dir) and run
-    from that real file, so that ``@njit(cache=True)`` in the strategy works."""
-    digest = source_hash(source)
+    to ``<cache>/strategies/<digest>/<stem>.py`` (cache: ``$BT_CACHE`` or the user cache dir) and run
+    from that real file, so that ``@njit(cache=True)`` in the strategy works. ``modules``: the
+    local modules it imports (path relative to their folder → text, ``backtest.deps``), written
+    beside it so that it imports these and no others; ``digest``: the hash of all of that."""
+    modules = modules or {}
+    digest = digest or source_hash(source)
     stem = "".join(c if c.isalnum() or c == "_" else "_" for c in Path(filename).stem) or "strategy"
     folder = _cache_root() / "strategies" / digest
     real = folder / f"{stem}.py"
-    data = source.encode("utf-8")
-    if not real.is_file() or real.read_bytes() != data:
-        from backtest.store.fsutil import atomic_write
+    for rel, text in [*modules.items(), (real.name, source)]:
+        file = folder / rel
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise StrategyError(f"refusing a strategy module outside its folder: {rel}")
+        data = text.encode("utf-8")
+        if not file.is_file() or file.read_bytes() != data:
+            from backtest.store.fsutil import atomic_write
 
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(real, data)
+            file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(file, data)
+    for rel in modules:  # a module of that name imported before (another strategy's) is not this one
+        mod = ".".join(Path(rel).with_suffix("").parts).removesuffix(".__init__")
+        old = sys.modules.get(mod)
+        if old is not None and not str(getattr(old, "__file__", "") or "").startswith(str(folder) + os.sep):
+            del sys.modules[mod]
     return _load(source, filename, real, name)
 
 
@@ -355,8 +368,11 @@ def _cache_root() -> Path:
 
 def _load(source: str, shown: str, real: Path, name: str | None) -> type[Strategy]:
     digest = source_hash(source)
-    modname = f"bt_strategy_{digest[:16]}"
+    modname = f"bt_strategy_{source_hash(digest + str(real))[:16]}"  # (another folder: other modules beside it)
     module = sys.modules.get(modname)
+    home = str(real.parent)  # its sibling modules import as they would beside a script
+    if home not in sys.path:
+        sys.path.insert(0, home)
     if module is None:
         try:
             code = compile(source, str(real), "exec", dont_inherit=True)

@@ -127,3 +127,43 @@ def bt(*args: object) -> tuple[int, str, str]:
     if res.exception and not isinstance(res.exception, SystemExit):
         raise res.exception
     return res.exit_code, res.stdout, res.stderr
+
+
+# A strategy that imports a helper module beside it, which imports a module of a package beside it.
+HELPED_STRATEGY = """
+import json
+import numpy as np
+from backtest.strategy import Strategy
+from myind import momentum
+
+class Helped(Strategy):
+    n = 10
+    grid = {"n": [5, 10, 20]}
+
+    def signals(self, bars):
+        return np.where(momentum(bars.close, self.n) > 0, 1.0, 0.0)
+"""
+
+HELPED_MYIND = """
+import numpy as np
+from tools.scale import factor
+
+def momentum(x, n):
+    out = np.zeros(len(x))
+    out[n:] = (x[n:] - x[:-n]) * factor()
+    return out
+"""
+
+
+def helped_project(folder: Path, sign: str = "1.0") -> Path:
+    """A strategy with a helper module beside it, which imports a module of a package beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "strat.py").write_text(textwrap.dedent(HELPED_STRATEGY))
+    (folder / "myind.py").write_text(textwrap.dedent(HELPED_MYIND))
+    (folder / "tools").mkdir(exist_ok=True)
+    (folder / "tools" / "__init__.py").write_text("")
+    (folder / "tools" / "scale.py").write_text(f"from .unit import ONE\n\ndef factor():\n    return ONE * {sign}\n")
+    (folder / "tools" / "unit.py").write_text("ONE = 1.0\n")
+    (folder / "tools" / "unused.py").write_text("X = 1\n")
+    (folder / "notes.py").write_text("print('not imported by the strategy')\n")
+    return folder / "strat.py"

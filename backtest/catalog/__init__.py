@@ -28,6 +28,7 @@ from typing import Any
 from backtest.catalog.connection import _WRITER, LOCK_WAIT, T, _file_lock, _is_lock_error, duckdb_driver
 from backtest.catalog.schema import METRICS, MIGRATIONS, RESULT_COLUMNS
 from backtest.catalog.staging import (
+    Recover,
     Rows,
     _insert_run,
     _insert_staged,
@@ -66,8 +67,11 @@ class Sweep:
 
 
 class Catalog:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, recover: Recover | None = None) -> None:
+        """``recover``: how to find the results a run whose coordinator died stored but did not
+        record (``backtest.run.recover.recovery``); without it such runs are only marked interrupted."""
         self.path = Path(path)
+        self.recover = recover
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[Any]:
@@ -89,10 +93,31 @@ class Catalog:
                 finally:
                     con.close()
                 return
+            if not self.path.exists():
+                self._create()
             with _WRITER.turn(self.path, self._opening) as con:
                 self._migrate(con)
                 yield con
                 con.execute("CHECKPOINT")
+
+    def _create(self) -> None:
+        """Make a new catalog beside its place and move it there whole (the caller holds the
+        lock): a full disk or a kill while it is made leaves no half-made file to open."""
+        import os
+
+        duckdb = duckdb_driver()
+        tmp = self.path.with_name(f"{self.path.name}.new-{os.getpid()}")
+        try:
+            con = duckdb.connect(str(tmp))
+            try:
+                self._migrate(con)
+                con.execute("CHECKPOINT")
+            finally:
+                con.close()
+            os.replace(tmp, self.path)
+        finally:
+            for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
+                leftover.unlink(missing_ok=True)
 
     def _opening(self, open_: Callable[[], T]) -> T:
         """``open_()``, retried while another program (not bt) holds the file, within reason."""
@@ -104,7 +129,9 @@ class Catalog:
                 return open_()
             except (duckdb.IOException, duckdb.ConnectionException) as exc:
                 if not _is_lock_error(exc) or time.monotonic() > deadline:
-                    raise CatalogError(f"cannot open the catalog {self.path}: {exc}") from exc
+                    fix = ("; bt catalog rebuild sets it aside and makes a new one from the stored results"
+                           if not _is_lock_error(exc) else "")
+                    raise CatalogError(f"cannot open the catalog {self.path}: {exc}{fix}") from exc
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 0.2)
 
@@ -148,7 +175,7 @@ class Catalog:
         With ``then``, the rows it makes of that subset (tasks, results, logs, run update) are
         recorded in the same transaction: a run with nothing to compute costs one transaction."""
         def go(con: Any) -> set[str]:
-            _mark_stale(con, alive)
+            _mark_stale(con, alive, self.recover)
             _insert_run(con, run)
             known: set[str] = set()
             if keys:
@@ -194,7 +221,7 @@ class Catalog:
             return
         rows = self._read("SELECT run_id, pid, host FROM runs WHERE status = 'running'")
         if any(not alive(r["pid"], r["host"]) for r in rows):
-            self._write(lambda con: _mark_stale(con, alive))
+            self._write(lambda con: _mark_stale(con, alive, self.recover))
 
     def remove_runs(self, run_ids: Sequence[str], alive: Callable[[int, str], bool],
                     force: bool = False) -> Removed:
@@ -267,7 +294,7 @@ class Catalog:
                 return look(con, live)
 
         def go(con: Any) -> Sweep:
-            _mark_stale(con, alive)
+            _mark_stale(con, alive, self.recover)
             cols = "run_id, pid, host"
             going = [dict(zip(("run_id", "pid", "host"), r, strict=True)) for r in con.execute(
                 f"SELECT {cols} FROM runs WHERE status = 'running' ORDER BY created DESC").fetchall()]

@@ -16,6 +16,7 @@ from typing import Any
 
 from backtest import paths
 from backtest.catalog import Catalog
+from backtest.catalog.staging import Recover
 from backtest.errors import CatalogError
 from backtest.store.results import ResultStore
 
@@ -49,19 +50,21 @@ def _unlink(path: Path) -> None:
                            "(the catalog is as it was; run it again once the file can be deleted)") from None
 
 
-def collect(alive: Callable[[int, str], bool], dry_run: bool = False, root: Path | None = None) -> Collected:
+def collect(alive: Callable[[int, str], bool], dry_run: bool = False, root: Path | None = None,
+            recover: Recover | None = None) -> Collected:
     """Delete (or, ``dry_run``, only list) the results no recorded run refers to, and damaged files
     set aside. ``alive(pid, host)`` says whether a run's coordinator may still be at it: while one
     is, nothing is deleted (``CatalogError``)."""
     root = root or paths.root()
-    catalog = Catalog(root / "catalog.duckdb")
+    catalog = Catalog(root / "catalog.duckdb", recover)
     store = ResultStore(root)
     stored = store.keys()
     damaged = store.damaged_files()
-    if not catalog.path.exists() and stored:
-        raise CatalogError(f"there is no catalog at {catalog.path}, so no run refers to any of the {len(stored)} "
-                           "stored results and bt gc would delete them all; run your jobs again first "
-                           "(bt catalog rebuild re-indexes the results; a rerun records its runs)")
+    if stored and (not catalog.path.exists() or not catalog.runs(1)):
+        what = f"there is no catalog at {catalog.path}" if not catalog.path.exists() else "the catalog records no run"
+        raise CatalogError(f"{what}, so no run refers to any of the {len(stored)} stored results and bt gc would "
+                           "delete them all; run your jobs again first (their results are reused, so that is quick; "
+                           "a rebuilt catalog has the results but not the runs)")
     if dry_run:
         found = catalog.sweep(stored, alive, None)
         return Collected(found.keys, sum(_size(store.path(k)) for k in found.keys), damaged,

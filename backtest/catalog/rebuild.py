@@ -21,6 +21,7 @@ class Rebuilt:
     indexed: int  # result files indexed
     damaged: list[str]  # keys of files that could not be read: left out, the next run recomputes them
     removed: int  # leftover temporary files removed
+    set_aside: Path | None = None  # a catalog file that could not be opened, moved here
 
 
 def rebuild(root: Path | None = None) -> Rebuilt:
@@ -38,7 +39,9 @@ def rebuild(root: Path | None = None) -> Rebuilt:
         header = {"key": rec.key, "symbol": rec.symbol, "params": rec.params, "n_trades": int(rec.trades.shape[0]),
                   "env": rec.env}
         rows.append(result_row(header, rec.metrics, now))
-    indexed = Catalog(root / "catalog.duckdb").rebuild_results(rows)
+    catalog = Catalog(root / "catalog.duckdb")
+    aside = _set_aside_if_unreadable(catalog)
+    indexed = catalog.rebuild_results(rows)
     removed = 0
     for path in store.leftovers(older_than=now - LEFTOVER_AGE):
         try:
@@ -46,4 +49,25 @@ def rebuild(root: Path | None = None) -> Rebuilt:
             removed += 1
         except FileNotFoundError:
             pass
-    return Rebuilt(indexed, damaged, removed)
+    return Rebuilt(indexed, damaged, removed, aside)
+
+
+def _set_aside_if_unreadable(catalog: Catalog) -> Path | None:
+    """A catalog file DuckDB cannot open (damaged, or not a catalog) is renamed to
+    ``catalog.duckdb.damaged-<time>`` (with its WAL), so that a new one can be made."""
+    from backtest.errors import CatalogError
+
+    if not catalog.path.exists():
+        return None
+    try:
+        catalog.runs(1)
+        return None
+    except CatalogError as exc:
+        if "bt catalog rebuild" not in str(exc):  # held by another program: not damaged
+            raise
+    aside = catalog.path.with_name(f"{catalog.path.name}.damaged-{int(time.time())}")
+    catalog.path.rename(aside)
+    wal = catalog.path.with_name(catalog.path.name + ".wal")
+    if wal.exists():
+        wal.rename(aside.with_name(aside.name + ".wal"))
+    return aside

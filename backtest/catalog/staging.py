@@ -84,10 +84,13 @@ def _insert_staged(con: Any, staged: _Staged, run_id: str, run_update: dict[str,
         if table == "results":
             # Results are keyed by content: a key recorded again (``--force``) has the same
             # metrics, so its row stays (deleting and re-inserting every row of a forced rerun
-            # made the insert and the checkpoint after it twice as slow); only the versions that
-            # computed it again, when they differ, are brought up to date.
-            con.execute(f"UPDATE results SET env = s.env FROM {src} AS s "
-                        "WHERE results.key = s.key AND results.env IS DISTINCT FROM s.env")
+            # made the insert and the checkpoint after it twice as slow); only a row that differs
+            # (other versions computed it again, or the same key made other bits: the store then
+            # holds the new file) is brought up to date, so the catalog says what the file holds.
+            values = [c for c in columns if c not in ("key", "recorded")]
+            sets = ", ".join(f'"{c}" = s."{c}"' for c in values)
+            differ = " OR ".join(f'results."{c}" IS DISTINCT FROM s."{c}"' for c in values)
+            con.execute(f"UPDATE results SET {sets} FROM {src} AS s WHERE results.key = s.key AND ({differ})")
             con.execute(f"INSERT INTO results BY NAME SELECT * FROM {src} WHERE key NOT IN (SELECT key FROM results)")
         else:
             con.execute(f"INSERT INTO {table} BY NAME SELECT *, ? AS run_id FROM {src}", [run_id])
@@ -114,8 +117,28 @@ def _insert_run(con: Any, run: dict[str, Any]) -> None:
     con.execute(f"INSERT INTO runs ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", [run[c] for c in cols])
 
 
-def _mark_stale(con: Any, alive: Callable[[int, str], bool]) -> None:
-    rows = con.execute("SELECT run_id, pid, host FROM runs WHERE status = 'running'").fetchall()
-    for run_id, pid, host in rows:
-        if not alive(pid, host):
-            con.execute("UPDATE runs SET status = 'interrupted' WHERE run_id = ?", [run_id])
+#: ``recover(run, recorded)``: for a run whose coordinator died (``run``: its ``runs`` row;
+#: ``recorded``: the keys its ``done`` task rows name), the (task rows, result rows) of the results
+#: its workers stored that it never recorded (``backtest.run.recover``).
+Recover = Callable[[dict[str, Any], set[str]], tuple[list[dict[str, Any]], list[dict[str, Any]]]]
+
+
+def _mark_stale(con: Any, alive: Callable[[int, str], bool], recover: Recover | None = None) -> None:
+    """Runs recorded as running whose coordinator is gone become 'interrupted', with (``recover``)
+    the results their workers stored after the last rows the coordinator recorded."""
+    cur = con.execute("SELECT * FROM runs WHERE status = 'running'")
+    names = [d[0] for d in cur.description]
+    for run in [dict(zip(names, r, strict=True)) for r in cur.fetchall()]:
+        if alive(run["pid"], run["host"]):
+            continue
+        run_id = run["run_id"]
+        if recover is not None:
+            recorded = {r[0] for r in con.execute(
+                "SELECT key FROM run_tasks WHERE run_id = ? AND status = 'done'", [run_id]).fetchall()}
+            tasks, results = recover(run, recorded)
+            if tasks:
+                _insert_staged(con, _stage_rows(tasks, results, []), run_id, None)
+        con.execute("""UPDATE runs SET status = 'interrupted',
+                         computed = (SELECT count(*) FROM run_tasks WHERE run_id = ? AND status = 'done' AND NOT cached),
+                         failed = (SELECT count(*) FROM run_tasks WHERE run_id = ? AND status = 'failed')
+                       WHERE run_id = ?""", [run_id, run_id, run_id])

@@ -16,7 +16,9 @@ from backtest.errors import BtError, UsageError
 
 
 class _Group(TyperGroup):
-    """Turns a BtError raised by any command into one red line and its exit code."""
+    """Turns a BtError raised by any command into one red line and its exit code; anything else
+    (a full disk, a path the system refused, an error in bt) into one line too, exit 1, unless
+    BT_DEBUG is set, which shows the traceback."""
 
     def invoke(self, ctx: typer.Context) -> object:  # type: ignore[override]
         try:
@@ -31,6 +33,30 @@ class _Group(TyperGroup):
 
             error_line("interrupted")
             raise typer.Exit(130) from None
+        except Exception as exc:  # a full disk, a refused path, a bug: one line, not a traceback
+            import os
+
+            if isinstance(exc, _endings()) or os.environ.get("BT_DEBUG"):
+                raise  # how the command line ends or reports bad usage itself; or asked for the traceback
+            from backtest.cli.render import error_line
+            from backtest.errors import unexpected
+
+            message, code = unexpected(exc)
+            error_line(message)
+            raise typer.Exit(code) from None
+
+
+def _endings() -> tuple[type[BaseException], ...]:
+    """The exceptions by which the command line ends, or reports bad usage, itself (typer's own
+    since it carries its copy of click; click's with the typer versions that used it)."""
+    kinds: list[type[BaseException]] = [typer.Exit, typer.Abort]
+    if hasattr(typer, "TyperException"):
+        kinds.append(typer.TyperException)
+    try:
+        import click
+    except ImportError:
+        return tuple(kinds)
+    return (*kinds, click.ClickException, click.exceptions.Exit, click.exceptions.Abort)
 
 
 app = typer.Typer(

@@ -152,6 +152,10 @@ def _execute_live(prep: Any, ex: Any) -> Any:
         from backtest.cli.render import warn_line as warn
 
         warn(note)
+    for line in summary.differs:
+        err_console.print(f"[bold red]different bits under the same key:[/] {line}", highlight=False)
+    if summary.differs:
+        console.print(f"these differences stay listed in: bt logs {summary.run_id}")
     if summary.failed:
         console.print(f"see failures with: bt report {summary.run_id}; tracebacks: bt logs {summary.run_id}")
     elif summary.status == "interrupted":

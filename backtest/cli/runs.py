@@ -34,11 +34,12 @@ def runs(ctx: typer.Context, limit: Annotated[int, typer.Option(help="How many r
     from backtest import paths
     from backtest.catalog import Catalog
     from backtest.run import coordinator_alive
+    from backtest.run.recover import recovery
 
     if limit < 1:
         raise UsageError(f"--limit must be at least 1, not {limit}")
     root = paths.root()
-    cat = Catalog(root / "catalog.duckdb")
+    cat = Catalog(root / "catalog.duckdb", recover=recovery(root))
     cat.mark_stale_runs(coordinator_alive)
     rows = cat.runs(limit)
     if not rows:
@@ -235,10 +236,12 @@ def gc(
 
     Example: bt runs rm sma_cross-3f2a9c && bt gc --dry-run && bt gc
     """
+    from backtest import paths
     from backtest.catalog.gc import collect
     from backtest.run import coordinator_alive
+    from backtest.run.recover import recovery
 
-    found = collect(coordinator_alive, dry_run)
+    found = collect(coordinator_alive, dry_run, recover=recovery(paths.root()))
     verb = "would delete" if dry_run else "deleted"
     if not found.keys and not found.damaged:
         console.print("nothing to delete: every stored result belongs to a recorded run", highlight=False)
@@ -441,12 +444,17 @@ def catalog_rebuild() -> None:
 
     A result file that cannot be read is left out and named (the next run that needs it computes
     it again); temporary files left by workers killed mid-write (over 10 minutes old) are removed.
+    A catalog file that cannot be opened at all is set aside (catalog.duckdb.damaged-TIME) and a
+    new one made.
 
     Example: bt catalog rebuild
     """
     from backtest.catalog.rebuild import rebuild
 
     done = rebuild()
+    if done.set_aside:
+        warn_line(f"the catalog could not be opened: moved it to {done.set_aside} and made a new one; the runs "
+                  "it recorded are not in the new one (their results are, and a rerun of a job is fully cached)")
     console.print(f"indexed {done.indexed} results")
     if done.damaged:
         shown = ", ".join(k[:12] for k in done.damaged[:5]) + (" ..." if len(done.damaged) > 5 else "")

@@ -111,7 +111,18 @@ class WorkerNote:
     message: str
 
 
-Event = TaskDone | TaskFailed | ShardLog | ShardFinished | ShardFailed | WorkerNote
+@dataclass(frozen=True)
+class ResultDiffers:
+    """A worker recomputed ``key`` and got other bits than the intact result stored under it
+    (``what``: how they differ); the new result replaced the stored one."""
+
+    shard: str
+    key: str
+    what: str
+    worker: str
+
+
+Event = TaskDone | TaskFailed | ShardLog | ShardFinished | ShardFailed | WorkerNote | ResultDiffers
 
 
 @dataclass

@@ -84,8 +84,7 @@ class DaskExecutor(Executor):
 
     def submit(self, shards: list[Shard]) -> None:
         assert self.strategy is not None
-        s = self.strategy
-        msg = {"hash": s.hash, "source": s.source, "filename": s.filename, "name": s.name}
+        msg = self.strategy.message()
         for shard in shards:
             fut = self._client.submit(run_shard_task, shard.spec, msg, str(self.options.data_root), pure=False,
                                       retries=self.options.max_attempts - 1, key=f"bt-shard-{shard.id}")

@@ -16,9 +16,7 @@ class InlineExecutor(Executor):
 
         self.strategy = strategy
         self._runner = Runner(self.options.data_root)
-        self._runner.add_strategy(
-            {"hash": strategy.hash, "source": strategy.source, "filename": strategy.filename, "name": strategy.name}
-        )
+        self._runner.add_strategy(strategy.message())
         self._queue: list[Shard] = []
         self._done = 0
 

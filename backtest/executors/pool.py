@@ -26,6 +26,7 @@ from typing import IO, Any, ClassVar
 from backtest.executors.base import (
     Event,
     Executor,
+    ResultDiffers,
     ShardFailed,
     ShardFinished,
     ShardLog,
@@ -325,8 +326,7 @@ class StreamPool(Executor):
             assert self.strategy is not None and slot.channel is not None
             s = self.strategy
             try:
-                slot.channel.send(encode({"t": "strategy", "hash": s.hash, "source": s.source,
-                                          "filename": s.filename, "name": s.name}))
+                slot.channel.send(encode({"t": "strategy", **s.message()}))
             except (OSError, ValueError):
                 self._lose(slot, "worker closed its input")
                 return
@@ -376,6 +376,8 @@ class StreamPool(Executor):
                                                   job.attempts + 1))
         elif kind == "log":
             self._events.append(ShardLog(job.shard.id, msg["text"], slot.label))
+        elif kind == "differs":
+            self._events.append(ResultDiffers(job.shard.id, msg["key"], msg["what"], slot.label))
         elif kind == "shard_done":
             mark(f"shard {msg['shard']} done on {slot.label} in {msg.get('seconds', 0):.3f} s")
             self._shard_ended(slot, job)

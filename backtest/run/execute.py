@@ -19,6 +19,7 @@ from typing import Any
 from backtest.errors import BtError
 from backtest.executors.base import (
     Executor,
+    ResultDiffers,
     ShardFailed,
     ShardLog,
     TaskDone,
@@ -27,6 +28,7 @@ from backtest.executors.base import (
 )
 from backtest.run.prepare import executor_options, prepare_started
 from backtest.run.record import Recorder
+from backtest.run.recover import recovery
 from backtest.run.request import Prepared, Progress, RunRequest, RunSummary
 from backtest.spec import Job
 from backtest.trace import mark
@@ -43,15 +45,11 @@ def new_run_id(job: Job) -> str:
 
 def coordinator_alive(pid: int | None, host: str | None) -> bool:
     """Whether the coordinator that recorded a run as running may still be at it."""
+    from backtest.store.fsutil import process_alive
+
     if host != socket.gethostname() or not pid:
         return True  # another machine's coordinator: cannot tell, leave it
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return process_alive(pid)
 
 
 def _run_row(prep: Prepared, run_id: str) -> dict[str, Any]:
@@ -82,7 +80,7 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
     mark("planned; recording the run")
     t0 = time.monotonic()
     job = prep.job
-    catalog = Catalog(prep.root / "catalog.duckdb")
+    catalog = Catalog(prep.root / "catalog.duckdb", recover=recovery(prep.root))
     run_id = new_run_id(job)
     progress = Progress(run_id, total=len(prep.tasks), cached=len(prep.cached))
     save_source(prep.root, job.strategy)
@@ -129,6 +127,8 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
                     progress.failed += len(ev.keys)
                 elif isinstance(ev, ShardLog):
                     recorder.log(ev, now)
+                elif isinstance(ev, ResultDiffers):
+                    recorder.differs.append((ev.key, ev.what, ev.worker))
                 elif isinstance(ev, WorkerNote):
                     progress.notes.append(f"{ev.worker}: {ev.message}")
                     recorder.log(ev, now)
@@ -156,13 +156,31 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
             ex.close(cancel=status != "done")
         recorder.stop_writer()
     set_aside = [n for n in progress.notes if ": set aside" in n]
-    summary = RunSummary(run_id, status, len(prep.tasks), progress.computed, progress.cached, progress.failed,
-                         seconds, message, set_aside)
     recorder.flush(final_update)
+    differs = _differs(recorder, prep)
+    if differs and status == "done":  # known only once every file is written: recorded as failed now
+        status = "failed"
+        message = (f"{len(differs)} results came out different from the ones stored under the same keys: "
+                   "the strategy depends on something its key does not cover (code loaded by name, a file "
+                   "it reads, randomness, another version of a package); the new results are kept")
+        catalog.record(run_id, logs=[{"shard": None, "worker": "bt", "text": f"{message}\n" + "\n".join(differs),
+                                      "at_time": time.time()}], run_update={"status": status})
+    summary = RunSummary(run_id, status, len(prep.tasks), progress.computed, progress.cached, progress.failed,
+                         seconds, message, set_aside, differs)
     mark("recorded")
     if on_progress:
         on_progress(progress)
     return summary
+
+
+def _differs(recorder: Recorder, prep: Prepared) -> list[str]:
+    """One line for each result that came out different from the one stored under its key."""
+    lines = []
+    for key, what, worker in recorder.differs:
+        task = recorder.by_key.get(key)
+        about = f"{task.symbol} {json.dumps(task.params, sort_keys=True)}" if task else "?"
+        lines.append(f"{key[:12]} ({about}) on {worker}: {what}")
+    return lines
 
 
 def run(req: RunRequest, on_progress: OnProgress | None = None) -> RunSummary:

@@ -25,31 +25,36 @@ def _path(req: RunRequest, root: Path, code_hash: str) -> Path:
 
 
 def grid_cached(req: RunRequest, root: Path, text: str | None) -> bool:
-    """Whether this strategy source and these --param specs were expanded before."""
-    from backtest.strategy import source_hash
+    """Whether this strategy code (its source and the local modules it imports) and these --param
+    specs were expanded before."""
+    from backtest.deps import strategy_source
 
-    return text is not None and _path(req, root, source_hash(text)).is_file()
+    return text is not None and _path(req, root, strategy_source(text, req.strategy, req.strategy_name).hash).is_file()
 
 
 def load_source(path: Path, name: str | None, text: str | None = None) -> tuple[Any, StrategySource]:
     """Import the strategy (from ``text`` when the file was read already); its class and source."""
+    from backtest.deps import strategy_source
     from backtest.strategy import load_strategy, load_strategy_text
 
     cls = load_strategy(path, name) if text is None else load_strategy_text(text, path, name)
-    return cls, StrategySource(cls.__bt_source_hash__, cls.__bt_source__, Path(cls.__bt_filename__).name, cls.__name__)
+    return cls, strategy_source(cls.__bt_source__, path, cls.__name__)
 
 
 def grid_of(req: RunRequest, root: Path, text: str | None) -> tuple[StrategySource, list[dict[str, Any]], list[int]]:
     """The strategy's source, parameter sets and the warm-up each needs: kept ones when this source
     (``text``, the file as read once for the run) and these specs were expanded before."""
-    from backtest.strategy import expand_grid, parse_param_specs, source_hash, warmup_bars
+    from dataclasses import replace
+
+    from backtest.deps import strategy_source
+    from backtest.strategy import expand_grid, parse_param_specs, warmup_bars
 
     if text is not None:
-        path = _path(req, root, source_hash(text))
+        src = strategy_source(text, req.strategy, req.strategy_name)
+        path = _path(req, root, src.hash)
         try:
             saved = json.loads(path.read_text())
-            src = StrategySource(source_hash(text), text, req.strategy.name, saved["name"])
-            return src, saved["params_list"], saved["warmups"]
+            return replace(src, name=saved["name"]), saved["params_list"], saved["warmups"]
         except (OSError, ValueError, KeyError):
             pass
     cls, src = load_source(req.strategy, req.strategy_name, text)
@@ -62,9 +67,8 @@ def remember_grid(req: RunRequest, root: Path, text: str | None, src: StrategySo
                   params_list: list[dict[str, Any]], warmups: list[int]) -> None:
     """Keep what ``grid_of`` expanded (only when it came from that same source text)."""
     from backtest.store.fsutil import write_once
-    from backtest.strategy import source_hash
 
-    if text is None or src.hash != source_hash(text):
+    if text is None or src.source != text:
         return
     write_once(_path(req, root, src.hash),
                json.dumps({"name": src.name, "params_list": params_list, "warmups": warmups}).encode())

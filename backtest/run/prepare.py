@@ -15,7 +15,7 @@ from backtest.executors.base import Executor, ExecutorOptions
 from backtest.plan import make_shards, make_tasks, parse_range
 from backtest.run.grid_cache import grid_cached, grid_of, remember_grid
 from backtest.run.request import Prepared, RunRequest, symbols_of
-from backtest.spec import Job, StrategySource
+from backtest.spec import Job
 from backtest.trace import mark
 
 
@@ -27,8 +27,8 @@ def executor_options(req: RunRequest, root: Path) -> ExecutorOptions:
 def start_early(req: RunRequest, root: Path, text: str | None) -> Executor | None:
     """Start the executor's workers from the strategy's source text, before the strategy is even
     imported here. None when that is not possible (``prepare`` then reports why)."""
+    from backtest.deps import strategy_source
     from backtest.executors import from_url
-    from backtest.hashing import sha256_hex
 
     if text is None:
         return None
@@ -36,7 +36,7 @@ def start_early(req: RunRequest, root: Path, text: str | None) -> Executor | Non
         ex = from_url(req.executor_url(), executor_options(req, root))
     except BtError:
         return None
-    ex.start(StrategySource(sha256_hex(text), text, req.strategy.name, req.strategy_name or ""))
+    ex.start(strategy_source(text, req.strategy, req.strategy_name))
     return ex
 
 

@@ -53,6 +53,9 @@ class Recorder:
         self._files_queued = False  # result files queued for the writer since its last queued record
         self._last_flush = time.monotonic()
         self._last = _LastRows()
+        # results recomputed to other bits than the intact ones stored under their keys:
+        # (key, what differs, worker); appended by the writer thread and the event loop
+        self.differs: list[tuple[str, str, str]] = []
 
     # rows ---------------------------------------------------------------------------------------
     def _params_text(self, t: Task) -> str:
@@ -91,7 +94,7 @@ class Recorder:
 
         assert self._writer is not None
         if not ev.stored:
-            self._writes.append(self._writer.submit(self.store.write, ev.key, ev.body))
+            self._writes.append(self._writer.submit(self._write_file, ev.key, ev.body, ev.worker))
             self._files_queued = True
         task = self.by_key[ev.key]
         if ev.metrics is None:
@@ -104,6 +107,11 @@ class Recorder:
                 ev.worker, json.dumps(ev.env, sort_keys=True))
             self.result_rows.append(result_row(header, ev.metrics, now, self.texts.get(id(task.params)), env_text))
         self.task_rows.append(self.row(task, "done", False, attempt, None, None, ev.worker, now))
+
+    def _write_file(self, key: str, body: bytes, worker: str) -> None:
+        differs = self.store.write(key, body)
+        if differs:
+            self.differs.append((key, differs, worker))
 
     def task_failed(self, ev: TaskFailed, attempt: int, now: float) -> None:
         self.task_rows.append(self.row(self.by_key[ev.key], "failed", False, attempt, ev.error, ev.details,

@@ -90,6 +90,9 @@ class RunSummary:
     message: str = ""
     #: hosts or workers set aside during the run, each with why ("host: set aside: reason")
     set_aside: list[str] = field(default_factory=list)
+    #: results that came out different from the intact ones stored under the same keys, each
+    #: "KEY (SYMBOL PARAMS) on WORKER: what differs" (the run then counts as failed)
+    differs: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -103,6 +106,8 @@ class RunSummary:
             out["message"] = self.message
         if self.set_aside:
             out["set_aside"] = self.set_aside
+        if self.differs:
+            out["differs"] = self.differs
         return out
 
 

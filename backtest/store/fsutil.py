@@ -43,3 +43,14 @@ def write_once(path: Path, data: bytes) -> None:
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, data)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process of this machine with that pid exists (one of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -306,6 +306,27 @@ def _same_bytes(path: str, data: bytes) -> bool:
         os.close(fd)
 
 
+def _difference(path: str, key: str, new: bytes) -> str | None:
+    """What differs between the intact result stored at ``path`` and ``new`` (None when there is
+    no such file, or it is damaged: replacing it is a repair, not a difference)."""
+    try:
+        with open(path, "rb") as fh:
+            old = decode(fh.read(), path, key)
+    except (OSError, ResultError, ValueError, KeyError, struct.error):
+        return None
+    now = decode(new, "new result", key)
+    said = [f"{k} {old.env.get(k)} → {now.env.get(k)}" for k in sorted(set(old.env) | set(now.env))
+            if old.env.get(k) != now.env.get(k)]
+    if len(old.trades) != len(now.trades):
+        said.append(f"trades {len(old.trades)} → {len(now.trades)}")
+    said += [f"{m} {old.metrics[m]:.6g} → {now.metrics[m]:.6g}" for m in old.metrics
+             if m in now.metrics and old.metrics[m] != now.metrics[m]
+             and not (old.metrics[m] != old.metrics[m] and now.metrics[m] != now.metrics[m])][:4]
+    if not said:
+        said.append("trade details")
+    return ", ".join(said)
+
+
 class ResultStore:
     """``<root>/results/<key[:2]>/<key>.res``; a file that exists is complete."""
 
@@ -333,18 +354,23 @@ class ResultStore:
             found.update(k for k in ks if f"{k}.res" in names)
         return found
 
-    def write(self, key: str, data: bytes) -> None:
+    def write(self, key: str, data: bytes) -> str | None:
         """Store ``data`` as the result of ``key``. A stored file with exactly these bytes is left
         as it is (results are deterministic, so ``--force`` usually recomputes identical bytes, and
-        comparing is much cheaper than replacing a file); a different or damaged one is replaced."""
+        comparing is much cheaper than replacing a file); a different or damaged one is replaced.
+        Returns what differed when the replaced file was an intact result of the same key: the
+        same key made different bits, so something the result depends on is not in its key."""
         sub = os.path.join(self._dir, key[:2])
         path = os.path.join(sub, key + ".res")
-        if not _same_bytes(path, data):
-            try:
-                atomic_write(path, data)
-            except FileNotFoundError:
-                os.makedirs(sub, exist_ok=True)
-                atomic_write(path, data)
+        if _same_bytes(path, data):
+            return None
+        differs = _difference(path, key, data)
+        try:
+            atomic_write(path, data)
+        except FileNotFoundError:
+            os.makedirs(sub, exist_ok=True)
+            atomic_write(path, data)
+        return differs
 
     def read_bytes(self, key: str) -> bytes:
         try:

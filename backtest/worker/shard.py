@@ -59,6 +59,42 @@ def _by_slice(bars: Any, groups: list[dict[str, Any]]) -> list[tuple[Any, list[A
     return list(merged.values())
 
 
+#: Characters of a task group's printed output kept for ``bt logs`` (the rest is counted, not kept:
+#: a strategy that prints in a loop must not fill the coordinator's memory or its frames).
+OUTPUT_LIMIT = 1_000_000
+
+
+class CappedText(io.TextIOBase):
+    """A text stream that keeps the first ``limit`` characters written to it and counts the rest."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._parts: list[str] = []
+        self._kept = 0
+        self.dropped = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        room = self.limit - self._kept
+        if room > 0:
+            part = s[:room]
+            self._parts.append(part)
+            self._kept += len(part)
+            self.dropped += len(s) - len(part)
+        else:
+            self.dropped += len(s)
+        return len(s)
+
+    def getvalue(self) -> str:
+        text = "".join(self._parts)
+        if self.dropped:
+            text += (f"\n[bt: {self.dropped:,} more characters of output were dropped; the first "
+                     f"{self.limit:,} are kept]\n")
+        return text
+
+
 class Runner:
     """Runs shards in this process; the inline executor uses it directly."""
 
@@ -79,7 +115,8 @@ class Runner:
             return
         from backtest.strategy import load_strategy_source
 
-        self.strategies[msg["hash"]] = load_strategy_source(msg["source"], msg["filename"], msg.get("name") or None)
+        self.strategies[msg["hash"]] = load_strategy_source(msg["source"], msg["filename"], msg.get("name") or None,
+                                                            msg.get("modules") or {}, msg["hash"])
 
     def _path(self, p: str) -> Path:
         path = Path(p)
@@ -138,7 +175,7 @@ class Runner:
         for gbars, tasks in _by_slice(bars, spec["groups"]):
             keys = [k for k, _ in tasks]
             params = [p for _, p in tasks]
-            out = io.StringIO()
+            out = CappedText(OUTPUT_LIMIT)
             with redirect_stdout(out), redirect_stderr(out):
                 try:
                     outcomes: list[Any] = run_grid(cls, gbars, params, settings)
@@ -160,7 +197,9 @@ class Runner:
                     body = encode(key, p, res.metrics, res.trades)
                     if store is not None:
                         # the file is stored before it is reported; only its metrics travel
-                        store.write(key, body)
+                        differs = store.write(key, body)
+                        if differs:
+                            emit({"t": "differs", "shard": sid, "key": key, "what": differs})
                         stored.append(key)
                         n_trades.append(len(res.trades))
                         values.extend(res.metrics[n] for n in METRIC_NAMES)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,9 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import helped_project
 from netns_farm import Farm
 from sshhelpers import line, wait_no_workers, workers_on
 
+from backtest.catalog import Catalog
 from backtest.store.results import ResultStore
 
 pytestmark = pytest.mark.ssh
@@ -146,3 +149,23 @@ def test_ctrl_c_stops_the_run_and_leaves_no_worker_on_any_host(ready_farm: Farm,
     assert "interrupted" in out
     assert wait_no_workers(farm.hosts, 5) == []
     assert not [p for h in farm.hosts for p in (h.home / ".cache" / "bt" / "procs").glob("*")]
+
+
+def test_a_strategy_s_helper_modules_go_to_the_hosts_with_it(ready_farm: Farm, farm_python: str, root: Path,
+                                                             tmp_path: Path) -> None:
+    """The hosts import the helpers shipped with the strategy (its folder is not on them), and
+    make the same keys and metrics as local workers."""
+    farm = ready_farm
+    path = helped_project(tmp_path / "proj")
+    local = tmp_path / "local"
+    shutil.copytree(root, local)
+    hosts = farm.hosts_file([line(farm, h, farm_python) for h in farm.hosts])
+    args = ["run", path, "--from", "2020", "--to", "2021", "--json"]
+    remote = bt(root, *args, "--hosts", hosts, env=farm_env(farm))
+    assert remote.returncode == 0, remote.stderr + remote.stdout
+    here = bt(local, *args, env=farm_env(farm))
+    assert here.returncode == 0, here.stderr + here.stdout
+    ids = [json.loads(p.stdout.strip().splitlines()[-1])["run_id"] for p in (remote, here)]
+    rows = [{r["key"]: (r["total_return"], r["n_trades"]) for r in Catalog(r_ / "catalog.duckdb").task_rows(i)}
+            for r_, i in zip((root, local), ids, strict=True)]
+    assert len(rows[0]) == 9 and rows[0] == rows[1]
