@@ -5,7 +5,8 @@ not enough: a strategy may import helper modules that live next to it, on ``PYTH
 the project it belongs to, and packages installed in the Python environment. ``scan`` reads the
 strategy's ``import`` statements (without running it) and follows them:
 
-- a module found in the strategy's folder or on ``sys.path`` outside the Python installation is
+- a module found in the strategy's folder, in the project it lives in, or on ``sys.path``
+  outside the Python installation is
   *local*: its source is part of the strategy (``modules``: path relative to the folder it was found
   in → text), its own imports are followed the same way, and the modules go to the workers with
   the strategy, so a worker on another host imports exactly these files;
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from backtest.spec import StrategySource, code_hash
 
-__all__ = ["Deps", "scan", "strategy_source"]
+__all__ = ["Deps", "homes", "scan", "search_path", "strategy_source"]
 
 _BT = "backtest"
 
@@ -93,12 +94,32 @@ def _version(top: str) -> str | None:
     return None
 
 
+_PROJECT_MARKS = ("pyproject.toml", "setup.py", "setup.cfg", ".git")
+
+
+def homes(path: Path) -> list[str]:
+    """The folders a strategy's own modules are imported from: its folder, and the root of the
+    project it lives in (the nearest folder above it with a pyproject.toml, setup.py, setup.cfg or
+    .git), if any."""
+    folder = path.resolve().parent
+    for above in folder.parents:
+        if any((above / mark).exists() for mark in _PROJECT_MARKS):
+            return [str(folder), str(above)]
+    return [str(folder)]
+
+
+def search_path(path: Path) -> list[str]:
+    """Where a strategy's imports are looked for: its ``homes``, then ``sys.path`` (which holds
+    ``PYTHONPATH``)."""
+    first = homes(path)
+    return first + [p for p in sys.path if p and str(Path(p).resolve()) not in first]
+
+
 def scan(source: str, path: Path) -> Deps:
     """The local modules and packages the strategy ``source`` (the file at ``path``) imports."""
     deps = Deps()
-    folder = str(path.resolve().parent)
     stdlib, site = _installation()
-    search = [folder] + [p for p in sys.path if p and str(Path(p).resolve()) != folder]
+    search = search_path(path)
     roots: dict[str, str] = {}  # top-level name → the folder its local module was found in
     seen: set[str] = set()
     todo: list[tuple[str, str]] = []  # (source, package of that source)

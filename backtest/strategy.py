@@ -323,8 +323,11 @@ def load_strategy(path: str | Path, name: str | None = None) -> type[Strategy]:
 def load_strategy_text(source: str, path: str | Path, name: str | None = None) -> type[Strategy]:
     """``load_strategy`` for a file whose text the caller has read already (``bt run`` reads the
     strategy file once, and plans and ships exactly that text)."""
+    from backtest.deps import homes
+
     path = Path(path)
-    return _load(source, str(path), path.resolve(), name)
+    # its folder and its project's root: its own modules import as they would beside a script
+    return _load(source, str(path), path.resolve(), name, homes(path))
 
 
 def load_strategy_source(source: str, filename: str, name: str | None = None,
@@ -354,7 +357,7 @@ def load_strategy_source(source: str, filename: str, name: str | None = None,
         old = sys.modules.get(mod)
         if old is not None and not str(getattr(old, "__file__", "") or "").startswith(str(folder) + os.sep):
             del sys.modules[mod]
-    return _load(source, filename, real, name)
+    return _load(source, filename, real, name, [str(folder)])
 
 
 def _cache_root() -> Path:
@@ -366,13 +369,13 @@ def _cache_root() -> Path:
     return Path(platformdirs.user_cache_dir("bt", appauthor=False))
 
 
-def _load(source: str, shown: str, real: Path, name: str | None) -> type[Strategy]:
+def _load(source: str, shown: str, real: Path, name: str | None, homes: Sequence[str]) -> type[Strategy]:
     digest = source_hash(source)
     modname = f"bt_strategy_{source_hash(digest + str(real))[:16]}"  # (another folder: other modules beside it)
     module = sys.modules.get(modname)
-    home = str(real.parent)  # its sibling modules import as they would beside a script
-    if home not in sys.path:
-        sys.path.insert(0, home)
+    for home in reversed(homes):  # where its own modules are imported from come first
+        if home not in sys.path:
+            sys.path.insert(0, home)
     if module is None:
         try:
             code = compile(source, str(real), "exec", dont_inherit=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from backtest import paths
 from backtest.executors.base import ShardFailed, TaskDone, TaskFailed
-from backtest.spec import Task
+from backtest.spec import PartsFor, Task
 
 
 @dataclass
@@ -40,6 +40,7 @@ def verify(run_id: str, sample: int | None = None, seed: int = 0, root: Path | N
     run = catalog.run(run_id)
     job, parts = run_job(root, run)
     changed = Store(root).changed(job.symbols, (f for files in parts.values() for f in files))
+    changed += _damaged(root, parts) if not changed else []
     if changed:
         return VerifyReport(run["run_id"], 0, [], [], changed)
     rows = [r for r in catalog.task_rows(run["run_id"]) if r["status"] == "done"]
@@ -69,3 +70,23 @@ def verify(run_id: str, sample: int | None = None, seed: int = 0, root: Path | N
                 mismatched.extend(keys)
                 seen.update(keys)
     return VerifyReport(run["run_id"], len(tasks), mismatched, missing)
+
+
+def _damaged(root: Path, parts: PartsFor) -> list[str]:
+    """The run's partitions whose bars no longer hash to what the run read (rewritten or damaged
+    files the manifest still lists as they were): one line each."""
+    from backtest.data import read_bars
+    from backtest.errors import DataError
+
+    files: dict[str, list[tuple[str, str]]] = {}
+    for (symbol, _), fs in parts.items():
+        files.setdefault(symbol, [])
+        files[symbol] += [f for f in fs if f not in files[symbol]]
+    out = []
+    for symbol, fs in sorted(files.items()):
+        for path, sha in sorted(fs):
+            try:
+                read_bars(symbol, [(root / path, sha)], 0, 2**63 - 1, 0, None)
+            except DataError as exc:
+                out.append(f"{path}: {exc}")
+    return out

@@ -33,7 +33,8 @@ def results(root: Path) -> dict[str, bytes]:
     return {k: store.read_bytes(k) for k in store.keys()}
 
 
-def test_a_partition_rewritten_with_other_prices_stops_its_tasks(root: Path, sma_path: Path) -> None:
+def rewrite_one_close(root: Path) -> None:
+    """AAA's 2020 partition rewritten as valid Parquet with one close ×1.01 (the bars cache gone)."""
     part = root / "bars" / "symbol=AAA" / "year=2020.parquet"
     table = pq.read_table(part)  # keeps the schema's metadata: its embedded content hash too
     close = table["close"].to_numpy().copy()
@@ -41,12 +42,26 @@ def test_a_partition_rewritten_with_other_prices_stops_its_tasks(root: Path, sma
     table = table.set_column(table.schema.get_field_index("close"), "close", [close])
     pq.write_table(table, part, compression="lz4")
     shutil.rmtree(folder(root), ignore_errors=True)
+
+
+def test_a_partition_rewritten_with_other_prices_stops_its_tasks(root: Path, sma_path: Path) -> None:
+    rewrite_one_close(root)
     code, out, err = bt(root, "run", sma_path, *ARGS, "--json")
     summary = json.loads(out.strip().splitlines()[-1])
     assert code == 1 and summary["failed"] == 2 and summary["computed"] == 2  # AAA's two fail, BBB's are done
     logs = bt(root, "logs", summary["run_id"])[1]
     assert "the AAA bars of 2020" in " ".join(logs.split()) and "bt data verify" in logs
     assert len(results(root)) == 2  # nothing stored for AAA
+
+
+def test_verify_says_the_data_changed_when_a_partition_was_rewritten(root: Path, sma_path: Path) -> None:
+    code, out, err = bt(root, "run", sma_path, *ARGS, "--json")
+    run_id = json.loads(out.strip().splitlines()[-1])["run_id"]
+    rewrite_one_close(root)
+    code, out, err = bt(root, "verify", run_id)
+    text = " ".join(out.split())
+    assert code == 1 and "data changed or removed" in text and "the AAA bars of 2020" in text, out + err
+    assert "differ" not in text
 
 
 def test_an_altered_cache_copy_is_rebuilt_and_results_are_unchanged(root: Path, sma_path: Path, tmp_path: Path) -> None:

@@ -114,3 +114,35 @@ def test_the_same_key_making_other_bits_is_loud_and_keeps_the_new_result(root: P
         assert "came out different" in out and forced["differs"][0][:12] in out
         assert cat.run(forced["run_id"])["status"] == "failed"
         sign.write_text("1")
+
+
+def test_a_module_of_the_project_the_strategy_lives_in(root: Path, tmp_path: Path) -> None:
+    """``from lib.ind import ...`` in proj/strategies/s.py finds proj/lib (proj has a pyproject.toml),
+    with no PYTHONPATH and from any working directory; changing it recomputes."""
+    proj = tmp_path / "proj"
+    (proj / "lib").mkdir(parents=True)
+    (proj / "strategies").mkdir()
+    (proj / "pyproject.toml").write_text("[project]\nname = 'mine'\n")
+    (proj / "lib" / "__init__.py").write_text("")
+    (proj / "lib" / "ind.py").write_text("def sign():\n    return 1.0\n")
+    path = proj / "strategies" / "s.py"
+    path.write_text(textwrap.dedent("""
+        import numpy as np
+        from backtest.strategy import Strategy
+        from lib.ind import sign
+
+        class Proj(Strategy):
+            n = 5
+            grid = {"n": [5, 10]}
+
+            def signals(self, bars):
+                d = np.zeros(len(bars.close))
+                d[self.n:] = bars.close[self.n:] - bars.close[:-self.n]
+                return np.where(d * sign() > 0, 1.0, 0.0)
+        """))
+    assert "lib/ind.py" in scan(path.read_text(), path).modules
+    first = _run(root, path)
+    assert first["code"] == 0 and first["computed"] == 6, first
+    (proj / "lib" / "ind.py").write_text("def sign():\n    return -1.0\n")
+    again = _run(root, path)
+    assert again["code"] == 0 and again["computed"] == 6 and again["cached"] == 0
