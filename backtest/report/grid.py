@@ -26,6 +26,9 @@ class Surface:
     median: np.ndarray  # shape (len(ys), len(xs)); NaN where no task ran
     per_symbol: dict[str, np.ndarray]
     fixed: dict[str, Any] = field(default_factory=dict)  # the other varying parameters' values
+    #: each symbol's task key per cell ("" where no task ran), shape (len(ys), len(xs)): every value
+    #: shown traces back to the result that made it
+    keys: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def varying(records: Sequence[dict[str, Any]]) -> list[str]:
@@ -81,16 +84,20 @@ def surface(records: Sequence[dict[str, Any]], metric: str, x: str, y: str | Non
     yi = {repr(v): i for i, v in enumerate(ys)}
     symbols = sorted({r["symbol"] for r in done})
     cube = np.full((len(symbols), len(ys), len(xs)), np.nan)
+    keys = np.full((len(symbols), len(ys), len(xs)), "", dtype=object)
     si = {s: i for i, s in enumerate(symbols)}
     for r in done:
         v = r["metrics"].get(metric)
         if v is None:
             continue
-        cube[si[r["symbol"]], yi[repr(r["params"][y]) if y else repr(None)], xi[repr(r["params"][x])]] = v
+        cell = (si[r["symbol"]], yi[repr(r["params"][y]) if y else repr(None)], xi[repr(r["params"][x])])
+        cube[cell] = v
+        keys[cell] = r.get("key", "")
     with np.errstate(all="ignore"):
         import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells stay NaN
             median = np.nanmedian(cube, axis=0) if symbols else np.full((len(ys), len(xs)), np.nan)
-    return Surface(metric, x, y, xs, ys, median, {s: cube[i] for s, i in si.items()}, fixed)
+    return Surface(metric, x, y, xs, ys, median, {s: cube[i] for s, i in si.items()}, fixed,
+                   {s: keys[i] for s, i in si.items()})

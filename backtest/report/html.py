@@ -401,13 +401,15 @@ def _heatmap(s: Surface, ctx: Context) -> Any:
             return p
         ys = [str(v) for v in s.ys]
         gx, gy = np.meshgrid(np.arange(len(xs)), np.arange(len(ys)))
+        n = sum((k != "").astype(int) for k in s.keys.values()) if s.keys else np.zeros(z.shape, dtype=int)
         src = ColumnDataSource({"x": [xs[i] for i in gx.ravel()], "y": [ys[j] for j in gy.ravel()],
-                                "v": z.ravel()})
+                                "v": z.ravel(), "n": np.asarray(n).ravel()})
         p = figure(x_range=xs, y_range=ys, width=w, height=h, title=title,
                    toolbar_location=None, tools="")
         p.rect("x", "y", 1, 1, source=src, line_color=None, fill_color={"field": "v", "transform": mapper})
         if not small:
-            p.add_tools(HoverTool(tooltips=[(s.x, "@x"), (s.y, "@y"), (s.metric, f"@v{{{fmt}}}")]))
+            p.add_tools(HoverTool(tooltips=[(s.x, "@x"), (s.y, "@y"), (s.metric, f"@v{{{fmt}}}"),
+                                            ("median of", "@n tasks (each symbol's map names its key)")]))
             p.xaxis.axis_label, p.yaxis.axis_label = s.x, s.y
         p.grid.visible = False
         p.axis.major_label_text_font_size = "7pt" if small else "9pt"
@@ -439,7 +441,7 @@ def _small_multiples(s: Surface, mapper: Any, fmt: str) -> Any:
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         span = hi - lo or 1.0
         ny = 4
-    xs, ys, vs, names, xv, yv = [], [], [], [], [], []
+    xs, ys, vs, names, xv, yv, kv = [], [], [], [], [], [], []
     labels_x, labels_y, labels = [], [], []
     for k, sym in enumerate(symbols):
         col, row = k % ncols, nrows - 1 - k // ncols
@@ -457,7 +459,9 @@ def _small_multiples(s: Surface, mapper: Any, fmt: str) -> Any:
                 names.append(sym)
                 xv.append(str(s.xs[i]))
                 yv.append(str(s.ys[j]) if s.y is not None else "")
-    src = ColumnDataSource({"x": xs, "y": ys, "v": np.array(vs, dtype=np.float64), "symbol": names, "xv": xv, "yv": yv})
+                kv.append(str(s.keys[sym][j, i])[:16] if sym in s.keys else "")
+    src = ColumnDataSource({"x": xs, "y": ys, "v": np.array(vs, dtype=np.float64), "symbol": names, "xv": xv, "yv": yv,
+                            "key": kv})
     width = ncols * (nx + gap)
     height = nrows * (ny + gap + 0.6)
     px = 1000
@@ -466,10 +470,10 @@ def _small_multiples(s: Surface, mapper: Any, fmt: str) -> Any:
                else "each symbol (same vertical scale)")
     if s.y is not None:
         p.rect("x", "y", 1, 1, source=src, line_color=None, fill_color={"field": "v", "transform": mapper})
-        tips = [("symbol", "@symbol"), (s.x, "@xv"), (s.y, "@yv"), (s.metric, f"@v{{{fmt}}}")]
+        tips = [("symbol", "@symbol"), (s.x, "@xv"), (s.y, "@yv"), (s.metric, f"@v{{{fmt}}}"), ("task", "@key")]
     else:
         p.scatter("x", "y", source=src, size=4)
-        tips = [("symbol", "@symbol"), (s.x, "@xv"), (s.metric, f"@v{{{fmt}}}")]
+        tips = [("symbol", "@symbol"), (s.x, "@xv"), (s.metric, f"@v{{{fmt}}}"), ("task", "@key")]
     p.text(labels_x, labels_y, text=labels, text_font_size="9pt", text_baseline="bottom")
     p.add_tools(HoverTool(tooltips=tips))
     p.axis.visible = False

@@ -12,7 +12,9 @@ from backtest.report.grid import axes, surface
 
 
 def rec(symbol: str, metric: float | None, status: str = "done", **params: Any) -> dict[str, Any]:
-    return {"symbol": symbol, "params": params, "status": status, "metrics": {"sharpe": metric} if status == "done" else {}}
+    key = f"{symbol}-" + "-".join(f"{k}{v}" for k, v in sorted(params.items()))
+    return {"key": key, "symbol": symbol, "params": params, "status": status,
+            "metrics": {"sharpe": metric} if status == "done" else {}}
 
 
 def grid() -> list[dict[str, Any]]:
@@ -36,6 +38,8 @@ def test_median_across_symbols_with_the_other_parameter_held_at_the_best_sets() 
     assert s.median[2, 1] == pytest.approx(10 + 10 + 1 + 100)
     assert set(s.per_symbol) == {"AAA", "BBB", "CCC"}
     assert s.per_symbol["CCC"][1, 0] == pytest.approx(5 + 5 + 10 + 100)
+    # each cell names the task that made it
+    assert s.keys["CCC"][1, 0] == "CCC-fast5-shortTrue-slow50"
 
 
 def test_missing_and_failed_cells_are_nan_not_zero() -> None:
@@ -43,6 +47,7 @@ def test_missing_and_failed_cells_are_nan_not_zero() -> None:
     records.append(rec("AAA", None, status="failed", fast=5, slow=20, short=False))
     s = surface(records, "sharpe", "fast", "slow", {"short": False})
     assert np.isnan(s.median[0, 0]) and np.isfinite(s.median[0, 1])
+    assert s.keys["AAA"][0, 0] == "" and s.keys["AAA"][0, 1] == "AAA-fast10-shortFalse-slow20"
 
 
 def test_one_varying_parameter_gives_a_line() -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -108,3 +111,24 @@ def test_runs_says_what_each_run_ran_without_cutting_it(reported: tuple[Path, st
     assert rid in text and "Crossing" in text and "…" not in out
     # each symbol named (three or fewer), the range from its first day to its last, the 12 parameter sets
     assert all(s in text for s in ("AAA,", "BBB,", "CCC", "2019-06-01", "2021-12-31", " 12 36 0 1 failed"))
+
+
+def test_open_hands_the_written_file_to_the_browser(reported: tuple[Path, str], tmp_path: Path) -> None:
+    """--open goes through Python's webbrowser, which runs $BROWSER with the file's URL: a real
+    process here (a script that records what it was given), as a desktop's browser would be."""
+    root, rid = reported
+    seen = tmp_path / "opened.txt"
+    browser = tmp_path / "browser.sh"
+    browser.write_text(f'#!/bin/sh\nprintf "%s" "$1" > {seen}\n')
+    browser.chmod(0o755)
+    out = tmp_path / "r.html"
+    env = dict(os.environ, BROWSER=str(browser))
+    done = subprocess.run([sys.executable, "-m", "backtest", "--data", str(root), "report", rid, "--format", "html",
+                           "--out", str(out), "--charts", "1", "--open"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    for _ in range(50):  # webbrowser may start the command without waiting for it
+        if seen.exists():
+            break
+        time.sleep(0.1)
+    assert seen.read_text() == out.resolve().as_uri()
