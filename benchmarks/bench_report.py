@@ -66,8 +66,9 @@ def _demo_root() -> tuple[Path, str]:
     return root, json.loads(res.stdout.strip().splitlines()[-1])["run_id"]
 
 
-def _peer_plot(out: Path, repeats: int) -> tuple[list[float], int] | str:
-    """backtesting.py's plot of one backtest on the first symbol's minute bars, in a fresh process."""
+def _peer_plot(out: Path, repeats: int, python: str = sys.executable) -> tuple[list[float], int] | str:
+    """backtesting.py's plot of one backtest on the first symbol's minute bars, in a fresh process
+    of ``python`` (the peers' venv in run.py; this interpreter when run alone)."""
     code = f"""
 import sys, time, warnings
 sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
@@ -87,7 +88,7 @@ with warnings.catch_warnings():
     times = []
     for _ in range(repeats + 1):
         t0 = time.perf_counter()
-        res = subprocess.run([sys.executable, "-c", code], cwd=REPO, text=True, capture_output=True)
+        res = subprocess.run([python, "-c", code], cwd=REPO, text=True, capture_output=True)
         if res.returncode != 0:
             return "not available: " + (res.stderr.strip().splitlines() or ["failed"])[-1]
         times.append(time.perf_counter() - t0)

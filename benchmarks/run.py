@@ -8,7 +8,8 @@
 Suites: ``selftest`` (the answer check and the peers' semantics against a slow reference; no
 times), ``sma_grid`` (20 symbols x 98 280 minute bars x 90 SMA combos), ``small`` (400 daily
 backtests), ``rerun`` (bt's cached and one-changed-parameter reruns), ``startup`` (``bt --help``),
-``all`` (every one, selftest first). Every timed run is a fresh process; the peers run in their
+``report`` (``bt report --format html`` of the sma_grid run and the demo, beside backtesting.py's
+plot of one task), ``all`` (every one, selftest first). Every timed run is a fresh process; the peers run in their
 own venv (benchmarks/.peers/, built on first use). Answers are checked before any time is shown;
 a disagreement exits 1 and writes nothing. The tables go to stdout and to benchmarks/RESULTS.md.
 See benchmarks/README.md for what is measured and how the engines' semantics are matched.
@@ -36,7 +37,7 @@ import peerenv  # noqa: E402
 from measure import Measurement, Run, measure_repeats, python_env, run_measured  # noqa: E402
 from report import SuiteResult, bt_versions, cpu_probe, machine, print_suite, results_markdown, target_lines  # noqa: E402
 
-SUITES = ("selftest", "sma_grid", "small", "rerun", "startup")
+SUITES = ("selftest", "sma_grid", "small", "rerun", "startup", "report")
 ENGINES = ("bt", "vectorbt", "backtesting.py")
 PEER_SCRIPTS = {"vectorbt": "vectorbt_sma.py", "backtesting.py": "backtesting_sma.py"}
 RESULTS_MD = common.BENCH_DIR / "RESULTS.md"
@@ -372,12 +373,54 @@ def suite_startup(h: Harness) -> SuiteResult:
     return s
 
 
+def suite_report(h: Harness) -> SuiteResult:
+    """`bt report RUN --format html` of the sma_grid run and of the daily demo, beside
+    backtesting.py's `Backtest.plot()` of one task of the same minute bars (bench_report.py)."""
+    import statistics
+
+    import bench_report
+
+    s = SuiteResult("report", "HTML report: `bt report RUN --format html` in a fresh process (file size in the notes)")
+    out = bench_report.WORK / "report-bench"
+    out.mkdir(parents=True, exist_ok=True)
+    targets = {"sma_grid": (3.0, 8e6), "demo": (None, 5e6)}
+    sizes: dict[str, int] = {}
+    for name, (root, run_id) in (("sma_grid", bench_report._grid_root(progress=False)),
+                                 ("demo", bench_report._demo_root())):
+        html = out / f"{name}.html"
+        argv = [*bt_side.bt_command(), "--data", str(root), "report", run_id, "--format", "html", "--out", str(html)]
+        run_measured(argv, env=python_env(), timeout=h.ctx.timeout).check()  # warm-up
+        m = Measurement("bt", "report", f"html report of the {name} run (1 800 tasks)", 0)
+        s.rows.append(measure_repeats(m, lambda i, a=argv: (a, python_env(), bench_report.REPO), h.ctx.repeats,
+                                      timeout=h.ctx.timeout, progress=h.say))
+        sizes[name] = html.stat().st_size
+        t_max, size_max = targets[name]
+        good = (t_max is None or m.wall <= t_max) and sizes[name] <= size_max
+        s.checks.append(f"{name}: {m.wall:.2f} s, {sizes[name] / 1e6:.2f} MB (target " +
+                        (f"<= {t_max:g} s, " if t_max else "") + f"<= {size_max / 1e6:g} MB): " +
+                        ("met" if good else "MISSED"))
+    if h.wants("backtesting.py"):
+        python = str(h.peer_python) if h.peer_python is not None else sys.executable
+        peer = bench_report._peer_plot(out / "peer.html", h.ctx.repeats, python)
+        if isinstance(peer, str):
+            s.notes.append(f"backtesting.py Backtest.plot(): {peer}")
+        else:
+            times, size = peer
+            med = statistics.median(times)
+            grid = s.rows[0].wall
+            s.notes.append(f"backtesting.py Backtest.plot() of ONE task of the same minute bars: {med:.2f} s, "
+                           f"{size / 1e6:.2f} MB; bt's report of all 1 800 tasks is {grid / med:.2f}x its time "
+                           f"and {sizes['sma_grid'] / size:.2f}x its size")
+    return s
+
+
 SUITE_FUNCS: dict[str, Callable[[Harness], SuiteResult]] = {
     "selftest": suite_selftest,
     "sma_grid": suite_sma_grid,
     "small": suite_small,
     "rerun": suite_rerun,
     "startup": suite_startup,
+    "report": suite_report,
 }
 
 
@@ -462,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": args.warmup,
         "peer_jobs": args.peer_jobs,
     }
-    if any(e != "bt" for e in args.engines) and any(s in ("selftest", "sma_grid", "small") for s in suites):
+    if any(e != "bt" for e in args.engines) and any(s in ("selftest", "sma_grid", "small", "report") for s in suites):
         h.peer_python = peerenv.ensure(say)
         meta["peer_versions"] = peerenv.versions()
     results = []
