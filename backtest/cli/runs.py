@@ -430,7 +430,10 @@ def verify(
     if bad:
         console.print(f"[red]{len(bad)} of {rep.checked} tasks differ[/] from their stored results in run {rep.run_id}:")
         for k in bad[:20]:
-            console.print(f"  {k}")
+            console.print(f"  {k}: {rep.why.get(k, 'not stored')}", highlight=False)
+        if rep.mismatched:
+            console.print("the same key made other bits: the task depends on something its key does not cover "
+                          "(a file it reads, code loaded by name, randomness); bt run --force keeps the new results")
         raise typer.Exit(1)
     console.print(f"[green]ok[/]: {rep.checked} tasks of run {rep.run_id} recomputed, all bit-for-bit identical")
 

@@ -20,6 +20,8 @@ class VerifyReport:
     #: the run's data partitions that are no longer in the data store as they were (re-imported
     #: with other bars, or removed): then nothing is recomputed, and this says why
     data_changed: list[str] = field(default_factory=list)
+    #: for each mismatched key, what differs (versions, trades, metrics) or why it failed
+    why: dict[str, str] = field(default_factory=dict)
 
 
 def verify(run_id: str, sample: int | None = None, seed: int = 0, root: Path | None = None) -> VerifyReport:
@@ -33,7 +35,7 @@ def verify(run_id: str, sample: int | None = None, seed: int = 0, root: Path | N
     from backtest.executors.inline import InlineExecutor
     from backtest.plan import _shard
     from backtest.store.archive import run_job
-    from backtest.store.results import ResultStore
+    from backtest.store.results import ResultStore, difference
 
     root = root or paths.root()
     catalog = Catalog(root / "catalog.duckdb")
@@ -56,6 +58,7 @@ def verify(run_id: str, sample: int | None = None, seed: int = 0, root: Path | N
         by_symbol.setdefault(t.symbol, []).append(t)
     ex.submit([_shard(job, s, ts, parts) for s, ts in by_symbol.items()])
     mismatched, missing = [], []
+    why: dict[str, str] = {}
     seen = set()
     while not ex.finished():
         for ev in ex.poll(0):
@@ -65,11 +68,15 @@ def verify(run_id: str, sample: int | None = None, seed: int = 0, root: Path | N
                     missing.append(ev.key)
                 elif store.read_bytes(ev.key) != ev.body:
                     mismatched.append(ev.key)
+                    why[ev.key] = (difference(str(store.path(ev.key)), ev.key, ev.body)
+                                   or "the stored file is damaged (the next bt run computes it again)")
             elif isinstance(ev, TaskFailed | ShardFailed):
                 keys = [ev.key] if isinstance(ev, TaskFailed) else ev.keys
                 mismatched.extend(keys)
                 seen.update(keys)
-    return VerifyReport(run["run_id"], len(tasks), mismatched, missing)
+                error = ev.error if isinstance(ev, TaskFailed) else (ev.errors[-1] if ev.errors else "failed")
+                why.update((k, f"failed: {error}") for k in keys)
+    return VerifyReport(run["run_id"], len(tasks), mismatched, missing, why=why)
 
 
 def _damaged(root: Path, parts: PartsFor) -> list[str]:

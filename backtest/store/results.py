@@ -306,7 +306,7 @@ def _same_bytes(path: str, data: bytes) -> bool:
         os.close(fd)
 
 
-def _difference(path: str, key: str, new: bytes) -> str | None:
+def difference(path: str, key: str, new: bytes) -> str | None:
     """What differs between the intact result stored at ``path`` and ``new`` (None when there is
     no such file, or it is damaged: replacing it is a repair, not a difference)."""
     try:
@@ -364,7 +364,7 @@ class ResultStore:
         path = os.path.join(sub, key + ".res")
         if _same_bytes(path, data):
             return None
-        differs = _difference(path, key, data)
+        differs = difference(path, key, data)
         try:
             atomic_write(path, data)
         except FileNotFoundError:

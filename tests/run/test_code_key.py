@@ -114,6 +114,11 @@ def test_the_same_key_making_other_bits_is_loud_and_keeps_the_new_result(root: P
         assert "came out different" in out and forced["differs"][0][:12] in out
         assert cat.run(forced["run_id"])["status"] == "failed"
         sign.write_text("1")
+    # bt verify names what differs for each task, and says what it means
+    sign.write_text("-1")
+    code, out, _ = bt("--data", root, "verify", forced["run_id"])
+    text = " ".join(out.split())
+    assert code == 1 and "6 of 6 tasks differ" in text and "total_return" in text and "the same key made other bits" in text
 
 
 def test_a_module_of_the_project_the_strategy_lives_in(root: Path, tmp_path: Path) -> None:
