@@ -41,8 +41,12 @@ def check(
         ),
     ] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for a host to answer.")] = 10.0,
+    trial: Annotated[bool, typer.Option(
+        "--trial/--no-trial", help="Run one small task on each host whose environment matches (a real worker, "
+        "result compared bit for bit with this machine's).")] = True,
 ) -> None:
-    """Reach every host in parallel; show reachability, cores, Python, environment and latency.
+    """Reach every host in parallel; show reachability, cores, Python, environment, latency, the
+    disk bt uses there, and whether a task really runs there.
 
     Exits 1 when any host fails.  Example: bt hosts check farm.txt --accept-new-hosts
     """
@@ -57,6 +61,18 @@ def check(
     )
     with console.status(f"checking {len(specs)} host{'s' if len(specs) != 1 else ''} ..."):
         reports = check_hosts(specs, settings, install=install)
+    ready = [i for i, r in enumerate(reports) if r.ok and r.environment.endswith("match")]
+    if trial and ready:
+        from dataclasses import replace
+
+        from backtest.run.trial import trial_hosts
+
+        with console.status(f"running a task on {len(ready)} host{'s' if len(ready) != 1 else ''} ..."):
+            outcomes = trial_hosts([reports[i].spec for i in ready], settings)
+        for i, outcome in zip(ready, outcomes, strict=True):
+            bad = outcome.startswith("failed: ")
+            reports[i] = replace(reports[i], trial="failed" if bad else outcome,
+                                 error=outcome.removeprefix("failed: ") if bad else None)
     console.print(hosts_table(reports))
     failed = [r for r in reports if not r.ok]
     if failed:
@@ -77,6 +93,8 @@ def hosts_table(reports: list) -> object:
         ("python", "left"),
         ("environment", "left"),
         ("latency ms", "right"),
+        ("disk", "right"),
+        ("trial", "left"),
         ("error", "left"),
     ):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
@@ -93,6 +111,17 @@ def hosts_table(reports: list) -> object:
             r.python or "-",
             f"[{env_style}]{escape(r.environment)}[/]" if r.environment != "-" else "-",
             f"{r.latency_ms:.1f}" if r.latency_ms is not None else "-",
+            _size(r.disk),
+            ("[red]failed[/]" if r.trial == "failed" else f"[green]{escape(r.trial)}[/]") if r.trial != "-" else "-",
             f"[red]{escape(r.error)}[/]" if r.error else "",
         )
     return table
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, at in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= at:
+            return f"{n / at:.1f} {unit}"
+    return f"{n} B"

@@ -43,7 +43,7 @@ def sweep(root: Path, strategy: Path, tmp: Path) -> dict[str, tuple[int, str]]:
         assert "Traceback" not in text and "internal error" not in text, f"bt {name}:\n{text[-3000:]}"
         assert code in (0, 1, 2), f"bt {name} exited {code}:\n{text[-2000:]}"
         if code:
-            assert err.strip(), f"bt {name} failed without a word"
+            assert text.strip(), f"bt {name} failed without a word"
         seen[name] = (code, text)
     return seen
 

@@ -74,8 +74,21 @@ def probe(env_key, code_key):
             "cache": CACHE,
             "env": env,
             "code": _ready(os.path.join(CACHE, "code", code_key)),
+            "disk": _disk(CACHE),
         }
     )
+
+
+def _disk(folder):
+    """Bytes of the files under ``folder`` (bt's cache on this host)."""
+    total = 0
+    for top, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(top, name)).st_size
+            except OSError:
+                pass
+    return total
 
 
 def _object_path(sha):

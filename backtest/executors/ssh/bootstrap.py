@@ -51,6 +51,7 @@ class Probe:
     cache: str
     env: dict[str, Any] | None
     code: dict[str, Any] | None
+    disk: int | None = None  # bytes under the host's cache dir
 
     @property
     def version_text(self) -> str:
@@ -120,6 +121,7 @@ def probe(conn: fabric.Connection, spec: HostSpec) -> Probe:
         cache=info["cache"],
         env=info.get("env"),
         code=info.get("code"),
+        disk=info.get("disk"),
     )
     local = environment.fingerprint()
     if found.version[:2] < MIN_PYTHON:

@@ -23,6 +23,8 @@ class HostReport:
     environment: str = "-"  # "match", "installed", "not installed (wheels)", "not installed (index)"
     latency_ms: float | None = None
     error: str | None = None
+    disk: int | None = None  # bytes bt keeps on the host (~/.cache/bt)
+    trial: str = "-"  # a task run on the host: "ok (N s)", or "-" when not tried
 
     @property
     def ok(self) -> bool:
@@ -47,6 +49,7 @@ def check_host(spec: HostSpec, settings: object = None, *, install: bool = False
             state = "differs" if "environment differs" in message or "bt needs" in message else "-"
             return HostReport(spec, True, latency_ms=latency, environment=state, error=message)
         cores = spec.cores or found.cores
+        disk = found.disk
         if install:
             try:
                 env = boot.bootstrap(conn, spec)
@@ -55,17 +58,17 @@ def check_host(spec: HostSpec, settings: object = None, *, install: bool = False
                     spec, True, cores, found.version_text, "differs", latency, _strip_name(spec, str(exc))
                 )
             state = "installed, match" if env.installed else "match"
-            return HostReport(spec, True, cores, found.version_text, state, latency)
+            return HostReport(spec, True, cores, found.version_text, state, latency, disk=disk)
         recorded = found.fingerprint()
         if recorded is None:
             how = "wheels" if boot.wheelhouse_fits(found) else "index"
-            return HostReport(spec, True, cores, found.version_text, f"not installed ({how})", latency)
+            return HostReport(spec, True, cores, found.version_text, f"not installed ({how})", latency, disk=disk)
         from backtest.executors.ssh.environment import fingerprint, fingerprint_diff
 
         diff = fingerprint_diff(fingerprint(), recorded)
         if diff:
-            return HostReport(spec, True, cores, found.version_text, "differs", latency, "; ".join(diff))
-        return HostReport(spec, True, cores, found.version_text, "match", latency)
+            return HostReport(spec, True, cores, found.version_text, "differs", latency, "; ".join(diff), disk)
+        return HostReport(spec, True, cores, found.version_text, "match", latency, disk=disk)
     except BtError as exc:
         return HostReport(spec, True, error=_strip_name(spec, str(exc)))
     finally:

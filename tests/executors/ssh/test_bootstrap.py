@@ -259,25 +259,41 @@ def test_hosts_check_reports_every_host(farm: Farm, first: RemoteEnv) -> None:
         name="check.txt",
     )
     runner = CliRunner()
-    args = ["hosts", "check", str(hosts), "--known-hosts", str(farm.known_hosts), "--timeout", "2"]
+    args = ["hosts", "check", str(hosts), "--known-hosts", str(farm.known_hosts), "--timeout", "2", "--no-trial"]
     start = time.monotonic()
     result = runner.invoke(app, args, env={"COLUMNS": "250"})
     assert time.monotonic() - start < 6, "hosts are not checked in parallel"
     assert result.exit_code == 1, result.output
     out = result.output
-    for column in ("host", "reachable", "cores", "python", "environment", "latency ms", "error"):
+    for column in ("host", "reachable", "cores", "python", "environment", "latency ms", "disk", "trial", "error"):
         assert column in out
     lines = {ln.split("│")[1].strip(): ln for ln in out.splitlines() if ln.count("│") > 3}
     row = lines[f"{farm.hosts[0].user}@{farm.hosts[0].address}"]
-    assert re.search(r"│\s*yes\s*│\s*2\s*│\s*3\.11\.\d+\s*│\s*match\s*│\s*\d+\.\d\s*│", row), row
+    assert re.search(r"│\s*yes\s*│\s*2\s*│\s*3\.11\.\d+\s*│\s*match\s*│\s*\d+\.\d\s*│\s*\d+\.\d [MG]B\s*│", row), row
     assert "does not work" in lines[f"{farm.hosts[1].user}@{farm.hosts[1].address}"]
     silent = next(v for k, v in lines.items() if k.startswith("nobody@"))
     assert "│ no " in silent and "no answer" in silent
     assert "2 of 3 hosts failed" in out
 
+    # by default a host whose environment matches runs one real task, compared with this machine's
     only_good = farm.hosts_file([good], name="good.txt")
-    result = runner.invoke(app, ["hosts", "check", str(only_good), "--known-hosts", str(farm.known_hosts)])
+    result = runner.invoke(app, ["hosts", "check", str(only_good), "--known-hosts", str(farm.known_hosts)],
+                           env={"COLUMNS": "250"})
     assert result.exit_code == 0, result.output
+    assert re.search(r"│\s*ok \(\d+\.\d s\)\s*│", result.output), result.output
+    # a host that answers and matches, but whose workers cannot start, fails its trial with the reason
+    # (planted: bt's worker module in the host's copy of bt made to exit, then put back)
+    [worker] = (farm.hosts[0].home / ".cache" / "bt" / "code").glob("*/backtest/worker/__main__.py")
+    kept = worker.read_bytes()
+    try:
+        worker.write_text("raise SystemExit('worker planted to fail')\n")
+        result = runner.invoke(app, ["hosts", "check", str(only_good), "--known-hosts", str(farm.known_hosts)],
+                               env={"COLUMNS": "250"})
+    finally:
+        worker.write_bytes(kept)
+    text = " ".join(result.output.replace("│", " ").split())
+    assert result.exit_code == 1 and "1 of 1 hosts failed" in text and "worker planted to fail" in text, \
+        result.output
 
 
 def test_the_wheelhouse_holds_this_interpreters_pip(monkeypatch: pytest.MonkeyPatch) -> None:
