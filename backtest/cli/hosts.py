@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="Check the SSH hosts of a farm.", no_args_is_help=True)
+app = typer.Typer(help="Check the SSH hosts of a farm, and free the disk bt uses on them.", no_args_is_help=True)
 
 
 @app.command("check")
@@ -77,6 +77,51 @@ def check(
     failed = [r for r in reports if not r.ok]
     if failed:
         console.print(f"[red]{len(failed)} of {len(reports)} hosts failed[/]")
+        raise typer.Exit(1)
+
+
+@app.command("clean")
+def clean(
+    file: Annotated[Path, typer.Argument(help="Hosts file (as for bt hosts check).", show_default=False)],
+    everything: Annotated[bool, typer.Option(
+        "--all", help="Delete everything bt keeps on the hosts, the current environment too (the next run "
+        "builds it again).")] = False,
+    known_hosts: Annotated[Path | None, typer.Option(
+        "--known-hosts", envvar="BT_KNOWN_HOSTS", help="known_hosts file (default: ssh config, then "
+        "~/.ssh/known_hosts).", show_default=False)] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for a host to answer.")] = 10.0,
+) -> None:
+    """Free the disk bt uses on the hosts (~/.cache/bt): old environments and copies of bt, shipped
+    packages and data (shipped again when a run needs them), strategy copies, records of gone
+    workers. Keeps the environment this bt uses unless --all. Refused on a host where a bt worker
+    runs. Exits 1 when any host fails.
+
+    Example: bt hosts clean farm.txt
+    """
+    from rich.markup import escape
+    from rich.table import Table
+
+    from backtest.cli.render import console
+    from backtest.executors.ssh.check import clean_hosts
+    from backtest.executors.ssh.connect import SSHSettings
+    from backtest.executors.ssh.hostsfile import read_hosts_file
+
+    specs = read_hosts_file(file)
+    settings = SSHSettings(known_hosts=known_hosts, connect_timeout=timeout)
+    with console.status(f"cleaning {len(specs)} host{'s' if len(specs) != 1 else ''} ..."):
+        reports = clean_hosts(specs, settings, everything=everything)
+    table = Table()
+    for name, justify in (("host", "left"), ("freed", "right"), ("left", "right"), ("error", "left")):
+        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for r in reports:
+        table.add_row(escape(r.spec.name), _size(r.freed) if not r.error else "-",
+                      _size(r.left) if not r.error else "-", f"[red]{escape(r.error)}[/]" if r.error else "")
+    console.print(table)
+    freed = sum(r.freed for r in reports)
+    failed = [r for r in reports if r.error]
+    console.print(f"freed {_size(freed)} on {len(reports) - len(failed)} host(s)"
+                  + (f"; [red]{len(failed)} of {len(reports)} hosts failed[/]" if failed else ""))
+    if failed:
         raise typer.Exit(1)
 
 

@@ -271,6 +271,59 @@ def install():
     _out({"env": env_dir, "code": code_dir, "fingerprint": fingerprint})
 
 
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean(env_key, code_key, everything):
+    """Delete what bt keeps on this host and no longer needs: environments and copies of bt other
+    than the current ones (``env_key``, ``code_key``), shipped files (packages, data: shipped again
+    when a run needs them), strategy copies, and the records of worker groups that are gone; with
+    ``everything`` ("all"), the whole cache. Refused while a bt worker runs here."""
+    import shutil
+
+    procs = os.path.join(CACHE, "procs")
+    live = []
+    for name in os.listdir(procs) if os.path.isdir(procs) else []:
+        if name.isdigit() and _alive(int(name)):
+            live.append(int(name))
+    if live:
+        _out({"refused": f"{len(live)} bt worker group(s) run here (pgid {live[0]}); clean when no run uses the host"})
+        return
+    before = _disk(CACHE)
+    removed = []
+
+    def drop(path):
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.unlink(path)
+            removed.append(os.path.relpath(path, CACHE))
+        except FileNotFoundError:
+            pass
+
+    if everything == "all":
+        for name in os.listdir(CACHE) if os.path.isdir(CACHE) else []:
+            drop(os.path.join(CACHE, name))
+    else:
+        keep = {"envs": {env_key, env_key + ".lock"}, "code": {code_key, code_key + ".lock"}}
+        for sub, kept in keep.items():
+            folder = os.path.join(CACHE, sub)
+            for name in os.listdir(folder) if os.path.isdir(folder) else []:
+                if name not in kept:
+                    drop(os.path.join(folder, name))
+        for sub in ("objects", "strategies", "procs"):
+            drop(os.path.join(CACHE, sub))
+    _out({"freed": max(0, before - _disk(CACHE)), "removed": removed, "left": _disk(CACHE)})
+
+
 def launch(argv):
     """setsid; run argv as a child in this process group; kill the group when the channel goes.
 
@@ -354,6 +407,8 @@ def main(args):
         install()
     elif cmd == "launch":
         launch(args[1:])
+    elif cmd == "clean":
+        clean(args[1], args[2], args[3] if len(args) > 3 else "")
     else:
         sys.stderr.write(f"bt agent: unknown command {cmd!r}\n")
         sys.exit(2)

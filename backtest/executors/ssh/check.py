@@ -88,3 +88,51 @@ def check_hosts(
         return []
     with ThreadPoolExecutor(max_workers=min(parallel, len(specs))) as pool:
         return list(pool.map(lambda s: check_host(s, settings, install=install), specs))
+
+
+@dataclass(frozen=True)
+class CleanReport:
+    spec: HostSpec
+    freed: int = 0  # bytes
+    left: int = 0  # bytes bt still keeps there
+    error: str | None = None
+
+
+def clean_host(spec: HostSpec, settings: object = None, *, everything: bool = False) -> CleanReport:
+    """Delete what bt keeps on the host and no longer needs (every old environment and copy of bt,
+    shipped packages and data, strategy copies, records of gone workers), or with ``everything``
+    all of it; refused while a bt worker runs there."""
+    import json
+
+    from backtest.executors.ssh import environment
+    from backtest.executors.ssh.connect import SSHSettings, connect, exec_command, quote_argv
+    from backtest.executors.ssh.remote import agent_argv
+
+    ssh = settings if isinstance(settings, SSHSettings) else SSHSettings()
+    try:
+        conn = connect(spec, ssh)
+    except BtError as exc:
+        return CleanReport(spec, error=_strip_name(spec, str(exc)))
+    try:
+        argv = agent_argv(spec.python_command, "clean", environment.env_key(), environment.code_key()[:24],
+                          "all" if everything else "old")
+        done = exec_command(conn, quote_argv(argv), timeout=300)
+        if done.returncode != 0:
+            return CleanReport(spec, error=f"cleaning failed on the host: {done.error_tail()}")
+        answer = json.loads(done.stdout.decode().strip().splitlines()[-1])
+        if "refused" in answer:
+            return CleanReport(spec, error=answer["refused"])
+        return CleanReport(spec, int(answer["freed"]), int(answer["left"]))
+    except (BtError, ValueError, IndexError, KeyError) as exc:
+        return CleanReport(spec, error=_strip_name(spec, str(exc)))
+    finally:
+        conn.close()
+
+
+def clean_hosts(specs: Sequence[HostSpec], settings: object = None, *, everything: bool = False,
+                parallel: int = 32) -> list[CleanReport]:
+    """``clean_host`` on every host at once, in the order of ``specs``."""
+    if not specs:
+        return []
+    with ThreadPoolExecutor(max_workers=min(parallel, len(specs))) as pool:
+        return list(pool.map(lambda s: clean_host(s, settings, everything=everything), specs))

@@ -296,6 +296,64 @@ def test_hosts_check_reports_every_host(farm: Farm, first: RemoteEnv) -> None:
         result.output
 
 
+def _owned_by(host: Host, *paths: Path) -> None:
+    """Files planted by the test (root) belong to the host's user, as the host's own would."""
+    for path in paths:
+        for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+            shutil.chown(p, user=host.user)
+
+
+def test_hosts_clean_frees_what_is_old_and_keeps_the_current_environment(farm: Farm, first: RemoteEnv) -> None:
+    import os
+
+    import typer
+
+    from backtest.cli.hosts import app as hosts_app
+
+    app = typer.Typer()
+    app.add_typer(hosts_app, name="hosts")
+    runner = CliRunner()
+    host = farm.hosts[0]
+    cache = host.home / ".cache" / "bt"
+    old_env, old_code = cache / "envs" / "0ldenv", cache / "code" / "0ldcode"
+    objects, dead = cache / "objects" / "ab", cache / "procs" / "999999999"
+    for folder in (old_env, old_code, objects, dead.parent):
+        folder.mkdir(parents=True, exist_ok=True)
+    (old_env / "lib.bin").write_bytes(b"x" * 2_000_000)
+    (old_code / "bt.py").write_text("old")
+    (objects / ("ab" + "0" * 62)).write_bytes(b"y" * 1000)
+    dead.write_text("{}")
+    _owned_by(host, old_env, old_code, objects.parent, dead.parent)
+    hosts = farm.hosts_file([host.line(key=farm.client_key)], name="clean.txt")
+    args = ["hosts", "clean", str(hosts), "--known-hosts", str(farm.known_hosts)]
+
+    live = dead.parent / str(os.getpid())  # a worker group record of a live process: refused
+    live.write_text("{}")
+    _owned_by(host, live)
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 1 and "worker group(s) run here" in result.output, result.output
+    assert old_env.exists()
+    live.unlink()
+
+    result = runner.invoke(app, args, env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    freed = re.search(r"freed ([\d.]+) (MB|GB) on 1 host", result.output)
+    assert freed and float(freed[1]) * (1000 if freed[2] == "GB" else 1) >= 2.0, result.output  # at least ours
+    assert not old_env.exists() and not old_code.exists() and not objects.exists() and not dead.exists()
+    assert (cache / "envs" / environment.env_key()).is_dir() and list((cache / "code").iterdir())
+    check = runner.invoke(app, ["hosts", "check", str(hosts), "--known-hosts", str(farm.known_hosts), "--no-trial"],
+                          env={"COLUMNS": "250"})
+    assert check.exit_code == 0 and "match" in check.output, check.output
+
+    other = farm.hosts[1]
+    everything = farm.hosts_file([other.line(key=farm.client_key)], name="clean-all.txt")
+    result = runner.invoke(app, ["hosts", "clean", str(everything), "--known-hosts", str(farm.known_hosts), "--all"],
+                           env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    left = other.home / ".cache" / "bt"
+    assert not left.exists() or not any(left.iterdir())
+
+
 def test_the_wheelhouse_holds_this_interpreters_pip(monkeypatch: pytest.MonkeyPatch) -> None:
     """Venvs with the same pins but another pip (a stdlib venv's against virtualenv's) do not
     share a cached wheelhouse: the pip wheel in it is the one ``pip_pin()`` names."""
