@@ -4,12 +4,15 @@
 - ``Job``: what the user asked for, resolved: the strategy, its parameter sets (with the warm-up
   each needs), the symbols, the date range and the execution settings.
 - ``Task``: one (symbol, parameter set), named by its content key.
-- ``Shard``: some of one symbol's tasks, the unit handed to a worker. ``Shard.spec`` is what
+- ``Shard``: some of one symbol's tasks (or of one universe's, for a portfolio strategy), the unit
+  handed to a worker. ``Shard.spec`` is what
   travels to the worker (plain JSON: the partitions to read, the settings, the task groups).
 
 A task's key is the sha256 of the canonical JSON of: engine version, strategy source hash and
 class, parameters, symbol, the content hashes of the partitions the task reads, the date range,
-the warm-up in bars and the execution settings. Nothing random, nothing machine-specific: the same
+the warm-up in bars and the execution settings; for a portfolio strategy also the universe's
+symbols (``members``; ``symbol`` is then the universe's name, and the partitions are every
+member's, in member order). Nothing random, nothing machine-specific: the same
 inputs give the same key on any machine, so a result is computed once and found again by any run.
 
 This module imports nothing of bt but its hashing and errors.
@@ -79,6 +82,27 @@ class Job:
     start_ns: int
     end_ns: int
     settings: dict[str, Any]
+    #: a portfolio job's name for its universe (``symbols`` are then its members, and every task
+    #: runs on all of them under this name); "" for a job of one-symbol tasks
+    universe: str = ""
+
+    def task_symbols(self) -> list[str]:
+        """What tasks are filed under: each symbol, or the universe's name."""
+        return [self.universe] if self.universe else list(self.symbols)
+
+    def files(self, parts: PartsFor, symbol: str, warmup: int) -> list[tuple[str, str]] | None:
+        """The partitions a task filed under ``symbol`` with ``warmup`` reads (every member's, in
+        member order, for a universe); None when some are not known."""
+        if not self.universe:
+            found = parts.get((symbol, warmup))
+            return list(found) if found is not None else None
+        out: list[tuple[str, str]] = []
+        for member in self.symbols:
+            found = parts.get((member, warmup))
+            if not found:
+                return None
+            out.extend(found)
+        return out
 
 
 @dataclass(frozen=True)
@@ -90,19 +114,20 @@ class Task:
 
 
 def task_key(job: Job, symbol: str, params: dict[str, Any], warmup: int, hashes: Sequence[str]) -> str:
+    fields = {
+        "engine": ENGINE_VERSION,
+        "strategy": {"hash": job.strategy.hash, "class": job.strategy.name},
+        "params": params,
+        "symbol": symbol,
+        "partitions": list(hashes),
+        "from": job.start_ns,
+        "to": job.end_ns,
+        "warmup": warmup,
+        "settings": job.settings,
+    }
+    if job.universe:
+        fields["members"] = list(job.symbols)
     try:
-        return token(
-            {
-                "engine": ENGINE_VERSION,
-                "strategy": {"hash": job.strategy.hash, "class": job.strategy.name},
-                "params": params,
-                "symbol": symbol,
-                "partitions": list(hashes),
-                "from": job.start_ns,
-                "to": job.end_ns,
-                "warmup": warmup,
-                "settings": job.settings,
-            }
-        )
+        return token(fields)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"parameters {params} cannot be hashed canonically ({exc}); use plain numbers, booleans or strings") from exc

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from backtest.engine.bars import Bars
+    from backtest.engine.universe import Universe
 
 PARAM_TYPES = (bool, int, float, str)
 _RESERVED = {"grid", "warmup"}
@@ -101,6 +102,40 @@ class Strategy:
         return f"{type(self).__name__}({inner})"
 
 
+class PortfolioStrategy(Strategy):
+    """Base class of portfolio strategies: many symbols, one account, shared cash.
+
+    Parameters, ``grid``, ``constraint()``, ``warmup`` and ``self.cached`` work as for ``Strategy``.
+    Instead of ``signals`` it has:
+
+    - ``weights(self, u) -> array``: the target fraction of the account's value per symbol per bar,
+      decided at that bar's close, as a float array of shape ``(len(u.ts), len(u.symbols))``. NaN
+      leaves a symbol's position as it is; a row of NaN sends no orders; negative is short. The
+      sum of |w| over a row may not exceed ``--leverage`` (default 1). ``u`` has ``ts`` (int64 ns,
+      the union of the symbols' timestamps), ``symbols`` (in the order given), ``open, high, low,
+      close, volume`` (2-D float64, bars × symbols, NaN where a symbol has no bar) and ``start``.
+
+    Example (the top ``top`` symbols by trailing return, equal weights, rebalanced every 21 bars)::
+
+        class Momentum(PortfolioStrategy):
+            lookback = 126
+            top = 2
+            grid = {"lookback": range(21, 253, 21), "top": [1, 2, 3]}
+
+            def weights(self, u):
+                ret = u.close / np.roll(u.close, self.lookback, axis=0) - 1
+                ...
+    """
+
+    def signals(self, bars: Bars) -> np.ndarray:
+        raise StrategyError(f"{type(self).__name__} is a portfolio strategy: it has weights(self, u), not signals")
+
+    def weights(self, u: Universe) -> np.ndarray:
+        raise NotImplementedError
+
+
+_BASES = (object, Strategy, PortfolioStrategy)
+
 _BY_VALUE = (bool, int, float, str, bytes, type(None))
 
 
@@ -127,7 +162,7 @@ def _params_of(cls: type[Strategy]) -> tuple[tuple[str, Any], ...]:
         return cached
     params: dict[str, Any] = {}
     for klass in reversed(cls.__mro__):
-        if klass is object or klass is Strategy:
+        if klass in _BASES:
             continue
         for name, value in vars(klass).items():
             if name.startswith("_") or name in _RESERVED:
@@ -397,7 +432,7 @@ def _load(source: str, shown: str, real: Path, name: str | None, homes: Sequence
     found = [
         v
         for v in vars(module).values()
-        if isinstance(v, type) and issubclass(v, Strategy) and v is not Strategy and v.__module__ == modname
+        if isinstance(v, type) and issubclass(v, Strategy) and v not in _BASES and v.__module__ == modname
     ]
     names = [c.__name__ for c in found]
     if name is not None:
@@ -415,13 +450,21 @@ def _load(source: str, shown: str, real: Path, name: str | None, homes: Sequence
         raise StrategyError(f"{shown} defines several strategies ({', '.join(names)}); pick one with --strategy NAME")
     else:
         cls = found[0]
-    if cls.signals is Strategy.signals:
+    if is_portfolio(cls):
+        if getattr(cls, "weights", None) is PortfolioStrategy.weights:
+            raise StrategyError(f"{cls.__name__} in {shown} has no weights(self, u) method")
+    elif cls.signals is Strategy.signals:
         raise StrategyError(f"{cls.__name__} in {shown} has no signals(self, bars) method")
     cls.__bt_source__ = source
     cls.__bt_source_hash__ = digest
     cls.__bt_filename__ = shown
     cls.__bt_cached_file__ = str(real)  # type: ignore[attr-defined]
     return cls
+
+
+def is_portfolio(cls: type) -> bool:
+    """Whether ``cls`` is a portfolio strategy (one task per parameter set over many symbols)."""
+    return isinstance(cls, type) and issubclass(cls, PortfolioStrategy)
 
 
 def _renames(cls: type) -> dict[str, str]:

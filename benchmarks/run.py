@@ -37,7 +37,7 @@ import peerenv  # noqa: E402
 from measure import Measurement, Run, measure_repeats, python_env, run_measured  # noqa: E402
 from report import SuiteResult, bt_versions, cpu_probe, machine, print_suite, results_markdown, target_lines  # noqa: E402
 
-SUITES = ("selftest", "sma_grid", "small", "rerun", "startup", "report")
+SUITES = ("selftest", "sma_grid", "small", "rerun", "startup", "report", "portfolio")
 ENGINES = ("bt", "vectorbt", "backtesting.py")
 PEER_SCRIPTS = {"vectorbt": "vectorbt_sma.py", "backtesting.py": "backtesting_sma.py"}
 RESULTS_MD = common.BENCH_DIR / "RESULTS.md"
@@ -414,6 +414,13 @@ def suite_report(h: Harness) -> SuiteResult:
     return s
 
 
+def suite_portfolio(h: Harness) -> SuiteResult:
+    """Cross-sectional momentum on 100 symbols x 120 sets against vectorbt (bench_portfolio.py)."""
+    import bench_portfolio
+
+    return bench_portfolio.run_suite(h)
+
+
 SUITE_FUNCS: dict[str, Callable[[Harness], SuiteResult]] = {
     "selftest": suite_selftest,
     "sma_grid": suite_sma_grid,
@@ -421,6 +428,7 @@ SUITE_FUNCS: dict[str, Callable[[Harness], SuiteResult]] = {
     "rerun": suite_rerun,
     "startup": suite_startup,
     "report": suite_report,
+    "portfolio": suite_portfolio,
 }
 
 
@@ -505,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": args.warmup,
         "peer_jobs": args.peer_jobs,
     }
-    if any(e != "bt" for e in args.engines) and any(s in ("selftest", "sma_grid", "small", "report") for s in suites):
+    if any(e != "bt" for e in args.engines) and any(s in ("selftest", "sma_grid", "small", "report", "portfolio") for s in suites):
         h.peer_python = peerenv.ensure(say)
         meta["peer_versions"] = peerenv.versions()
     results = []

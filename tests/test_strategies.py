@@ -139,3 +139,63 @@ def test_every_example_runs_its_default_grid(name):
     outs = run_grid(cls, b, combos, SimSettings(commission=0.001))
     assert all(not isinstance(o, Exception) for o in outs), outs
     assert sum(o.metrics["trades"] for o in outs) > 0
+
+
+# ---------------------------------------------------------------------------------- portfolios
+
+
+def universe_of(closes, start="2022-01-03"):
+    from backtest.engine.universe import Universe
+
+    c = np.asarray(closes, dtype=float).T  # one row per bar
+    n, m = c.shape
+    ts = np.datetime64(start, "ns").astype(np.int64) + np.arange(n, dtype=np.int64) * 86_400 * 10**9
+    return Universe(tuple(f"S{j}" for j in range(m)), ts, c, c, c, c, np.ones((n, m)))
+
+
+def test_xs_momentum_holds_the_best_trailing_returns_from_each_month_end():
+    cls = load("xs_momentum")
+    days = 120
+    steady = [100 * 1.001 ** np.arange(days), 100 * 1.003 ** np.arange(days), 100 * 0.999 ** np.arange(days),
+              100 * 1.002 ** np.arange(days)]
+    u = universe_of(steady)
+    w = cls(lookback=20, top=2).weights(u)
+    ends = np.flatnonzero(~np.isnan(w).all(axis=1))
+    month_ends = pd.DatetimeIndex(u.ts).to_series().dt.is_month_end.to_numpy().nonzero()[0]
+    assert set(ends) <= set(month_ends) | {days - 1} and len(ends) >= 3
+    for i in ends:  # the two steadiest risers, half each; the others nothing
+        np.testing.assert_array_equal(w[i], [0.0, 0.5, 0.0, 0.5])
+    (out,) = run_grid(cls, u, [{"lookback": 20, "top": 2}], SimSettings())
+    assert set(out.trades["symbol_index"]) == {1, 3} and out.metrics["total_return"] > 0
+    assert warmup_bars(cls, {"lookback": 20, "top": 2}) == 20
+    assert len(expand_grid(cls)) == 36
+
+
+def test_inverse_vol_gives_calmer_symbols_more_and_adds_up_to_the_exposure():
+    cls = load("inverse_vol")
+    rng = np.random.default_rng(3)
+    calm = 100 * np.exp(np.cumsum(rng.normal(0, 0.005, 200)))
+    wild = 100 * np.exp(np.cumsum(rng.normal(0, 0.02, 200)))
+    u = universe_of([calm, wild])
+    w = cls(lookback=21, exposure=0.9).weights(u)
+    rows = w[~np.isnan(w).all(axis=1)]
+    assert len(rows) >= 5
+    np.testing.assert_allclose(rows.sum(axis=1), 0.9, rtol=1e-12)
+    assert np.all(rows[:, 0] > 2 * rows[:, 1])  # about four times calmer: about four times the weight
+
+
+def test_pairs_sells_the_spread_when_it_is_stretched_and_closes_when_it_returns():
+    cls = load("pairs_zscore")
+    n = 200
+    base = 100 * np.exp(np.sin(np.arange(n) / 7) * 0.01)
+    other = base.copy()
+    other[120:130] *= 0.9  # B falls away from A for ten bars: the spread log(A) − log(B) jumps
+    u = universe_of([base, other])
+    w = cls(lookback=40, entry=2.0, exit=0.5, size=0.5).weights(u)
+    acted = np.flatnonzero(~np.isnan(w).all(axis=1))
+    assert acted[0] == 120 and w[120].tolist() == [-0.5, 0.5]  # short A, long B
+    assert w[acted[1]].tolist() == [0.0, 0.0]  # closed once the spread is back
+    (out,) = run_grid(cls, u, [{"lookback": 40, "entry": 2.0, "exit": 0.5, "size": 0.5}], SimSettings())
+    assert out.metrics["orders"] == 4 and out.metrics["total_return"] > 0
+    with pytest.raises(Exception, match="needs two symbols"):
+        cls().weights(universe_of([base]))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from backtest.catalog.connection import _WRITER, LOCK_WAIT, T, _file_lock, _is_lock_error, duckdb_driver
-from backtest.catalog.schema import METRICS, MIGRATIONS, RESULT_COLUMNS
+from backtest.catalog.schema import METRICS, MIGRATIONS, OPTIONAL_METRICS, RESULT_COLUMNS
 from backtest.catalog.staging import (
     Recover,
     Rows,
@@ -40,7 +40,7 @@ from backtest.catalog.staging import (
 )
 from backtest.errors import CatalogError, did_you_mean
 
-__all__ = ["METRICS", "Catalog", "Removed", "Sweep", "duckdb_driver", "result_row"]
+__all__ = ["METRICS", "OPTIONAL_METRICS", "Catalog", "Removed", "Sweep", "duckdb_driver", "result_row"]
 
 
 @dataclass(frozen=True)
@@ -364,7 +364,7 @@ class Catalog:
 
     def task_rows(self, run_id: str) -> list[dict[str, Any]]:
         """Every recorded task of a run, with its metrics where it is done."""
-        metrics = ", ".join(f'r."{m}"' for m in METRICS)
+        metrics = ", ".join(f'r."{m}"' for m in (*METRICS, *OPTIONAL_METRICS))
         return self._read(
             f"""SELECT t.key, t.symbol, t.params, t.status, t.cached, t.attempts, t.error, t.worker,
                        {metrics}, r.n_trades
@@ -412,7 +412,7 @@ def result_row(header: dict[str, Any], metrics: dict[str, float], recorded: floa
         "env": env_text or json.dumps(header["env"], sort_keys=True),
         "recorded": recorded,
     }
-    for m in METRICS:
+    for m in (*METRICS, *OPTIONAL_METRICS):
         v = metrics.get(m)
         row[m] = None if v is None or not math.isfinite(v) else v  # the result file keeps inf; SQL gets NULL
     return row

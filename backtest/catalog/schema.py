@@ -54,10 +54,16 @@ MIGRATIONS: list[str | Callable[[Any, Path], None]] = [
     """,
     # 2: jobs kept in files by hash (runs.job → runs.job_hash)
     _jobs_out_of_runs,
+    # 3: portfolio tasks count their orders (NULL for one-symbol tasks)
+    "ALTER TABLE results ADD COLUMN orders DOUBLE",
 ]
 
+#: metrics only some tasks have (a portfolio's ``orders``): a column each, NULL where a task has none
+OPTIONAL_METRICS = ("orders",)
+
 RESULT_COLUMNS = {"key": "VARCHAR", "symbol": "VARCHAR", "params": "VARCHAR", **{m: "DOUBLE" for m in METRICS},
-                  "n_trades": "INTEGER", "env": "VARCHAR", "recorded": "DOUBLE"}
+                  "n_trades": "INTEGER", "env": "VARCHAR", "recorded": "DOUBLE",
+                  **{m: "DOUBLE" for m in OPTIONAL_METRICS}}
 TASK_COLUMNS = {"run_id": "VARCHAR", "key": "VARCHAR", "symbol": "VARCHAR", "params": "VARCHAR", "status": "VARCHAR",
                 "cached": "BOOLEAN", "attempts": "INTEGER", "error": "VARCHAR", "details": "VARCHAR",
                 "worker": "VARCHAR", "at_time": "DOUBLE"}

@@ -78,6 +78,7 @@ def run(
     units: Annotated[Units, typer.Option(help="fractional or integer position sizes.")] = Units.fractional,
     stop_loss: Annotated[float | None, typer.Option("--stop-loss", help="Stop-loss as a fraction of the entry price (0.05 = 5 %).")] = None,
     take_profit: Annotated[float | None, typer.Option("--take-profit", help="Take-profit as a fraction of the entry price.")] = None,
+    leverage: Annotated[float, typer.Option(help="Portfolio strategies: the largest sum of |weight| a bar may ask for (1 = no leverage).")] = 1.0,
     force: Annotated[bool, typer.Option("--force", help="Recompute tasks even when their results are stored.")] = False,
     accept_new_hosts: Annotated[bool, typer.Option("--accept-new-hosts", help="Record unknown SSH host keys on first contact.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object at the end instead of the live display.")] = False,
@@ -86,7 +87,11 @@ def run(
 
     Results are stored by the hash of code, parameters, data and settings: a rerun computes nothing, a changed parameter value computes only its tasks.
 
-    Example: bt run strategies/sma_cross.py --from 2020 --to 2024 --param fast=5:50:5 --param slow=20,50,100
+    A Strategy runs one task per symbol and parameter set; a PortfolioStrategy runs one task per parameter set over all the symbols at once, in one account.
+
+    Examples:
+      bt run strategies/sma_cross.py --from 2020 --to 2024 --param fast=5:50:5 --param slow=20,50,100
+      bt run strategies/xs_momentum.py --universe sp100.txt --from 2015 --to 2024 --commission 0.0005
 
     Exit codes: 0 all tasks done, 1 some failed, 2 bad input, 130 interrupted.
 
@@ -100,7 +105,7 @@ def run(
         timeout=timeout, max_memory=parse_size(max_memory), force=force, accept_new_hosts=accept_new_hosts,
         settings={"cash": cash, "commission": commission, "fee": fee, "slippage": slippage,
                   "fill": fill.value.replace("-", "_"), "units": units.value, "stop_loss": stop_loss,
-                  "take_profit": take_profit},
+                  "take_profit": take_profit, "leverage": leverage},
     )
     if workers is not None and workers < 1:
         raise UsageError("--workers must be at least 1")
@@ -265,7 +270,7 @@ def report(
     run_row, records = rep.task_records(run_id)
     if symbol:
         present = sorted({r["symbol"] for r in records})
-        if symbol.upper() not in present:
+        if symbol.upper() not in {p.upper() for p in present}:
             shown = ", ".join(present[:10]) + (" ..." if len(present) > 10 else "")
             raise UsageError(f'--symbol {symbol}: not a symbol of run {run_row["run_id"]}; its symbols: {shown}')
     selected = rep.select_task(records, symbol, rep.parse_params_filter(params))
@@ -304,7 +309,7 @@ def report(
             body = rep.render_task(selected[0], None)
         else:
             body = rep.render_run(run_row, selected, sort, top or 10, tz, total=len(records),
-                                  facts=rep.run_facts(run_row, tz=tz))
+                                  facts=rep.run_facts(run_row, tz=tz), contrib=rep.portfolio_contrib(selected, sort))
         if out is None:
             console.print(body)
         else:

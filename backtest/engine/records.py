@@ -52,6 +52,12 @@ TRADE_DTYPE = np.dtype(
 )
 """One row per trade (a FIFO lot from its entry fill to the fill that closes it)."""
 
+PORTFOLIO_TRADE_DTYPE = np.dtype(TRADE_DTYPE.descr + [("symbol_index", "<i4")])
+"""A portfolio task's trades: ``TRADE_DTYPE`` plus the index of the trade's symbol in the universe."""
+
+PORTFOLIO_METRIC_NAMES: tuple[str, ...] = (*METRIC_NAMES, "orders")
+"""A portfolio task's metrics: ``METRIC_NAMES`` plus the number of orders filled."""
+
 
 def trade_schema() -> pa.Schema:
     """The Arrow schema of ``TRADE_DTYPE``: ``*_time`` fields are ``timestamp[ns, UTC]``."""
@@ -86,3 +92,5 @@ class TaskOutput:
     metrics: dict[str, float]
     trades: np.ndarray
     equity: np.ndarray | None = None
+    #: a portfolio task's symbols, in universe order (``trades["symbol_index"]`` indexes them)
+    symbols: tuple[str, ...] = ()

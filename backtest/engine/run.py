@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,23 +21,33 @@ from backtest.engine.settings import SimSettings
 from backtest.engine.sim import simulate_nb
 from backtest.errors import BtError, StrategyError
 
+if TYPE_CHECKING:
+    from backtest.engine.universe import Universe
+
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep  # backtest/
 
 
 def run_grid(
     strategy_cls: Any,
-    bars: Bars,
+    bars: Bars | Universe,
     params_list: Sequence[dict[str, Any]],
     settings: SimSettings,
     *,
     want_equity: bool = False,
 ) -> list[TaskOutput | StrategyError]:
-    """Run ``strategy_cls`` with each parameter dict of ``params_list`` over ``bars``.
+    """Run ``strategy_cls`` with each parameter dict of ``params_list`` over ``bars`` (a
+    ``Universe`` for a portfolio strategy: ``portfolio_run.run_portfolio_grid``).
 
     Returns one entry per dict, in order: a ``TaskOutput``, or the ``StrategyError`` that task
     raised (``str(err)`` is one line; ``err.details`` holds the user's traceback when there is
     one). Indicators requested through ``Strategy.cached`` are computed once for the whole grid.
     """
+    from backtest.engine.universe import Universe
+
+    if isinstance(bars, Universe):
+        from backtest.engine.portfolio_run import run_portfolio_grid
+
+        return run_portfolio_grid(strategy_cls, bars, params_list, settings, want_equity=want_equity)
     bars = _normalised(bars)
     cache: dict[Any, Any] = {}
     sim_args = (
@@ -80,7 +90,7 @@ def _normalised(bars: Bars) -> Bars:
     return Bars(bars.symbol, ts, start=bars.start, partitions=bars.partitions, **fields)
 
 
-def _label(strategy_cls: Any, params: dict[str, Any], symbol: str) -> str:
+def label(strategy_cls: Any, params: dict[str, Any], symbol: str) -> str:
     inner = ", ".join(f"{k}={v!r}" for k, v in params.items())
     return f"{getattr(strategy_cls, '__name__', strategy_cls)}({inner}) on {symbol}"
 
@@ -93,21 +103,7 @@ def _run_one(
     cache: dict[Any, Any],
     want_equity: bool,
 ) -> TaskOutput:
-    try:
-        strategy = strategy_cls(**params)
-        strategy._bt_cache = cache
-        raw = strategy.signals(bars)
-    except BtError as exc:
-        if isinstance(exc, StrategyError):
-            raise
-        raise StrategyError(f"{_label(strategy_cls, params, bars.symbol)}: {exc}") from exc
-    except SystemExit as exc:  # a strategy's sys.exit() fails its task, not the worker running it
-        raise StrategyError(f"{_label(strategy_cls, params, bars.symbol)}: the strategy called sys.exit({exc.code!r}); "
-                            "return a target array (or raise an exception) instead") from None
-    except Exception as exc:
-        real = getattr(strategy_cls, "__bt_cached_file__", "")
-        renames = {real: strategy_cls.__bt_filename__} if real else {}
-        raise user_error(exc, f"{_label(strategy_cls, params, bars.symbol)}: signals raised", renames) from exc
+    raw = call_strategy(strategy_cls, params, cache, "signals", bars, bars.symbol)
     target = _checked_target(raw, bars, strategy_cls, params)
     n = len(bars)
     equity = np.empty(n - bars.start if want_equity else 0)
@@ -117,7 +113,7 @@ def _run_one(
     )
     if bad >= 0:
         raise StrategyError(
-            f"{_label(strategy_cls, params, bars.symbol)}: target at bar {bad} ({_when(bars.ts[bad])}) is {float(target[bad])!r}; targets must be "
+            f"{label(strategy_cls, params, bars.symbol)}: target at bar {bad} ({when(bars.ts[bad])}) is {float(target[bad])!r}; targets must be "
             "finite numbers in [-1, 1] from the start date on (NaN is allowed only during warm-up)"
         )
     return TaskOutput(
@@ -127,27 +123,48 @@ def _run_one(
     )
 
 
+def call_strategy(strategy_cls: Any, params: dict[str, Any], cache: dict[Any, Any], method: str, data: Any,
+                  symbol: str) -> Any:
+    """``strategy_cls(**params).<method>(data)`` with the grid's indicator cache; whatever the user's
+    code raises (or a ``sys.exit``) becomes a one-line ``StrategyError`` naming the task."""
+    try:
+        strategy = strategy_cls(**params)
+        strategy._bt_cache = cache
+        return getattr(strategy, method)(data)
+    except BtError as exc:
+        if isinstance(exc, StrategyError):
+            raise
+        raise StrategyError(f"{label(strategy_cls, params, symbol)}: {exc}") from exc
+    except SystemExit as exc:  # a strategy's sys.exit() fails its task, not the worker running it
+        raise StrategyError(f"{label(strategy_cls, params, symbol)}: the strategy called sys.exit({exc.code!r}); "
+                            "return an array (or raise an exception) instead") from None
+    except Exception as exc:
+        real = getattr(strategy_cls, "__bt_cached_file__", "")
+        renames = {real: strategy_cls.__bt_filename__} if real else {}
+        raise user_error(exc, f"{label(strategy_cls, params, symbol)}: {method} raised", renames) from exc
+
+
 def _checked_target(raw: Any, bars: Bars, strategy_cls: Any, params: dict[str, Any]) -> np.ndarray:
     n = len(bars)
     if type(raw) is np.ndarray and raw.dtype == np.float64 and raw.ndim == 1 and raw.shape[0] == n:
         return np.ascontiguousarray(raw)  # the usual case, checked cheaply
-    label = _label(strategy_cls, params, bars.symbol)
+    name = label(strategy_cls, params, bars.symbol)
     try:
         target = np.asarray(raw, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise StrategyError(
-            f"{label}: signals returned {type(raw).__name__}, not numbers; return a float array with "
+            f"{name}: signals returned {type(raw).__name__}, not numbers; return a float array with "
             f"one target per bar (len {n})"
         ) from exc
     if target.ndim != 1 or target.shape[0] != n:
         got = f"shape {target.shape}" if target.ndim != 1 else f"{target.shape[0]} values"
         raise StrategyError(
-            f"{label}: signals returned {got} for {n} bars; return one target per bar (a 1-D float array)"
+            f"{name}: signals returned {got} for {n} bars; return one target per bar (a 1-D float array)"
         )
     return np.ascontiguousarray(target)
 
 
-def _when(ts_ns: Any) -> str:
+def when(ts_ns: Any) -> str:
     return str(np.datetime64(int(ts_ns), "ns").astype("datetime64[s]")).replace("T", " ")
 
 

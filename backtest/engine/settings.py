@@ -31,6 +31,8 @@ class SimSettings:
       (at bar t's close). ``"next-open"`` is accepted and stored as ``"next_open"``.
     - ``units``: ``"fractional"`` or ``"integer"`` (floor of the all-in size).
     - ``stop_loss`` / ``take_profit``: fractions of the position's entry price, or None.
+    - ``leverage``: for portfolio strategies, the most the sum of |weight| over the symbols may be
+      (1.0: no leverage). Left out of ``to_dict`` at 1.0, so that it changes no key then.
     """
 
     cash: float = 100_000.0
@@ -41,6 +43,7 @@ class SimSettings:
     units: str = "fractional"
     stop_loss: float | None = None
     take_profit: float | None = None
+    leverage: float = 1.0
 
     def __post_init__(self) -> None:
         cash = _number("cash", self.cash, "e.g. --cash 100000")
@@ -78,6 +81,10 @@ class SimSettings:
                         f"got {getattr(self, name)!r}"
                     )
             stops[name] = value
+        leverage = _number("leverage", self.leverage, "the largest sum of |weight|, e.g. --leverage 2")
+        if not leverage > 0:
+            raise UsageError(f"leverage must be positive (the largest sum of |weight|, e.g. 1.5), got {self.leverage!r}")
+        object.__setattr__(self, "leverage", leverage)
         # Canonical types, so that equal settings give equal task keys (100000 == 100000.0).
         object.__setattr__(self, "cash", cash)
         object.__setattr__(self, "commission", commission)
@@ -88,8 +95,12 @@ class SimSettings:
         object.__setattr__(self, "take_profit", stops["take_profit"])
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field, JSON-able, with canonical types (floats as floats, None for no stop)."""
-        return asdict(self)
+        """Every field, JSON-able, with canonical types (floats as floats, None for no stop); the
+        leverage only when it is not 1.0 (it was added later: keys made before stay valid)."""
+        out = asdict(self)
+        if out["leverage"] == 1.0:
+            del out["leverage"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SimSettings:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from backtest import paths
-from backtest.catalog import METRICS, Catalog
+from backtest.catalog import METRICS, OPTIONAL_METRICS, Catalog
 from backtest.errors import UsageError, did_you_mean
 
 LOWER_IS_BETTER = {"max_drawdown_duration", "volatility"}
@@ -42,13 +42,20 @@ def task_records(run_id: str, root: Path | None = None) -> tuple[dict[str, Any],
             "symbol": r["symbol"],
             "params": json.loads(r["params"]),
             "status": r["status"],
-            "metrics": {m: _clean(r[m]) for m in METRICS} if r["status"] == "done" else {},
+            "metrics": _metrics_of(r) if r["status"] == "done" else {},
         }
         if r["status"] == "failed":
             rec["error"] = r["error"]
         rec["cached"] = bool(r["cached"])
         out.append(rec)
     return run, out
+
+
+def _metrics_of(row: dict[str, Any]) -> dict[str, Any]:
+    """A done task's metrics: every ``METRICS`` name, and the optional ones it has (``orders``)."""
+    out = {m: _clean(row[m]) for m in METRICS}
+    out.update((m, _clean(row[m])) for m in OPTIONAL_METRICS if row.get(m) is not None)
+    return out
 
 
 def contract_json(records: Sequence[dict[str, Any]]) -> str:
@@ -187,7 +194,7 @@ def select_task(records: Sequence[dict[str, Any]], symbol: str | None, params: d
 
     out = []
     for r in records:
-        if symbol and r["symbol"] != symbol.upper():
+        if symbol and r["symbol"].upper() != symbol.upper():
             continue
         if any(k not in r["params"] or not same(r["params"][k], v) for k, v in params.items()):
             continue
@@ -225,9 +232,10 @@ def trades_rows(key: str, root: Path | None = None, tz: str = "UTC") -> list[dic
 
     rec = ResultStore(root or paths.root()).read(key)
     t = rec.trades
+    names = rec.trade_symbols() if rec.symbols else None
     rows = []
     for i in range(t.shape[0]):
-        row: dict[str, Any] = {}
+        row: dict[str, Any] = {"symbol": names[i]} if names is not None else {}
         for c in TRADE_COLUMNS:
             v = t[c][i]
             if c.endswith("_time"):
@@ -238,6 +246,35 @@ def trades_rows(key: str, root: Path | None = None, tz: str = "UTC") -> list[dic
                 row[c] = v.item()
         rows.append(row)
     return rows
+
+
+def portfolio_contrib(records: Sequence[dict[str, Any]], sort: str) -> list[dict[str, Any]] | None:
+    """For the records of a portfolio run (its tasks count ``orders``): the PnL by symbol of the
+    best task by ``sort``; None for a run of one-symbol tasks."""
+    best = ranked(records, sort)
+    if not best or "orders" not in best[0]["metrics"]:
+        return None
+    return contributions(best[0]["key"])
+
+
+def contributions(key: str, root: Path | None = None) -> list[dict[str, Any]]:
+    """A portfolio task's PnL by symbol, in universe order: {symbol, pnl, share (of the task's
+    whole PnL), trades, fees}. Every cash flow of a portfolio is in some trade (costs included,
+    open positions marked to the last close), so the pnl adds up to final equity − cash."""
+    from backtest.store.results import ResultStore
+
+    rec = ResultStore(root or paths.root()).read(key)
+    if not rec.symbols:
+        return []
+    t = rec.trades
+    total = float(t["pnl"].sum())
+    out = []
+    for j, sym in enumerate(rec.symbols):
+        mine = t[t["symbol_index"] == j]
+        pnl = float(mine["pnl"].sum())
+        out.append({"symbol": sym, "pnl": pnl, "share": pnl / total if total else None, "trades": int(mine.shape[0]),
+                    "fees": float(mine["fees"].sum())})
+    return out
 
 
 def write_table(table: Any, fmt: str, out: Path | None) -> str | None:
@@ -298,7 +335,7 @@ def write_rows(rows: Sequence[dict[str, Any]], fmt: str, out: Path | None) -> st
 def _fmt(metric: str, v: Any) -> str:
     if v is None:
         return "–"
-    if metric in ("trades", "max_drawdown_duration"):
+    if metric in ("trades", "max_drawdown_duration", "orders"):
         return f"{v:,.0f}"
     if metric in ("total_return", "cagr", "volatility", "max_drawdown", "exposure", "win_rate", "best_trade",
                   "worst_trade", "avg_trade", "buy_and_hold_return"):
@@ -334,6 +371,7 @@ def run_facts(run: dict[str, Any], root: Path | None = None, tz: str = "UTC") ->
         return []
     settings = json.loads(run.get("settings") or "{}")
     syms = job["symbols"]
+    universe = job.get("universe")
     start, end = job["start_ns"], job["end_ns"]
     when = (format_time(start, tz)[:10] if start > 0 else "the first bar",
             format_time(end, tz)[:10] if end < 2**63 - 1 else "the last bar")
@@ -345,8 +383,11 @@ def run_facts(run: dict[str, Any], root: Path | None = None, tz: str = "UTC") ->
     if settings.get("slippage"):
         cost.append(f"slippage {settings['slippage'] * 100:g}%")
     stops = [f"{n} {settings[k] * 100:g}%" for n, k in (("stop", "stop_loss"), ("target", "take_profit")) if settings.get(k)]
+    if settings.get("leverage"):
+        stops.append(f"leverage {settings['leverage']:g}")
+    listed = f"{len(syms)}: " + ", ".join(syms[:12]) + (f" and {len(syms) - 12} more" if len(syms) > 12 else "")
     return [
-        ("symbols", f"{len(syms)}: " + ", ".join(syms[:12]) + (f" and {len(syms) - 12} more" if len(syms) > 12 else "")),
+        ("portfolio of" if universe else "symbols", listed),
         ("range", f"{when[0]} to {when[1]}"),
         ("grid", f"{len(job['params'])} parameter sets"),
         ("settings", ", ".join([f"cash {settings.get('cash', 0):,.0f}", *(cost or ["no costs"]),
@@ -356,9 +397,12 @@ def run_facts(run: dict[str, Any], root: Path | None = None, tz: str = "UTC") ->
 
 
 def render_run(run: dict[str, Any], records: Sequence[dict[str, Any]], sort: str, top: int,
-               tz: str = "UTC", total: int | None = None, facts: Sequence[tuple[str, str]] = ()) -> Any:
+               tz: str = "UTC", total: int | None = None, facts: Sequence[tuple[str, str]] = (),
+               contrib: Sequence[dict[str, Any]] | None = None) -> Any:
     """The run's tables. ``records`` may be a filtered part of the run (``total``: how many
-    tasks the run recorded in all, so that filtered-out tasks are not counted as not run)."""
+    tasks the run recorded in all, so that filtered-out tasks are not counted as not run).
+    ``contrib``: for a portfolio run, the best set's PnL by symbol (``contributions``); its
+    leaderboard then ranks parameter sets, and this table replaces "best per symbol"."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
@@ -379,21 +423,36 @@ def render_run(run: dict[str, Any], records: Sequence[dict[str, Any]], sort: str
     fixed = {k: v for k, v in (records[0]["params"].items() if records else ()) if k not in vary}
     if fixed:
         head.append(f"\nfixed: {_params_text(fixed)}", style="dim")
-    cols = ("symbol", "params", *dict.fromkeys((sort, *KEY_METRICS)))
-    board = Table(title=f"top {min(top, len(done))} by {sort}", title_justify="left")
+    portfolio = contrib is not None
+    cols = (*(() if portfolio else ("symbol",)), "params", *dict.fromkeys((sort, *KEY_METRICS)),
+            *(("orders",) if portfolio else ()))
+    board = Table(title=f"top {min(top, len(done))} {'parameter sets ' if portfolio else ''}by {sort}",
+                  title_justify="left")
     for c in cols:
         board.add_column(c, justify="left" if c in ("symbol", "params") else "right",
                          overflow="fold", no_wrap=c not in ("params",))
+    lead = 0 if portfolio else 1
     for r in ranked(records, sort)[:top]:
-        board.add_row(r["symbol"], _params_text(r["params"], vary), *(_fmt(m, r["metrics"].get(m)) for m in cols[2:]))
-    best = Table(title=f"best parameters per symbol (by {sort})", title_justify="left")
-    for c in ("symbol", "params", sort, "total_return", "buy_and_hold_return"):
-        best.add_column(c, justify="left" if c in ("symbol", "params") else "right", overflow="fold",
-                        no_wrap=c != "params")
-    for r in best_per_symbol(records, sort):
-        best.add_row(r["symbol"], _params_text(r["params"], vary), _fmt(sort, r["metrics"].get(sort)),
-                     _fmt("total_return", r["metrics"].get("total_return")),
-                     _fmt("buy_and_hold_return", r["metrics"].get("buy_and_hold_return")))
+        board.add_row(*([] if portfolio else [r["symbol"]]), _params_text(r["params"], vary),
+                      *(_fmt(m, r["metrics"].get(m)) for m in cols[lead + 1:]))
+    if portfolio:
+        first = ranked(records, sort)[:1]
+        about = f" of the best set, {_params_text(first[0]['params'], vary)}" if first else ""
+        best = Table(title=f"PnL by symbol{about}", title_justify="left")
+        for c in ("symbol", "pnl", "share", "trades", "fees"):
+            best.add_column(c, justify="left" if c == "symbol" else "right", no_wrap=True)
+        for row in contrib or ():
+            share = "–" if row["share"] is None else f"{row['share'] * 100:.1f}%"
+            best.add_row(row["symbol"], f"{row['pnl']:,.2f}", share, str(row["trades"]), f"{row['fees']:,.2f}")
+    else:
+        best = Table(title=f"best parameters per symbol (by {sort})", title_justify="left")
+        for c in ("symbol", "params", sort, "total_return", "buy_and_hold_return"):
+            best.add_column(c, justify="left" if c in ("symbol", "params") else "right", overflow="fold",
+                            no_wrap=c != "params")
+        for r in best_per_symbol(records, sort):
+            best.add_row(r["symbol"], _params_text(r["params"], vary), _fmt(sort, r["metrics"].get(sort)),
+                         _fmt("total_return", r["metrics"].get("total_return")),
+                         _fmt("buy_and_hold_return", r["metrics"].get("buy_and_hold_return")))
     summ = Table(title=f"across {len(done)} tasks", title_justify="left")
     for c in ("metric", "min", "25%", "median", "75%", "max"):
         summ.add_column(c, justify="left" if c == "metric" else "right", no_wrap=True)
@@ -442,7 +501,7 @@ def render_task(rec: dict[str, Any], trades: Sequence[dict[str, Any]] | None) ->
     t = Table(title=f"{rec['symbol']} {_params_text(rec['params'])} ({rec['status']})", title_justify="left")
     t.add_column("metric")
     t.add_column("value", justify="right")
-    for m in METRICS:
+    for m in (*METRICS, *(m for m in OPTIONAL_METRICS if m in rec["metrics"])):
         t.add_row(m, _fmt(m, rec["metrics"].get(m)))
     parts: list[Any] = [t]
     if trades is not None:
@@ -453,6 +512,9 @@ def render_task(rec: dict[str, Any], trades: Sequence[dict[str, Any]] | None) ->
         tt = Table(title=f"{len(trades)} trades" + (f" (the first {shown}; --format csv for all, with fees)"
                                                    if shown < len(trades) else " (--format csv adds fees)"),
                    title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        with_symbol = bool(trades) and "symbol" in trades[0]
+        if with_symbol:
+            tt.add_column("symbol", no_wrap=True)
         tt.add_column("entry", no_wrap=True)
         tt.add_column("exit", overflow="fold")  # a position held overnight wraps its date onto two lines
         for c in ("side", "size", "in", "out", "pnl", "return", "bars"):
@@ -461,7 +523,7 @@ def render_task(rec: dict[str, Any], trades: Sequence[dict[str, Any]] | None) ->
             entry, leave = (row[c][:10] if daily else _short_time(row[c]) for c in ("entry_time", "exit_time"))
             if not daily and leave[:10] == entry[:10]:
                 leave = leave[11:]  # the same day: its time says it all
-            tt.add_row(entry, leave.replace(" ", "\n"),
+            tt.add_row(*([row["symbol"]] if with_symbol else []), entry, leave.replace(" ", "\n"),
                        row["side"], _compact(row["size"]), _compact(row["entry_price"]), _compact(row["exit_price"]),
                        _compact(row["pnl"]), f"{row['return'] * 100:.2f}%", str(row["bars"]))
         parts.append(tt)

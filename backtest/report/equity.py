@@ -35,8 +35,8 @@ class Curve:
     ts: np.ndarray  # int64 UTC ns of each bar
     equity: np.ndarray  # marked to each bar's close
     drawdown: np.ndarray  # equity / its running maximum − 1 (≤ 0)
-    position: np.ndarray  # signed units held at each bar's close
-    close: np.ndarray
+    position: np.ndarray  # signed units held at each bar's close (a portfolio: its gross exposure)
+    close: np.ndarray  # a portfolio: its universe's equal-weight index
     buy_hold: np.ndarray  # the starting cash held in the symbol from the first bar's close, no costs
     trades: np.ndarray  # ``TRADE_DTYPE`` rows; indices are into ``ts`` (not the warm-up)
     metrics: dict[str, float]
@@ -94,8 +94,8 @@ def curves(run: str | dict[str, Any], keys: Sequence[str], root: Path | None = N
     missing = [k for k in keys if k not in rows or rows[k]["status"] != "done"]
     if missing:
         raise BtError(f"task {missing[0][:12]} is not a done task of run {run['run_id']}")
-    wanted_files = {f for k in keys for f in parts.get((rows[k]["symbol"], _warmup(job, rows[k])), [])}
-    changed = Store(root).changed({rows[k]["symbol"] for k in keys}, wanted_files)
+    wanted_files = {f for k in keys for f in job.files(parts, rows[k]["symbol"], _warmup(job, rows[k])) or []}
+    changed = Store(root).changed(job.symbols if job.universe else {rows[k]["symbol"] for k in keys}, wanted_files)
     if changed:
         raise DataError(f"the data of run {run['run_id']} changed since it ran, so its equity curves cannot be "
                         f"re-derived: {changed[0]}" + (f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""))
@@ -121,15 +121,40 @@ def curves(run: str | dict[str, Any], keys: Sequence[str], root: Path | None = N
                 "every task that differs)")
         start = bars.start
         ts = np.asarray(bars.ts[start:])
-        close = np.asarray(bars.close[start:], dtype=np.float64)
         trades = res.trades.copy()
         trades["entry_index"] -= start
         trades["exit_index"] -= start
         cash = float(SimSettings(**job.settings).cash)
+        if job.universe:
+            close, held, trades = _portfolio_path(bars, trades, res.equity)
+        else:
+            close = np.asarray(bars.close[start:], dtype=np.float64)
+            held = positions(trades, ts.size)
         bh = cash * close / close[0] if close.size else close
-        out[k] = Curve(k, r["symbol"], params, ts, res.equity, drawdown(res.equity), positions(trades, ts.size),
-                       close, bh, trades, res.metrics)
+        out[k] = Curve(k, r["symbol"], params, ts, res.equity, drawdown(res.equity), held, close, bh, trades,
+                       res.metrics)
     return [out[k] for k in keys]
+
+
+def _portfolio_path(u: Any, trades: np.ndarray, equity: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A portfolio's curve in one-symbol terms: its "close" is the universe's equal-weight index
+    (each symbol's last close over its first in the range, averaged over the symbols trading, ×
+    100), its "position" the gross exposure (Σ |units · close| / equity), and no trade markers
+    (its trades are listed, with their symbols, by ``bt report --trades``)."""
+    from backtest.engine.universe import ffill
+
+    last = ffill(u.close)[u.start:]
+    n = last.shape[0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        first = np.array([col[~np.isnan(col)][0] if (~np.isnan(col)).any() else np.nan for col in last.T])
+        index = 100.0 * np.nanmean(last / first, axis=1) if last.size else np.empty(0)
+        gross = np.zeros(n)
+        for j in range(last.shape[1]):
+            mine = trades[trades["symbol_index"] == j]
+            if mine.size:
+                gross += np.abs(positions(mine, n) * np.nan_to_num(last[:, j]))
+        exposure = np.where(equity > 0, gross / equity, np.nan) if equity.size == n else gross
+    return index, exposure, trades[:0]
 
 
 def _warmup(job: Any, row: dict[str, Any]) -> int:

@@ -61,7 +61,8 @@ def _run_row(prep: Prepared, run_id: str) -> dict[str, Any]:
         "strategy_file": str(prep.request.strategy), "code_hash": job.strategy.hash,
         "job_hash": save_job(prep.root, json.dumps({
             "symbols": job.symbols, "params": job.params_list, "warmups": job.warmups, "start_ns": job.start_ns,
-            "end_ns": job.end_ns, "parts": [[s, w, files] for (s, w), files in prep.parts.items()]})),
+            "end_ns": job.end_ns, "parts": [[s, w, files] for (s, w), files in prep.parts.items()],
+            **({"universe": job.universe} if job.universe else {})})),
         "settings": json.dumps(job.settings, sort_keys=True), "executor": prep.executor_url,
         "status": "running", "tasks": len(prep.tasks), "computed": 0, "cached": len(prep.cached), "failed": 0,
         "pid": os.getpid(), "host": socket.gethostname(),

@@ -41,34 +41,37 @@ def load_source(path: Path, name: str | None, text: str | None = None) -> tuple[
     return cls, strategy_source(cls.__bt_source__, path, cls.__name__)
 
 
-def grid_of(req: RunRequest, root: Path, text: str | None) -> tuple[StrategySource, list[dict[str, Any]], list[int]]:
-    """The strategy's source, parameter sets and the warm-up each needs: kept ones when this source
-    (``text``, the file as read once for the run) and these specs were expanded before."""
+def grid_of(req: RunRequest, root: Path, text: str | None) -> tuple[StrategySource, list[dict[str, Any]], list[int], bool]:
+    """The strategy's source, parameter sets, the warm-up each needs and whether it is a portfolio
+    strategy: kept ones when this source (``text``, the file as read once for the run) and these
+    specs were expanded before."""
     from dataclasses import replace
 
     from backtest.deps import strategy_source
-    from backtest.strategy import expand_grid, parse_param_specs, warmup_bars
+    from backtest.strategy import expand_grid, is_portfolio, parse_param_specs, warmup_bars
 
     if text is not None:
         src = strategy_source(text, req.strategy, req.strategy_name)
         path = _path(req, root, src.hash)
         try:
             saved = json.loads(path.read_text())
-            return replace(src, name=saved["name"]), saved["params_list"], saved["warmups"]
+            return (replace(src, name=saved["name"]), saved["params_list"], saved["warmups"],
+                    bool(saved.get("portfolio")))
         except (OSError, ValueError, KeyError):
             pass
     cls, src = load_source(req.strategy, req.strategy_name, text)
     params_list = expand_grid(cls, parse_param_specs(cls, req.params))
     warmups = [int(warmup_bars(cls, p)) for p in params_list]
-    return src, params_list, warmups
+    return src, params_list, warmups, is_portfolio(cls)
 
 
 def remember_grid(req: RunRequest, root: Path, text: str | None, src: StrategySource,
-                  params_list: list[dict[str, Any]], warmups: list[int]) -> None:
+                  params_list: list[dict[str, Any]], warmups: list[int], portfolio: bool) -> None:
     """Keep what ``grid_of`` expanded (only when it came from that same source text)."""
     from backtest.store.fsutil import write_once
 
     if text is None or src.source != text:
         return
     write_once(_path(req, root, src.hash),
-               json.dumps({"name": src.name, "params_list": params_list, "warmups": warmups}).encode())
+               json.dumps({"name": src.name, "params_list": params_list, "warmups": warmups,
+                          "portfolio": portfolio}).encode())

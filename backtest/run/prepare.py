@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from backtest import paths
-from backtest.errors import BtError, DataError, PlanError
+from backtest.errors import BtError, DataError, PlanError, UsageError
 from backtest.executors.base import Executor, ExecutorOptions
 from backtest.plan import make_shards, make_tasks, parse_range
 from backtest.run.grid_cache import grid_cached, grid_of, remember_grid
@@ -55,8 +55,11 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) 
     limit_bytes()  # a bad BT_BARS_CACHE_MB is one error here, not one per shard in the workers
     if text is None:
         text = req.read_source()
-    source, params_list, warmups = grid_of(req, root, text)
+    source, params_list, warmups, portfolio = grid_of(req, root, text)
     settings = SimSettings(**req.settings).to_dict()
+    if "leverage" in settings and not portfolio:
+        raise UsageError(f"--leverage is for portfolio strategies (PortfolioStrategy); {source.name or 'this strategy'} "
+                         "trades one symbol per task with targets in [-1, 1]")
     start_ns, end_ns = parse_range(req.start, req.end)
     store = Store(root)
     symbols = symbols_of(req, store)
@@ -70,6 +73,9 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) 
             try:
                 found = store.resolve(s, start_ns, end_ns, w)
             except DataError as exc:
+                if portfolio:  # every member is part of every task
+                    raise PlanError(f"{exc}; every symbol of a portfolio needs bars in the range: remove {s} from "
+                                    "the universe or change --from/--to") from None
                 first_error = first_error or exc
                 skipped.append(s)
                 break
@@ -77,7 +83,8 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) 
     if len(skipped) == len(symbols):
         raise PlanError(str(first_error) if len(symbols) == 1 else
                         f"no data in the date range for any of the {len(symbols)} symbols ({first_error})")
-    job = Job(source, params_list, warmups, [s for s in symbols if s not in skipped], start_ns, end_ns, settings)
+    job = Job(source, params_list, warmups, [s for s in symbols if s not in skipped], start_ns, end_ns, settings,
+              universe=universe_name(req, symbols) if portfolio else "")
     tasks = make_tasks(job, parts)
     damaged: dict[str, str] = {}
     if req.force:
@@ -87,12 +94,20 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) 
     todo = [t for t in tasks if t.key not in have]
     cached = [t for t in tasks if t.key in have]
     shards = make_shards(job, todo, parts, target.capacity)
-    remember_grid(req, root, text, source, params_list, warmups)
+    remember_grid(req, root, text, source, params_list, warmups, portfolio)
     notes = [f"result {k[:12]} {why}: set aside, computed again" for k, why in sorted(damaged.items())]
-    for sym, (first, last) in store.short_spans(job.symbols, start_ns, end_ns).items():
+    for sym, (first, last) in ({} if portfolio else store.short_spans(job.symbols, start_ns, end_ns)).items():
         notes.append(f"{sym} has bars only from {fmt_ts(first)} to {fmt_ts(last)}, part of the range: "
                      "rank its results with care")
     return Prepared(req, job, tasks, cached, shards, skipped, target.url, root, parts, notes)
+
+
+def universe_name(req: RunRequest, symbols: list[str]) -> str:
+    """What a portfolio's tasks are filed under: the universe file's name (``sp100`` for
+    ``--universe sp100.txt``), else its symbols joined by commas."""
+    if req.universe is not None:
+        return req.universe.stem or ",".join(symbols)
+    return ",".join(symbols)
 
 
 def prepare_started(req: RunRequest, root: Path | None = None) -> tuple[Prepared, Executor | None]:

@@ -60,5 +60,5 @@ def run_job(root: Path, run: dict[str, Any]) -> tuple[Job, PartsFor]:
     source = load_source(root, run["code_hash"])
     parts = {(s, w): [(f[0], f[1]) for f in files] for s, w, files in spec["parts"]}
     job = Job(source, spec["params"], spec["warmups"], spec["symbols"], spec["start_ns"], spec["end_ns"],
-              json.loads(run["settings"]))
+              json.loads(run["settings"]), universe=spec.get("universe", ""))
     return job, parts

@@ -45,6 +45,14 @@ class ResultRecord:
     metrics: dict[str, float]
     trades: np.ndarray
     env: dict[str, str]
+    #: a portfolio task's symbols: ``trades["symbol_index"]`` indexes them (() for one symbol)
+    symbols: tuple[str, ...] = ()
+
+    def trade_symbols(self) -> list[str]:
+        """The symbol of each trade."""
+        if not self.symbols or self.trades.dtype.names is None or "symbol_index" not in self.trades.dtype.names:
+            return [self.symbol] * int(self.trades.shape[0])
+        return [self.symbols[int(i)] for i in self.trades["symbol_index"]]
 
 
 def environment() -> dict[str, str]:
@@ -74,9 +82,10 @@ def encode(
     metrics: dict[str, float],
     trades: np.ndarray,
     env: dict[str, str],
+    symbols: tuple[str, ...] = (),
 ) -> bytes:
     """The result file of one task (module docstring: the layout)."""
-    return Encoder(symbol, env)(key, params, metrics, trades)
+    return Encoder(symbol, env)(key, params, metrics, trades, symbols)
 
 
 class Encoder:
@@ -92,17 +101,20 @@ class Encoder:
         self._names_json = "[]"
         self._values = struct.Struct("<")
 
-    def __call__(self, key: str, params: dict[str, Any], metrics: dict[str, float], trades: np.ndarray) -> bytes:
+    def __call__(self, key: str, params: dict[str, Any], metrics: dict[str, float], trades: np.ndarray,
+                 symbols: tuple[str, ...] = ()) -> bytes:
         names = tuple(metrics)
         if names != self._names:
             self._names, self._names_json = names, canonical_json(list(names))
             self._values = struct.Struct(f"<{len(names)}d")
         stored = stored_trades(trades)
-        # the header's keys in sorted order: env, key, metric_names, n_trades, params, symbol, trade_dtype
+        members = f'"symbols":{canonical_json(list(symbols))},' if symbols else ""
+        # the header's keys in sorted order: env, key, metric_names, n_trades, params, symbol,
+        # symbols (a portfolio's only), trade_dtype
         head = (
             f'{{"env":{self._env},"key":{canonical_json(key)},"metric_names":{self._names_json},'
             f'"n_trades":{int(stored.shape[0])},"params":{canonical_json(params)},"symbol":{self._symbol},'
-            f'"trade_dtype":{_dtype_json(stored.dtype)}}}'
+            f'{members}"trade_dtype":{_dtype_json(stored.dtype)}}}'
         ).encode()
         payload = b"".join((MAGIC, _U32.pack(len(head)), head, self._values.pack(*metrics.values()),
                             stored.tobytes()))
@@ -125,11 +137,17 @@ _READ_FIELDS = [
 ]
 
 
+#: A portfolio task's trades also keep the index of their symbol in the header's ``symbols``.
+_SYMBOL_FIELD = ("symbol_index", "<i4")
+
+
 @functools.cache
-def _trade_dtypes() -> tuple[np.dtype, np.dtype]:
+def _trade_dtypes(portfolio: bool = False) -> tuple[np.dtype, np.dtype]:
+    """(stored, read) trade dtypes, for one symbol's tasks or (``portfolio``) a universe's."""
     import numpy as np
 
-    return np.dtype(_STORED_FIELDS), np.dtype(_READ_FIELDS)
+    extra = [_SYMBOL_FIELD] if portfolio else []
+    return np.dtype(_STORED_FIELDS + extra), np.dtype(_READ_FIELDS + extra)
 
 
 def __getattr__(name: str) -> Any:
@@ -146,11 +164,12 @@ def stored_trades(trades: np.ndarray) -> np.ndarray:
     """``trades`` (the engine's records, or records read back) as ``STORED_TRADE_DTYPE``."""
     import numpy as np
 
-    stored_dtype = _trade_dtypes()[0]
+    portfolio = trades.dtype.names is not None and "symbol_index" in trades.dtype.names
+    stored_dtype = _trade_dtypes(portfolio)[0]
     if trades.dtype == stored_dtype:
         return np.ascontiguousarray(trades)
     out = np.empty(trades.shape[0], stored_dtype)
-    if _from_engine(trades.dtype):
+    if not portfolio and _from_engine(trades.dtype):
         # the engine made them, so numba is loaded: its kernel copies them in a tenth of the time
         from backtest.engine.orders import stored_records_nb
 
@@ -173,7 +192,7 @@ def _from_engine(dtype: np.dtype) -> bool:
 def _read_trades(stored: np.ndarray) -> np.ndarray:
     import numpy as np
 
-    stored_dtype, read_dtype = _trade_dtypes()
+    stored_dtype, read_dtype = _trade_dtypes("symbol_index" in (stored.dtype.names or ()))
     if stored.dtype != stored_dtype:
         return stored.copy()  # a file written before trades were stored compactly: as it was
     out = np.empty(stored.shape[0], read_dtype)
@@ -218,6 +237,7 @@ def decode(data: bytes, where: str = "result", key: str | None = None) -> Result
         metrics={n: float(v) for n, v in zip(names, values, strict=True)},
         trades=trades,
         env=header["env"],
+        symbols=tuple(header.get("symbols", ())),
     )
 
 

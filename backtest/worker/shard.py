@@ -4,7 +4,11 @@ A shard spec (JSON)::
 
     {"id", "symbol", "strategy": <source hash>, "start_ns", "end_ns", "settings": {...},
      "files": [[path, data_sha256], ...],          # in year order, enough for the largest warm-up
-     "groups": [{"warmup": w, "parts": [sha256, ...], "tasks": [[key, params], ...]}, ...]}
+     "groups": [{"warmup": w, "parts": [sha256, ...], "tasks": [[key, params], ...]}, ...],
+     "members": [[symbol, n_files], ...]}          # a portfolio's universe only: whose ``files`` are whose
+
+A portfolio shard's ``symbol`` is its universe's name; its members' bars are read from their own
+files and aligned on one timeline (``engine.universe.align``), warm-up counted on that timeline.
 
 Relative paths are resolved under the data root. Each group's tasks see exactly ``warmup`` bars
 before the start, so a task's result depends only on what its key names; groups that see the same
@@ -27,10 +31,14 @@ Emit = Callable[..., None]
 
 
 def slice_bars(bars: Any, warmup: int, parts: list[str]) -> Any:
-    """The bars a group of tasks with ``warmup`` bars of warm-up sees, cut from a longer read."""
+    """The bars (or universe) a group of tasks with ``warmup`` bars of warm-up sees, cut from a
+    longer read."""
     from backtest.engine.bars import Bars
+    from backtest.engine.universe import Universe
 
     offset = max(0, bars.start - warmup)
+    if isinstance(bars, Universe):
+        return bars.sliced(offset, parts)
     if offset == 0 and tuple(parts) == bars.partitions:
         return bars
     return Bars(
@@ -133,8 +141,20 @@ class Runner:
         settings = SimSettings(**spec["settings"])
         files = [(self._path(p), h) for p, h in spec["files"]]
         max_warmup = max(g["warmup"] for g in spec["groups"])
-        bars = read_bars(spec["symbol"], files, spec["start_ns"], spec["end_ns"], max_warmup, self.bars_cache)
-        return cls, settings, bars
+        if "members" not in spec:
+            bars = read_bars(spec["symbol"], files, spec["start_ns"], spec["end_ns"], max_warmup, self.bars_cache)
+            return cls, settings, bars
+        # a universe: each member's bars from its own files, aligned on the union of their times
+        from backtest.engine.universe import align
+
+        members = []
+        at = 0
+        for symbol, count in spec["members"]:
+            members.append(read_bars(symbol, files[at:at + count], spec["start_ns"], spec["end_ns"], max_warmup,
+                                     self.bars_cache))
+            at += count
+        widest = max(spec["groups"], key=lambda g: g["warmup"])
+        return cls, settings, align(members, spec["start_ns"], max_warmup, spec["symbol"], widest["parts"])
 
     def replay(self, spec: dict[str, Any]) -> list[tuple[str, Any, Any]]:
         """Run a shard's tasks again in this process, keeping each one's equity curve: one
@@ -187,6 +207,7 @@ class Runner:
             stored: list[str] = []
             n_trades: list[int] = []
             values: array[float] = array("d")
+            names: tuple[str, ...] = METRIC_NAMES
             for key, p, res in zip(keys, params, outcomes, strict=True):
                 if isinstance(res, BaseException):
                     details = getattr(res, "details", "") or "".join(
@@ -194,7 +215,7 @@ class Runner:
                     msg = str(res) if isinstance(res, BtError) else f"{type(res).__name__}: {res}"
                     emit({"t": "task_error", "shard": sid, "key": key, "error": msg, "details": details})
                 else:
-                    body = encode(key, p, res.metrics, res.trades)
+                    body = encode(key, p, res.metrics, res.trades, res.symbols)
                     if store is not None:
                         # the file is stored before it is reported; only its metrics travel
                         differs = store.write(key, body)
@@ -202,10 +223,11 @@ class Runner:
                             emit({"t": "differs", "shard": sid, "key": key, "what": differs})
                         stored.append(key)
                         n_trades.append(len(res.trades))
-                        values.extend(res.metrics[n] for n in METRIC_NAMES)
+                        names = tuple(res.metrics)  # the same for every task of a shard
+                        values.extend(res.metrics.values())
                     else:
                         emit({"t": "result", "shard": sid, "key": key}, body)
             if stored:
-                emit({"t": "results", "shard": sid, "keys": stored, "n_trades": n_trades, "metrics": METRIC_NAMES},
+                emit({"t": "results", "shard": sid, "keys": stored, "n_trades": n_trades, "metrics": names},
                      values.tobytes())
         emit({"t": "shard_done", "shard": sid, "seconds": time.perf_counter() - t0})

@@ -323,3 +323,140 @@ def metrics(equity, trades, cash, bars_per_year, close_start, close_end):
     out["final_equity"] = eq[-1]
     out["buy_and_hold_return"] = close_end / close_start - 1
     return out
+
+
+# ---------------------------------------------------------------------------------- portfolios
+
+TOL_REL = 1e-9
+TOL_ABS = 1e-12
+
+
+def _near(a, b):
+    return a == b or abs(a - b) <= max(TOL_REL * max(abs(a), abs(b)), TOL_ABS)
+
+
+def _plus(a, b):
+    """a + b, or 0 when the two cancel to within the tolerance (docs/engine.md, "Portfolio strategies")."""
+    if (a > 0) != (b > 0) and a != 0 and b != 0:
+        return 0.0 if _near(abs(a), abs(b)) else a + b
+    return 0.0 if _near(a + b, 0.0) else a + b
+
+
+@dataclass
+class SymbolBook:
+    """One symbol of a portfolio: its units (signed) and its open lots, oldest first."""
+
+    units: float = 0.0
+    lots: list = None
+    last_close: float = math.nan
+
+    def __post_init__(self):
+        self.lots = []
+
+
+def simulate_portfolio(o, c, w, start=0, cash=100_000.0, commission=0.0, fee=0.0, slippage=0.0,
+                       fill="next_open", units="fractional"):
+    """Target weights → (trades as dicts with a ``symbol`` index, equity list from ``start``, orders
+    filled, orders skipped), by the portfolio semantics of docs/engine.md, one bar at a time."""
+    n, m = len(c), len(c[0])
+    books = [SymbolBook() for _ in range(m)]
+    trades, equity = [], []
+    orders = skipped = 0
+    for i in range(n):
+        row_i = i if fill == "close" else i - 1
+        prices = [c[i][j] if fill == "close" else o[i][j] for j in range(m)]
+        if row_i >= start and not all(math.isnan(x) for x in w[row_i]):
+            value = cash
+            for j, b in enumerate(books):
+                if b.units != 0:
+                    value += b.units * (prices[j] if not math.isnan(prices[j]) else b.last_close)
+            wanted = []  # (order value, symbol, units to trade)
+            for j, b in enumerate(books):
+                x = w[row_i][j]
+                if math.isnan(x):
+                    continue
+                if math.isnan(prices[j]):
+                    skipped += 1
+                    continue
+                wanted.append((x * value - b.units * prices[j], j, x * value / prices[j] - b.units))
+            wanted.sort(key=lambda t: (t[0], t[1]))  # sells first; ties in symbol order
+            for _, j, delta in wanted:
+                b = books[j]
+                p = prices[j]
+                if delta > 0:
+                    px = p * (1 + slippage)
+                    size = math.floor(delta) if units == "integer" else delta
+                    paid = size * px * commission + fee
+                    spend = size * px + paid
+                    if not (_near(spend, cash) or spend < cash):  # cut to what the cash can pay
+                        room = _plus(cash, -fee) / (1 + commission)
+                        if room <= 0:
+                            continue
+                        size = room / px
+                        if units == "integer":
+                            size = math.floor(size)
+                            paid = size * px * commission + fee
+                            spend = size * px + paid
+                        else:
+                            paid = cash - room
+                            spend = cash
+                    if size <= TOL_ABS:
+                        continue
+                    cash = _plus(cash, -spend)
+                    after = _plus(b.units, size)
+                else:
+                    px = p * (1 - slippage)
+                    size = -delta
+                    if units == "integer":
+                        size = math.floor(size)
+                    if size <= TOL_ABS:
+                        continue
+                    paid = size * px * commission + fee
+                    got = _plus(size * px, -paid)
+                    if got < 0:
+                        continue
+                    cash += got
+                    after = _plus(b.units, -size)
+                orders += 1
+                before = b.units
+                crosses = before != 0 and (after == 0 or (after > 0) != (before > 0))
+                closed = abs(before) if crosses else max(abs(before) - abs(after), 0.0)
+                opened = abs(after) if crosses else max(abs(after) - abs(before), 0.0)
+                side = 1 if before > 0 else -1
+                left = closed
+                while left > 0 and b.lots:
+                    lot = b.lots[0]
+                    take = lot.units if (closed == abs(before) or left >= lot.units) else left
+                    entry_fees = lot.fees if take == lot.units else lot.fees * take / lot.units
+                    exit_fees = paid * take / (closed + opened)
+                    pnl = side * take * (px - lot.price) - entry_fees - exit_fees
+                    trades.append(dict(symbol=j, entry_index=lot.index, exit_index=i, side=side, closed=True,
+                                       size=take, entry_price=lot.price, exit_price=px, pnl=pnl,
+                                       ret=pnl / (take * lot.price), fees=entry_fees + exit_fees))
+                    if take == lot.units:
+                        b.lots.pop(0)
+                    else:
+                        lot.units -= take
+                        lot.fees -= entry_fees
+                    left -= take
+                if closed == abs(before):
+                    b.lots = []
+                if opened > 0:
+                    b.lots.append(Lot(opened, px, paid * opened / (closed + opened), i))
+                b.units = after
+        eq = cash
+        for j, b in enumerate(books):
+            if not math.isnan(c[i][j]):
+                b.last_close = c[i][j]
+            if b.units != 0:
+                eq += b.units * b.last_close
+        if i >= start:
+            equity.append(eq)
+    for j, b in enumerate(books):
+        side = 1 if b.units > 0 else -1
+        for lot in b.lots:
+            pnl = side * lot.units * (b.last_close - lot.price) - lot.fees
+            trades.append(dict(symbol=j, entry_index=lot.index, exit_index=n - 1, side=side, closed=False,
+                               size=lot.units, entry_price=lot.price, exit_price=b.last_close, pnl=pnl,
+                               ret=pnl / (lot.units * lot.price), fees=lot.fees))
+    return trades, equity, orders, skipped

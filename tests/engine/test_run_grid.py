@@ -142,7 +142,13 @@ def test_settings_canonical_and_validated():
             SimSettings(**kwargs)
         assert message in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(UsageError, match="unknown simulation setting"):
-        SimSettings.from_dict({"cash": 1.0, "leverage": 2})
+        SimSettings.from_dict({"cash": 1.0, "margin": 2})
+    # the leverage (portfolios) is left out of the dict, so of every key, at its default
+    assert "leverage" not in SimSettings(leverage=1).to_dict()
+    assert SimSettings(leverage=2).to_dict()["leverage"] == 2.0
+    assert SimSettings.from_dict(SimSettings(leverage=2).to_dict()) == SimSettings(leverage=2)
+    with pytest.raises(UsageError, match="leverage must be positive"):
+        SimSettings(leverage=-1)
 
 
 def test_import_engine_keeps_pandas_and_pyarrow_out():

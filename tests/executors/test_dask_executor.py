@@ -59,3 +59,25 @@ def test_dask_url_and_unreachable_scheduler(tmp_path: Path) -> None:
     ex = from_url("dask://127.0.0.1:1", ExecutorOptions(data_root=tmp_path))
     with pytest.raises(ExecutorError, match="cannot reach the Dask scheduler at 127.0.0.1:1"):
         ex.start(StrategySource("h", "", "s.py", "S"))
+
+
+def test_a_portfolio_run_on_dask_gives_the_bits_of_an_inline_run(scheduler: str, root: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from helpers import bt
+
+    from backtest.store.results import ResultStore
+
+    strategy = Path(__file__).resolve().parents[2] / "strategies" / "inverse_vol.py"
+    other = tmp_path / "other"
+    shutil.copytree(root, other)
+    args = ["run", strategy, "--symbols", "AAA,BBB,CCC", "--from", "2020", "--param", "lookback=21,63", "--json"]
+    outs = []
+    for where, executor in ((root, f"dask://{scheduler}"), (other, "inline://")):
+        code, out, err = bt("--data", where, *args, "--executor", executor)
+        assert code == 0, out + err
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    assert outs[0]["computed"] == outs[1]["computed"] == 2
+    files = [{k: ResultStore(r).read_bytes(k) for k in ResultStore(r).keys()} for r in (root, other)]
+    assert len(files[0]) == 2 and files[0] == files[1]

@@ -37,10 +37,15 @@ bars = make_bars(3000, seed=5, start=300, vol=0.004, step_ns=60 * 10**9)
 digest = hashlib.sha256()
 settings = [SimSettings(commission=0.001, slippage=0.0002, fee=0.5),
             SimSettings(stop_loss=0.01, take_profit=0.02, fill="close", units="integer")]
+from backtest.engine.universe import align
+from backtest.strategy import is_portfolio
+# portfolio strategies run on three symbols' bars (the portfolio kernel loads the lean way too)
+universe = align([make_bars(3000, seed=k, start=300, vol=0.004, step_ns=60 * 10**9) for k in (5, 6, 7)], 0, 0)
 for path in {strategies!r}:
     cls = load_strategy(path)
     for s in settings:
-        for out in run_grid(cls, bars, expand_grid(cls)[:3], s, want_equity=True):
+        data = universe if is_portfolio(cls) else bars
+        for out in run_grid(cls, data, expand_grid(cls)[:3], s, want_equity=True):
             digest.update(np.array([out.metrics[k] for k in METRIC_NAMES], dtype=np.float64).tobytes())
             digest.update(out.trades.tobytes())
             digest.update(out.equity.tobytes())

@@ -169,3 +169,22 @@ def test_a_strategy_s_helper_modules_go_to_the_hosts_with_it(ready_farm: Farm, f
     rows = [{r["key"]: (r["total_return"], r["n_trades"]) for r in Catalog(r_ / "catalog.duckdb").task_rows(i)}
             for r_, i in zip((root, local), ids, strict=True)]
     assert len(rows[0]) == 9 and rows[0] == rows[1]
+
+
+def test_a_portfolio_run_on_the_hosts_gives_the_bits_of_a_local_run(ready_farm: Farm, farm_python: str, root: Path,
+                                                                    tmp_path: Path) -> None:
+    """Every member's partitions reach the hosts by their hashes; the results are the same bytes."""
+    farm = ready_farm
+    strategy = Path(__file__).resolve().parents[3] / "strategies" / "xs_momentum.py"
+    local = tmp_path / "local"
+    shutil.copytree(root, local)
+    hosts = farm.hosts_file([line(farm, h, farm_python) for h in farm.hosts])
+    args = ["run", strategy, "--symbols", "AAA,BBB,CCC", "--from", "2020", "--to", "2021", "--param",
+            "lookback=21,63", "--commission", "0.001", "--json"]
+    remote = bt(root, *args, "--hosts", hosts, env=farm_env(farm))
+    assert remote.returncode == 0, remote.stderr + remote.stdout
+    here = bt(local, *args, env=farm_env(farm))
+    assert here.returncode == 0, here.stderr + here.stdout
+    assert json.loads(remote.stdout.strip().splitlines()[-1])["computed"] == 6
+    files = [{k: ResultStore(r).read_bytes(k) for k in ResultStore(r).keys()} for r in (root, local)]
+    assert len(files[0]) == 6 and files[0] == files[1]
