@@ -149,3 +149,14 @@ def _shard(job: Job, symbol: str, tasks: Sequence[Task], parts: PartsFor) -> Sha
     if job.universe:  # how many of ``files`` each member has, in member order
         spec["members"] = [[m, len(parts[(m, widest)])] for m in job.symbols]
     return Shard(shard_id, spec, keys)
+
+
+def task_index(windows: Sequence[tuple[Job, PartsFor]]) -> dict[str, tuple[Job, PartsFor, Task]]:
+    """Every task the jobs of ``windows`` can plan, by key, with the job and partitions that
+    plan it: how a recorded task is found again (a walk-forward run's tasks each have a window)."""
+    out: dict[str, tuple[Job, PartsFor, Task]] = {}
+    for job, parts in windows:
+        for t in make_tasks(job, parts):
+            out.setdefault(t.key, (job, parts, t))
+    return out
+

@@ -37,7 +37,7 @@ import peerenv  # noqa: E402
 from measure import Measurement, Run, measure_repeats, python_env, run_measured  # noqa: E402
 from report import SuiteResult, bt_versions, cpu_probe, machine, print_suite, results_markdown, target_lines  # noqa: E402
 
-SUITES = ("selftest", "sma_grid", "small", "rerun", "startup", "report", "portfolio")
+SUITES = ("selftest", "sma_grid", "small", "rerun", "startup", "report", "portfolio", "walkforward")
 ENGINES = ("bt", "vectorbt", "backtesting.py")
 PEER_SCRIPTS = {"vectorbt": "vectorbt_sma.py", "backtesting.py": "backtesting_sma.py"}
 RESULTS_MD = common.BENCH_DIR / "RESULTS.md"
@@ -421,6 +421,13 @@ def suite_portfolio(h: Harness) -> SuiteResult:
     return bench_portfolio.run_suite(h)
 
 
+def suite_walkforward(h: Harness) -> SuiteResult:
+    """One walk-forward run against the same folds as plain runs (bench_walkforward.py)."""
+    import bench_walkforward
+
+    return bench_walkforward.run_suite(h)
+
+
 SUITE_FUNCS: dict[str, Callable[[Harness], SuiteResult]] = {
     "selftest": suite_selftest,
     "sma_grid": suite_sma_grid,
@@ -429,6 +436,7 @@ SUITE_FUNCS: dict[str, Callable[[Harness], SuiteResult]] = {
     "startup": suite_startup,
     "report": suite_report,
     "portfolio": suite_portfolio,
+    "walkforward": suite_walkforward,
 }
 
 

@@ -129,6 +129,18 @@ def bt(*args: object) -> tuple[int, str, str]:
     return res.exit_code, res.stdout, res.stderr
 
 
+def bt_in(root: Path, *args: object) -> tuple[int, str, str]:
+    """``bt --data ROOT ARGS...`` in this process."""
+    return bt("--data", root, *args)
+
+
+def run_json(root: Path, *args: object) -> dict:
+    """``bt --data ROOT run ARGS... --json``: its summary, after checking it exited 0."""
+    code, out, err = bt_in(root, "run", *args, "--json")
+    assert code == 0, err + out
+    return json.loads(out.strip().splitlines()[-1])
+
+
 # A strategy that imports a helper module beside it, which imports a module of a package beside it.
 HELPED_STRATEGY = """
 import json

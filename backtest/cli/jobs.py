@@ -79,6 +79,11 @@ def run(
     stop_loss: Annotated[float | None, typer.Option("--stop-loss", help="Stop-loss as a fraction of the entry price (0.05 = 5 %).")] = None,
     take_profit: Annotated[float | None, typer.Option("--take-profit", help="Take-profit as a fraction of the entry price.")] = None,
     leverage: Annotated[float, typer.Option(help="Portfolio strategies: the largest sum of |weight| a bar may ask for (1 = no leverage).")] = 1.0,
+    walk_forward: Annotated[str | None, typer.Option("--walk-forward", help="Walk-forward optimization: train=3y,test=1y[,step=6m] (units y, m, d, or b for bars). Each fold picks the best set on its train window and tests it on the next test window.", show_default=False)] = None,
+    holdout: Annotated[str | None, typer.Option("--holdout", help="One out-of-sample split: optimize before this date (2022 or 2022-07-01), test from it to --to.", show_default=False)] = None,
+    anchored: Annotated[bool, typer.Option("--anchored", help="Walk-forward: every train window starts at --from (default: rolling).")] = False,
+    select: Annotated[str | None, typer.Option("--select", help="Walk-forward: the in-sample metric that picks each fold's set (default sharpe; highest wins, lowest for volatility and max_drawdown_duration).", show_default=False)] = None,
+    min_trades: Annotated[int | None, typer.Option("--min-trades", help="Walk-forward: sets with fewer in-sample trades are not eligible.", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute tasks even when their results are stored.")] = False,
     accept_new_hosts: Annotated[bool, typer.Option("--accept-new-hosts", help="Record unknown SSH host keys on first contact.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object at the end instead of the live display.")] = False,
@@ -92,6 +97,10 @@ def run(
     Examples:
       bt run strategies/sma_cross.py --from 2020 --to 2024 --param fast=5:50:5 --param slow=20,50,100
       bt run strategies/xs_momentum.py --universe sp100.txt --from 2015 --to 2024 --commission 0.0005
+      bt run strategies/sma_cross.py --from 2015 --to 2024 --walk-forward train=3y,test=1y --select sharpe
+      bt run strategies/sma_cross.py --from 2015 --to 2024 --holdout 2022     (optimize on 2015-2021, test 2022-2024)
+
+    Walk-forward: every in-sample and out-of-sample backtest is an ordinary cached task (a plain run over a fold's train window reuses them); bt report RUN shows the folds, the stitched out-of-sample metrics and the walk-forward efficiency.
 
     Exit codes: 0 all tasks done, 1 some failed, 2 bad input, 130 interrupted.
 
@@ -106,6 +115,7 @@ def run(
         settings={"cash": cash, "commission": commission, "fee": fee, "slippage": slippage,
                   "fill": fill.value.replace("-", "_"), "units": units.value, "stop_loss": stop_loss,
                   "take_profit": take_profit, "leverage": leverage},
+        walk_forward=walk_forward, holdout=holdout, anchored=anchored, select=select, min_trades=min_trades,
     )
     if workers is not None and workers < 1:
         raise UsageError("--workers must be at least 1")
@@ -240,6 +250,7 @@ def report(
     charts: Annotated[int, typer.Option(help="html: chart the equity of this many top tasks (and each symbol's best).")] = 5,
     tz: Annotated[str, typer.Option(help="Show times in this time zone, e.g. America/New_York.")] = "UTC",
     open_: Annotated[bool, typer.Option("--open", help="html: open the report in the default browser.")] = False,
+    stitched: Annotated[bool, typer.Option("--stitched", help="Walk-forward runs: one row per symbol with the stitched out-of-sample metrics (instead of one per fold).")] = False,
 ) -> None:
     """Show a run's results: leaderboard, best parameters per symbol, summary, failures; or write
     them as csv, json, parquet, or one self-contained HTML report with charts.
@@ -274,6 +285,11 @@ def report(
             shown = ", ".join(present[:10]) + (" ..." if len(present) > 10 else "")
             raise UsageError(f'--symbol {symbol}: not a symbol of run {run_row["run_id"]}; its symbols: {shown}')
     selected = rep.select_task(records, symbol, rep.parse_params_filter(params))
+    if not (trades or equity) and _walk_forward_report(run_row, records, fmt, out, symbol, stitched, tz, sort, metric,
+                                                       x, y, charts, open_):
+        return
+    if stitched:
+        raise UsageError(f"--stitched is for walk-forward runs; {run_row['run_id']} is a plain run")
     if trades or equity:
         what = "--trades" if trades else "--equity"
         if len(selected) != 1:
@@ -310,14 +326,7 @@ def report(
         else:
             body = rep.render_run(run_row, selected, sort, top or 10, tz, total=len(records),
                                   facts=rep.run_facts(run_row, tz=tz), contrib=rep.portfolio_contrib(selected, sort))
-        if out is None:
-            console.print(body)
-        else:
-            from rich.console import Console
-
-            with out.open("w") as f:
-                Console(file=f, width=120, no_color=True, highlight=False).print(body)
-            err_console.print(f"wrote {out}")
+        _show(body, out)
         return
     ranked = rep.ranked(selected, sort) + [r for r in selected if r["status"] != "done"]
     if top is not None:
@@ -330,6 +339,59 @@ def report(
             _emit(text)
         return
     _emit(rep.write_rows(rep.flat_rows(ranked), fmt.value, out))
+
+
+def _show(body: Any, out: Path | None, width: int = 120) -> None:
+    """A report's tables on the terminal, or as plain text in ``out``."""
+    if out is None:
+        console.print(body)
+        return
+    from rich.console import Console
+
+    with out.open("w") as f:
+        Console(file=f, width=width, no_color=True, highlight=False).print(body)
+    err_console.print(f"wrote {out}")
+
+
+def _walk_forward_report(run_row: dict[str, Any], records: list[dict[str, Any]], fmt: Format, out: Path | None,
+                         symbol: str | None, stitched: bool, tz: str, sort: str, metric: str | None, x: str | None,
+                         y: str | None, charts: int, open_: bool) -> bool:
+    """The report of a walk-forward run (False for a plain run: the caller reports it)."""
+    import json
+
+    from backtest import paths
+    from backtest import report as rep
+    from backtest.report import walkforward as wfr
+
+    root = paths.root()
+    v = wfr.view(run_row, records, root)
+    if v is None:
+        return False
+    if fmt == Format.html:
+        _write_html(run_row, records, out, sort, metric, x, y, charts, tz, open_, bool(symbol))
+        return True
+    rows = [r for r in v.rows if not symbol or r.symbol.upper() == symbol.upper()]
+    names = list(dict.fromkeys(r.symbol for r in rows))
+    if fmt == Format.table or stitched:
+        from backtest.worker import tuning
+
+        tuning.warm_up()
+        results = wfr.stitched(run_row, v, records, root, names)
+    if fmt == Format.table:
+        body = wfr.render(run_row, v, results, rep.run_facts(run_row, tz=tz), rep._varying(records))
+        _show(body, out, 140)
+        return True
+    if fmt == Format.json:
+        items = [r.to_json() for r in results] if stitched else [r.to_json() for r in rows]
+        text = json.dumps(items, allow_nan=False)
+        if out:
+            out.write_text(text)
+        else:
+            _emit(text)
+        return True
+    flat = wfr.flat_stitched(results) if stitched else wfr.flat_rows(rows)
+    _emit(rep.write_rows(flat, fmt.value, out))
+    return True
 
 
 def _format_for(fmt: Format | None, out: Path | None) -> Format:

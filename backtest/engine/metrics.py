@@ -146,3 +146,54 @@ def metrics_nb(
     out[17] = final_equity
     out[18] = last_close / first_close - 1.0
     return out
+
+
+@njit(cache=True, error_model="numpy")
+def equity_stats_nb(equity: np.ndarray, cash0: float) -> tuple[int, float, float, float, float, int]:
+    """(N, mean, Σ(r − mean)², Σ min(r, 0)², max drawdown, longest run below a peak) of the bar
+    returns of ``equity``, the starting cash counting as the bar before the first."""
+    n = equity.shape[0]
+    total = 0.0
+    prev = cash0
+    for t in range(n):
+        eq = equity[t]
+        total += (eq - prev) / prev if prev > 0.0 else 0.0
+        prev = eq
+    mean = total / n if n > 0 else 0.0
+    m2 = 0.0
+    down2 = 0.0
+    prev = cash0
+    peak = cash0
+    peak_i = -1
+    max_dd = 0.0
+    max_under = 0
+    for t in range(n):
+        eq = equity[t]
+        r = (eq - prev) / prev if prev > 0.0 else 0.0
+        m2 += (r - mean) * (r - mean)
+        if r < 0.0:
+            down2 += r * r
+        prev = eq
+        if eq >= peak:
+            max_under = max(max_under, t - peak_i - 1)
+            peak = eq
+            peak_i = t
+        else:
+            max_dd = min(max_dd, eq / peak - 1.0)
+    max_under = max(max_under, n - 1 - peak_i)
+    return n, mean, m2, down2, max_dd, max_under
+
+
+def curve_metrics(equity: np.ndarray, cash0: float, pnl: np.ndarray, returns: np.ndarray, exposed: int,
+                  bars_per_year: float, first_close: float, last_close: float) -> np.ndarray:
+    """The ``METRIC_NAMES`` values of an equity curve (the equity at each close, starting from
+    ``cash0``) and its trades' pnl and returns, by the definitions above: for curves made of
+    others, e.g. a walk-forward's out-of-sample folds chained end to end."""
+    count, mean, m2, down2, max_dd, max_under = equity_stats_nb(equity, cash0)
+    rows = np.zeros((pnl.shape[0], 10))
+    rows[:, 7] = pnl
+    rows[:, 8] = returns
+    final = float(equity[-1]) if equity.shape[0] else cash0
+    return metrics_nb(cash0, final, count, mean, m2, down2, max_dd, max_under, exposed, bars_per_year, rows,
+                      pnl.shape[0], first_close, last_close)
+

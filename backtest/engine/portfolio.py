@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from backtest.engine.metrics import metrics_nb
+from backtest.engine.metrics import equity_stats_nb, metrics_nb
 from backtest.engine.orders import trade_records_nb
 
 REL_TOL = 1e-9
@@ -100,48 +100,12 @@ def portfolio_nb(
     trade_records_nb(trades, k, ts, records)
     for j in range(k):
         records[j]["symbol_index"] = np.int32(trades[j, 10])
-    count, mean, m2, down2, max_dd, max_under = _equity_stats_nb(equity_out, cash0)
+    count, mean, m2, down2, max_dd, max_under = equity_stats_nb(equity_out, cash0)
     final = equity_out[equity_out.shape[0] - 1] if equity_out.shape[0] > 0 else cash0
     metrics = metrics_nb(cash0, final, count, mean, m2, down2, max_dd, max_under, exposed, bars_per_year,
                          trades, k, 1.0, 1.0)
     metrics[18] = buy_and_hold
     return records, metrics, orders, skipped
-
-
-@njit(cache=True, error_model="numpy")
-def _equity_stats_nb(equity: np.ndarray, cash0: float) -> tuple[int, float, float, float, float, int]:
-    """(N, mean, Σ(r − mean)², Σ min(r, 0)², max drawdown, longest run below a peak) of the bar
-    returns of ``equity``, the starting cash counting as the bar before the first."""
-    n = equity.shape[0]
-    total = 0.0
-    prev = cash0
-    for t in range(n):
-        eq = equity[t]
-        total += (eq - prev) / prev if prev > 0.0 else 0.0
-        prev = eq
-    mean = total / n if n > 0 else 0.0
-    m2 = 0.0
-    down2 = 0.0
-    prev = cash0
-    peak = cash0
-    peak_i = -1
-    max_dd = 0.0
-    max_under = 0
-    for t in range(n):
-        eq = equity[t]
-        r = (eq - prev) / prev if prev > 0.0 else 0.0
-        m2 += (r - mean) * (r - mean)
-        if r < 0.0:
-            down2 += r * r
-        prev = eq
-        if eq >= peak:
-            max_under = max(max_under, t - peak_i - 1)
-            peak = eq
-            peak_i = t
-        else:
-            max_dd = min(max_dd, eq / peak - 1.0)
-    max_under = max(max_under, n - 1 - peak_i)
-    return n, mean, m2, down2, max_dd, max_under
 
 
 @njit(cache=True, error_model="numpy")

@@ -22,6 +22,9 @@ The life of a run, from the runner's side::
 
 Rules an implementer must keep:
 
+- ``submit`` may be called again at any time, also after everything submitted before has finished
+  (a walk-forward run submits its out-of-sample shards as its folds are decided); ``finished()``
+  is then false again until those end too.
 - Every submitted shard ends in exactly one ``ShardFinished`` or ``ShardFailed``.
 - Each task key is reported done (``TaskDone``) at most once, even when a worker that was given
   up for lost answers later: drop whatever a lost worker sends.

@@ -75,9 +75,8 @@ def curves(run: str | dict[str, Any], keys: Sequence[str], root: Path | None = N
     from backtest.catalog import Catalog
     from backtest.data import Store
     from backtest.engine import SimSettings
-    from backtest.plan import _shard
-    from backtest.spec import Task
-    from backtest.store.archive import run_job
+    from backtest.plan import _shard, task_index
+    from backtest.store.archive import run_windows
     from backtest.store.results import ResultStore
     from backtest.worker.shard import Runner
 
@@ -87,14 +86,19 @@ def curves(run: str | dict[str, Any], keys: Sequence[str], root: Path | None = N
     cat = Catalog(root / "catalog.duckdb")
     if isinstance(run, str):
         run = cat.run(run)
-    job, parts = run_job(root, run)
+    windows = [(job, parts) for _, _, job, parts in run_windows(root, run)]
+    job = windows[0][0]
     if records is None:
         records = [{**r, "params": json.loads(r["params"])} for r in cat.task_rows(run["run_id"])]
     rows = {r["key"]: r for r in records}
     missing = [k for k in keys if k not in rows or rows[k]["status"] != "done"]
     if missing:
         raise BtError(f"task {missing[0][:12]} is not a done task of run {run['run_id']}")
-    wanted_files = {f for k in keys for f in job.files(parts, rows[k]["symbol"], _warmup(job, rows[k])) or []}
+    index = task_index(windows)
+    unplanned = [k for k in keys if k not in index]
+    if unplanned:
+        raise BtError(f"task {unplanned[0][:12]} is not planned by the recorded job of run {run['run_id']}; rerun the job")
+    wanted_files = {f for k in keys for f in index[k][0].files(index[k][1], rows[k]["symbol"], index[k][2].warmup) or []}
     changed = Store(root).changed(job.symbols if job.universe else {rows[k]["symbol"] for k in keys}, wanted_files)
     if changed:
         raise DataError(f"the data of run {run['run_id']} changed since it ran, so its equity curves cannot be "
@@ -107,8 +111,8 @@ def curves(run: str | dict[str, Any], keys: Sequence[str], root: Path | None = N
     for k in dict.fromkeys(keys):
         r = rows[k]
         params = r["params"]
-        task = Task(k, r["symbol"], params, _warmup(job, r))
-        shard = _shard(job, r["symbol"], [task], parts)
+        wjob, wparts, task = index[k]
+        shard = _shard(wjob, r["symbol"], [task], wparts)
         ((key, bars, res),) = runner.replay(shard.spec)
         if isinstance(res, BaseException):
             raise ReproducibilityError(f"task {k[:12]} ({r['symbol']} {json.dumps(params)}) failed when computed again: {res}")
@@ -155,14 +159,6 @@ def _portfolio_path(u: Any, trades: np.ndarray, equity: np.ndarray) -> tuple[np.
                 gross += np.abs(positions(mine, n) * np.nan_to_num(last[:, j]))
         exposure = np.where(equity > 0, gross / equity, np.nan) if equity.size == n else gross
     return index, exposure, trades[:0]
-
-
-def _warmup(job: Any, row: dict[str, Any]) -> int:
-    params = row["params"]
-    for p, w in zip(job.params_list, job.warmups, strict=True):
-        if p == params:
-            return int(w)
-    raise BtError(f"the parameters {json.dumps(params)} are not in the run's recorded job; rerun the job")
 
 
 def equity_table(curve: Curve) -> Any:

@@ -79,6 +79,8 @@ class Context:
     chart_keys: list[str] = field(default_factory=list)
     charts: Charts | None = None  # filled by ``charts_of`` (maybe in a child process)
     env: dict[str, str] = field(default_factory=dict)
+    #: a walk-forward run's per-symbol results (``report.walkforward.SymbolResult``), else None
+    wfo: Any = None
 
 
 def gather(run_id: str, opts: Options, root: Path | None = None,
@@ -106,10 +108,11 @@ def gather(run_id: str, opts: Options, root: Path | None = None,
     return Context(run, records, job, parts, spans, surface, opts, chart_keys)
 
 
-def charts_of(ctx: Context, root: Path | None = None) -> tuple[Charts, dict[str, str]]:
+def charts_of(ctx: Context, root: Path | None = None) -> tuple[Charts, dict[str, str], Any]:
     """Re-derive the charted tasks' curves (checked against their stored results) and cut them
-    down for drawing; and the versions that made the results."""
+    down for drawing; the versions that made the results; a walk-forward run's stitched results."""
     from backtest import paths
+    from backtest.report import walkforward as wfr
     from backtest.report.equity import curves
     from backtest.store.results import ResultStore
     from backtest.worker import tuning
@@ -118,7 +121,9 @@ def charts_of(ctx: Context, root: Path | None = None) -> tuple[Charts, dict[str,
     tuning.warm_up()  # the simulation kernel, loaded the lean way a worker loads it
     found = curves(ctx.run, ctx.chart_keys, root, ctx.records)
     env = ResultStore(root).read(ctx.chart_keys[0]).env if ctx.chart_keys else {}
-    return prepare_charts(found, ctx), env
+    view = wfr.view(ctx.run, ctx.records, root)
+    wfo = wfr.stitched(ctx.run, view, ctx.records, root) if view is not None else None
+    return prepare_charts(found, ctx), env, wfo
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -250,6 +255,8 @@ def build(ctx: Context) -> str:
     bvb = _best_vs_hold(ctx)
     if bvb is not None:
         models["best_vs_hold"] = bvb
+    if ctx.wfo:
+        models["walkforward"] = _walk_forward(ctx)
     if ctx.charts is not None and ctx.charts.keys:
         models["charts"] = _task_charts(ctx)
     for name, m in models.items():
@@ -535,6 +542,55 @@ def _best_vs_hold(ctx: Context) -> Any:
     return p
 
 
+def _walk_forward(ctx: Context) -> Any:
+    """Per symbol: the stitched out-of-sample equity against the chosen sets' stitched in-sample
+    equity (both from the starting cash, by bars elapsed: the in-sample windows overlap in
+    time), and the chosen parameters of each fold."""
+    from bokeh.layouts import column
+    from bokeh.models import ColumnDataSource, DataTable, Div, HoverTool, TableColumn
+    from bokeh.plotting import figure
+
+    from backtest.report.downsample import extremes
+
+    parts: list[Any] = []
+    select = ctx.wfo[0].select if ctx.wfo else "sharpe"
+    for res in ctx.wfo:
+        if res.curve is None:
+            parts.append(Div(text=f"<p>{html.escape(res.symbol)}: no fold had an eligible parameter set.</p>"))
+            continue
+        p = figure(width=900, height=260, title=f"{res.symbol}: the chosen sets, stitched", toolbar_location=None,
+                   tools="", x_axis_label="bars elapsed", y_axis_label="equity")
+        for (ts, eq), label, colour in ((res.curve, "out of sample", "#1f77b4"), (res.in_curve, "in sample", "#bbbbbb")):
+            keep = extremes(len(eq), [eq], BUCKETS)
+            src = ColumnDataSource({"x": keep, "y": eq[keep].astype(np.float32),
+                                    "t": [_when(int(t), ctx.opts.tz) for t in ts[keep]]})
+            p.line("x", "y", source=src, legend_label=label, color=colour, line_width=2)
+        p.add_tools(HoverTool(tooltips=[("", "@t"), ("equity", "@y{0,0}")]))
+        p.legend.location = "top_left"
+        rows = res.folds
+        src = ColumnDataSource({
+            "fold": [r.fold for r in rows], "train": [f"{r.train_from} .. {r.train_to}" for r in rows],
+            "test": [f"{r.test_from} .. {r.test_to}" for r in rows],
+            "params": [_params_text(r.params) if r.params is not None else "none eligible" for r in rows],
+            "is": [_fmt(select, r.train_metrics.get(select)) for r in rows],
+            "oos": [_fmt("total_return", r.test_metrics.get("total_return")) for r in rows]})
+        cols = [TableColumn(field="fold", title="fold", width=40), TableColumn(field="train", title="train"),
+                TableColumn(field="test", title="test"), TableColumn(field="params", title="chosen", width=260),
+                TableColumn(field="is", title=f"in-sample {select}"),
+                TableColumn(field="oos", title="out-of-sample return")]
+        eff = "–" if res.efficiency is None else f"{res.efficiency:.2f}"
+        summary = (f"out of sample: total return {_fmt('total_return', res.metrics.get('total_return'))}, sharpe "
+                   f"{_fmt('sharpe', res.metrics.get('sharpe'))}, max drawdown "
+                   f"{_fmt('max_drawdown', res.metrics.get('max_drawdown'))}; in sample: total return "
+                   f"{_fmt('total_return', res.in_sample.get('total_return'))}, sharpe "
+                   f"{_fmt('sharpe', res.in_sample.get('sharpe'))}; walk-forward efficiency {eff}; the chosen "
+                   f"parameters changed {res.changes} times in {len(rows)} folds")
+        parts += [p, Div(text=f"<p class='muted'>{html.escape(summary)}</p>"),
+                  DataTable(source=src, columns=cols, width=900, height=min(400, 28 * (len(rows) + 1)),
+                            index_position=None)]
+    return column(*parts)
+
+
 def prepare_charts(curves: list[Curve], ctx: Context) -> Charts:
     """Each curve cut to what is drawn (extremes kept), its trades as markers, its menu label,
     title and returns table."""
@@ -687,7 +743,7 @@ def write(run_id: str, out: Path, opts: Options, root: Path | None = None,
     ctx = gather(run_id, opts, root, have)
     pending = _beside(lambda: charts_of(ctx, root))
     _import_bokeh()
-    ctx.charts, ctx.env = pending()
+    ctx.charts, ctx.env, ctx.wfo = pending()
     text = build(ctx)
     atomic_write(out, text.encode("utf-8"))
     return out, time.perf_counter() - t0, len(text.encode("utf-8"))

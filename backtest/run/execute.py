@@ -30,7 +30,7 @@ from backtest.run.prepare import executor_options, prepare_started
 from backtest.run.record import Recorder
 from backtest.run.recover import recovery
 from backtest.run.request import Prepared, Progress, RunRequest, RunSummary
-from backtest.spec import Job
+from backtest.spec import Job, Task
 from backtest.trace import mark
 
 OnProgress = Callable[[Progress], None]
@@ -62,13 +62,83 @@ def _run_row(prep: Prepared, run_id: str) -> dict[str, Any]:
         "job_hash": save_job(prep.root, json.dumps({
             "symbols": job.symbols, "params": job.params_list, "warmups": job.warmups, "start_ns": job.start_ns,
             "end_ns": job.end_ns, "parts": [[s, w, files] for (s, w), files in prep.parts.items()],
-            **({"universe": job.universe} if job.universe else {})})),
+            **({"universe": job.universe} if job.universe else {}),
+            **({"walk_forward": prep.wfo.to_json()} if prep.wfo is not None else {})})),
         "settings": json.dumps(job.settings, sort_keys=True), "executor": prep.executor_url,
-        "status": "running", "tasks": len(prep.tasks), "computed": 0, "cached": len(prep.cached), "failed": 0,
+        "status": "running", "tasks": len(prep.tasks) + prep.pending, "computed": 0, "cached": len(prep.cached), "failed": 0,
         "pid": os.getpid(), "host": socket.gethostname(),
         # every partition the run's tasks read, computed or cached
-        "data_hashes": json.dumps(sorted({h for files in prep.parts.values() for _, h in files})),
+        "data_hashes": json.dumps(sorted({h for files in _all_parts(prep) for _, h in files})),
     }
+
+
+def _all_parts(prep: Prepared) -> list[list[tuple[str, str]]]:
+    """The file lists of every window the run reads (one for a plain run)."""
+    out = list(prep.parts.values())
+    if prep.wfo is not None:
+        out += [files for w in prep.wfo.windows() for files in w.parts.values()]
+    return out
+
+
+class _Followup:
+    """A walk-forward run's second stage, fed with every in-sample outcome: the out-of-sample
+    tasks a fold's selection asks for are recorded as cached (stored already) or submitted."""
+
+    def __init__(self, prep: Prepared, recorder: Recorder, progress: Progress) -> None:
+        from backtest.store.results import ResultStore
+
+        self.prep = prep
+        self.recorder = recorder
+        self.progress = progress
+        self.store = ResultStore(prep.root)
+        self.fresh: list[Task] = []
+
+    def outcome(self, ev: Any) -> None:
+        from backtest.store.results import decode_metrics
+
+        driver = self.prep.stage2
+        if isinstance(ev, TaskDone):
+            if ev.metrics is not None:
+                found = driver.outcome(ev.key, ev.metrics, float(ev.n_trades))
+            else:
+                header, metrics = decode_metrics(ev.body)
+                found = driver.outcome(ev.key, metrics, float(header["n_trades"]))
+            found = [found]
+        elif isinstance(ev, TaskFailed):
+            found = [driver.outcome(ev.key, None, 0.0)]
+        else:
+            found = [driver.outcome(k, None, 0.0) for k in ev.keys]
+        self.fresh += [t for t in found if t is not None]
+
+    def submit(self, ex: Executor, now: float) -> None:
+        """Record or submit what the outcomes since the last call decided."""
+        from backtest.catalog import result_row
+        from backtest.plan import make_shards
+        from backtest.store.results import decode_metrics
+
+        fresh, self.fresh = [t for t in self.fresh if t.key not in self.recorder.by_key], []
+        plan = self.prep.wfo
+        self.progress.total = len(self.recorder.by_key) + len(fresh) + plan.pending()
+        if not fresh:
+            return
+        for t in fresh:
+            self.recorder.by_key[t.key] = t
+        have = set() if self.prep.request.force else self.store.intact([t.key for t in fresh])[0]
+        for t in fresh:
+            if t.key in have:
+                header, metrics = decode_metrics(self.store.read_bytes(t.key))
+                self.recorder.task_rows.append(self.recorder.row(t, "done", True, 0, None, None, None, now))
+                self.recorder.result_rows.append(result_row(header, metrics, now))
+                self.progress.cached += 1
+        fold_of = {t.key: cell[1] for cell, t in plan.oos.items()}
+        shards = []
+        for fold in sorted({fold_of[t.key] for t in fresh if t.key not in have}):
+            w = plan.test[fold]
+            mine = [t for t in fresh if t.key not in have and fold_of[t.key] == fold]
+            shards += make_shards(w.job, mine, w.parts, 1)
+        if shards:
+            mark(f"submitting {len(shards)} out-of-sample shards")
+            ex.submit(shards)
 
 
 def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Executor | None = None) -> RunSummary:
@@ -83,7 +153,7 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
     job = prep.job
     catalog = Catalog(prep.root / "catalog.duckdb", recover=recovery(prep.root))
     run_id = new_run_id(job)
-    progress = Progress(run_id, total=len(prep.tasks), cached=len(prep.cached))
+    progress = Progress(run_id, total=len(prep.tasks) + prep.pending, cached=len(prep.cached))
     save_source(prep.root, job.strategy)
     recorder = Recorder(prep, run_id, catalog, ResultStore(prep.root))
 
@@ -101,6 +171,7 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
             on_progress(progress)
         return summary
     recorder.start(known)
+    followup = _Followup(prep, recorder, progress) if prep.stage2 is not None else None
     status, message = "done", ""
     ex = executor
     ended = False
@@ -126,6 +197,8 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
                 elif isinstance(ev, ShardFailed):
                     recorder.shard_failed(ev, now)
                     progress.failed += len(ev.keys)
+                if followup is not None and isinstance(ev, TaskDone | TaskFailed | ShardFailed):
+                    followup.outcome(ev)
                 elif isinstance(ev, ShardLog):
                     recorder.log(ev, now)
                 elif isinstance(ev, ResultDiffers):
@@ -133,6 +206,8 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
                 elif isinstance(ev, WorkerNote):
                     progress.notes.append(f"{ev.worker}: {ev.message}")
                     recorder.log(ev, now)
+            if followup is not None:
+                followup.submit(ex, time.time())
             progress.workers = ex.status()
             if on_progress:
                 on_progress(progress)
@@ -151,6 +226,8 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
             seconds = time.monotonic() - t0
             final_update = {"status": status, "finished": time.time(), "computed": progress.computed,
                             "failed": progress.failed, "seconds": seconds}
+            if followup is not None:  # the out-of-sample tasks are known now
+                final_update["tasks"] = progress.total = len(recorder.by_key) + prep.wfo.pending()
             recorder.post_last(final_update)
         recorder.none_coming()
         if ex is not None:
@@ -166,7 +243,7 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
                    "it reads, randomness, another version of a package); the new results are kept")
         catalog.record(run_id, logs=[{"shard": None, "worker": "bt", "text": f"{message}\n" + "\n".join(differs),
                                       "at_time": time.time()}], run_update={"status": status})
-    summary = RunSummary(run_id, status, len(prep.tasks), progress.computed, progress.cached, progress.failed,
+    summary = RunSummary(run_id, status, progress.total, progress.computed, progress.cached, progress.failed,
                          seconds, message, set_aside, differs)
     mark("recorded")
     if on_progress:

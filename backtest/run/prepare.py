@@ -8,6 +8,7 @@ likely work, so that their start-up (imports, numba) overlaps the planning.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from backtest import paths
 from backtest.errors import BtError, DataError, PlanError, UsageError
@@ -15,7 +16,7 @@ from backtest.executors.base import Executor, ExecutorOptions
 from backtest.plan import make_shards, make_tasks, parse_range
 from backtest.run.grid_cache import grid_cached, grid_of, remember_grid
 from backtest.run.request import Prepared, RunRequest, symbols_of
-from backtest.spec import Job
+from backtest.spec import Job, Task
 from backtest.trace import mark
 
 
@@ -43,15 +44,19 @@ def start_early(req: RunRequest, root: Path, text: str | None) -> Executor | Non
 def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) -> Prepared:
     """Check everything and plan; raises a BtError (exit 2) on bad input, records nothing.
     ``text``: the strategy file as already read for this run (else it is read here)."""
+    from backtest.catalog.schema import METRICS, OPTIONAL_METRICS
     from backtest.data import Store
     from backtest.data.bars_cache import limit_bytes
     from backtest.data.freq import fmt_ts
     from backtest.engine.settings import SimSettings
     from backtest.executors import parse_url
     from backtest.store.results import ResultStore
+    from backtest.walkforward import parse_walk_forward
 
     root = root or paths.root()
     target = parse_url(req.executor_url())
+    wf = parse_walk_forward(req.walk_forward, req.holdout, req.anchored, req.select, req.min_trades,
+                            [*METRICS, *OPTIONAL_METRICS])
     limit_bytes()  # a bad BT_BARS_CACHE_MB is one error here, not one per shard in the workers
     if text is None:
         text = req.read_source()
@@ -65,6 +70,13 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) 
     symbols = symbols_of(req, store)
     for s in symbols:
         store.partitions(s)  # unknown symbol → DataError with a suggestion
+    if wf is not None:  # windows are counted from the data's first and last bars where the range is open
+        from backtest.plan import OPEN_END, OPEN_START
+        from backtest.run.walkforward import data_span
+
+        first, last = data_span(store, symbols)
+        start_ns = first if start_ns == OPEN_START else start_ns
+        end_ns = last if end_ns == OPEN_END else end_ns
     parts: dict[tuple[str, int], list[tuple[str, str]]] = {}
     skipped: list[str] = []
     first_error: DataError | None = None
@@ -85,6 +97,9 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) 
                         f"no data in the date range for any of the {len(symbols)} symbols ({first_error})")
     job = Job(source, params_list, warmups, [s for s in symbols if s not in skipped], start_ns, end_ns, settings,
               universe=universe_name(req, symbols) if portfolio else "")
+    if wf is not None:
+        return _prepare_walk_forward(req, root, text, job, parts, wf, store, target.capacity, target.url,
+                                     skipped, portfolio)
     tasks = make_tasks(job, parts)
     damaged: dict[str, str] = {}
     if req.force:
@@ -100,6 +115,48 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) 
         notes.append(f"{sym} has bars only from {fmt_ts(first)} to {fmt_ts(last)}, part of the range: "
                      "rank its results with care")
     return Prepared(req, job, tasks, cached, shards, skipped, target.url, root, parts, notes)
+
+
+def _prepare_walk_forward(req: RunRequest, root: Path, text: str | None, job: Job, parts: dict[Any, Any], wf: Any,
+                          store: Any, capacity: int, url: str, skipped: list[str], portfolio: bool) -> Prepared:
+    """``prepare`` for ``--walk-forward``/``--holdout``: every fold's in-sample tasks and the
+    out-of-sample tasks of the folds whose in-sample results are stored; the rest of the
+    out-of-sample tasks come during the run."""
+    from backtest.run.walkforward import plan_walk_forward, stage2
+    from backtest.store.results import ResultStore
+
+    results = ResultStore(root)
+    plan = plan_walk_forward(job, wf, store, results)
+    tasks: dict[str, Task] = {}
+    window_of: dict[str, Any] = {}
+    windows = plan.train
+    in_cells = {t.key for ts in plan.cells.values() for t in ts}
+    for w in windows:
+        for t in make_tasks(w.job, w.parts):
+            if w.role == "train" and t.key not in in_cells:
+                continue  # a symbol with no test window in this fold: its training is not needed
+            tasks.setdefault(t.key, t)
+            window_of.setdefault(t.key, w)
+    for cell, t in plan.oos.items():
+        tasks.setdefault(t.key, t)
+        window_of.setdefault(t.key, plan.test[cell[1]])
+    damaged: dict[str, str] = {}
+    have, damaged = (set(), {}) if req.force else results.intact(list(tasks))
+    todo = [t for t in tasks.values() if t.key not in have]
+    cached = [t for t in tasks.values() if t.key in have]
+    shards = []
+    for w in [*windows, *plan.test]:  # fold by fold: the first selections are known first
+        mine = [t for t in todo if window_of[t.key] is w]
+        if mine:
+            shards += make_shards(w.job, mine, w.parts, capacity)
+    remember_grid(req, root, text, job.strategy, job.params_list, job.warmups, portfolio)
+    notes = [f"result {k[:12]} {why}: set aside, computed again" for k, why in sorted(damaged.items())]
+    notes += plan.notes
+    prep = Prepared(req, job, list(tasks.values()), cached, shards, skipped, url, root, parts, notes)
+    prep.wfo = plan
+    prep.stage2 = stage2(plan, have, results)
+    prep.pending = plan.pending()
+    return prep
 
 
 def universe_name(req: RunRequest, symbols: list[str]) -> str:

@@ -29,6 +29,13 @@ class RunRequest:
     settings: dict[str, Any] = field(default_factory=dict)
     force: bool = False
     accept_new_hosts: bool = False
+    #: walk-forward optimization (``backtest.walkforward``): the --walk-forward spec text, or a
+    #: --holdout date, with --anchored, --select and --min-trades
+    walk_forward: str | None = None
+    holdout: str | None = None
+    anchored: bool = False
+    select: str | None = None
+    min_trades: int | None = None
 
     def executor_url(self) -> str:
         """The executor URL that ``--executor``, ``--hosts`` and ``--workers`` name."""
@@ -60,6 +67,11 @@ class Prepared:
     parts: dict[tuple[str, int], list[tuple[str, str]]]
     #: warnings for the user: stored results found damaged (set aside and computed again)
     notes: list[str] = field(default_factory=list)
+    #: a walk-forward run's plan (``run.walkforward.WfoPlan``) and the driver of its second stage
+    wfo: Any = None
+    stage2: Any = None
+    #: tasks still to be planned during the run (a walk-forward's out-of-sample tasks)
+    pending: int = 0
 
 
 @dataclass

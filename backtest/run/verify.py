@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from backtest import paths
 from backtest.executors.base import ShardFailed, TaskDone, TaskFailed
@@ -33,32 +33,39 @@ def verify(run_id: str, sample: int | None = None, seed: int = 0, root: Path | N
     from backtest.data import Store
     from backtest.executors.base import ExecutorOptions
     from backtest.executors.inline import InlineExecutor
-    from backtest.plan import _shard
-    from backtest.store.archive import run_job
+    from backtest.plan import _shard, task_index
+    from backtest.store.archive import run_windows
     from backtest.store.results import ResultStore, difference
 
     root = root or paths.root()
     catalog = Catalog(root / "catalog.duckdb")
     run = catalog.run(run_id)
-    job, parts = run_job(root, run)
-    changed = Store(root).changed(job.symbols, (f for files in parts.values() for f in files))
-    changed += _damaged(root, parts) if not changed else []
+    windows = [(job, parts) for _, _, job, parts in run_windows(root, run)]
+    files = {f for _, p in windows for fs in p.values() for f in fs}
+    symbols = sorted({s for job, _ in windows for s in job.symbols})
+    changed = Store(root).changed(symbols, files)
+    changed += _damaged(root, [p for _, p in windows]) if not changed else []
     if changed:
         return VerifyReport(run["run_id"], 0, [], [], changed)
     rows = [r for r in catalog.task_rows(run["run_id"]) if r["status"] == "done"]
     if sample is not None and sample < len(rows):
         rows = random.Random(seed).sample(rows, sample)
-    warm = dict(zip((json.dumps(p, sort_keys=True) for p in job.params_list), job.warmups, strict=True))
-    tasks = [Task(r["key"], r["symbol"], json.loads(r["params"]), warm[r["params"]]) for r in rows]
-    store = ResultStore(root)
-    ex = InlineExecutor(ExecutorOptions(data_root=root))
-    ex.start(job.strategy)
-    by_symbol: dict[str, list[Task]] = {}
-    for t in tasks:
-        by_symbol.setdefault(t.symbol, []).append(t)
-    ex.submit([_shard(job, s, ts, parts) for s, ts in by_symbol.items()])
+    index = task_index(windows)
     mismatched, missing = [], []
     why: dict[str, str] = {}
+    groups: dict[tuple[int, str], tuple[Any, Any, list[Task]]] = {}
+    for r in rows:
+        found = index.get(r["key"])
+        if found is None:  # not a task its recorded job plans (the job file was changed)
+            mismatched.append(r["key"])
+            why[r["key"]] = "its recorded job does not plan this task"
+            continue
+        job, jparts, task = found
+        groups.setdefault((id(job), task.symbol), (job, jparts, []))[2].append(task)
+    store = ResultStore(root)
+    ex = InlineExecutor(ExecutorOptions(data_root=root))
+    ex.start(windows[0][0].strategy)
+    ex.submit([_shard(job, symbol, ts, jparts) for (_, symbol), (job, jparts, ts) in groups.items()])
     seen = set()
     while not ex.finished():
         for ev in ex.poll(0):
@@ -76,19 +83,20 @@ def verify(run_id: str, sample: int | None = None, seed: int = 0, root: Path | N
                 seen.update(keys)
                 error = ev.error if isinstance(ev, TaskFailed) else (ev.errors[-1] if ev.errors else "failed")
                 why.update((k, f"failed: {error}") for k in keys)
-    return VerifyReport(run["run_id"], len(tasks), mismatched, missing, why=why)
+    return VerifyReport(run["run_id"], len(rows), mismatched, missing, why=why)
 
 
-def _damaged(root: Path, parts: PartsFor) -> list[str]:
+def _damaged(root: Path, windows: list[PartsFor]) -> list[str]:
     """The run's partitions whose bars no longer hash to what the run read (rewritten or damaged
     files the manifest still lists as they were): one line each."""
     from backtest.data import read_bars
     from backtest.errors import DataError
 
     files: dict[str, list[tuple[str, str]]] = {}
-    for (symbol, _), fs in parts.items():
-        files.setdefault(symbol, [])
-        files[symbol] += [f for f in fs if f not in files[symbol]]
+    for parts in windows:
+        for (symbol, _), fs in parts.items():
+            files.setdefault(symbol, [])
+            files[symbol] += [f for f in fs if f not in files[symbol]]
     out = []
     for symbol, fs in sorted(files.items()):
         for path, sha in sorted(fs):

@@ -62,3 +62,21 @@ def run_job(root: Path, run: dict[str, Any]) -> tuple[Job, PartsFor]:
     job = Job(source, spec["params"], spec["warmups"], spec["symbols"], spec["start_ns"], spec["end_ns"],
               json.loads(run["settings"]), universe=spec.get("universe", ""))
     return job, parts
+
+
+def run_windows(root: Path, run: dict[str, Any]) -> list[tuple[str, int, Job, PartsFor]]:
+    """Every date range a recorded run planned tasks over, as (role, fold, job, parts): the run's
+    own range (role "run") for a plain run; for a walk-forward run each fold's train and test
+    windows."""
+    base, parts = run_job(root, run)
+    spec = load_job(root, run)
+    if "walk_forward" not in spec:
+        return [("run", -1, base, parts)]
+    out: list[tuple[str, int, Job, PartsFor]] = []
+    for w in spec["walk_forward"]["windows"]:
+        wparts = {(s, wu): [(f[0], f[1]) for f in files] for s, wu, files in w["parts"]}
+        job = Job(base.strategy, base.params_list, base.warmups, w["symbols"], w["start_ns"], w["end_ns"],
+                  base.settings, base.universe)
+        out.append((w["role"], w["fold"], job, wparts))
+    return out
+

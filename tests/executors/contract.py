@@ -60,6 +60,28 @@ class ExecutorContract:
         ref = {e.key: e.body for e in reference if isinstance(e, TaskDone)}
         assert {e.key: whole_result(root, e) for e in done} == ref
 
+    def test_shards_submitted_later_run_too(self, root: Path, faulty: Path) -> None:
+        """A walk-forward run submits its out-of-sample shards while (or after) the first ones
+        run: ``submit`` may be called again, also once everything submitted has finished."""
+        import time
+
+        prep = self.plan(root, faulty, ["n=3:6"])
+        first, later = prep.shards[: len(prep.shards) // 2], prep.shards[len(prep.shards) // 2:]
+        events: list[Any] = []
+        deadline = time.monotonic() + 240
+        with self.make(root) as ex:
+            ex.start(prep.job.strategy)
+            ex.submit(first)
+            while not ex.finished():
+                events.extend(ex.poll(0.2))
+                assert time.monotonic() < deadline
+            ex.submit(later)
+            assert not ex.finished()
+            while not ex.finished():
+                events.extend(ex.poll(0.2))
+                assert time.monotonic() < deadline
+        assert Counter(e.key for e in events if isinstance(e, TaskDone)) == Counter(t.key for t in prep.tasks)
+
     def test_a_raising_strategy_fails_only_its_task(self, root: Path, faulty: Path) -> None:
         prep = self.plan(root, faulty, ["n=5:9", "mode=raise"])
         events = drive(self.make(root), prep)

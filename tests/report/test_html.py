@@ -148,3 +148,22 @@ def test_the_browser_check_would_catch_a_fetch_and_an_error(tmp_path: Path, chro
     assert seen.requests == ["http://127.0.0.1:9/x.png"]
     assert any("boom" in e for e in seen.page_errors)
     assert seen.canvases == 0 and seen.ink < 0.01
+
+
+def test_a_walk_forward_run_has_its_section_drawn_in_a_browser(root: Path, sma_path: Path, tmp_path: Path,
+                                                               chromium: None) -> None:
+    code, out, err = bt("--data", root, "run", sma_path, "--from", "2019", "--to", "2021", "--walk-forward",
+                        "train=1y,test=6m", "--param", "fast=5,10", "--param", "slow=20,40", "--json")
+    assert code == 0, err
+    rid = json.loads(out.strip().splitlines()[-1])["run_id"]
+    html = tmp_path / "wfo.html"
+    code, _, err = bt("--data", root, "report", rid, "--format", "html", "--out", html, "--charts", "1")
+    assert code == 0, err
+    text = html.read_text()
+    assert "<h2>Walk-forward</h2>" in text
+    for sym in ("AAA", "BBB", "CCC"):
+        assert f"{sym}: the chosen sets, stitched" in text
+    seen = load_offline(html, tmp_path / "wfo.png")
+    assert seen.page_errors == [] and seen.console_errors == [] and seen.requests == []
+    assert "Walk-forward" in seen.text and "chains the folds" in seen.text
+    assert seen.canvases >= 8 and seen.ink > 0.05

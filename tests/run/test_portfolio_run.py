@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import bt as bt_command
-from helpers import synth_daily
+from helpers import bt_in as bt
+from helpers import run_json, synth_daily
 
 from backtest.store.results import ResultStore
 
@@ -43,16 +43,6 @@ class Rotate(PortfolioStrategy):
                 w[i, order[: self.top]] = 1.0 / len(order[: self.top])
         return w
 """
-
-
-def bt(root: Path, *args: object) -> tuple[int, str, str]:
-    return bt_command("--data", root, *args)
-
-
-def run_json(root: Path, *args: object) -> dict:
-    code, out, err = bt(root, "run", *args, "--json")
-    assert code == 0, err + out
-    return json.loads(out.strip().splitlines()[-1])
 
 
 @pytest.fixture

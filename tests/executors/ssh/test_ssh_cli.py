@@ -171,20 +171,39 @@ def test_a_strategy_s_helper_modules_go_to_the_hosts_with_it(ready_farm: Farm, f
     assert len(rows[0]) == 9 and rows[0] == rows[1]
 
 
-def test_a_portfolio_run_on_the_hosts_gives_the_bits_of_a_local_run(ready_farm: Farm, farm_python: str, root: Path,
-                                                                    tmp_path: Path) -> None:
-    """Every member's partitions reach the hosts by their hashes; the results are the same bytes."""
-    farm = ready_farm
-    strategy = Path(__file__).resolve().parents[3] / "strategies" / "xs_momentum.py"
+def remote_and_local(farm: Farm, farm_python: str, root: Path, tmp_path: Path,
+                     args: list[object]) -> tuple[dict, list[dict[str, bytes]]]:
+    """``bt run ARGS --json`` on the farm (into ``root``) and locally (into a copy): the farm run's
+    summary, and each store's result files."""
     local = tmp_path / "local"
     shutil.copytree(root, local)
     hosts = farm.hosts_file([line(farm, h, farm_python) for h in farm.hosts])
-    args = ["run", strategy, "--symbols", "AAA,BBB,CCC", "--from", "2020", "--to", "2021", "--param",
-            "lookback=21,63", "--commission", "0.001", "--json"]
-    remote = bt(root, *args, "--hosts", hosts, env=farm_env(farm))
+    remote = bt(root, *args, "--json", "--hosts", hosts, env=farm_env(farm))
     assert remote.returncode == 0, remote.stderr + remote.stdout
-    here = bt(local, *args, env=farm_env(farm))
+    here = bt(local, *args, "--json", env=farm_env(farm))
     assert here.returncode == 0, here.stderr + here.stdout
-    assert json.loads(remote.stdout.strip().splitlines()[-1])["computed"] == 6
     files = [{k: ResultStore(r).read_bytes(k) for k in ResultStore(r).keys()} for r in (root, local)]
+    return json.loads(remote.stdout.strip().splitlines()[-1]), files
+
+
+def test_a_portfolio_run_on_the_hosts_gives_the_bits_of_a_local_run(ready_farm: Farm, farm_python: str, root: Path,
+                                                                    tmp_path: Path) -> None:
+    """Every member's partitions reach the hosts by their hashes; the results are the same bytes."""
+    strategy = Path(__file__).resolve().parents[3] / "strategies" / "xs_momentum.py"
+    summary, files = remote_and_local(ready_farm, farm_python, root, tmp_path, [
+        "run", strategy, "--symbols", "AAA,BBB,CCC", "--from", "2020", "--to", "2021", "--param", "lookback=21,63",
+        "--commission", "0.001"])
+    assert summary["computed"] == 6
     assert len(files[0]) == 6 and files[0] == files[1]
+
+
+def test_a_walk_forward_run_on_the_hosts_gives_the_bits_of_a_local_run(ready_farm: Farm, farm_python: str,
+                                                                        root: Path, sma_path: Path,
+                                                                        tmp_path: Path) -> None:
+    """The second stage's shards go to the hosts as the folds are decided; every result is the
+    same bytes as a local run's."""
+    summary, files = remote_and_local(ready_farm, farm_python, root, tmp_path, [
+        "run", sma_path, "--from", "2019", "--to", "2021", "--walk-forward", "train=1y,test=6m", "--param",
+        "fast=5,10", "--param", "slow=20,40"])
+    assert summary["computed"] == summary["tasks"] == 60
+    assert len(files[0]) == 60 and files[0] == files[1]
