@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from backtest.cli.render import human_size
+
 app = typer.Typer(help="Check the SSH hosts of a farm, and free the disk bt uses on them.", no_args_is_help=True)
 
 
@@ -114,12 +116,12 @@ def clean(
     for name, justify in (("host", "left"), ("freed", "right"), ("left", "right"), ("error", "left")):
         table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for r in reports:
-        table.add_row(escape(r.spec.name), _size(r.freed) if not r.error else "-",
-                      _size(r.left) if not r.error else "-", f"[red]{escape(r.error)}[/]" if r.error else "")
+        table.add_row(escape(r.spec.name), human_size(r.freed) if not r.error else "-",
+                      human_size(r.left) if not r.error else "-", f"[red]{escape(r.error)}[/]" if r.error else "")
     console.print(table)
     freed = sum(r.freed for r in reports)
     failed = [r for r in reports if r.error]
-    console.print(f"freed {_size(freed)} on {len(reports) - len(failed)} host(s)"
+    console.print(f"freed {human_size(freed)} on {len(reports) - len(failed)} host(s)"
                   + (f"; [red]{len(failed)} of {len(reports)} hosts failed[/]" if failed else ""))
     if failed:
         raise typer.Exit(1)
@@ -156,17 +158,8 @@ def hosts_table(reports: list) -> object:
             r.python or "-",
             f"[{env_style}]{escape(r.environment)}[/]" if r.environment != "-" else "-",
             f"{r.latency_ms:.1f}" if r.latency_ms is not None else "-",
-            _size(r.disk),
+            human_size(r.disk),
             ("[red]failed[/]" if r.trial == "failed" else f"[green]{escape(r.trial)}[/]") if r.trial != "-" else "-",
             f"[red]{escape(r.error)}[/]" if r.error else "",
         )
     return table
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit, at in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= at:
-            return f"{n / at:.1f} {unit}"
-    return f"{n} B"

@@ -87,6 +87,8 @@ def run(
     force: Annotated[bool, typer.Option("--force", help="Recompute tasks even when their results are stored.")] = False,
     accept_new_hosts: Annotated[bool, typer.Option("--accept-new-hosts", help="Record unknown SSH host keys on first contact.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object at the end instead of the live display.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (tasks, cached, to compute, shards, an estimate of time and disk) and exit without running or recording anything.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help=f"Run a plan of more than {1_000_000:,} tasks (BT_CONFIRM_TASKS) without asking.")] = False,
 ) -> None:
     """Run a strategy over symbols × a parameter grid × a date range.
 
@@ -124,7 +126,18 @@ def run(
     for flag, value in (("--from", start), ("--to", end)):
         if value is not None and not value.strip():
             raise UsageError(f"{flag} is empty; give a year (2020), a month (2020-03) or a day (2020-03-15)")
+    if dry_run:
+        from backtest.run import prepare
+
+        _print_plan(prepare(req), as_json)
+        raise typer.Exit(0)
     prep, ex = prepare_started(req)
+    try:
+        _confirm_size(prep, yes)
+    except BaseException:
+        if ex is not None:
+            ex.close(cancel=True)
+        raise
     from backtest.cli.render import warn_line
 
     for s in prep.skipped_symbols:
@@ -139,6 +152,89 @@ def run(
     else:
         summary = _execute_live(prep, ex)
     raise typer.Exit(summary.exit_code)
+
+
+#: a plan of more tasks than this asks before it runs (``BT_CONFIRM_TASKS``; ``--yes`` skips it)
+CONFIRM_TASKS = 1_000_000
+#: what the estimate assumes: the coordinator's and workers' bookkeeping per computed task on one
+#: core (~150 µs, measured on a 120 400-task daily grid), the engine's bar-evaluations per second
+#: per core (benchmarks/bench_engine.py), and a result file's size on disk
+SECONDS_PER_TASK = 150e-6
+BAR_EVALS_PER_SECOND = 2e8
+BYTES_PER_RESULT = 4096
+
+
+def _plan_facts(prep: Any) -> dict[str, Any]:
+    """What ``--dry-run`` prints and the confirmation shows: counts and an estimate."""
+    from backtest.data import Store
+    from backtest.executors import parse_url
+
+    todo = len(prep.tasks) - len(prep.cached) + prep.pending
+    rows: dict[tuple[str, str], int] = {}
+    store = Store(prep.root)
+    for sym in {s for s, _ in prep.parts}:
+        for p in store.partitions(sym):
+            rows[(p.path, p.sha256)] = p.rows
+    bars = {key: sum(rows.get(tuple(f), 0) for f in files) for key, files in prep.parts.items()}
+    mean_bars = sum(bars.values()) / len(bars) if bars else 0
+    members = len(prep.job.symbols) if prep.job.universe else 1
+    cores = max(1, parse_url(prep.executor_url).capacity)
+    seconds = todo * (SECONDS_PER_TASK + mean_bars * members / BAR_EVALS_PER_SECOND) / cores
+    return {"tasks": len(prep.tasks) + prep.pending, "cached": len(prep.cached), "to_compute": todo,
+            "shards": len(prep.shards), "executor": prep.executor_url, "symbols": len(prep.job.symbols),
+            "parameter_sets": len(prep.job.params_list), "estimated_seconds": round(seconds, 1),
+            "estimated_bytes": todo * BYTES_PER_RESULT,
+            **({"folds": len(prep.wfo.folds), "out_of_sample_later": prep.pending} if prep.wfo is not None else {})}
+
+
+def _print_plan(prep: Any, as_json: bool) -> None:
+    from backtest.cli.render import human_size, warn_line
+
+    facts = _plan_facts(prep)
+    if as_json:
+        print(json.dumps({"dry_run": True, **facts}))
+        return
+    for note in prep.notes:
+        warn_line(note)
+    console.print(f"plan: {facts['tasks']:,} tasks ({facts['cached']:,} cached, {facts['to_compute']:,} to compute) "
+                  f"in {facts['shards']:,} shards on {facts['executor']}")
+    console.print(f"  {facts['symbols']:,} symbols, {facts['parameter_sets']:,} parameter sets"
+                  + (f", {facts['folds']} walk-forward folds ({facts['out_of_sample_later']:,} out-of-sample tasks "
+                     "planned as the folds are decided)" if "folds" in facts else ""))
+    console.print(f"  estimate: {_duration_text(facts['estimated_seconds'])} of work and about "
+                  f"{human_size(facts['estimated_bytes'])} of results")
+    console.print("nothing was run or recorded (--dry-run)")
+
+
+def _duration_text(seconds: float) -> str:
+    if seconds < 1:
+        return "under a second"
+    if seconds < 90:
+        return f"about {seconds:.0f} s"
+    if seconds < 5400:
+        return f"about {seconds / 60:.0f} min"
+    return f"about {seconds / 3600:.1f} h"
+
+
+def _confirm_size(prep: Any, yes: bool) -> None:
+    """A plan above ``BT_CONFIRM_TASKS`` tasks runs only with --yes, or when the user agrees."""
+    from backtest.cli.render import human_size
+
+    text = os.environ.get("BT_CONFIRM_TASKS")
+    try:
+        limit = int(text) if text else CONFIRM_TASKS
+    except ValueError:
+        raise UsageError(f"BT_CONFIRM_TASKS must be a whole number of tasks, not {text!r}") from None
+    total = len(prep.tasks) + prep.pending
+    if yes or total <= limit:
+        return
+    facts = _plan_facts(prep)
+    what = (f"this plan has {total:,} tasks ({facts['to_compute']:,} to compute: "
+            f"{_duration_text(facts['estimated_seconds'])} and about {human_size(facts['estimated_bytes'])} of results)")
+    if not sys.stdin.isatty():
+        raise UsageError(f"{what}, more than {limit:,}; add --yes to run it (--dry-run shows the plan)")
+    if not typer.confirm(f"{what}. Run it?", default=False, err=True):
+        raise UsageError("not run: the plan was not confirmed")
 
 
 def _execute_live(prep: Any, ex: Any) -> Any:
