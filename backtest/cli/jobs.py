@@ -297,7 +297,7 @@ class _Display:
 
         if p is not None:
             self.last = p
-        total = len(self.prep.tasks)
+        total = p.total if p else len(self.prep.tasks) + self.prep.pending
         done = p.done if p else len(self.prep.cached)
         elapsed = time.monotonic() - p.started if p else 0.0
         computed = p.computed if p else 0
@@ -374,6 +374,9 @@ def report(
     rep.check_sort(sort)
     if metric is not None:
         rep.check_sort(metric, "--metric")
+    if fmt in (Format.json, Format.csv, Format.parquet) and not (trades or equity or stitched):
+        if _stream_export(run_id, fmt, out, sort, top, symbol, params):
+            return
     run_row, records = rep.task_records(run_id)
     if symbol:
         present = sorted({r["symbol"] for r in records})
@@ -435,6 +438,32 @@ def report(
             _emit(text)
         return
     _emit(rep.write_rows(rep.flat_rows(ranked), fmt.value, out))
+
+
+def _stream_export(run_id: str, fmt: Format, out: Path | None, sort: str, top: int | None, symbol: str | None,
+                   params: str | None) -> bool:
+    """json, csv or parquet of a plain run, a batch of rows at a time (bounded memory whatever the
+    run's size); False for a walk-forward run (its report is per fold)."""
+    from backtest import paths
+    from backtest import report as rep
+    from backtest.catalog import Catalog
+    from backtest.report.stream import export
+    from backtest.store.archive import is_walk_forward
+
+    root = paths.root()
+    catalog = Catalog(root / "catalog.duckdb")
+    run = catalog.run(run_id)
+    if is_walk_forward(root, run):
+        return False
+    wanted = rep.parse_params_filter(params)
+    if symbol:
+        present = [r["symbol"] for r in catalog._read("SELECT DISTINCT symbol FROM run_tasks WHERE run_id = ? "
+                                                      "ORDER BY symbol", [run["run_id"]])]
+        if symbol.upper() not in {p.upper() for p in present}:
+            shown = ", ".join(present[:10]) + (" ..." if len(present) > 10 else "")
+            raise UsageError(f'--symbol {symbol}: not a symbol of run {run["run_id"]}; its symbols: {shown}')
+    export(run["run_id"], fmt.value, out, sort, top, symbol, wanted, root)
+    return True
 
 
 def _show(body: Any, out: Path | None, width: int = 120) -> None:

@@ -58,26 +58,29 @@ def _metrics_of(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def contract_row(r: dict[str, Any]) -> dict[str, Any]:
+    """One task's object in the output contract."""
+    row = {"key": r["key"], "symbol": r["symbol"], "params": r["params"], "status": r["status"],
+           "metrics": r["metrics"]}
+    if "error" in r:
+        row["error"] = r["error"]
+    return row
+
+
 def contract_json(records: Sequence[dict[str, Any]]) -> str:
     """The output contract: one JSON array, one object per task."""
-    rows = []
-    for r in records:
-        row = {"key": r["key"], "symbol": r["symbol"], "params": r["params"], "status": r["status"],
-               "metrics": r["metrics"]}
-        if "error" in r:
-            row["error"] = r["error"]
-        rows.append(row)
-    return json.dumps(rows, allow_nan=False)
+    return json.dumps([contract_row(r) for r in records], allow_nan=False)
 
 
 def flat_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     names = sorted({k for r in records for k in r["params"]})
+    extra = [m for m in OPTIONAL_METRICS if any(m in r["metrics"] for r in records)]  # a portfolio's orders
     rows = []
     for r in records:
         row: dict[str, Any] = {"key": r["key"], "symbol": r["symbol"], "status": r["status"]}
         for n in names:
             row[f"param_{n}"] = r["params"].get(n)
-        for m in METRICS:
+        for m in (*METRICS, *extra):
             row[m] = r["metrics"].get(m)
         row["error"] = r.get("error")
         rows.append(row)
@@ -186,20 +189,26 @@ def select_task(records: Sequence[dict[str, Any]], symbol: str | None, params: d
             if k not in known:
                 raise UsageError(f'unknown parameter "{k}" in --params.{did_you_mean(k, known)}')
 
+    out = []
+    for r in records:
+        if symbol and r["symbol"].upper() != symbol.upper():
+            continue
+        if params and not matches(r["params"], params):
+            continue
+        out.append(r)
+    return out
+
+
+def matches(stored_params: dict[str, Any], wanted: dict[str, str]) -> bool:
+    """Whether a task's parameters have the ``--params`` values ``wanted`` (compared as stored)."""
+
     def same(stored: Any, text: str) -> bool:
         want = _typed(text, stored)
         if isinstance(stored, bool) or not isinstance(stored, int | float):
             return bool(stored == want) if isinstance(stored, bool) else str(stored) == text
         return isinstance(want, float) and float(stored) == want
 
-    out = []
-    for r in records:
-        if symbol and r["symbol"].upper() != symbol.upper():
-            continue
-        if any(k not in r["params"] or not same(r["params"][k], v) for k, v in params.items()):
-            continue
-        out.append(r)
-    return out
+    return all(k in stored_params and same(stored_params[k], v) for k, v in wanted.items())
 
 
 def format_time(ns: int, tz: str = "UTC", seconds: bool = False) -> str:

@@ -60,10 +60,11 @@ def _run_row(prep: Prepared, run_id: str) -> dict[str, Any]:
         "run_id": run_id, "created": time.time(), "strategy": job.strategy.name,
         "strategy_file": str(prep.request.strategy), "code_hash": job.strategy.hash,
         "job_hash": save_job(prep.root, json.dumps({
+            # a walk-forward's spec first: readers tell the kind of run from the file's first bytes
+            **({"walk_forward": prep.wfo.to_json()} if prep.wfo is not None else {}),
             "symbols": job.symbols, "params": job.params_list, "warmups": job.warmups, "start_ns": job.start_ns,
             "end_ns": job.end_ns, "parts": [[s, w, files] for (s, w), files in prep.parts.items()],
-            **({"universe": job.universe} if job.universe else {}),
-            **({"walk_forward": prep.wfo.to_json()} if prep.wfo is not None else {})})),
+            **({"universe": job.universe} if job.universe else {})})),
         "settings": json.dumps(job.settings, sort_keys=True), "executor": prep.executor_url,
         "status": "running", "tasks": len(prep.tasks) + prep.pending, "computed": 0, "cached": len(prep.cached), "failed": 0,
         "pid": os.getpid(), "host": socket.gethostname(),

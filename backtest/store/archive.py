@@ -53,6 +53,17 @@ def load_job(root: Path, run: dict[str, Any]) -> dict[str, Any]:
     return job
 
 
+def is_walk_forward(root: Path, run: dict[str, Any]) -> bool:
+    """Whether ``run`` is a walk-forward run, from its job file's first bytes (the whole file can
+    be large: a grid of many warm-ups lists partitions for each)."""
+    path = root / "jobs" / f"{run.get('job_hash')}.json"
+    try:
+        with path.open("rb") as fh:
+            return fh.read(17) == b'{"walk_forward": '
+    except OSError:
+        return False
+
+
 def run_job(root: Path, run: dict[str, Any]) -> tuple[Job, PartsFor]:
     """The ``Job`` a recorded run (a ``runs`` row) ran, and the partitions each (symbol, warm-up)
     read: enough to plan its tasks again, with the same keys."""

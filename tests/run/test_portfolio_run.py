@@ -84,6 +84,8 @@ def test_one_task_per_parameter_set_same_bits_inline_and_local(root: Path, rotat
     best = next(r for r in rows if r["params"] == {"lookback": 20, "top": 2})
     assert sum(t["pnl"] for t in trades) == pytest.approx(best["metrics"]["final_equity"] - 100_000, rel=1e-9)
 
+    code, out, _ = bt(root, "report", a["run_id"], "--format", "csv")
+    assert code == 0 and '"orders"' in out.splitlines()[0]
     code, out, _ = bt(root, "report", a["run_id"])  # the table: parameter sets and the best set's PnL by symbol
     assert code == 0 and "parameter sets by sharpe" in out and "PnL by symbol of the best set" in out
     assert "portfolio of: 3: AAA, BBB, CCC" in out
