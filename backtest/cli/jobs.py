@@ -377,6 +377,9 @@ def report(
     if fmt in (Format.json, Format.csv, Format.parquet) and not (trades or equity or stitched):
         if _stream_export(run_id, fmt, out, sort, top, symbol, params):
             return
+    if fmt == Format.table and not (trades or equity or stitched or symbol or params):
+        if _catalog_table(run_id, sort, top or 10, tz, out):
+            return
     run_row, records = rep.task_records(run_id)
     if symbol:
         present = sorted({r["symbol"] for r in records})
@@ -438,6 +441,27 @@ def report(
             _emit(text)
         return
     _emit(rep.write_rows(rep.flat_rows(ranked), fmt.value, out))
+
+
+def _catalog_table(run_id: str, sort: str, top: int, tz: str, out: Path | None) -> bool:
+    """The table report of a whole plain run, gathered by the catalog (it never loads every task:
+    a run of any size reports in about the same time); False for a walk-forward run."""
+    from backtest import paths
+    from backtest import report as rep
+    from backtest.catalog import Catalog
+    from backtest.report.stream import catalog_view
+    from backtest.store.archive import is_walk_forward
+
+    root = paths.root()
+    catalog = Catalog(root / "catalog.duckdb")
+    run = catalog.run(run_id)
+    if is_walk_forward(root, run):
+        return False
+    view = catalog_view(catalog, run["run_id"], sort, top)
+    body = rep.render_view(run, view, sort, top, facts=rep.run_facts(run, tz=tz),
+                           contrib=rep.portfolio_contrib(view.top, sort))
+    _show(body, out)
+    return True
 
 
 def _stream_export(run_id: str, fmt: Format, out: Path | None, sort: str, top: int | None, symbol: str | None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +88,24 @@ def flat_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def load_run(run_id: str, root: Path | str | None = None) -> Any:
-    """A run's per-task results as a pyarrow Table (``.to_pandas()`` for a DataFrame)."""
+def load_run(run_id: str, root: Path | str | None = None, *, symbols: Any = None,
+             params: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+             status: str | None = None, sort: str = "sharpe") -> Any:
+    """A run's per-task results as a pyarrow Table (``.to_pandas()`` for a DataFrame), best
+    ``sort`` first. The filters are applied by the catalog (DuckDB) before any row is read:
+    ``symbols`` (a name or names), ``params`` (name → a value, a list of values or a ``(low,
+    high)`` range), ``metrics`` (name → ``(low, high)``; ``None`` for an open end), ``status``."""
     import pyarrow as pa
 
-    _, records = task_records(run_id, Path(root) if root else None)
-    return pa.Table.from_pylist(flat_rows(records))
+    from backtest.report.stream import filters, ranked_rows
+
+    check_sort(sort)
+    cat = _catalog(Path(root) if root else None)
+    run = cat.run(run_id)
+    rows: list[dict[str, Any]] = []
+    for batch in ranked_rows(cat, run["run_id"], sort, None, filters(symbols, params, metrics, status)):
+        rows.extend(flat_rows(batch))
+    return pa.Table.from_pylist(rows)
 
 
 def load_equity(run_id: str, symbol: str, params: dict[str, Any] | None = None,
@@ -405,6 +418,32 @@ def run_facts(run: dict[str, Any], root: Path | None = None, tz: str = "UTC") ->
     ]
 
 
+@dataclass
+class RunView:
+    """What the run's tables show, gathered from task records (``view_of``) or by the catalog
+    itself (``stream.catalog_view``, for runs too large to load)."""
+
+    shown: int  # tasks considered (all of the run, or those a filter kept)
+    done: int
+    cached: int
+    failed: int
+    vary: set[str]
+    fixed: dict[str, Any]
+    top: list[dict[str, Any]]  # the best ``top`` done tasks, best first
+    best: list[dict[str, Any]]  # each symbol's best done task, by symbol
+    summary: list[tuple[str, list[float | None]]]
+    failures: list[dict[str, Any]]  # the first failed tasks (20 at most)
+
+
+def view_of(records: Sequence[dict[str, Any]], sort: str, top: int) -> RunView:
+    done = [r for r in records if r["status"] == "done"]
+    failed = [r for r in records if r["status"] == "failed"]
+    vary = _varying(records)
+    fixed = {k: v for k, v in (records[0]["params"].items() if records else ()) if k not in vary}
+    return RunView(len(records), len(done), sum(r["cached"] for r in done), len(failed), vary, fixed,
+                   ranked(records, sort)[:top], best_per_symbol(records, sort), summary(records), failed[:20])
+
+
 def render_run(run: dict[str, Any], records: Sequence[dict[str, Any]], sort: str, top: int,
                tz: str = "UTC", total: int | None = None, facts: Sequence[tuple[str, str]] = (),
                contrib: Sequence[dict[str, Any]] | None = None) -> Any:
@@ -412,40 +451,43 @@ def render_run(run: dict[str, Any], records: Sequence[dict[str, Any]], sort: str
     tasks the run recorded in all, so that filtered-out tasks are not counted as not run).
     ``contrib``: for a portfolio run, the best set's PnL by symbol (``contributions``); its
     leaderboard then ranks parameter sets, and this table replaces "best per symbol"."""
+    return render_view(run, view_of(records, sort, top), sort, top, total, facts, contrib)
+
+
+def render_view(run: dict[str, Any], view: RunView, sort: str, top: int, total: int | None = None,
+                facts: Sequence[tuple[str, str]] = (), contrib: Sequence[dict[str, Any]] | None = None) -> Any:
+    """``render_run`` from a ``RunView``."""
     from rich.console import Group
     from rich.table import Table
     from rich.text import Text
 
-    done = [r for r in records if r["status"] == "done"]
-    failed = [r for r in records if r["status"] == "failed"]
-    recorded = len(records) if total is None else total
+    recorded = view.shown if total is None else total
     pending = int(run["tasks"] or 0) - recorded
     head = Text.assemble(
         (f"run {run['run_id']}", "bold"), f"  {run['strategy']}  ", (run["status"], _status_style(run["status"])),
-        f"  {len(done)} done ({sum(r['cached'] for r in done)} cached), {len(failed)} failed",
+        f"  {view.done} done ({view.cached} cached), {view.failed} failed",
         f", {pending} not run" if pending > 0 else "",
-        f" (showing {len(records)} of {recorded})" if len(records) != recorded else "",
+        f" (showing {view.shown} of {recorded})" if view.shown != recorded else "",
     )
     for label, text in facts:
         head.append(f"\n{label}: {text}", style="dim")
-    vary = _varying(records)
-    fixed = {k: v for k, v in (records[0]["params"].items() if records else ()) if k not in vary}
+    vary, fixed = view.vary, view.fixed
     if fixed:
         head.append(f"\nfixed: {_params_text(fixed)}", style="dim")
     portfolio = contrib is not None
     cols = (*(() if portfolio else ("symbol",)), "params", *dict.fromkeys((sort, *KEY_METRICS)),
             *(("orders",) if portfolio else ()))
-    board = Table(title=f"top {min(top, len(done))} {'parameter sets ' if portfolio else ''}by {sort}",
+    board = Table(title=f"top {min(top, view.done)} {'parameter sets ' if portfolio else ''}by {sort}",
                   title_justify="left")
     for c in cols:
         board.add_column(c, justify="left" if c in ("symbol", "params") else "right",
                          overflow="fold", no_wrap=c not in ("params",))
     lead = 0 if portfolio else 1
-    for r in ranked(records, sort)[:top]:
+    for r in view.top:
         board.add_row(*([] if portfolio else [r["symbol"]]), _params_text(r["params"], vary),
                       *(_fmt(m, r["metrics"].get(m)) for m in cols[lead + 1:]))
     if portfolio:
-        first = ranked(records, sort)[:1]
+        first = view.top[:1]
         about = f" of the best set, {_params_text(first[0]['params'], vary)}" if first else ""
         best = Table(title=f"PnL by symbol{about}", title_justify="left")
         for c in ("symbol", "pnl", "share", "trades", "fees"):
@@ -458,21 +500,21 @@ def render_run(run: dict[str, Any], records: Sequence[dict[str, Any]], sort: str
         for c in ("symbol", "params", sort, "total_return", "buy_and_hold_return"):
             best.add_column(c, justify="left" if c in ("symbol", "params") else "right", overflow="fold",
                             no_wrap=c != "params")
-        for r in best_per_symbol(records, sort):
+        for r in view.best:
             best.add_row(r["symbol"], _params_text(r["params"], vary), _fmt(sort, r["metrics"].get(sort)),
                          _fmt("total_return", r["metrics"].get("total_return")),
                          _fmt("buy_and_hold_return", r["metrics"].get("buy_and_hold_return")))
-    summ = Table(title=f"across {len(done)} tasks", title_justify="left")
+    summ = Table(title=f"across {view.done} tasks", title_justify="left")
     for c in ("metric", "min", "25%", "median", "75%", "max"):
         summ.add_column(c, justify="left" if c == "metric" else "right", no_wrap=True)
-    for m, q in summary(records):
+    for m, q in view.summary:
         summ.add_row(m, *(_fmt(m, v) for v in q))
     parts: list[Any] = [head, board, best, summ]
-    if failed:
-        fail = Table(title=f"{len(failed)} failed (bt logs {run['run_id']} for tracebacks)", title_justify="left")
+    if view.failed:
+        fail = Table(title=f"{view.failed} failed (bt logs {run['run_id']} for tracebacks)", title_justify="left")
         for c in ("symbol", "params", "error"):
             fail.add_column(c, overflow="fold")
-        for r in failed[:20]:
+        for r in view.failures:
             fail.add_row(r["symbol"], _params_text(r["params"], vary), r.get("error") or "")
         parts.append(fail)
     return Group(*parts)

@@ -19,8 +19,6 @@ from backtest.catalog import METRICS, OPTIONAL_METRICS, Catalog
 from backtest.errors import UsageError, did_you_mean
 
 BATCH = 5_000
-#: what DuckDB may hold while it ranks the run (it spills to a temporary file beyond it)
-MEMORY_LIMIT_MB = 100
 
 
 def _lower_is_better(metric: str) -> bool:
@@ -29,40 +27,133 @@ def _lower_is_better(metric: str) -> bool:
     return metric in LOWER_IS_BETTER
 
 
-def ranked_rows(catalog: Catalog, run_id: str, sort: str, symbol: str | None) -> Iterator[list[dict[str, Any]]]:
-    """The run's task records in the order the reports rank them (done tasks best ``sort``
-    first, missing values last, ties in symbol and parameter order; then the others), in batches."""
+Filter = tuple[str, list[Any]]  # an SQL condition over ``t`` (run_tasks) and ``r`` (results), its values
+
+
+def filters(symbols: Any = None, params: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+            status: str | None = None) -> list[Filter]:
+    """SQL conditions for ``load_run``'s filters: ``symbols`` (a name or names), ``params``
+    (name → a value, a list of values, or a ``(low, high)`` range, inclusive, ``None`` for open),
+    ``metrics`` (name → ``(low, high)``, as for params), ``status`` ("done" or "failed")."""
+    out: list[Filter] = []
+    if symbols is not None:
+        names = [symbols] if isinstance(symbols, str) else list(symbols)
+        out.append((f"upper(t.symbol) IN ({', '.join('upper(?)' for _ in names)})", names))
+    for name, want in (params or {}).items():
+        if not isinstance(name, str) or not name.replace("_", "").isalnum():
+            raise UsageError(f"a parameter name is letters, digits and _, not {name!r}")
+        out.append(_condition(f"json_extract(t.params, '$.{name}')", want, f"parameter {name}", False))
+    for name, want in (metrics or {}).items():
+        if name not in (*METRICS, *OPTIONAL_METRICS):
+            raise UsageError(f'unknown metric "{name}".{did_you_mean(name, [*METRICS, *OPTIONAL_METRICS])}')
+        out.append(_condition(f'r."{name}"', want, f"metric {name}", True))
+    if status is not None:
+        if status not in ("done", "failed"):
+            raise UsageError(f'status is "done" or "failed", not {status!r}')
+        out.append(("t.status = ?", [status]))
+    return out
+
+
+def _condition(expr: str, want: Any, what: str, numeric: bool) -> Filter:
+    if isinstance(want, tuple):
+        if len(want) != 2:
+            raise UsageError(f"{what}: a range is (low, high), either end None for open")
+        parts, values = [], []
+        for op, end in ((">=", want[0]), ("<=", want[1])):
+            if end is not None:
+                parts.append(f"TRY_CAST({expr} AS DOUBLE) {op} ?")
+                values.append(float(end))
+        return " AND ".join(parts) or "TRUE", values
+    choices = list(want) if isinstance(want, list | set) else [want]
+    if numeric:
+        return f"{expr} IN ({', '.join('?' for _ in choices)})", [float(c) for c in choices]
+    # compared as the JSON the catalog stores: 50 and 50.0 and true are what they are
+    return f"CAST({expr} AS VARCHAR) IN ({', '.join('?' for _ in choices)})", [json.dumps(c) for c in choices]
+
+
+_SELECT = ", ".join(["t.key", "t.symbol", "t.params", "t.status", "t.error", "t.cached",
+                     *(f'r."{m}"' for m in (*METRICS, *OPTIONAL_METRICS))])
+
+
+def _record(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A task record (as ``report.task_records`` makes them) from a row of ``_SELECT``."""
     from backtest.report import _clean
 
-    metrics = (*METRICS, *OPTIONAL_METRICS)
-    cols = ", ".join(f'r."{m}"' for m in metrics)
+    key, sym, params, status, error, cached, *values = row
+    rec: dict[str, Any] = {"key": key, "symbol": sym, "params": json.loads(params), "status": status,
+                           "metrics": {}, "cached": bool(cached)}
+    if status == "done":
+        rec["metrics"] = {m: _clean(v) for m, v in zip(METRICS, values, strict=False)}
+        rec["metrics"].update((m, _clean(v)) for m, v in zip(OPTIONAL_METRICS, values[len(METRICS):], strict=True)
+                              if v is not None)
+    if status == "failed":
+        rec["error"] = error
+    return rec
+
+
+def _order(sort: str) -> str:
     direction = "ASC" if _lower_is_better(sort) else "DESC"
-    where = "t.run_id = ?" + (" AND upper(t.symbol) = upper(?)" if symbol else "")
-    sql = f"""SELECT t.key, t.symbol, t.params, t.status, t.error, t.cached, {cols}
+    return f'(r."{sort}" IS NULL), r."{sort}" {direction}, t.symbol, t.params'
+
+
+def catalog_view(catalog: Catalog, run_id: str, sort: str, top: int) -> Any:
+    """The ``report.RunView`` of a whole run, computed by the catalog: counts, the top tasks, each
+    symbol's best, the quantiles and the first failures, without loading every task."""
+    from backtest.report import KEY_METRICS, RunView
+
+    base = "FROM run_tasks t LEFT JOIN results r USING (key) WHERE t.run_id = ?"
+    with catalog.connect(read_only=True) as con:
+        counts = {status: (n, cached) for status, n, cached in con.execute(
+            f"SELECT t.status, count(*), sum(CASE WHEN t.cached THEN 1 ELSE 0 END) {base} GROUP BY t.status",
+            [run_id]).fetchall()}
+        first = con.execute(f"SELECT t.params {base} LIMIT 1", [run_id]).fetchone()
+        names = list(json.loads(first[0])) if first else []
+        vary: set[str] = set()
+        if names:
+            distinct = ", ".join(f"count(DISTINCT CAST(json_extract(t.params, '$.{n}') AS VARCHAR))" for n in names)
+            found = con.execute(f"SELECT {distinct} {base}", [run_id]).fetchone()
+            vary = {n for n, k in zip(names, found or (), strict=True) if k > 1}
+        vary = vary or set(names)
+        fixed = {k: v for k, v in (json.loads(first[0]).items() if first else ()) if k not in vary}
+        done = f"{base} AND t.status = 'done'"
+        best_top = [_record(r) for r in con.execute(
+            f"SELECT {_SELECT} {done} ORDER BY {_order(sort)} LIMIT ?", [run_id, top]).fetchall()]
+        best = [_record(r) for r in con.execute(
+            f"SELECT {_SELECT} {done} QUALIFY row_number() OVER (PARTITION BY t.symbol ORDER BY {_order(sort)}) = 1 "
+            "ORDER BY t.symbol", [run_id]).fetchall()]
+        quantiles = ", ".join(f'quantile_cont(r."{m}", [0, 0.25, 0.5, 0.75, 1.0])' for m in KEY_METRICS)
+        qs = con.execute(f"SELECT {quantiles} {done}", [run_id]).fetchone() or [None] * len(KEY_METRICS)
+        summary: list[tuple[str, list[float | None]]] = [
+            (m, [float(x) for x in q] if q else [None] * 5) for m, q in zip(KEY_METRICS, qs, strict=True)]
+        failures = [_record(r) for r in con.execute(
+            f"SELECT {_SELECT} {base} AND t.status = 'failed' ORDER BY t.symbol, t.params LIMIT 20",
+            [run_id]).fetchall()]
+    n_done, n_cached = counts.get("done", (0, 0))
+    shown = sum(n for n, _ in counts.values())
+    return RunView(shown, n_done, int(n_cached or 0), counts.get("failed", (0, 0))[0], vary, fixed, best_top, best,
+                   summary, failures)
+
+
+def ranked_rows(catalog: Catalog, run_id: str, sort: str, symbol: str | None,
+                where: list[Filter] | None = None) -> Iterator[list[dict[str, Any]]]:
+    """The run's task records in the order the reports rank them (done tasks best ``sort``
+    first, missing values last, ties in symbol and parameter order; then the others), in batches;
+    only those meeting ``where`` (``filters``), which DuckDB applies before anything is fetched."""
+    direction = "ASC" if _lower_is_better(sort) else "DESC"
+    conditions = [("t.run_id = ?", [run_id]), *([("upper(t.symbol) = upper(?)", [symbol])] if symbol else []),
+                  *(where or [])]
+    sql = f"""SELECT {_SELECT}
               FROM run_tasks t LEFT JOIN results r USING (key)
-              WHERE {where}
+              WHERE {" AND ".join(f"({c})" for c, _ in conditions)}
               ORDER BY t.status <> 'done', (t.status = 'done' AND r."{sort}" IS NULL),
                        CASE WHEN t.status = 'done' THEN r."{sort}" END {direction}, t.symbol, t.params"""
     with catalog.connect(read_only=True) as con:
-        con.execute(f"SET memory_limit = '{MEMORY_LIMIT_MB}MB'")  # DuckDB sorts beyond it on disk
-        cur = con.execute(sql, [run_id, *([symbol] if symbol else [])])
+        cur = con.execute(sql, [v for _, values in conditions for v in values])
         while True:
             rows = cur.fetchmany(BATCH)
             if not rows:
                 return
-            out = []
-            for row in rows:
-                key, sym, params, status, error, cached, *values = row
-                rec: dict[str, Any] = {"key": key, "symbol": sym, "params": json.loads(params), "status": status,
-                                       "metrics": {}, "cached": bool(cached)}
-                if status == "done":
-                    rec["metrics"] = {m: _clean(v) for m, v in zip(METRICS, values, strict=False)}
-                    rec["metrics"].update((m, _clean(v)) for m, v in zip(metrics[len(METRICS):], values[len(METRICS):],
-                                                                          strict=True) if v is not None)
-                if status == "failed":
-                    rec["error"] = error
-                out.append(rec)
-            yield out
+            yield [_record(row) for row in rows]
 
 
 def export(run_id: str, fmt: str, out: Path | None, sort: str, top: int | None, symbol: str | None,

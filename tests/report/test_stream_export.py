@@ -91,3 +91,58 @@ def test_memory_does_not_grow_with_the_run(big: tuple[Path, str], tmp_path: Path
         whole = peak_rss_kb(root, "report", rid, "--format", fmt, "--out", str(tmp_path / f"all.{fmt}"))
         assert whole - little < 200_000, (fmt, little, whole)
     assert len(json.loads((tmp_path / "all.json").read_text())) == 120_000
+
+
+def test_load_run_filters_in_the_catalog(root: Path, sma_path: Path) -> None:
+    import backtest
+    from backtest.errors import UsageError
+
+    done = run_json(root, sma_path, "--from", "2021", "--param", "fast=5,10,20", "--param", "slow=40,60")
+    everything = backtest.load_run(done["run_id"], root).to_pylist()
+    assert len(everything) == 18
+    got = backtest.load_run(done["run_id"], root, symbols=["aaa", "BBB"], params={"fast": (6, 20), "slow": [60]},
+                            metrics={"trades": (1, None)}, sort="total_return").to_pylist()
+    want = [r for r in everything if r["symbol"] in ("AAA", "BBB") and 6 <= r["param_fast"] <= 20
+            and r["param_slow"] == 60 and r["trades"] >= 1]
+    assert got and sorted(r["key"] for r in got) == sorted(r["key"] for r in want)
+    assert [r["total_return"] for r in got] == sorted((r["total_return"] for r in got), reverse=True)
+    assert backtest.load_run(done["run_id"], root, params={"short": False}).num_rows == 18
+    assert backtest.load_run(done["run_id"], root, status="failed").num_rows == 0
+    with pytest.raises(UsageError, match='unknown metric "sharp". Did you mean "sharpe"'):
+        backtest.load_run(done["run_id"], root, metrics={"sharp": (1, None)})
+    with pytest.raises(UsageError, match="letters, digits and _"):
+        backtest.load_run(done["run_id"], root, params={"fast') OR 1=1 --": 1})
+
+
+def test_the_table_from_the_catalog_is_the_table_from_the_records(root: Path, faulty: Path, tmp_path: Path) -> None:
+    """`bt report RUN` asks the catalog for what it shows (counts, top, best per symbol, quantiles,
+    failures) instead of loading every task: the same tables, failures and portfolios included."""
+    from rich.console import Console
+
+    from backtest import report as rep
+    from backtest.catalog import Catalog
+    from backtest.report.stream import catalog_view
+
+    strategy = Path(__file__).resolve().parents[2] / "strategies" / "xs_momentum.py"
+    code, out, _ = bt(root, "run", faulty, "--from", "2021", "--param", "n=5:9", "--param", "mode=raise", "--json")
+    failing = json.loads(out.strip().splitlines()[-1])
+    assert code == 1 and failing["failed"] == 3
+    portfolio = run_json(root, strategy, "--symbols", "AAA,BBB,CCC", "--from", "2020", "--param", "lookback=21,42")
+    catalog = Catalog(root / "catalog.duckdb")
+
+    def text(body: object) -> str:
+        import io
+
+        console = Console(width=160, record=True, file=io.StringIO())
+        console.print(body)
+        return console.export_text()
+
+    for rid in (failing["run_id"], portfolio["run_id"]):
+        for sort, top in (("sharpe", 10), ("volatility", 2), ("max_drawdown_duration", 50)):
+            run, records = rep.task_records(rid, root)
+            from_records = rep.render_run(run, records, sort, top, contrib=rep.portfolio_contrib(records, sort))
+            view = catalog_view(catalog, run["run_id"], sort, top)
+            from_catalog = rep.render_view(run, view, sort, top, contrib=rep.portfolio_contrib(view.top, sort))
+            assert text(from_catalog) == text(from_records), (rid, sort)
+    code, out, _ = bt(root, "report", failing["run_id"])
+    assert code == 0 and "3 failed" in out and "boom at n=7" in out
