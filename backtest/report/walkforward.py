@@ -147,10 +147,14 @@ def stitched(run: dict[str, Any], v: WfoView, records: list[dict[str, Any]], roo
     from backtest.report.equity import curves
 
     cash = SimSettings.from_dict(json.loads(run["settings"])).cash
+    names = symbols or v.symbols()
+    wanted = [k for r in v.rows if r.symbol in names and r.test_key and r.train_key for k in (r.test_key, r.train_key)]
+    # one call for every curve: the run's windows are read and its tasks indexed once
+    by_key = {c.key: c for c in curves(run, list(dict.fromkeys(wanted)), root, records)} if wanted else {}
 
     def chain(keys: list[str]) -> tuple[dict[str, Any], Any]:
         """The metrics and (ts, equity) of the curves of ``keys`` chained by their returns."""
-        cs = curves(run, keys, root, records)
+        cs = [by_key[k] for k in keys]
         parts, pnl, rets, ts, closes = [], [], [], [], []
         value = cash
         exposed = 0.0
@@ -169,7 +173,7 @@ def stitched(run: dict[str, Any], v: WfoView, records: list[dict[str, Any]], roo
         return {m: _clean(float(x)) for m, x in zip(METRIC_NAMES, values, strict=True)}, (times, equity)
 
     out = []
-    for symbol in symbols or v.symbols():
+    for symbol in names:
         rows = [r for r in v.rows if r.symbol == symbol]
         res = SymbolResult(symbol, rows, select=v.wf.select)
         chosen = [r for r in rows if r.test_key and r.train_key]
