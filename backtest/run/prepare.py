@@ -55,6 +55,10 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) 
 
     root = root or paths.root()
     target = parse_url(req.executor_url())
+    if target.scheme == "ssh":  # a bad BT_HOST_CACHE_MB is one line here, before anything is recorded
+        from backtest.executors.ssh.ship import host_cache_limit
+
+        host_cache_limit()
     wf = parse_walk_forward(req.walk_forward, req.holdout, req.anchored, req.select, req.min_trades,
                             [*METRICS, *OPTIONAL_METRICS])
     limit_bytes()  # a bad BT_BARS_CACHE_MB is one error here, not one per shard in the workers

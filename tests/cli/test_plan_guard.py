@@ -42,3 +42,11 @@ def test_a_plan_over_the_limit_needs_yes(root: Path, sma_path: Path, monkeypatch
     monkeypatch.setenv("BT_CONFIRM_TASKS", "many")
     code, _, err = bt(root, *args)
     assert code == 2 and "BT_CONFIRM_TASKS must be a whole number" in err
+
+
+def test_a_bad_host_cache_bound_is_one_line_before_anything_is_recorded(root: Path, sma_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BT_HOST_CACHE_MB", "lots")
+    code, _, err = bt(root, "run", sma_path, "--from", "2021", "--executor", "ssh://nobody@127.0.0.1:1")
+    assert code == 2 and "BT_HOST_CACHE_MB must be a whole number of MB (0: no bound), not 'lots'" in err
+    assert "Traceback" not in err and "no runs yet" in bt(root, "runs")[1]

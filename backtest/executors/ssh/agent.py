@@ -10,14 +10,16 @@ only under the host's cache dir (``~/.cache/bt``)::
 
 Commands (JSON on stdout, one object or one per line):
 
-- ``probe ENV_KEY CODE_KEY``: Python version, platform, cores, and whether the keyed env and code
-  are complete. Written in old syntax so that a too-old Python can still say what it is.
+- ``probe ENV_KEY CODE_KEY [TRIM]``: Python version, platform, cores, and whether the keyed env and
+  code are complete; with TRIM, ``trim TRIM`` first (its answer under ``trimmed``). Written in old syntax so that a too-old Python can still say what it is.
 - ``have``: stdin is a JSON list of sha256; prints ``{sha: size}`` of those present.
 - ``receive``: stdin is, per file, a header line ``{"sha","size","z"}`` then chunks each
   prefixed by a 4-byte big-endian length, then a zero length (zlib stream when z); each file is hashed as it is written and only a file whose sha256 and size
   match is moved into place; prints one ``{"sha","ok"[,"got"]}`` line per frame.
 - ``install``: stdin is a JSON plan (see ``backtest.executors.ssh.bootstrap``); builds what is missing
   under a lock; prints the fingerprint.
+- ``trim LIMIT``: delete the shipped files used longest ago until they take at most LIMIT bytes
+  (skipped while a bt worker runs here); ``have`` marks the files it finds as used now.
 - ``launch ARGV...``: used by ``open_stream``; setsid, record the pgid, run ARGV, and kill the
   whole group when the SSH channel goes away.
 """
@@ -53,9 +55,11 @@ def _cores():
         return os.cpu_count() or 1
 
 
-def probe(env_key, code_key):
+def probe(env_key, code_key, trim_limit=None):
     import platform
     import sysconfig
+
+    trimmed = _trim(int(trim_limit)) if trim_limit is not None else None
 
     env_dir = os.path.join(CACHE, "envs", env_key)
     env = _ready(env_dir)
@@ -75,6 +79,7 @@ def probe(env_key, code_key):
             "env": env,
             "code": _ready(os.path.join(CACHE, "code", code_key)),
             "disk": _disk(CACHE),
+            "trimmed": trimmed,
         }
     )
 
@@ -99,11 +104,46 @@ def have():
     wanted = json.loads(sys.stdin.read() or "[]")
     present = {}
     for sha in wanted:
+        path = _object_path(sha)
         try:
-            present[sha] = os.stat(_object_path(sha)).st_size
+            present[sha] = os.stat(path).st_size
+            os.utime(path)  # needed now: the newest to keep when the cache is trimmed
         except OSError:
             pass
     _out(present)
+
+
+def trim(limit):
+    _out(_trim(int(limit)))
+
+
+def _trim(limit):
+    """Delete the shipped files (packages, data) used longest ago until they take at most
+    ``limit`` bytes; nothing while a bt worker runs here (it may be reading them)."""
+    live = _live_groups()
+    if live:
+        return {"skipped": f"{len(live)} bt worker group(s) run here"}
+    root = os.path.join(CACHE, "objects")
+    files = []
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            files.append((st.st_mtime, st.st_size, path))
+    total = sum(size for _, size, _ in files)
+    freed = 0
+    for _mtime, size, path in sorted(files):
+        if total - freed <= limit:
+            break
+        try:
+            os.unlink(path)
+            freed += size
+        except OSError:
+            pass
+    return {"freed": freed, "left": total - freed}
 
 
 def _read_exact(stream, n):
@@ -281,6 +321,13 @@ def _alive(pid):
     return True
 
 
+def _live_groups():
+    """The process groups of bt workers still running here."""
+    procs = os.path.join(CACHE, "procs")
+    return [int(name) for name in (os.listdir(procs) if os.path.isdir(procs) else [])
+            if name.isdigit() and _alive(int(name))]
+
+
 def clean(env_key, code_key, everything):
     """Delete what bt keeps on this host and no longer needs: environments and copies of bt other
     than the current ones (``env_key``, ``code_key``), shipped files (packages, data: shipped again
@@ -288,11 +335,7 @@ def clean(env_key, code_key, everything):
     ``everything`` ("all"), the whole cache. Refused while a bt worker runs here."""
     import shutil
 
-    procs = os.path.join(CACHE, "procs")
-    live = []
-    for name in os.listdir(procs) if os.path.isdir(procs) else []:
-        if name.isdigit() and _alive(int(name)):
-            live.append(int(name))
+    live = _live_groups()
     if live:
         _out({"refused": f"{len(live)} bt worker group(s) run here (pgid {live[0]}); clean when no run uses the host"})
         return
@@ -398,7 +441,7 @@ def launch(argv):
 def main(args):
     cmd = args[0] if args else ""
     if cmd == "probe":
-        probe(args[1], args[2])
+        probe(args[1], args[2], args[3] if len(args) > 3 else None)
     elif cmd == "have":
         have()
     elif cmd == "receive":
@@ -407,6 +450,8 @@ def main(args):
         install()
     elif cmd == "launch":
         launch(args[1:])
+    elif cmd == "trim":
+        trim(args[1])
     elif cmd == "clean":
         clean(args[1], args[2], args[3] if len(args) > 3 else "")
     else:

@@ -91,12 +91,15 @@ class RemoteEnv:
         return self.command("-m", "backtest.worker")
 
 
-def probe(conn: fabric.Connection, spec: HostSpec) -> Probe:
-    """Run the agent's probe with the host's base Python; refuse a missing/broken/old Python."""
+def probe(conn: fabric.Connection, spec: HostSpec, trim: int | None = None) -> Probe:
+    """Run the agent's probe with the host's base Python; refuse a missing/broken/old Python.
+    ``trim``: also bound the host's shipped files to that many bytes (the agent's ``trim``), in the
+    same call."""
     python = spec.python_command
+    extra = [str(trim)] if trim is not None else []
     done = exec_command(
         conn,
-        quote_argv(agent_argv(python, "probe", environment.env_key(), environment.code_key()[:24])),
+        quote_argv(agent_argv(python, "probe", environment.env_key(), environment.code_key()[:24], *extra)),
         timeout=60,
     )
     if done.returncode != 0:
@@ -197,8 +200,12 @@ def bootstrap(
     *,
     force_mode: str | None = None,
     on_step: Callable[[str], None] | None = None,
+    trim: int | None = None,
 ) -> RemoteEnv:
     """Make the host ready (or find it ready) and return how to run bt there.
+
+    ``trim``: bound the files shipped to the host for earlier runs to that many bytes first (in
+    the probe's call: no extra round trip).
 
     ``force_mode`` ("wheelhouse" or "index") overrides the platform decision (tests).
     ``on_step`` is told what is happening ("probing", "building wheelhouse", "shipping", ...).
@@ -206,7 +213,7 @@ def bootstrap(
     start = time.perf_counter()
     step = on_step or (lambda _msg: None)
     step("probing")
-    found = probe(conn, spec)
+    found = probe(conn, spec, trim)
     code_key = environment.code_key()[:24]
     env_dir = f"{found.cache}/envs/{environment.env_key()}"
     code_dir = f"{found.cache}/code/{code_key}"

@@ -76,9 +76,11 @@ class SSHExecutor(StreamPool):
     def __init__(self, specs: list[HostSpec], options: ExecutorOptions, *, url: str = "",
                  settings: Any = None) -> None:
         from backtest.executors.ssh.connect import SSHSettings
+        from backtest.executors.ssh.ship import host_cache_limit
 
         super().__init__(options)
         self.settings: SSHSettings = settings or SSHSettings(accept_new_hosts=options.accept_new_hosts)
+        self.cache_limit = host_cache_limit()  # a bad BT_HOST_CACHE_MB is one line before any host is contacted
         self.url = url or "ssh://" + ",".join(s.name for s in specs)
         self.hosts = [_Host(s) for s in specs]
         self._by_name = {h.name: h for h in self.hosts}
@@ -230,7 +232,8 @@ class SSHExecutor(StreamPool):
         conns: list[Any] = []
         try:
             conns.append(connect(host.spec, self.settings))
-            env = bootstrap(conns[0], host.spec)
+            # the files shipped for earlier runs are bounded before this run ships its own
+            env = bootstrap(conns[0], host.spec, trim=self.cache_limit)
             for _ in range(math.ceil(env.cores / WORKERS_PER_CONNECTION) - 1):
                 conns.append(connect(host.spec, self.settings))
             event: tuple[str, Any] = ("ready", (env, conns))

@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from backtest.errors import HostError
 from backtest.executors.ssh.connect import exec_command, host_label, quote_argv
@@ -92,6 +92,38 @@ def remote_have(conn: fabric.Connection, shas: Sequence[str], python: str = "pyt
     except ValueError as exc:
         raise HostError(f"{host_label(conn)}: bad listing from host: {done.stdout[:200]!r}") from exc
     return {str(k): int(v) for k, v in present.items()}
+
+
+#: the default bound of the files shipped to a host (packages, data), in MB (``BT_HOST_CACHE_MB``)
+HOST_CACHE_MB = 2048
+
+
+def host_cache_limit() -> int | None:
+    """``BT_HOST_CACHE_MB`` in bytes (default ``HOST_CACHE_MB``; 0: no bound), or a UsageError."""
+    from backtest.errors import UsageError
+
+    text = os.environ.get("BT_HOST_CACHE_MB")
+    try:
+        mb = HOST_CACHE_MB if text is None or not text.strip() else int(text)
+    except ValueError:
+        raise UsageError(f"BT_HOST_CACHE_MB must be a whole number of MB (0: no bound), not {text!r}") from None
+    if mb < 0:
+        raise UsageError(f"BT_HOST_CACHE_MB must be 0 or more, not {mb}")
+    return mb * 1_000_000 if mb else None
+
+
+def trim_cache(conn: fabric.Connection, limit: int, python: str = "python3") -> dict[str, Any]:
+    """Delete the host's shipped files used longest ago until they take at most ``limit`` bytes
+    (the host skips it while a bt worker runs there). What the host says: freed and left, or why
+    it skipped."""
+    done = exec_command(conn, quote_argv(agent_argv(python, "trim", str(limit))))
+    if done.returncode != 0:
+        raise HostError(f"{host_label(conn)}: trimming its cache failed: {done.error_tail()}")
+    try:
+        out: dict[str, Any] = json.loads(done.stdout)
+    except ValueError as exc:
+        raise HostError(f"{host_label(conn)}: bad answer from host: {done.stdout[:200]!r}") from exc
+    return out
 
 
 def _worth_compressing(path: Path) -> bool:

@@ -133,3 +133,52 @@ def test_everything_stays_under_the_cache_dir(farm: Farm, conn: object) -> None:
     written = {p.relative_to(home).parts[0] for p in home.rglob("*") if p.is_file()}
     assert written <= {".cache", ".ssh"}
     assert not list((home / ".cache" / "bt" / "objects").rglob("*.tmp-*"))
+
+
+def test_the_cache_is_trimmed_oldest_use_first_and_never_under_a_worker(conn: object, tmp_path: Path) -> None:
+    import time
+
+    from backtest.executors.ssh.ship import trim_cache
+
+    def size_on_host() -> int:
+        script = ("import os\nroot = os.path.expanduser('~/.cache/bt/objects')\n"
+                  "print(sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs))")
+        done = exec_command(conn, ["python3", "-c", script])  # type: ignore[arg-type]
+        return int(done.stdout)
+
+    trim_cache(conn, 0)  # start empty  # type: ignore[arg-type]
+    assert size_on_host() == 0
+    old = [(p, s) for p, s in make_files(tmp_path / "old", "old") if p.stat().st_size > 1_000_000]
+    ship(conn, old)  # type: ignore[arg-type]
+    time.sleep(1.1)  # file times have a second's resolution on some file systems
+    new = [(p, s) for p, s in make_files(tmp_path / "new", "new") if p.stat().st_size > 1_000_000]
+    ship(conn, new)  # type: ignore[arg-type]
+    time.sleep(1.1)
+    remote_have(conn, [old[0][1]])  # asked for again: used now  # type: ignore[arg-type]
+    sizes = {s: p.stat().st_size for p, s in old + new}
+    keep = sizes[old[0][1]] + sum(sizes[s] for _, s in new)
+    said = trim_cache(conn, keep)  # type: ignore[arg-type]
+    assert said["left"] <= keep and said["freed"] == sum(sizes.values()) - said["left"]
+    left = remote_have(conn, list(sizes))  # type: ignore[arg-type]
+    assert old[0][1] in left and all(s in left for _, s in new)  # what was used last stays
+    assert all(s not in left for _, s in old[1:])  # the rest of the old is out
+    # a worker running here (a live process group recorded by the agent) stops any trimming
+    script = ("import os, sys\nprocs = os.path.expanduser('~/.cache/bt/procs')\nos.makedirs(procs, exist_ok=True)\n"
+              "open(os.path.join(procs, str(os.getpgid(int(sys.argv[1])))), 'w').close()")
+    sleeper = exec_command(conn, ["sh", "-c", "setsid sleep 30 </dev/null >/dev/null 2>&1 & echo $!"])  # type: ignore[arg-type]
+    pid = sleeper.stdout.decode().strip()
+    exec_command(conn, ["python3", "-c", script, pid])  # type: ignore[arg-type]
+    try:
+        assert "skipped" in trim_cache(conn, 0)  # type: ignore[arg-type]
+        assert size_on_host() == said["left"]
+    finally:
+        exec_command(conn, ["sh", "-c", f"kill {pid}; rm -rf ~/.cache/bt/procs"])  # type: ignore[arg-type]
+    assert trim_cache(conn, 0)["left"] == 0  # type: ignore[arg-type]
+    # a run does it in its first call to the host, the probe (no extra round trip)
+    from backtest.executors.ssh.connect import quote_argv
+    from backtest.executors.ssh.remote import agent_argv
+
+    ship(conn, new)  # type: ignore[arg-type]
+    done = exec_command(conn, quote_argv(agent_argv("python3", "probe", "no-env", "no-code", "0")))  # type: ignore[arg-type]
+    said = json.loads(done.stdout)
+    assert said["trimmed"] == {"freed": sum(sizes[s] for _, s in new), "left": 0} and said["env"] is None
