@@ -97,25 +97,23 @@ class _Followup:
     def outcome(self, ev: Any) -> None:
         from backtest.store.results import decode_metrics
 
-        driver = self.prep.stage2
+        outcomes: list[tuple[str, dict[str, float] | None, float]]
         if isinstance(ev, TaskDone):
             if ev.metrics is not None:
-                found = driver.outcome(ev.key, ev.metrics, float(ev.n_trades))
+                outcomes = [(ev.key, ev.metrics, float(ev.n_trades))]
             else:
-                header, metrics = decode_metrics(ev.body)
-                found = driver.outcome(ev.key, metrics, float(header["n_trades"]))
-            found = [found]
-        elif isinstance(ev, TaskFailed):
-            found = [driver.outcome(ev.key, None, 0.0)]
-        else:
-            found = [driver.outcome(k, None, 0.0) for k in ev.keys]
-        self.fresh += [t for t in found if t is not None]
+                header, decoded = decode_metrics(ev.body)
+                outcomes = [(ev.key, decoded, float(header["n_trades"]))]
+        else:  # failed: not eligible
+            outcomes = [(k, None, 0.0) for k in ([ev.key] if isinstance(ev, TaskFailed) else ev.keys)]
+        for key, found, trades in outcomes:
+            task = self.prep.stage2.outcome(key, found, trades)
+            if task is not None:
+                self.fresh.append(task)
 
     def submit(self, ex: Executor, now: float) -> None:
         """Record or submit what the outcomes since the last call decided."""
-        from backtest.catalog import result_row
         from backtest.plan import make_shards
-        from backtest.store.results import decode_metrics
 
         fresh, self.fresh = [t for t in self.fresh if t.key not in self.recorder.by_key], []
         plan = self.prep.wfo
@@ -125,12 +123,10 @@ class _Followup:
         for t in fresh:
             self.recorder.by_key[t.key] = t
         have = set() if self.prep.request.force else self.store.intact([t.key for t in fresh])[0]
-        for t in fresh:
-            if t.key in have:
-                header, metrics = decode_metrics(self.store.read_bytes(t.key))
-                self.recorder.task_rows.append(self.recorder.row(t, "done", True, 0, None, None, None, now))
-                self.recorder.result_rows.append(result_row(header, metrics, now))
-                self.progress.cached += 1
+        tasks, results = self.recorder.cached_rows(set(), [t for t in fresh if t.key in have], now)
+        self.recorder.task_rows += tasks
+        self.recorder.result_rows += results  # (the catalog keeps one row a key)
+        self.progress.cached += len(tasks)
         fold_of = {t.key: cell[1] for cell, t in plan.oos.items()}
         shards = []
         for fold in sorted({fold_of[t.key] for t in fresh if t.key not in have}):
@@ -198,8 +194,6 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
                 elif isinstance(ev, ShardFailed):
                     recorder.shard_failed(ev, now)
                     progress.failed += len(ev.keys)
-                if followup is not None and isinstance(ev, TaskDone | TaskFailed | ShardFailed):
-                    followup.outcome(ev)
                 elif isinstance(ev, ShardLog):
                     recorder.log(ev, now)
                 elif isinstance(ev, ResultDiffers):
@@ -207,6 +201,8 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
                 elif isinstance(ev, WorkerNote):
                     progress.notes.append(f"{ev.worker}: {ev.message}")
                     recorder.log(ev, now)
+                if followup is not None and isinstance(ev, TaskDone | TaskFailed | ShardFailed):
+                    followup.outcome(ev)
             if followup is not None:
                 followup.submit(ex, time.time())
             progress.workers = ex.status()

@@ -64,16 +64,19 @@ class Recorder:
     def row(self, t: Task, *rest: Any) -> dict[str, Any]:
         return task_row(t, self._params_text(t), *rest)
 
-    def cached_rows(self, known: set[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Task rows of the cached tasks, and metric rows of those the catalog does not index yet
-        (e.g. after the catalog was deleted): they are indexed now."""
+    def cached_rows(self, known: set[str], cached: list[Task] | None = None,
+                    now: float | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Task rows of the cached tasks (``cached``, default the run's planned ones), and metric
+        rows of those the catalog does not index yet (``known``: those it does; e.g. after the
+        catalog was deleted): they are indexed now."""
         from backtest.catalog import result_row
         from backtest.store.results import decode_metrics
 
-        now = time.time()
-        tasks = [self.row(t, "done", True, 0, None, None, None, now) for t in self.prep.cached]
+        now = time.time() if now is None else now
+        cached = self.prep.cached if cached is None else cached
+        tasks = [self.row(t, "done", True, 0, None, None, None, now) for t in cached]
         results = []
-        for t in self.prep.cached:
+        for t in cached:
             if t.key not in known:
                 header, metrics = decode_metrics(self.store.read_bytes(t.key))
                 results.append(result_row(header, metrics, now))
