@@ -49,6 +49,15 @@ class Universe:
                         label=self.label, **cut)
 
 
+def union_times(chunks: Sequence[np.ndarray]) -> np.ndarray:
+    """The sorted, unique int64 times of all ``chunks`` (not np.unique: it imports numpy.ma,
+    25-45 ms of a worker's start)."""
+    if not chunks:
+        return np.empty(0, dtype=np.int64)
+    ts = np.sort(np.concatenate(chunks), kind="stable")
+    return ts[np.concatenate(([True], ts[1:] != ts[:-1]))] if ts.shape[0] > 1 else ts
+
+
 def align(members: Sequence[Bars], start_ns: int, warmup: int, label: str = "",
           partitions: Sequence[str] = ()) -> Universe:
     """One universe from each member's bars (each read with at least ``warmup`` bars of its own
@@ -58,9 +67,7 @@ def align(members: Sequence[Bars], start_ns: int, warmup: int, label: str = "",
     made from."""
     if not members:
         raise ValueError("a universe needs at least one symbol")
-    ts = np.sort(np.concatenate([b.ts for b in members]), kind="stable")
-    if ts.shape[0] > 1:  # (not np.unique: it imports numpy.ma, 25-45 ms of a worker's start)
-        ts = ts[np.concatenate(([True], ts[1:] != ts[:-1]))]
+    ts = union_times([b.ts for b in members])
     n, m = ts.shape[0], len(members)
     arrays = {f: np.full((n, m), np.nan) for f in FIELDS}
     for j, b in enumerate(members):

@@ -144,8 +144,13 @@ def _prepare_walk_forward(req: RunRequest, root: Path, text: str | None, job: Jo
     for cell, t in plan.oos.items():
         tasks.setdefault(t.key, t)
         window_of.setdefault(t.key, plan.test[cell[1]])
+    # the in-sample files were checked by planning; the others (decided out-of-sample tasks) now
+    have: set[str] = set()
     damaged: dict[str, str] = {}
-    have, damaged = (set(), {}) if req.force else results.intact(list(tasks))
+    if not req.force:
+        have, damaged = results.intact([k for k in tasks if k not in in_cells])
+        have |= set(plan.stored) & set(tasks)
+        damaged.update(plan.damaged)
     todo = [t for t in tasks.values() if t.key not in have]
     cached = [t for t in tasks.values() if t.key in have]
     shards = []
@@ -158,7 +163,7 @@ def _prepare_walk_forward(req: RunRequest, root: Path, text: str | None, job: Jo
     notes += plan.notes
     prep = Prepared(req, job, list(tasks.values()), cached, shards, skipped, url, root, parts, notes)
     prep.wfo = plan
-    prep.stage2 = stage2(plan, have, results)
+    prep.stage2 = stage2(plan, have)
     prep.pending = plan.pending()
     return prep
 

@@ -62,6 +62,10 @@ class WfoPlan:
     chosen: dict[Cell, int | None] = field(default_factory=dict)
     oos: dict[Cell, Task] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: the in-sample results stored before the run (key → outcome), read once at planning, and
+    #: what was wrong with the stored in-sample files found damaged (set aside)
+    stored: dict[str, tuple[dict[str, float] | None, float]] = field(default_factory=dict)
+    damaged: dict[str, str] = field(default_factory=dict)
 
     def windows(self) -> list[Window]:
         return [*self.train, *self.test]
@@ -95,7 +99,7 @@ def _resolve(store: Any, symbols: Sequence[str], start_ns: int, end_ns: int, war
 
 def timeline(store: Any, symbols: Sequence[str], start_ns: int, end_ns: int) -> Any:
     """The sorted union of the symbols' bar times in [start_ns, end_ns] (for bar-count windows)."""
-    import numpy as np
+    from backtest.engine.universe import union_times
 
     chunks = []
     for s in symbols:
@@ -103,10 +107,7 @@ def timeline(store: Any, symbols: Sequence[str], start_ns: int, end_ns: int) -> 
             if p.last_ts >= start_ns and p.first_ts <= end_ns:
                 ts = store._ts(p)
                 chunks.append(ts[(ts >= start_ns) & (ts <= end_ns)])
-    if not chunks:
-        return np.empty(0, dtype=np.int64)
-    ts = np.sort(np.concatenate(chunks))
-    return ts[np.concatenate(([True], ts[1:] != ts[:-1]))] if ts.size else ts
+    return union_times(chunks)
 
 
 def data_span(store: Any, symbols: Sequence[str]) -> tuple[int, int]:
@@ -160,13 +161,10 @@ def plan_walk_forward(base: Job, wf: WalkForward, store: Any, results: Any) -> W
                         "and the windows")
     # folds whose in-sample results are all stored are decided now
     keys = [t.key for ts in plan.cells.values() for t in ts]
-    have, _ = results.intact(keys)
-    outcomes: dict[str, tuple[dict[str, float] | None, float]] = {}
-    for key in keys:
-        if key in have:
-            outcomes[key] = stored_outcome(results, key)
+    have, plan.damaged = results.intact(keys)
+    plan.stored = {key: stored_outcome(results, key) for key in keys if key in have}
     for cell in plan.cells:
-        decide(plan, cell, outcomes)
+        decide(plan, cell, plan.stored)
     return plan
 
 
@@ -217,15 +215,16 @@ class Stage2:
         return decide(self.plan, cell, self.outcomes)
 
 
-def stage2(plan: WfoPlan, cached_keys: set[str], results: Any) -> Stage2:
-    """The driver of a run's second stage; in-sample results stored before the run count as in."""
+def stage2(plan: WfoPlan, cached_keys: set[str]) -> Stage2:
+    """The driver of a run's second stage; in-sample results stored before the run (and not
+    recomputed: ``cached_keys``) count as in, with the outcomes planning read."""
     driver = Stage2(plan)
     for cell, tasks in plan.cells.items():
         if cell in plan.chosen:
             continue
         for t in tasks:
-            if t.key in cached_keys:
-                driver.outcomes[t.key] = stored_outcome(results, t.key)
+            if t.key in cached_keys and t.key in plan.stored:
+                driver.outcomes[t.key] = plan.stored[t.key]
                 driver.cell_of.pop(t.key, None)
     return driver
 
