@@ -443,20 +443,29 @@ def report(
     _emit(rep.write_rows(rep.flat_rows(ranked), fmt.value, out))
 
 
-def _catalog_table(run_id: str, sort: str, top: int, tz: str, out: Path | None) -> bool:
-    """The table report of a whole plain run, gathered by the catalog (it never loads every task:
-    a run of any size reports in about the same time); False for a walk-forward run."""
+def _plain_run(run_id: str) -> tuple[Path, Any, dict[str, Any]] | None:
+    """(data root, catalog, run row) of a plain run; None for a walk-forward run (its reports are
+    per fold)."""
     from backtest import paths
-    from backtest import report as rep
     from backtest.catalog import Catalog
-    from backtest.report.stream import catalog_view
     from backtest.store.archive import is_walk_forward
 
     root = paths.root()
     catalog = Catalog(root / "catalog.duckdb")
     run = catalog.run(run_id)
-    if is_walk_forward(root, run):
+    return None if is_walk_forward(root, run) else (root, catalog, run)
+
+
+def _catalog_table(run_id: str, sort: str, top: int, tz: str, out: Path | None) -> bool:
+    """The table report of a whole plain run, gathered by the catalog (it never loads every
+    task); False for a walk-forward run."""
+    from backtest import report as rep
+    from backtest.report.stream import catalog_view
+
+    found = _plain_run(run_id)
+    if found is None:
         return False
+    _, catalog, run = found
     view = catalog_view(catalog, run["run_id"], sort, top)
     body = rep.render_view(run, view, sort, top, facts=rep.run_facts(run, tz=tz),
                            contrib=rep.portfolio_contrib(view.top, sort))
@@ -468,17 +477,13 @@ def _stream_export(run_id: str, fmt: Format, out: Path | None, sort: str, top: i
                    params: str | None) -> bool:
     """json, csv or parquet of a plain run, a batch of rows at a time (bounded memory whatever the
     run's size); False for a walk-forward run (its report is per fold)."""
-    from backtest import paths
     from backtest import report as rep
-    from backtest.catalog import Catalog
     from backtest.report.stream import export
-    from backtest.store.archive import is_walk_forward
 
-    root = paths.root()
-    catalog = Catalog(root / "catalog.duckdb")
-    run = catalog.run(run_id)
-    if is_walk_forward(root, run):
+    found = _plain_run(run_id)
+    if found is None:
         return False
+    root, catalog, run = found
     wanted = rep.parse_params_filter(params)
     if symbol:
         present = [r["symbol"] for r in catalog._read("SELECT DISTINCT symbol FROM run_tasks WHERE run_id = ? "
