@@ -83,20 +83,30 @@ def make_tasks(job: Job, parts: PartsFor) -> list[Task]:
     strategy = enc({"hash": job.strategy.hash, "class": job.strategy.name})
     members = f'"members":{enc(list(job.symbols))},' if job.universe else ""
     head = f'{{"engine":{enc(ENGINE_VERSION)},"from":{enc(job.start_ns)},{members}"params":'
-    tail = f',"settings":{enc(job.settings)},"strategy":{strategy},"symbol":'
-    params_json = [enc(p) for p in job.params_list]
+    params_json = [enc(job.strategy_params(p)) for p in job.params_list]
+    only = enc(job.settings)
+    settings_of: list[str] | None = None  # with settings axes: each parameter set's settings
+    if job.axes:
+        by_combo: dict[tuple[Any, ...], str] = {}
+        settings_of = []
+        for p in job.params_list:
+            combo = tuple(p[a] for a in job.axes)
+            if combo not in by_combo:
+                by_combo[combo] = enc(job.task_settings(p))
+            settings_of.append(by_combo[combo])
     tasks = []
     for symbol in job.task_symbols():
-        sym_tail = f'{tail}{enc(symbol)},"to":{enc(job.end_ns)},"warmup":'
+        sym_tail = f',"strategy":{strategy},"symbol":{enc(symbol)},"to":{enc(job.end_ns)},"warmup":'
         by_warmup: dict[int, str] = {}
-        for params, pj, warmup in zip(job.params_list, params_json, job.warmups, strict=True):
+        for i, (params, pj, warmup) in enumerate(zip(job.params_list, params_json, job.warmups, strict=True)):
             files = job.files(parts, symbol, warmup)
             if not files:
                 continue
             hashes = by_warmup.get(warmup)
             if hashes is None:
                 hashes = by_warmup[warmup] = enc([h for _, h in files])
-            text = f'{head}{pj},"partitions":{hashes}{sym_tail}{enc(warmup)}}}'
+            sj = settings_of[i] if settings_of is not None else only
+            text = f'{head}{pj},"partitions":{hashes},"settings":{sj}{sym_tail}{enc(warmup)}}}'
             tasks.append(Task(hashlib.sha256(text.encode("utf-8")).hexdigest(), symbol, params, warmup))
     return tasks
 
@@ -136,6 +146,7 @@ def _shard(job: Job, symbol: str, tasks: Sequence[Task], parts: PartsFor) -> Sha
         "start_ns": job.start_ns,
         "end_ns": job.end_ns,
         "settings": job.settings,
+        **({"axes": list(job.axes)} if job.axes else {}),
         "files": files,
         "groups": [
             {

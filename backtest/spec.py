@@ -3,7 +3,8 @@
 - ``StrategySource``: the exact text of a strategy file, its hash, and the class to run.
 - ``Job``: what the user asked for, resolved: the strategy, its parameter sets (with the warm-up
   each needs), the symbols, the date range and the execution settings.
-- ``Task``: one (symbol, parameter set), named by its content key.
+- ``Task``: one (symbol, parameter set), named by its content key. With settings axes a
+  "parameter set" also holds the axes' values (shown like parameters; keyed as settings).
 - ``Shard``: some of one symbol's tasks (or of one universe's, for a portfolio strategy), the unit
   handed to a worker. ``Shard.spec`` is what
   travels to the worker (plain JSON: the partitions to read, the settings, the task groups).
@@ -85,6 +86,22 @@ class Job:
     #: a portfolio job's name for its universe (``symbols`` are then its members, and every task
     #: runs on all of them under this name); "" for a job of one-symbol tasks
     universe: str = ""
+    #: execution settings that are axes of the grid (``--stop-loss 0.02,0.05``): each entry of
+    #: ``params_list`` then holds a value for each of them beside the strategy's parameters, and
+    #: ``settings`` holds the rest
+    axes: tuple[str, ...] = ()
+
+    def strategy_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        """What the strategy is called with: ``params`` less the settings axes' values."""
+        if not self.axes:
+            return params
+        return {k: v for k, v in params.items() if k not in self.axes}
+
+    def task_settings(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The execution settings of the task with ``params``: the job's, with the axes' values."""
+        if not self.axes:
+            return self.settings
+        return {**self.settings, **{a: params[a] for a in self.axes}}
 
     def task_symbols(self) -> list[str]:
         """What tasks are filed under: each symbol, or the universe's name."""
@@ -117,13 +134,13 @@ def task_key(job: Job, symbol: str, params: dict[str, Any], warmup: int, hashes:
     fields = {
         "engine": ENGINE_VERSION,
         "strategy": {"hash": job.strategy.hash, "class": job.strategy.name},
-        "params": params,
+        "params": job.strategy_params(params),
         "symbol": symbol,
         "partitions": list(hashes),
         "from": job.start_ns,
         "to": job.end_ns,
         "warmup": warmup,
-        "settings": job.settings,
+        "settings": job.task_settings(params),
     }
     if job.universe:
         fields["members"] = list(job.symbols)

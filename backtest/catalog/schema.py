@@ -7,14 +7,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-METRICS = (
+_FIRST_METRICS = (
     "total_return", "cagr", "volatility", "sharpe", "sortino", "calmar", "max_drawdown",
     "max_drawdown_duration", "exposure", "trades", "win_rate", "best_trade", "worst_trade",
     "avg_trade", "profit_factor", "expectancy", "sqn", "final_equity", "buy_and_hold_return",
 )  # fmt: skip
-"""The output contract's metric names: the ``results`` table has one DOUBLE column each."""
+_ADDED_METRICS = (
+    "avg_drawdown", "avg_drawdown_duration", "max_drawdown_days", "omega", "kelly", "avg_win", "avg_loss",
+    "max_consecutive_wins", "max_consecutive_losses", "max_trade_duration", "avg_trade_duration",
+    "exposure_adjusted_return",
+)  # fmt: skip
+METRICS = (*_FIRST_METRICS, *_ADDED_METRICS)
+"""The output contract's metric names: the ``results`` table has one DOUBLE column each (NULL for
+the names added later, in the rows of results computed before)."""
 
-_METRIC_COLS = ", ".join(f'"{m}" DOUBLE' for m in METRICS)
+_METRIC_COLS = ", ".join(f'"{m}" DOUBLE' for m in _FIRST_METRICS)
 
 def _jobs_out_of_runs(con: Any, root: Path) -> None:
     """Migration 2: each run's job (symbols, parameter sets, date range, data files: ~30 KB of
@@ -56,6 +63,8 @@ MIGRATIONS: list[str | Callable[[Any, Path], None]] = [
     _jobs_out_of_runs,
     # 3: portfolio tasks count their orders (NULL for one-symbol tasks)
     "ALTER TABLE results ADD COLUMN orders DOUBLE",
+    # 4: drawdown periods, omega, Kelly, win/loss and holding-time metrics
+    ";\n".join(f'ALTER TABLE results ADD COLUMN "{m}" DOUBLE' for m in _ADDED_METRICS),
 ]
 
 #: metrics only some tasks have (a portfolio's ``orders``): a column each, NULL where a task has none

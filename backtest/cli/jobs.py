@@ -51,6 +51,18 @@ def parse_size(text: str | None) -> int | None:
     return int(n)
 
 
+def _setting_values(**texts: str | None) -> dict[str, Any]:
+    """The settings given as text (one value, a list or a range) → their values: a list each."""
+    from backtest.run.axes import parse_setting
+
+    out: dict[str, Any] = {}
+    for name, text in texts.items():
+        values = parse_setting(name, text)
+        if values is not None:
+            out[name] = values
+    return out
+
+
 def _split(values: list[str] | None) -> list[str] | None:
     if not values:
         return None
@@ -71,13 +83,14 @@ def run(
     timeout: Annotated[float | None, typer.Option("--timeout", help="Wall seconds one shard may take before its worker is killed and it is retried.")] = None,
     max_memory: Annotated[str | None, typer.Option("--max-memory", help="Memory cap per worker, e.g. 2G.")] = None,
     cash: Annotated[float, typer.Option(help="Starting cash per task.")] = 100_000.0,
-    commission: Annotated[float, typer.Option(help="Commission, fraction of traded notional per side (0.001 = 0.1 %).")] = 0.0,
+    commission: Annotated[str | None, typer.Option(help="Commission, fraction of traded notional per side (0.001 = 0.1 %). Several values (0.0005,0.001 or 0:0.002:0.0005) make it an axis of the grid, like --param.", show_default=False)] = None,
     fee: Annotated[float, typer.Option(help="Fixed fee per order.")] = 0.0,
-    slippage: Annotated[float, typer.Option(help="Slippage, fraction of price against the trader.")] = 0.0,
+    slippage: Annotated[str | None, typer.Option(help="Slippage, fraction of price against the trader; one value, a list or a range (a grid axis).", show_default=False)] = None,
     fill: Annotated[Fill, typer.Option(help="next-open: a decision at bar t fills at bar t+1's open; close: at bar t's close.")] = Fill.next_open,
     units: Annotated[Units, typer.Option(help="fractional or integer position sizes.")] = Units.fractional,
-    stop_loss: Annotated[float | None, typer.Option("--stop-loss", help="Stop-loss as a fraction of the entry price (0.05 = 5 %).")] = None,
-    take_profit: Annotated[float | None, typer.Option("--take-profit", help="Take-profit as a fraction of the entry price.")] = None,
+    stop_loss: Annotated[str | None, typer.Option("--stop-loss", help="Stop-loss as a fraction of the entry price (0.05 = 5 %); a list (0.05,0.1) or range (0.02:0.10:0.02) makes it a grid axis.", show_default=False)] = None,
+    take_profit: Annotated[str | None, typer.Option("--take-profit", help="Take-profit as a fraction of the entry price; one value, a list or a range.", show_default=False)] = None,
+    trailing_stop: Annotated[str | None, typer.Option("--trailing-stop", help="Trailing stop: exit when the price falls this fraction below the highest high since entry (rises above the lowest low, short); one value, a list or a range.", show_default=False)] = None,
     leverage: Annotated[float, typer.Option(help="Portfolio strategies: the largest sum of |weight| a bar may ask for (1 = no leverage).")] = 1.0,
     walk_forward: Annotated[str | None, typer.Option("--walk-forward", help="Walk-forward optimization: train=3y,test=1y[,step=6m] (units y, m, d, or b for bars). Each fold picks the best set on its train window and tests it on the next test window.", show_default=False)] = None,
     holdout: Annotated[str | None, typer.Option("--holdout", help="One out-of-sample split: optimize before this date (2022 or 2022-07-01), test from it to --to.", show_default=False)] = None,
@@ -101,6 +114,9 @@ def run(
       bt run strategies/xs_momentum.py --universe sp100.txt --from 2015 --to 2024 --commission 0.0005
       bt run strategies/sma_cross.py --from 2015 --to 2024 --walk-forward train=3y,test=1y --select sharpe
       bt run strategies/sma_cross.py --from 2015 --to 2024 --holdout 2022     (optimize on 2015-2021, test 2022-2024)
+      bt run strategies/sma_cross.py --from 2020 --to 2024 --stop-loss 0.02:0.10:0.02 --trailing-stop 0.05,0.1
+
+    Several values of --commission, --slippage, --stop-loss, --take-profit or --trailing-stop make that setting an axis of the grid: one task per combination, shown like a parameter, indicators computed once for all of them.
 
     Walk-forward: every in-sample and out-of-sample backtest is an ordinary cached task (a plain run over a fold's train window reuses them); bt report RUN shows the folds, the stitched out-of-sample metrics and the walk-forward efficiency.
 
@@ -114,9 +130,9 @@ def run(
         strategy=strategy, strategy_name=strategy_name, start=start, end=end, symbols=_split(symbols),
         universe=universe, params=list(param or []), executor=executor, hosts=hosts, workers=workers,
         timeout=timeout, max_memory=parse_size(max_memory), force=force, accept_new_hosts=accept_new_hosts,
-        settings={"cash": cash, "commission": commission, "fee": fee, "slippage": slippage,
-                  "fill": fill.value.replace("-", "_"), "units": units.value, "stop_loss": stop_loss,
-                  "take_profit": take_profit, "leverage": leverage},
+        settings={"cash": cash, "fee": fee, "fill": fill.value.replace("-", "_"), "units": units.value,
+                  "leverage": leverage, **_setting_values(commission=commission, slippage=slippage, stop_loss=stop_loss,
+                                                          take_profit=take_profit, trailing_stop=trailing_stop)},
         walk_forward=walk_forward, holdout=holdout, anchored=anchored, select=select, min_trades=min_trades,
     )
     if workers is not None and workers < 1:
@@ -347,6 +363,7 @@ def report(
     tz: Annotated[str, typer.Option(help="Show times in this time zone, e.g. America/New_York.")] = "UTC",
     open_: Annotated[bool, typer.Option("--open", help="html: open the report in the default browser.")] = False,
     stitched: Annotated[bool, typer.Option("--stitched", help="Walk-forward runs: one row per symbol with the stitched out-of-sample metrics (instead of one per fold).")] = False,
+    min_trades: Annotated[int | None, typer.Option("--min-trades", help="Tasks with fewer trades are not eligible: still shown (flagged, and \"eligible\": false in exports), ranked after every eligible task.", show_default=False)] = None,
 ) -> None:
     """Show a run's results: leaderboard, best parameters per symbol, summary, failures; or write
     them as csv, json, parquet, or one self-contained HTML report with charts.
@@ -358,6 +375,7 @@ def report(
       bt report sma_cross-3f2a9c --out results.csv               (the format follows the suffix)
       bt report sma_cross-3f2a9c --symbol DEMO01 --params fast=10,slow=40 --trades --format csv
       bt report sma_cross-3f2a9c --symbol DEMO01 --params fast=10,slow=40 --equity --out curve.parquet
+      bt report sma_cross-3f2a9c --sort sortino --min-trades 20      (a one-trade fluke does not rank first)
     """
     from backtest import report as rep
 
@@ -374,13 +392,15 @@ def report(
     rep.check_sort(sort)
     if metric is not None:
         rep.check_sort(metric, "--metric")
+    min_trades = rep.check_min_trades(min_trades)
     if fmt in (Format.json, Format.csv, Format.parquet) and not (trades or equity or stitched):
-        if _stream_export(run_id, fmt, out, sort, top, symbol, params):
+        if _stream_export(run_id, fmt, out, sort, top, symbol, params, min_trades):
             return
     if fmt == Format.table and not (trades or equity or stitched or symbol or params):
-        if _catalog_table(run_id, sort, top or 10, tz, out):
+        if _catalog_table(run_id, sort, top or 10, tz, out, min_trades):
             return
     run_row, records = rep.task_records(run_id)
+    rep.mark_eligible(records, min_trades)
     if symbol:
         present = sorted({r["symbol"] for r in records})
         if symbol.upper() not in {p.upper() for p in present}:
@@ -456,7 +476,7 @@ def _plain_run(run_id: str) -> tuple[Path, Any, dict[str, Any]] | None:
     return None if is_walk_forward(root, run) else (root, catalog, run)
 
 
-def _catalog_table(run_id: str, sort: str, top: int, tz: str, out: Path | None) -> bool:
+def _catalog_table(run_id: str, sort: str, top: int, tz: str, out: Path | None, min_trades: int | None) -> bool:
     """The table report of a whole plain run, gathered by the catalog (it never loads every
     task); False for a walk-forward run."""
     from backtest import report as rep
@@ -466,7 +486,7 @@ def _catalog_table(run_id: str, sort: str, top: int, tz: str, out: Path | None) 
     if found is None:
         return False
     _, catalog, run = found
-    view = catalog_view(catalog, run["run_id"], sort, top)
+    view = catalog_view(catalog, run["run_id"], sort, top, min_trades)
     body = rep.render_view(run, view, sort, top, facts=rep.run_facts(run, tz=tz),
                            contrib=rep.portfolio_contrib(view.top, sort))
     _show(body, out)
@@ -474,7 +494,7 @@ def _catalog_table(run_id: str, sort: str, top: int, tz: str, out: Path | None) 
 
 
 def _stream_export(run_id: str, fmt: Format, out: Path | None, sort: str, top: int | None, symbol: str | None,
-                   params: str | None) -> bool:
+                   params: str | None, min_trades: int | None) -> bool:
     """json, csv or parquet of a plain run, a batch of rows at a time (bounded memory whatever the
     run's size); False for a walk-forward run (its report is per fold)."""
     from backtest import report as rep
@@ -491,7 +511,7 @@ def _stream_export(run_id: str, fmt: Format, out: Path | None, sort: str, top: i
         if symbol.upper() not in {p.upper() for p in present}:
             shown = ", ".join(present[:10]) + (" ..." if len(present) > 10 else "")
             raise UsageError(f'--symbol {symbol}: not a symbol of run {run["run_id"]}; its symbols: {shown}')
-    export(run["run_id"], fmt.value, out, sort, top, symbol, wanted, root)
+    export(run["run_id"], fmt.value, out, sort, top, symbol, wanted, root, min_trades)
     return True
 
 

@@ -22,6 +22,18 @@ those accumulators and the trade list into the ``METRIC_NAMES`` values. Definiti
   there are wins and no losses); ``expectancy`` = mean trade pnl in cash;
   ``sqn`` = √trades · mean(pnl) / std(pnl, ddof=1).
 - ``buy_and_hold_return`` = close[n−1]/close[start] − 1 (no costs).
+- Drawdown periods: maximal runs of consecutive bars with E below its running peak (the one still
+  open at the end counts). ``avg_drawdown`` = mean over periods of the deepest E/peak − 1 in each;
+  ``avg_drawdown_duration`` = mean length in bars; ``max_drawdown_days`` = the longest calendar
+  time, in days, from a period's peak bar (the first bar for the starting cash) to the bar that
+  regains the peak (the last bar for a period still open).
+- ``omega`` = Σ max(r, 0) / Σ max(−r, 0) (threshold 0; inf with gains and no losses).
+- ``kelly`` = W − (1 − W) / R, W = win_rate, R = mean pnl of winning trades / |mean pnl of losing
+  trades|. ``avg_win`` / ``avg_loss`` = mean return of the trades with pnl > 0 / pnl < 0.
+- ``max_consecutive_wins`` / ``_losses`` = the longest run of trades with pnl > 0 / < 0, in the
+  order trades close (the open position last); a trade with pnl = 0 ends both runs.
+- ``max_trade_duration`` / ``avg_trade_duration`` = max / mean of trade ``bars`` (exit bar − entry bar).
+- ``exposure_adjusted_return`` = total_return / exposure.
 - A ratio with a zero denominator, or a statistic of too few values, is NaN.
 
 ``bars_per_year``: 252 for daily bars (52 weekly, 12 monthly), judged by the median spacing of
@@ -59,6 +71,11 @@ def bars_per_year(ts: np.ndarray) -> float:
     return 365.25 / spacing_days
 
 
+#: ``curve`` layout of ``metrics_nb``: what the equity pass measures beyond mean, variance and drawdown
+CURVE_FIELDS = ("down1", "dd_sum", "dd_count", "dd_bars", "dd_days")
+N_METRICS = 31
+
+
 @njit(cache=True, error_model="numpy")
 def metrics_nb(
     cash0: float,
@@ -75,15 +92,19 @@ def metrics_nb(
     n_trades: int,
     first_close: float,
     last_close: float,
+    curve: np.ndarray,
 ) -> np.ndarray:
     """The ``METRIC_NAMES`` values, in that order, from the simulation's accumulators:
     ``mean`` and ``m2`` (sum of squared deviations) of the N bar returns, ``down2`` = Σ min(r, 0)²,
-    and ``trades`` rows as written by ``simulate_nb`` (pnl in column 7, return in column 8).
+    ``curve`` (``CURVE_FIELDS``: Σ min(r, 0), the drawdown periods' summed depth, count, summed
+    bars and longest span in days) and ``trades`` rows as written by
+    ``simulate_nb`` (entry and exit bar in columns 0 and 1, pnl in 7, return in 8).
 
     Reference: ``reference.metrics`` (numpy over the equity curve and trade list); Sharpe,
-    Sortino, max drawdown, CAGR and volatility are also checked against empyrical-reloaded.
+    Sortino, max drawdown, CAGR, volatility and omega are also checked against
+    empyrical-reloaded.
     """
-    out = np.full(19, np.nan)
+    out = np.full(N_METRICS, np.nan)
     nan = np.nan
     out[0] = final_equity / cash0 - 1.0
     cagr = nan
@@ -105,27 +126,66 @@ def metrics_nb(
         out[6] = max_dd
         out[7] = max_dd_bars
         out[8] = exposed_bars / n_returns
+        if exposed_bars > 0:
+            out[30] = out[0] / out[8]
+        # omega: Σ max(r, 0) = Σ r − Σ min(r, 0)
+        losses = -curve[0]
+        gains = mean * n_returns + losses
+        if losses > 0.0:
+            out[22] = max(gains, 0.0) / losses
+        elif gains > 0.0:
+            out[22] = np.inf
+    if curve[2] > 0:
+        out[19] = curve[1] / curve[2]
+        out[20] = curve[3] / curve[2]
+    out[21] = curve[4]
     out[9] = n_trades
+    out[26] = 0.0
+    out[27] = 0.0
     if n_trades > 0:
         wins = 0
+        losers = 0
         best = -np.inf
         worst = np.inf
         sum_ret = 0.0
         sum_pnl = 0.0
         gross_win = 0.0
         gross_loss = 0.0
+        win_ret = 0.0
+        loss_ret = 0.0
+        run_w = 0
+        run_l = 0
+        max_w = 0
+        max_l = 0
+        max_bars = 0.0
+        sum_bars = 0.0
         for j in range(n_trades):
             pnl = trades[j, 7]
             ret = trades[j, 8]
             if pnl > 0.0:
                 wins += 1
                 gross_win += pnl
+                win_ret += ret
+                run_w += 1
+                run_l = 0
             elif pnl < 0.0:
+                losers += 1
                 gross_loss -= pnl
+                loss_ret += ret
+                run_l += 1
+                run_w = 0
+            else:
+                run_w = 0
+                run_l = 0
+            max_w = max(max_w, run_w)
+            max_l = max(max_l, run_l)
             best = max(best, ret)
             worst = min(worst, ret)
             sum_ret += ret
             sum_pnl += pnl
+            held = trades[j, 1] - trades[j, 0]
+            max_bars = max(max_bars, held)
+            sum_bars += held
         mean_pnl = sum_pnl / n_trades
         out[10] = wins / n_trades
         out[11] = best
@@ -143,15 +203,29 @@ def metrics_nb(
             std_pnl = np.sqrt(ss / (n_trades - 1))
             if std_pnl > 0.0:
                 out[16] = np.sqrt(n_trades) * mean_pnl / std_pnl
+        if wins > 0 and losers > 0:
+            w = wins / n_trades
+            out[23] = w - (1.0 - w) / ((gross_win / wins) / (gross_loss / losers))
+        if wins > 0:
+            out[24] = win_ret / wins
+        if losers > 0:
+            out[25] = loss_ret / losers
+        out[26] = max_w
+        out[27] = max_l
+        out[28] = max_bars
+        out[29] = sum_bars / n_trades
     out[17] = final_equity
     out[18] = last_close / first_close - 1.0
     return out
 
 
 @njit(cache=True, error_model="numpy")
-def equity_stats_nb(equity: np.ndarray, cash0: float) -> tuple[int, float, float, float, float, int]:
-    """(N, mean, Σ(r − mean)², Σ min(r, 0)², max drawdown, longest run below a peak) of the bar
-    returns of ``equity``, the starting cash counting as the bar before the first."""
+def equity_stats_nb(
+    equity: np.ndarray, cash0: float, ts: np.ndarray
+) -> tuple[int, float, float, float, float, int, np.ndarray]:
+    """(N, mean, Σ(r − mean)², Σ min(r, 0)², max drawdown, longest run below a peak, ``curve``)
+    of the bar returns of ``equity``, the starting cash counting as the bar before the first;
+    ``ts`` holds the bars' times (``curve``: see ``metrics_nb``)."""
     n = equity.shape[0]
     total = 0.0
     prev = cash0
@@ -162,38 +236,60 @@ def equity_stats_nb(equity: np.ndarray, cash0: float) -> tuple[int, float, float
     mean = total / n if n > 0 else 0.0
     m2 = 0.0
     down2 = 0.0
+    down1 = 0.0
     prev = cash0
     peak = cash0
+    trough = cash0
     peak_i = -1
     max_dd = 0.0
     max_under = 0
+    dd_sum = 0.0
+    dd_n = 0
+    dd_bars = 0
+    dd_days = 0.0
     for t in range(n):
         eq = equity[t]
         r = (eq - prev) / prev if prev > 0.0 else 0.0
         m2 += (r - mean) * (r - mean)
         if r < 0.0:
             down2 += r * r
+            down1 += r
         prev = eq
         if eq >= peak:
+            if trough < peak:
+                dd_sum += trough / peak - 1.0
+                dd_n += 1
+                dd_bars += t - peak_i - 1
+                dd_days = max(dd_days, (ts[t] - ts[max(peak_i, 0)]) / 86_400e9)
             max_under = max(max_under, t - peak_i - 1)
             peak = eq
+            trough = eq
             peak_i = t
         else:
+            trough = min(trough, eq)
             max_dd = min(max_dd, eq / peak - 1.0)
     max_under = max(max_under, n - 1 - peak_i)
-    return n, mean, m2, down2, max_dd, max_under
+    if trough < peak:
+        dd_sum += trough / peak - 1.0
+        dd_n += 1
+        dd_bars += n - 1 - peak_i
+        dd_days = max(dd_days, (ts[n - 1] - ts[max(peak_i, 0)]) / 86_400e9)
+    curve = np.array([down1, dd_sum, float(dd_n), float(dd_bars), dd_days])
+    return n, mean, m2, down2, max_dd, max_under, curve
 
 
-def curve_metrics(equity: np.ndarray, cash0: float, pnl: np.ndarray, returns: np.ndarray, exposed: int,
-                  bars_per_year: float, first_close: float, last_close: float) -> np.ndarray:
+def curve_metrics(equity: np.ndarray, cash0: float, trades: np.ndarray, exposed: int, bars_per_year: float,
+                  first_close: float, last_close: float, ts: np.ndarray) -> np.ndarray:
     """The ``METRIC_NAMES`` values of an equity curve (the equity at each close, starting from
-    ``cash0``) and its trades' pnl and returns, by the definitions above: for curves made of
-    others, e.g. a walk-forward's out-of-sample folds chained end to end."""
-    count, mean, m2, down2, max_dd, max_under = equity_stats_nb(equity, cash0)
-    rows = np.zeros((pnl.shape[0], 10))
-    rows[:, 7] = pnl
-    rows[:, 8] = returns
+    ``cash0``, at times ``ts``) and its trades (records with ``pnl``, ``return`` and ``bars``),
+    by the definitions above: for curves made of others, e.g. a walk-forward's out-of-sample folds
+    chained end to end."""
+    count, mean, m2, down2, max_dd, max_under, curve = equity_stats_nb(equity, cash0, ts)
+    rows = np.zeros((trades.shape[0], 10))
+    rows[:, 1] = trades["bars"]
+    rows[:, 7] = trades["pnl"]
+    rows[:, 8] = trades["return"]
     final = float(equity[-1]) if equity.shape[0] else cash0
     return metrics_nb(cash0, final, count, mean, m2, down2, max_dd, max_under, exposed, bars_per_year, rows,
-                      pnl.shape[0], first_close, last_close)
+                      trades.shape[0], first_close, last_close, curve)
 

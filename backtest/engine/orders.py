@@ -40,31 +40,28 @@ def merge_nb(
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def triggers_nb(side: int, sl_px: float, tp_px: float, stop_loss: float, take_profit: float) -> tuple[float, float]:
+def triggers_nb(side: int, sl_px: float, tp_px: float, sl_on: bool, tp_on: bool) -> tuple[float, float]:
     """(lo, hi): while holding, a bar with low ≤ lo or high ≥ hi may fill a stop."""
     lo = -np.inf
     hi = np.inf
     if side > 0:
-        if stop_loss > 0.0:
+        if sl_on:
             lo = sl_px
-        if take_profit > 0.0:
+        if tp_on:
             hi = tp_px
     else:
-        if take_profit > 0.0:
+        if tp_on:
             lo = tp_px
-        if stop_loss > 0.0:
+        if sl_on:
             hi = sl_px
     return lo, hi
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def stop_fill_nb(
-    side: int, o: float, h: float, lw: float, sl_px: float, tp_px: float, stop_loss: float, take_profit: float
-) -> float:
+def stop_fill_nb(side: int, o: float, h: float, lw: float, sl_px: float, tp_px: float, sl_on: bool, tp_on: bool) -> float:
     """The raw price a stop fills at on this bar, or −1: a gap through a level fills at the open;
-    else the stop-loss if the bar reaches it (it wins a tie), else the take-profit."""
-    sl_on = stop_loss > 0.0
-    tp_on = take_profit > 0.0
+    else the stop (the stop-loss or trailing level, the tighter) if the bar reaches it (it wins a
+    tie), else the take-profit."""
     if side > 0:
         if sl_on and o <= sl_px:
             return o
@@ -108,6 +105,35 @@ def trade_records_nb(rows: np.ndarray, k: int, ts: np.ndarray, out: np.ndarray) 
         rec["closed"] = rows[j, 3] != 0.0
 
 
+@njit(cache=True, error_model="numpy")
+def excursions_nb(records: np.ndarray, high: np.ndarray, low: np.ndarray) -> None:
+    """Each trade's ``mae`` and ``mfe``: the worst and best price its position saw, from the highs
+    and lows of the bars from its entry bar to its exit bar (both included), as a fraction of its
+    entry price: for a long, lowest low / entry − 1 and highest high / entry − 1; for a short,
+    1 − highest high / entry and 1 − lowest low / entry. (The simulation computes the same in its
+    loop; this is for portfolio trades, ``high``/``low`` then being bars × symbols and the
+    column each record's ``symbol_index``.)"""
+    for j in range(records.shape[0]):
+        rec = records[j]
+        col = 0 if high.ndim == 1 else rec["symbol_index"]
+        top = -np.inf
+        bottom = np.inf
+        for b in range(rec["entry_index"], rec["exit_index"] + 1):
+            h = high[b] if high.ndim == 1 else high[b, col]
+            lw = low[b] if low.ndim == 1 else low[b, col]
+            if h > top:
+                top = h
+            if lw < bottom:
+                bottom = lw
+        entry = rec["entry_price"]
+        if rec["side"] > 0:
+            rec["mae"] = bottom / entry - 1.0
+            rec["mfe"] = top / entry - 1.0
+        else:
+            rec["mae"] = 1.0 - top / entry
+            rec["mfe"] = 1.0 - bottom / entry
+
+
 @njit(cache=True)
 def stored_records_nb(trades: np.ndarray, out: np.ndarray) -> bool:
     """Copy ``trades`` (``TRADE_DTYPE``) into ``out`` (``results.STORED_TRADE_DTYPE``, as long): the
@@ -129,4 +155,6 @@ def stored_records_nb(trades: np.ndarray, out: np.ndarray) -> bool:
         o.fees = r.fees
         o.bars = np.int32(r.bars)
         o.closed = r.closed
+        o["mae"] = r["mae"]
+        o["mfe"] = r["mfe"]
     return True

@@ -100,10 +100,10 @@ def portfolio_nb(
     trade_records_nb(trades, k, ts, records)
     for j in range(k):
         records[j]["symbol_index"] = np.int32(trades[j, 10])
-    count, mean, m2, down2, max_dd, max_under = equity_stats_nb(equity_out, cash0)
+    count, mean, m2, down2, max_dd, max_under, curve = equity_stats_nb(equity_out, cash0, ts[start:])
     final = equity_out[equity_out.shape[0] - 1] if equity_out.shape[0] > 0 else cash0
     metrics = metrics_nb(cash0, final, count, mean, m2, down2, max_dd, max_under, exposed, bars_per_year,
-                         trades, k, 1.0, 1.0)
+                         trades, k, 1.0, 1.0, curve)
     metrics[18] = buy_and_hold
     return records, metrics, orders, skipped
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from backtest.engine.metrics import bars_per_year
+from backtest.engine.orders import excursions_nb
 from backtest.engine.portfolio import portfolio_nb
 from backtest.engine.records import PORTFOLIO_METRIC_NAMES, PORTFOLIO_TRADE_DTYPE, TaskOutput
 from backtest.engine.run import call_strategy, label, when
@@ -28,18 +29,19 @@ def run_portfolio_grid(
     strategy_cls: Any,
     u: Universe,
     params_list: Sequence[dict[str, Any]],
-    settings: SimSettings,
+    each: Sequence[SimSettings],
     *,
     want_equity: bool = False,
 ) -> list[TaskOutput | StrategyError]:
     """One ``TaskOutput`` (metrics ``PORTFOLIO_METRIC_NAMES``, trades ``PORTFOLIO_TRADE_DTYPE``) or
-    ``StrategyError`` per parameter dict, in order. Orders skipped because a symbol had no bar
-    at the executing bar are counted on stdout (the task's log)."""
+    ``StrategyError`` per parameter dict (simulated with the settings ``each`` gives it), in
+    order. Orders skipped because a symbol had no bar at the executing bar are counted on stdout
+    (the task's log)."""
     cache: dict[Any, Any] = {}
     bpy = bars_per_year(u.ts)
     hold = buy_and_hold(u)
     out: list[TaskOutput | StrategyError] = []
-    for params in params_list:
+    for params, settings in zip(params_list, each, strict=True):
         try:
             raw = call_strategy(strategy_cls, params, cache, "weights", u, u.symbol)
             w = checked_weights(raw, u, label(strategy_cls, params, u.symbol), settings.leverage)
@@ -56,6 +58,7 @@ def _simulate(u: Universe, w: np.ndarray, settings: SimSettings, bpy: float, hol
         u.ts, u.open, u.close, w, u.start, settings.cash, settings.commission, settings.fee, settings.slippage,
         settings.fill == "close", settings.units == "integer", bpy, hold, equity, PORTFOLIO_TRADE_DTYPE,
     )
+    excursions_nb(trades, u.high, u.low)  # from each trade's own symbol's bars
     if skipped:
         print(f"bt: {label(strategy_cls, params, u.symbol)}: {skipped} orders skipped at bars where their symbol "
               "had no bar")

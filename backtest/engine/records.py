@@ -30,6 +30,18 @@ METRIC_NAMES: tuple[str, ...] = (
     "sqn",
     "final_equity",
     "buy_and_hold_return",
+    "avg_drawdown",
+    "avg_drawdown_duration",
+    "max_drawdown_days",
+    "omega",
+    "kelly",
+    "avg_win",
+    "avg_loss",
+    "max_consecutive_wins",
+    "max_consecutive_losses",
+    "max_trade_duration",
+    "avg_trade_duration",
+    "exposure_adjusted_return",
 )
 """The output contract's metric names, in order. Definitions: docs/engine.md and ``backtest.engine.metrics``."""
 
@@ -48,6 +60,8 @@ TRADE_DTYPE = np.dtype(
         ("entry_index", "<i8"),  # bar index of the entry fill in the Bars arrays
         ("exit_index", "<i8"),
         ("closed", "?"),  # False for the position still open at the end (marked to the last close)
+        ("mae", "<f8"),  # maximum adverse excursion: the worst price seen while held, vs the entry (≤ 0 mostly)
+        ("mfe", "<f8"),  # maximum favourable excursion: the best price seen while held, vs the entry
     ]
 )
 """One row per trade (a FIFO lot from its entry fill to the fill that closes it)."""

@@ -31,51 +31,76 @@ def run_grid(
     strategy_cls: Any,
     bars: Bars | Universe,
     params_list: Sequence[dict[str, Any]],
-    settings: SimSettings,
+    settings: SimSettings | Sequence[SimSettings],
     *,
     want_equity: bool = False,
 ) -> list[TaskOutput | StrategyError]:
     """Run ``strategy_cls`` with each parameter dict of ``params_list`` over ``bars`` (a
-    ``Universe`` for a portfolio strategy: ``portfolio_run.run_portfolio_grid``).
+    ``Universe`` for a portfolio strategy: ``portfolio_run.run_portfolio_grid``), with
+    ``settings``, or with ``settings[i]`` for ``params_list[i]``.
 
     Returns one entry per dict, in order: a ``TaskOutput``, or the ``StrategyError`` that task
     raised (``str(err)`` is one line; ``err.details`` holds the user's traceback when there is
-    one). Indicators requested through ``Strategy.cached`` are computed once for the whole grid.
+    one). Indicators requested through ``Strategy.cached`` are computed once for the whole grid,
+    and a parameter set that appears with several settings asks the strategy once.
     """
     from backtest.engine.universe import Universe
 
+    each = [settings] * len(params_list) if isinstance(settings, SimSettings) else list(settings)
     if isinstance(bars, Universe):
         from backtest.engine.portfolio_run import run_portfolio_grid
 
-        return run_portfolio_grid(strategy_cls, bars, params_list, settings, want_equity=want_equity)
+        return run_portfolio_grid(strategy_cls, bars, params_list, each, want_equity=want_equity)
     bars = _normalised(bars)
     cache: dict[Any, Any] = {}
-    sim_args = (
-        bars.start,
-        settings.cash,
-        settings.commission,
-        settings.fee,
-        settings.slippage,
-        settings.fill == "close",
-        settings.units == "integer",
-        settings.stop_loss or 0.0,
-        settings.take_profit or 0.0,
-        bars_per_year(bars.ts),
-    )
+    bpy = bars_per_year(bars.ts)
+    args: dict[SimSettings, tuple[Any, ...]] = {}
+    targets: dict[str, Any] | None = {} if len(set(each)) > 1 else None
     outputs: list[TaskOutput | StrategyError] = []
-    for params in params_list:
+    for params, s in zip(params_list, each, strict=True):
+        sim_args = args.get(s)
+        if sim_args is None:
+            sim_args = args[s] = (
+                bars.start, s.cash, s.commission, s.fee, s.slippage, s.fill == "close", s.units == "integer",
+                s.stop_loss or 0.0, s.take_profit or 0.0, s.trailing_stop or 0.0, bpy,
+            )
         try:
-            outputs.append(_run_one(strategy_cls, bars, params, sim_args, cache, want_equity))
+            target = strategy_target(strategy_cls, bars, params, cache, targets)
+            outputs.append(_simulate(strategy_cls, bars, params, target, sim_args, want_equity))
         except StrategyError as exc:
             outputs.append(exc)
     return outputs
+
+
+def strategy_target(strategy_cls: Any, bars: Bars, params: dict[str, Any], cache: dict[Any, Any],
+                    targets: dict[str, Any] | None) -> np.ndarray:
+    """The checked target series of ``params`` (kept in ``targets``, when given, for the same
+    parameters under other settings; a failure is kept and raised again too)."""
+    known = None
+    if targets is not None:
+        known = repr(sorted(params.items()))
+        found = targets.get(known)
+        if isinstance(found, StrategyError):
+            raise found
+        if found is not None:
+            return found
+    try:
+        raw = call_strategy(strategy_cls, params, cache, "signals", bars, bars.symbol)
+        target = _checked_target(raw, bars, strategy_cls, params)
+    except StrategyError as exc:
+        if known is not None:
+            targets[known] = exc  # type: ignore[index]
+        raise
+    if known is not None:
+        targets[known] = target  # type: ignore[index]
+    return target
 
 
 def warm_up() -> None:
     """Load (or compile) the simulation kernel for ``_run_one``'s argument types now."""
     ts = np.arange(3, dtype=np.int64) * 60_000_000_000
     x = np.ones(3)
-    simulate_nb(ts, x, x, x, x, np.zeros(3), 0, 1.0, 0.0, 0.0, 0.0, False, False, 0.0, 0.0,
+    simulate_nb(ts, x, x, x, x, np.zeros(3), 0, 1.0, 0.0, 0.0, 0.0, False, False, 0.0, 0.0, 0.0,
                 bars_per_year(ts), np.empty(0), TRADE_DTYPE)
 
 
@@ -95,16 +120,14 @@ def label(strategy_cls: Any, params: dict[str, Any], symbol: str) -> str:
     return f"{getattr(strategy_cls, '__name__', strategy_cls)}({inner}) on {symbol}"
 
 
-def _run_one(
+def _simulate(
     strategy_cls: Any,
     bars: Bars,
     params: dict[str, Any],
+    target: np.ndarray,
     sim_args: tuple[Any, ...],
-    cache: dict[Any, Any],
     want_equity: bool,
 ) -> TaskOutput:
-    raw = call_strategy(strategy_cls, params, cache, "signals", bars, bars.symbol)
-    target = _checked_target(raw, bars, strategy_cls, params)
     n = len(bars)
     equity = np.empty(n - bars.start if want_equity else 0)
     simulate: Any = simulate_nb

@@ -31,6 +31,8 @@ class SimSettings:
       (at bar t's close). ``"next-open"`` is accepted and stored as ``"next_open"``.
     - ``units``: ``"fractional"`` or ``"integer"`` (floor of the all-in size).
     - ``stop_loss`` / ``take_profit``: fractions of the position's entry price, or None.
+    - ``trailing_stop``: a fraction below the highest high since the position opened (above the
+      lowest low for a short), or None. Left out of ``to_dict`` when None.
     - ``leverage``: for portfolio strategies, the most the sum of |weight| over the symbols may be
       (1.0: no leverage). Left out of ``to_dict`` at 1.0, so that it changes no key then.
     """
@@ -44,6 +46,7 @@ class SimSettings:
     stop_loss: float | None = None
     take_profit: float | None = None
     leverage: float = 1.0
+    trailing_stop: float | None = None
 
     def __post_init__(self) -> None:
         cash = _number("cash", self.cash, "e.g. --cash 100000")
@@ -68,17 +71,17 @@ class SimSettings:
         if self.units not in UNITS:
             raise UsageError(f"units must be fractional or integer, got {self.units!r}")
         stops: dict[str, float | None] = {}
-        for name in ("stop_loss", "take_profit"):
+        for name in ("stop_loss", "take_profit", "trailing_stop"):
             value = getattr(self, name)
             if value is not None:
                 flag = "--" + name.replace("_", "-")
-                value = _number(name, value, f"a fraction of the entry price, e.g. {flag} 0.05")
-                upper = 1.0 if name == "stop_loss" else math.inf
+                of = "the best price since entry" if name == "trailing_stop" else "the entry price"
+                value = _number(name, value, f"a fraction of {of}, e.g. {flag} 0.05")
+                upper = math.inf if name == "take_profit" else 1.0
                 if not 0.0 < value < upper:
-                    bound = "in (0, 1)" if name == "stop_loss" else "positive"
+                    bound = "positive" if name == "take_profit" else "in (0, 1)"
                     raise UsageError(
-                        f"{name} must be a fraction of the entry price {bound}, e.g. {flag} 0.05, "
-                        f"got {getattr(self, name)!r}"
+                        f"{name} must be a fraction of {of} {bound}, e.g. {flag} 0.05, got {getattr(self, name)!r}"
                     )
             stops[name] = value
         leverage = _number("leverage", self.leverage, "the largest sum of |weight|, e.g. --leverage 2")
@@ -93,13 +96,17 @@ class SimSettings:
         object.__setattr__(self, "fill", fill)
         object.__setattr__(self, "stop_loss", stops["stop_loss"])
         object.__setattr__(self, "take_profit", stops["take_profit"])
+        object.__setattr__(self, "trailing_stop", stops["trailing_stop"])
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, JSON-able, with canonical types (floats as floats, None for no stop); the
-        leverage only when it is not 1.0 (it was added later: keys made before stay valid)."""
+        leverage only when it is not 1.0 and the trailing stop only when set (they were added
+        later: the settings of a run made before have the same dict)."""
         out = asdict(self)
         if out["leverage"] == 1.0:
             del out["leverage"]
+        if out["trailing_stop"] is None:
+            del out["trailing_stop"]
         return out
 
     @classmethod

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from backtest.engine.metrics import metrics_nb
+from backtest.engine.metrics import N_METRICS, metrics_nb
 from backtest.engine.orders import TRADE_COLUMNS, merge_nb, stop_fill_nb, trade_records_nb, triggers_nb
 
 __all__ = ["TRADE_COLUMNS", "simulate_nb"]
@@ -49,14 +49,15 @@ def simulate_nb(
     integer_units: bool,
     stop_loss: float,
     take_profit: float,
+    trailing_stop: float,
     bars_per_year: float,
     equity_out: np.ndarray,
     trade_dtype: np.dtype,
 ) -> tuple[int, np.ndarray, np.ndarray]:
     """Simulate one target series over bars ``start … n−1`` (module docstring: the semantics).
 
-    ``stop_loss`` / ``take_profit`` of 0 mean off. ``equity_out`` receives E[start …] when its
-    length is ``n − start``; pass an empty array to skip it. ``trade_dtype`` is ``TRADE_DTYPE``
+    ``stop_loss`` / ``take_profit`` / ``trailing_stop`` of 0 mean off. ``equity_out`` receives
+    E[start …] when its length is ``n − start``; pass an empty array to skip it. ``trade_dtype`` is ``TRADE_DTYPE``
     (an argument: kernels use no module globals). Returns ``(bad, trades, metrics)``: ``bad`` is
     −1, or the first bar index ≥ start whose target is not a finite number in [−1, 1] (then the
     rest is empty/NaN); ``trades`` is a ``trade_dtype`` array; ``metrics`` follows
@@ -74,32 +75,42 @@ def simulate_nb(
     # of the time of the whole simulation.)
     capacity = min(max(close.shape[0] - start, 0) // 4, 1 << 20) + 16
     while True:
-        trades = np.empty((capacity, 10))
-        lots = np.empty((capacity, 4))
-        status, k, acc = _run_nb(
-            open_, high, low, close, target, start, cash0, commission, fee, slippage,
-            fill_close, integer_units, stop_loss, take_profit, equity_out, trades, lots,
+        trades = np.empty((capacity, 12))
+        lots = np.empty((capacity, 6))
+        status, k, acc, curve = _run_nb(
+            ts, open_, high, low, close, target, start, cash0, commission, fee, slippage,
+            fill_close, integer_units, stop_loss, take_profit, trailing_stop, equity_out, trades, lots,
         )
         if status != -2:
             break
         capacity *= 8
     records = np.empty(k if status == -1 else 0, dtype=trade_dtype)
     if status >= 0:
-        return status, records, np.full(19, np.nan)
+        return status, records, np.full(N_METRICS, np.nan)
     trade_records_nb(trades, k, ts, records)
+    for j in range(k):  # excursions from the highest high and lowest low each lot saw
+        entry = trades[j, 5]
+        rec = records[j]
+        if trades[j, 2] > 0:
+            rec["mae"] = trades[j, 11] / entry - 1.0
+            rec["mfe"] = trades[j, 10] / entry - 1.0
+        else:
+            rec["mae"] = 1.0 - trades[j, 10] / entry
+            rec["mfe"] = 1.0 - trades[j, 11] / entry
     final_eq, count, mean, m2, down2, max_dd, max_under, exposed = acc
     n = close.shape[0]
     first_close = close[start] if start < n else np.nan
     last_close = close[n - 1] if n > 0 else np.nan
     metrics = metrics_nb(
         cash0, final_eq, count, mean, m2, down2, max_dd, max_under, exposed, bars_per_year,
-        trades, k, first_close, last_close,
+        trades, k, first_close, last_close, curve,
     )
     return -1, records, metrics
 
 
 @njit(cache=True, error_model="numpy")
 def _run_nb(
+    ts: np.ndarray,
     open_: np.ndarray,
     high: np.ndarray,
     low: np.ndarray,
@@ -114,15 +125,19 @@ def _run_nb(
     integer_units: bool,
     stop_loss: float,
     take_profit: float,
+    trail: float,
     equity_out: np.ndarray,
     trades: np.ndarray,
     lots: np.ndarray,
-) -> tuple[int, int, tuple[float, int, float, float, float, float, int, int]]:
-    """The bar loop. Returns (status, n_trades, accumulators); status −1 done, −2 out of room in
-    ``trades``/``lots``, else the index of a bad target.
+) -> tuple[int, int, tuple[float, int, float, float, float, float, int, int], np.ndarray]:
+    """The bar loop. Returns (status, n_trades, accumulators, ``metrics.CURVE_FIELDS`` values);
+    status −1 done, −2 out of room in ``trades``/``lots``, else the index of a bad target.
 
-    ``lots`` rows: units, entry fill price, entry costs not yet attributed to a trade, entry bar
-    (live rows head … tail−1); ``trades`` rows follow ``TRADE_COLUMNS``. Everything that touches
+    ``lots`` rows: units, entry fill price, entry costs not yet attributed to a trade, entry bar,
+    highest high and lowest low seen (live rows head … tail−1); ``trades`` rows follow
+    ``TRADE_COLUMNS`` and then the lot's highest high and lowest low. The extremes of the bars
+    held since the last order run in ``run_hi``/``run_lo`` and are folded into every live lot at
+    each order, so that a bar costs two comparisons whatever the number of lots. Everything that touches
     an array is written out here rather than in helpers: passing an array to a function costs
     numba two reference-count calls, which at every order was most of the time of a change.
     """
@@ -137,12 +152,25 @@ def _run_nb(
     last = 0.0  # the target acted on (0 before start)
     pending = False  # a change decided at the previous close waits for this open
     bankrupt = False
-    stops = stop_loss > 0.0 or take_profit > 0.0
+    sl_on = stop_loss > 0.0 or trail > 0.0  # the stop level is the tighter of the two
+    tp_on = take_profit > 0.0
+    stops = sl_on or tp_on
+    trailing = trail > 0.0
     sl_px = 0.0
+    fixed_sl = 0.0  # the stop-loss level alone (±inf when off)
     tp_px = 0.0
+    best = 0.0  # the highest high (lowest low for a short) since the position opened
     lo = -np.inf  # while holding, a low ≤ lo or a high ≥ hi may trigger a stop
     hi = np.inf
     keep_equity = equity_out.shape[0] > 0
+    no_curve = np.zeros(5)
+    run_hi = -np.inf
+    run_lo = np.inf
+    down1 = 0.0
+    dd_sum = 0.0
+    dd_n = 0
+    dd_bars = 0
+    dd_ns = 0
     # Bar returns are summed shifted by the running mean in blocks of 4096 and merged with Chan's
     # formula (no cancellation in the variance). Bars skipped as a flat stretch have r = 0
     # exactly and are merged in at the end from their count alone.
@@ -184,7 +212,7 @@ def _run_nb(
                 # A change decided at bar j's close fills at the next open: bar j is flat too.
                 x = target[j]
                 if not (x >= -1.0 and x <= 1.0):
-                    return j, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0)
+                    return j, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0), no_curve
                 last = x
                 pending = True
                 j += 1
@@ -206,7 +234,9 @@ def _run_nb(
             u = np.uint64(i)
             block_end = min(n, i + 4096 - b_n)  # the end of the current block of returns
             u_limit = np.uint64(block_end)
-            if stops:  # a bar that may fill a stop takes the full path
+            if trailing:  # the level moves with every bar: each held bar takes the full path
+                u_limit = u
+            elif stops:  # a bar that may fill a stop takes the full path
                 v = u
                 while v < u_limit and low[v] > lo and high[v] < hi:
                     v += one
@@ -220,6 +250,8 @@ def _run_nb(
                 eq = cash + pos * close[u]
                 if eq <= 0.0:
                     break
+                run_hi = max(run_hi, high[u])
+                run_lo = min(run_lo, low[u])
                 if keep_equity:
                     equity_out[u - u_start] = eq
                 r = (eq - prev_eq) / prev_eq
@@ -228,20 +260,26 @@ def _run_nb(
                 b_s2 += d * d
                 neg = min(r, 0.0)
                 down2 += neg * neg
+                down1 += neg
                 prev_eq = eq
                 if eq >= peak:
+                    ui = int(np.int64(u))
                     if trough < peak:
                         max_dd = min(max_dd, trough / peak - 1.0)
-                        max_under = max(max_under, int(np.int64(u)) - peak_i - 1)
+                        max_under = max(max_under, ui - peak_i - 1)
+                        dd_sum += trough / peak - 1.0
+                        dd_n += 1
+                        dd_bars += ui - peak_i - 1
+                        dd_ns = max(dd_ns, ts[ui] - ts[max(peak_i, start)])
                     peak = eq
                     trough = eq
-                    peak_i = int(np.int64(u))
+                    peak_i = ui
                 else:
                     trough = min(trough, eq)
                 u += one
                 if changed:  # decided at this close, filled at the next open
                     if not (x >= -1.0 and x <= 1.0):
-                        return int(np.int64(u)) - 1, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0)
+                        return int(np.int64(u)) - 1, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0), no_curve
                     last = x
                     pending = True
                     break
@@ -261,6 +299,9 @@ def _run_nb(
         # The full path. Up to four orders in a bar, in this order: the fill at the open of the
         # change decided on the previous bar, a stop, the decision at the close (fill="close"),
         # and the liquidation when equity reaches 0.
+        opened_close = False  # a position opened at this close: this bar's range came before it
+        run_hi = max(run_hi, high[i])
+        run_lo = min(run_lo, low[i])
         for phase in range(4):
             tgt = 0.0
             raw = -1.0
@@ -273,13 +314,13 @@ def _run_nb(
             elif phase == 1:
                 if not stops or side == 0:
                     continue
-                raw = stop_fill_nb(side, open_[i], high[i], low[i], sl_px, tp_px, stop_loss, take_profit)
+                raw = stop_fill_nb(side, open_[i], high[i], low[i], sl_px, tp_px, sl_on, tp_on)
             elif phase == 2:
                 x = target[i]
                 if x == last:
                     continue
                 if not (x >= -1.0 and x <= 1.0):
-                    return i, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0)
+                    return i, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0), no_curve
                 last = x
                 if not fill_close:
                     pending = True
@@ -294,8 +335,14 @@ def _run_nb(
             if raw < 0.0 or (side == 0 and tgt == 0.0) or (phase != 3 and bankrupt):
                 continue
             if k + (tail - head) + 2 > trades.shape[0] or tail + 1 >= lots.shape[0]:
-                return -2, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0)
+                return -2, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0), no_curve
             # The order: at most one close (FIFO over the lots) and one new lot.
+            for j in range(head, tail):
+                lots[j, 4] = max(lots[j, 4], run_hi)
+                lots[j, 5] = min(lots[j, 5], run_lo)
+            run_hi = high[i]
+            run_lo = low[i]
+            was = side
             c_qty = 0.0
             c_px = 0.0
             c_side = side
@@ -356,6 +403,8 @@ def _run_nb(
                     trades[k, 7] = pnl
                     trades[k, 8] = pnl / (take * entry_px)
                     trades[k, 9] = entry_fees + exit_fees
+                    trades[k, 10] = lots[head, 4]
+                    trades[k, 11] = lots[head, 5]
                     k += 1
                     if take == lot_units:
                         head += 1
@@ -370,6 +419,8 @@ def _run_nb(
                 lots[tail, 1] = o_px
                 lots[tail, 2] = o_cost
                 lots[tail, 3] = i
+                lots[tail, 4] = high[i]
+                lots[tail, 5] = low[i]
                 tail += 1
             pos = side * units
             if stops and side != 0:  # levels from the lots' size-weighted entry price
@@ -378,9 +429,31 @@ def _run_nb(
                 for j in range(head, tail):
                     value += lots[j, 0] * lots[j, 1]
                     held += lots[j, 0]
-                sl_px = value / held * (1.0 - side * stop_loss)
-                tp_px = value / held * (1.0 + side * take_profit)
-                lo, hi = triggers_nb(side, sl_px, tp_px, stop_loss, take_profit)
+                avg = value / held
+                if was != side:  # a new position: the trailing stop starts from its entry price
+                    best = avg
+                    opened_close = phase == 2
+                fixed_sl = avg * (1.0 - side * stop_loss) if stop_loss > 0.0 else -side * np.inf
+                tp_px = avg * (1.0 + side * take_profit)
+                sl_px = fixed_sl
+                if trailing:
+                    lvl = best * (1.0 - side * trail)
+                    sl_px = max(fixed_sl, lvl) if side > 0 else min(fixed_sl, lvl)
+                lo, hi = triggers_nb(side, sl_px, tp_px, sl_on, tp_on)
+        if trailing and side != 0 and not opened_close:  # this bar's extreme moves the level for the next
+            if side > 0:
+                if high[i] > best:
+                    best = high[i]
+                    lvl = best * (1.0 - trail)
+                    if lvl > lo:
+                        lo = lvl
+                        sl_px = lvl
+            elif low[i] < best:
+                best = low[i]
+                lvl = best * (1.0 + trail)
+                if lvl < hi:
+                    hi = lvl
+                    sl_px = lvl
         eq = cash + pos * close[i]
         if side != 0:
             exposed += 1
@@ -392,6 +465,7 @@ def _run_nb(
         b_s2 += d * d
         neg = min(r, 0.0)
         down2 += neg * neg
+        down1 += neg
         b_n += 1
         if b_n == 4096:
             mean, m2, count = merge_nb(mean, m2, count, b_s1, b_s2, b_n, shift)
@@ -404,6 +478,10 @@ def _run_nb(
             if trough < peak:
                 max_dd = min(max_dd, trough / peak - 1.0)
                 max_under = max(max_under, i - peak_i - 1)
+                dd_sum += trough / peak - 1.0
+                dd_n += 1
+                dd_bars += i - peak_i - 1
+                dd_ns = max(dd_ns, ts[i] - ts[max(peak_i, start)])
             peak = eq
             trough = eq
             peak_i = i
@@ -417,13 +495,20 @@ def _run_nb(
         mean, m2, count = merge_nb(mean, m2, count, 0.0, 0.0, n_returns - count, 0.0)
     if trough < peak:
         max_dd = min(max_dd, trough / peak - 1.0)
+        dd_sum += trough / peak - 1.0
+        dd_n += 1
+        dd_bars += n - 1 - peak_i
+        dd_ns = max(dd_ns, ts[n - 1] - ts[max(peak_i, start)])
     max_under = max(max_under, n - 1 - peak_i)
+    curve = np.array([down1, dd_sum, float(dd_n), float(dd_bars), dd_ns / 86_400e9])
     if side != 0:  # the open position: marked to the last close, no exit costs
         if k + (tail - head) > trades.shape[0]:
-            return -2, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0)
+            return -2, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0), no_curve
         last_px = close[n - 1]
         for j in range(head, tail):
             pnl = side * lots[j, 0] * (last_px - lots[j, 1]) - lots[j, 2]
+            trades[k, 10] = max(lots[j, 4], run_hi)
+            trades[k, 11] = min(lots[j, 5], run_lo)
             trades[k, 0] = lots[j, 3]
             trades[k, 1] = n - 1
             trades[k, 2] = side
@@ -435,4 +520,4 @@ def _run_nb(
             trades[k, 8] = pnl / (lots[j, 0] * lots[j, 1])
             trades[k, 9] = lots[j, 2]
             k += 1
-    return -1, k, (prev_eq, count, mean, m2, down2, max_dd, max_under, exposed)
+    return -1, k, (prev_eq, count, mean, m2, down2, max_dd, max_under, exposed), curve

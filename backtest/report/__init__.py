@@ -63,6 +63,8 @@ def contract_row(r: dict[str, Any]) -> dict[str, Any]:
     """One task's object in the output contract."""
     row = {"key": r["key"], "symbol": r["symbol"], "params": r["params"], "status": r["status"],
            "metrics": r["metrics"]}
+    if "eligible" in r:
+        row["eligible"] = r["eligible"]
     if "error" in r:
         row["error"] = r["error"]
     return row
@@ -83,6 +85,8 @@ def flat_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             row[f"param_{n}"] = r["params"].get(n)
         for m in (*METRICS, *extra):
             row[m] = r["metrics"].get(m)
+        if "eligible" in r:
+            row["eligible"] = r["eligible"]
         row["error"] = r.get("error")
         rows.append(row)
     return rows
@@ -140,10 +144,28 @@ def check_sort(metric: str, flag: str = "--sort") -> str:
 
 
 def ranked(records: Sequence[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
-    """Done tasks, best first by ``metric`` (missing values last)."""
+    """Done tasks, best first by ``metric`` (missing values last); tasks marked not eligible
+    (``mark_eligible``) after every eligible one."""
     sign = 1 if metric in LOWER_IS_BETTER else -1
     done = [r for r in records if r["status"] == "done"]
-    return sorted(done, key=lambda r: (r["metrics"].get(metric) is None, sign * (r["metrics"].get(metric) or 0.0)))
+    return sorted(done, key=lambda r: (r.get("eligible") is False, r["metrics"].get(metric) is None,
+                                       sign * (r["metrics"].get(metric) or 0.0)))
+
+
+def check_min_trades(min_trades: int | None) -> int | None:
+    if min_trades is not None and min_trades < 0:
+        raise UsageError(f"--min-trades must be 0 or more, not {min_trades}")
+    return min_trades or None
+
+
+def mark_eligible(records: Sequence[dict[str, Any]], min_trades: int | None) -> None:
+    """With ``min_trades``: each done task's ``eligible`` — whether it made at least that many
+    trades. The others stay in every table and export, flagged, ranked after the eligible ones."""
+    if not min_trades:
+        return
+    for r in records:
+        if r["status"] == "done":
+            r["eligible"] = (r["metrics"].get("trades") or 0) >= min_trades
 
 
 def best_per_symbol(records: Sequence[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
@@ -404,7 +426,8 @@ def run_facts(run: dict[str, Any], root: Path | None = None, tz: str = "UTC") ->
         cost.append(f"fee {settings['fee']:g}")
     if settings.get("slippage"):
         cost.append(f"slippage {settings['slippage'] * 100:g}%")
-    stops = [f"{n} {settings[k] * 100:g}%" for n, k in (("stop", "stop_loss"), ("target", "take_profit")) if settings.get(k)]
+    stops = [f"{n} {settings[k] * 100:g}%" for n, k in (("stop", "stop_loss"), ("target", "take_profit"),
+                                                         ("trailing stop", "trailing_stop")) if settings.get(k)]
     if settings.get("leverage"):
         stops.append(f"leverage {settings['leverage']:g}")
     listed = f"{len(syms)}: " + ", ".join(syms[:12]) + (f" and {len(syms) - 12} more" if len(syms) > 12 else "")
@@ -484,8 +507,9 @@ def render_view(run: dict[str, Any], view: RunView, sort: str, top: int, total: 
                          overflow="fold", no_wrap=c not in ("params",))
     lead = 0 if portfolio else 1
     for r in view.top:
-        board.add_row(*([] if portfolio else [r["symbol"]]), _params_text(r["params"], vary),
-                      *(_fmt(m, r["metrics"].get(m)) for m in cols[lead + 1:]))
+        board.add_row(*([] if portfolio else [r["symbol"]]), _params_text(r["params"], vary) + _flag(r),
+                      *(_fmt(m, r["metrics"].get(m)) for m in cols[lead + 1:]),
+                      style="dim" if r.get("eligible") is False else None)
     if portfolio:
         first = view.top[:1]
         about = f" of the best set, {_params_text(first[0]['params'], vary)}" if first else ""
@@ -501,9 +525,12 @@ def render_view(run: dict[str, Any], view: RunView, sort: str, top: int, total: 
             best.add_column(c, justify="left" if c in ("symbol", "params") else "right", overflow="fold",
                             no_wrap=c != "params")
         for r in view.best:
-            best.add_row(r["symbol"], _params_text(r["params"], vary), _fmt(sort, r["metrics"].get(sort)),
+            best.add_row(r["symbol"], _params_text(r["params"], vary) + _flag(r), _fmt(sort, r["metrics"].get(sort)),
                          _fmt("total_return", r["metrics"].get("total_return")),
                          _fmt("buy_and_hold_return", r["metrics"].get("buy_and_hold_return")))
+    for table, rows in ((board, view.top), (best, view.best)):
+        if any(r.get("eligible") is False for r in rows):
+            table.caption, table.caption_justify = FLAG_NOTE, "left"
     summ = Table(title=f"across {view.done} tasks", title_justify="left")
     for c in ("metric", "min", "25%", "median", "75%", "max"):
         summ.add_column(c, justify="left" if c == "metric" else "right", no_wrap=True)
@@ -518,6 +545,14 @@ def render_view(run: dict[str, Any], view: RunView, sort: str, top: int, total: 
             fail.add_row(r["symbol"], _params_text(r["params"], vary), r.get("error") or "")
         parts.append(fail)
     return Group(*parts)
+
+
+def _flag(r: dict[str, Any]) -> str:
+    return " *" if r.get("eligible") is False else ""
+
+
+#: the caption of a table with tasks ``_flag`` marks
+FLAG_NOTE = "* fewer trades than --min-trades: not eligible, ranked after the others"
 
 
 def render_equity(rec: dict[str, Any], table: Any, tz: str = "UTC") -> Any:

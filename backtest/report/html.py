@@ -300,6 +300,7 @@ def _page_vars(ctx: Context, present: set[str]) -> dict[str, Any]:
             ("units", settings.units),
             ("stop loss", f"{settings.stop_loss * 100:g}%" if settings.stop_loss else "off"),
             ("take profit", f"{settings.take_profit * 100:g}%" if settings.take_profit else "off"),
+            ("trailing stop", f"{settings.trailing_stop * 100:g}%" if settings.trailing_stop else "off"),
         ],
         "grid": [(k, len(v), ", ".join(x.strip("'") for x in v[:12]) + (" …" if len(v) > 12 else ""))
                  for k, v in grid.items()],

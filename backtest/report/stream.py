@@ -75,8 +75,9 @@ _SELECT = ", ".join(["t.key", "t.symbol", "t.params", "t.status", "t.error", "t.
                      *(f'r."{m}"' for m in (*METRICS, *OPTIONAL_METRICS))])
 
 
-def _record(row: tuple[Any, ...]) -> dict[str, Any]:
-    """A task record (as ``report.task_records`` makes them) from a row of ``_SELECT``."""
+def _record(row: tuple[Any, ...], min_trades: int | None = None) -> dict[str, Any]:
+    """A task record (as ``report.task_records`` makes them, marked as ``report.mark_eligible``
+    marks them) from a row of ``_SELECT``."""
     from backtest.report import _clean
 
     key, sym, params, status, error, cached, *values = row
@@ -86,17 +87,24 @@ def _record(row: tuple[Any, ...]) -> dict[str, Any]:
         rec["metrics"] = {m: _clean(v) for m, v in zip(METRICS, values, strict=False)}
         rec["metrics"].update((m, _clean(v)) for m, v in zip(OPTIONAL_METRICS, values[len(METRICS):], strict=True)
                               if v is not None)
+        if min_trades:
+            rec["eligible"] = (rec["metrics"].get("trades") or 0) >= min_trades
     if status == "failed":
         rec["error"] = error
     return rec
 
 
-def _order(sort: str) -> str:
+def _eligible_first(min_trades: int | None) -> str:
+    """An ORDER BY term that ranks tasks with fewer than ``min_trades`` trades last ("" without)."""
+    return f'(coalesce(r."trades", 0) < {int(min_trades)}), ' if min_trades else ""
+
+
+def _order(sort: str, min_trades: int | None = None) -> str:
     direction = "ASC" if _lower_is_better(sort) else "DESC"
-    return f'(r."{sort}" IS NULL), r."{sort}" {direction}, t.symbol, t.params'
+    return f'{_eligible_first(min_trades)}(r."{sort}" IS NULL), r."{sort}" {direction}, t.symbol, t.params'
 
 
-def catalog_view(catalog: Catalog, run_id: str, sort: str, top: int) -> Any:
+def catalog_view(catalog: Catalog, run_id: str, sort: str, top: int, min_trades: int | None = None) -> Any:
     """The ``report.RunView`` of a whole run, computed by the catalog: counts, the top tasks, each
     symbol's best, the quantiles and the first failures, without loading every task."""
     from backtest.report import KEY_METRICS, RunView
@@ -116,10 +124,11 @@ def catalog_view(catalog: Catalog, run_id: str, sort: str, top: int) -> Any:
         vary = vary or set(names)
         fixed = {k: v for k, v in (json.loads(first[0]).items() if first else ()) if k not in vary}
         done = f"{base} AND t.status = 'done'"
-        best_top = [_record(r) for r in con.execute(
-            f"SELECT {_SELECT} {done} ORDER BY {_order(sort)} LIMIT ?", [run_id, top]).fetchall()]
-        best = [_record(r) for r in con.execute(
-            f"SELECT {_SELECT} {done} QUALIFY row_number() OVER (PARTITION BY t.symbol ORDER BY {_order(sort)}) = 1 "
+        order = _order(sort, min_trades)
+        best_top = [_record(r, min_trades) for r in con.execute(
+            f"SELECT {_SELECT} {done} ORDER BY {order} LIMIT ?", [run_id, top]).fetchall()]
+        best = [_record(r, min_trades) for r in con.execute(
+            f"SELECT {_SELECT} {done} QUALIFY row_number() OVER (PARTITION BY t.symbol ORDER BY {order}) = 1 "
             "ORDER BY t.symbol", [run_id]).fetchall()]
         quantiles = ", ".join(f'quantile_cont(r."{m}", [0, 0.25, 0.5, 0.75, 1.0])' for m in KEY_METRICS)
         qs = con.execute(f"SELECT {quantiles} {done}", [run_id]).fetchone() or [None] * len(KEY_METRICS)
@@ -135,17 +144,18 @@ def catalog_view(catalog: Catalog, run_id: str, sort: str, top: int) -> Any:
 
 
 def ranked_rows(catalog: Catalog, run_id: str, sort: str, symbol: str | None,
-                where: list[Filter] | None = None) -> Iterator[list[dict[str, Any]]]:
+                where: list[Filter] | None = None, min_trades: int | None = None) -> Iterator[list[dict[str, Any]]]:
     """The run's task records in the order the reports rank them (done tasks best ``sort``
-    first, missing values last, ties in symbol and parameter order; then the others), in batches;
-    only those meeting ``where`` (``filters``), which DuckDB applies before anything is fetched."""
+    first — those with fewer than ``min_trades`` trades after the others —, missing values last,
+    ties in symbol and parameter order; then the others), in batches; only those meeting
+    ``where`` (``filters``), which DuckDB applies before anything is fetched."""
     direction = "ASC" if _lower_is_better(sort) else "DESC"
     conditions = [("t.run_id = ?", [run_id]), *([("upper(t.symbol) = upper(?)", [symbol])] if symbol else []),
                   *(where or [])]
     sql = f"""SELECT {_SELECT}
               FROM run_tasks t LEFT JOIN results r USING (key)
               WHERE {" AND ".join(f"({c})" for c, _ in conditions)}
-              ORDER BY t.status <> 'done', (t.status = 'done' AND r."{sort}" IS NULL),
+              ORDER BY t.status <> 'done', {_eligible_first(min_trades)}(t.status = 'done' AND r."{sort}" IS NULL),
                        CASE WHEN t.status = 'done' THEN r."{sort}" END {direction}, t.symbol, t.params"""
     with catalog.connect(read_only=True) as con:
         cur = con.execute(sql, [v for _, values in conditions for v in values])
@@ -153,11 +163,11 @@ def ranked_rows(catalog: Catalog, run_id: str, sort: str, symbol: str | None,
             rows = cur.fetchmany(BATCH)
             if not rows:
                 return
-            yield [_record(row) for row in rows]
+            yield [_record(row, min_trades) for row in rows]
 
 
 def export(run_id: str, fmt: str, out: Path | None, sort: str, top: int | None, symbol: str | None,
-           wanted: dict[str, str], root: Path) -> None:
+           wanted: dict[str, str], root: Path, min_trades: int | None = None) -> None:
     """Write the run's rows as ``fmt`` (json, csv or parquet) to ``out`` or stdout, a batch at a time."""
     from backtest.report import contract_row, flat_rows, matches
 
@@ -166,7 +176,7 @@ def export(run_id: str, fmt: str, out: Path | None, sort: str, top: int | None, 
     catalog = Catalog(root / "catalog.duckdb")
     left = top
 
-    batches = ranked_rows(catalog, run_id, sort, symbol)
+    batches = ranked_rows(catalog, run_id, sort, symbol, min_trades=min_trades)
     head = next(batches, [])
     known = list(head[0]["params"]) if head else []
     for k in wanted:  # every task has every parameter: the first one names them

@@ -155,21 +155,24 @@ def stitched(run: dict[str, Any], v: WfoView, records: list[dict[str, Any]], roo
     def chain(keys: list[str]) -> tuple[dict[str, Any], Any]:
         """The metrics and (ts, equity) of the curves of ``keys`` chained by their returns."""
         cs = [by_key[k] for k in keys]
-        parts, pnl, rets, ts, closes = [], [], [], [], []
+        parts, trades, ts, closes = [], [], [], []
         value = cash
         exposed = 0.0
         for c in cs:
             scale = value / cash
             parts.append(c.equity * scale)
             value = float(parts[-1][-1]) if c.equity.size else value
-            pnl.append(c.trades["pnl"] * scale)
-            rets.append(c.trades["return"])
+            scaled = np.zeros(len(c.trades), [("pnl", "<f8"), ("return", "<f8"), ("bars", "<f8")])
+            scaled["pnl"] = c.trades["pnl"] * scale
+            scaled["return"] = c.trades["return"]
+            scaled["bars"] = c.trades["bars"]
+            trades.append(scaled)
             ts.append(c.ts)
             closes.append(c.close)
             exposed += (c.metrics.get("exposure") or 0.0) * c.equity.size
         equity, times, close = np.concatenate(parts), np.concatenate(ts), np.concatenate(closes)
-        values = curve_metrics(equity, cash, np.concatenate(pnl), np.concatenate(rets), round(exposed),
-                               bars_per_year(times), float(close[0]), float(close[-1]))
+        values = curve_metrics(equity, cash, np.concatenate(trades), round(exposed), bars_per_year(times),
+                               float(close[0]), float(close[-1]), times)
         return {m: _clean(float(x)) for m, x in zip(METRIC_NAMES, values, strict=True)}, (times, equity)
 
     out = []

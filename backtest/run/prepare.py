@@ -48,8 +48,8 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) 
     from backtest.data import Store
     from backtest.data.bars_cache import limit_bytes
     from backtest.data.freq import fmt_ts
-    from backtest.engine.settings import SimSettings
     from backtest.executors import parse_url
+    from backtest.run.axes import split_settings, with_axes
     from backtest.store.results import ResultStore
     from backtest.walkforward import parse_walk_forward
 
@@ -64,8 +64,12 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) 
     limit_bytes()  # a bad BT_BARS_CACHE_MB is one error here, not one per shard in the workers
     if text is None:
         text = req.read_source()
-    source, params_list, warmups, portfolio = grid_of(req, root, text)
-    settings = SimSettings(**req.settings).to_dict()
+    source, strategy_params, strategy_warmups, portfolio = grid_of(req, root, text)
+    settings, axes = split_settings(req.settings)
+    params_list, warmups = with_axes(strategy_params, strategy_warmups, axes)
+    if portfolio and any(settings.get(k) for k in ("stop_loss", "take_profit", "trailing_stop")):
+        raise UsageError("stops (--stop-loss, --take-profit, --trailing-stop) are for one-symbol strategies; a "
+                         "PortfolioStrategy sets its weights itself")
     if "leverage" in settings and not portfolio:
         raise UsageError(f"--leverage is for portfolio strategies (PortfolioStrategy); {source.name or 'this strategy'} "
                          "trades one symbol per task with targets in [-1, 1]")
@@ -100,10 +104,10 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) 
         raise PlanError(str(first_error) if len(symbols) == 1 else
                         f"no data in the date range for any of the {len(symbols)} symbols ({first_error})")
     job = Job(source, params_list, warmups, [s for s in symbols if s not in skipped], start_ns, end_ns, settings,
-              universe=universe_name(req, symbols) if portfolio else "")
+              universe=universe_name(req, symbols) if portfolio else "", axes=tuple(axes))
     if wf is not None:
         return _prepare_walk_forward(req, root, text, job, parts, wf, store, target.capacity, target.url,
-                                     skipped, portfolio)
+                                     skipped, portfolio, (strategy_params, strategy_warmups))
     tasks = make_tasks(job, parts)
     damaged: dict[str, str] = {}
     if req.force:
@@ -113,7 +117,7 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) 
     todo = [t for t in tasks if t.key not in have]
     cached = [t for t in tasks if t.key in have]
     shards = make_shards(job, todo, parts, target.capacity)
-    remember_grid(req, root, text, source, params_list, warmups, portfolio)
+    remember_grid(req, root, text, source, strategy_params, strategy_warmups, portfolio)
     notes = [f"result {k[:12]} {why}: set aside, computed again" for k, why in sorted(damaged.items())]
     for sym, (first, last) in ({} if portfolio else store.short_spans(job.symbols, start_ns, end_ns)).items():
         notes.append(f"{sym} has bars only from {fmt_ts(first)} to {fmt_ts(last)}, part of the range: "
@@ -122,7 +126,8 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) 
 
 
 def _prepare_walk_forward(req: RunRequest, root: Path, text: str | None, job: Job, parts: dict[Any, Any], wf: Any,
-                          store: Any, capacity: int, url: str, skipped: list[str], portfolio: bool) -> Prepared:
+                          store: Any, capacity: int, url: str, skipped: list[str], portfolio: bool,
+                          grid: tuple[list[dict[str, Any]], list[int]]) -> Prepared:
     """``prepare`` for ``--walk-forward``/``--holdout``: every fold's in-sample tasks and the
     out-of-sample tasks of the folds whose in-sample results are stored; the rest of the
     out-of-sample tasks come during the run."""
@@ -158,7 +163,7 @@ def _prepare_walk_forward(req: RunRequest, root: Path, text: str | None, job: Jo
         mine = [t for t in todo if window_of[t.key] is w]
         if mine:
             shards += make_shards(w.job, mine, w.parts, capacity)
-    remember_grid(req, root, text, job.strategy, job.params_list, job.warmups, portfolio)
+    remember_grid(req, root, text, job.strategy, *grid, portfolio)
     notes = [f"result {k[:12]} {why}: set aside, computed again" for k, why in sorted(damaged.items())]
     notes += plan.notes
     prep = Prepared(req, job, list(tasks.values()), cached, shards, skipped, url, root, parts, notes)

@@ -104,11 +104,12 @@ class Recorder:
             header, metrics = decode_metrics(ev.body)
             self.result_rows.append(result_row(header, metrics, now))
         else:  # stored by the worker, reported by its metrics: the header is known here
-            header = {"key": ev.key, "symbol": task.symbol, "params": task.params, "n_trades": ev.n_trades,
-                      "env": ev.env}
+            header = {"key": ev.key, "symbol": task.symbol, "params": self.prep.job.strategy_params(task.params),
+                      "n_trades": ev.n_trades, "env": ev.env}
             env_text = self.env_texts.get(ev.worker) or self.env_texts.setdefault(
                 ev.worker, json.dumps(ev.env, sort_keys=True))
-            self.result_rows.append(result_row(header, ev.metrics, now, self.texts.get(id(task.params)), env_text))
+            text = None if self.prep.job.axes else self.texts.get(id(task.params))
+            self.result_rows.append(result_row(header, ev.metrics, now, text, env_text))
         self.task_rows.append(self.row(task, "done", False, attempt, None, None, ev.worker, now))
 
     def _write_file(self, key: str, body: bytes, worker: str) -> None:

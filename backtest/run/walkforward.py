@@ -45,7 +45,7 @@ class Window:
         """The task of parameter set ``index`` on ``symbol`` (or the universe) in this window."""
         one = Job(self.job.strategy, [self.job.params_list[index]], [self.job.warmups[index]],
                   self.job.symbols if self.job.universe else [symbol], self.job.start_ns, self.job.end_ns,
-                  self.job.settings, self.job.universe)
+                  self.job.settings, self.job.universe, self.job.axes)
         tasks = make_tasks(one, self.parts)
         return tasks[0] if tasks else None
 
@@ -139,7 +139,7 @@ def plan_walk_forward(base: Job, wf: WalkForward, store: Any, results: Any) -> W
             plan.notes.append(f"{what}: no bars in the {role} window {fmt_day(lo)}..{fmt_day(hi)}"
                               + f" of fold {fold + 1}; left out there")
         job = Job(base.strategy, base.params_list, base.warmups, present if not portfolio or not missing else [],
-                  lo, hi, base.settings, base.universe)
+                  lo, hi, base.settings, base.universe, base.axes)
         return Window(role, fold, job, parts)
 
     for f in folds:

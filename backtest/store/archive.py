@@ -71,7 +71,7 @@ def run_job(root: Path, run: dict[str, Any]) -> tuple[Job, PartsFor]:
     source = load_source(root, run["code_hash"])
     parts = {(s, w): [(f[0], f[1]) for f in files] for s, w, files in spec["parts"]}
     job = Job(source, spec["params"], spec["warmups"], spec["symbols"], spec["start_ns"], spec["end_ns"],
-              json.loads(run["settings"]), universe=spec.get("universe", ""))
+              json.loads(run["settings"]), universe=spec.get("universe", ""), axes=tuple(spec.get("axes", ())))
     return job, parts
 
 
@@ -87,7 +87,7 @@ def run_windows(root: Path, run: dict[str, Any]) -> list[tuple[str, int, Job, Pa
     for w in spec["walk_forward"]["windows"]:
         wparts = {(s, wu): [(f[0], f[1]) for f in files] for s, wu, files in w["parts"]}
         job = Job(base.strategy, base.params_list, base.warmups, w["symbols"], w["start_ns"], w["end_ns"],
-                  base.settings, base.universe)
+                  base.settings, base.universe, base.axes)
         out.append((w["role"], w["fold"], job, wparts))
     return out
 

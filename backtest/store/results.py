@@ -7,7 +7,7 @@ A result file is made by the worker (on any host) and written whole by the coord
 The header holds the key, symbol, params, metric names, trade count and dtype, the codec of the
 trades block and the environment versions (python, numpy, numba, bt) — nothing host- or
 time-specific, so the same task gives the same bytes anywhere. The trailing sha256 covers all
-that precedes it: a torn or damaged file is detected on read. Trades are stored raw, 62 bytes a
+that precedes it: a torn or damaged file is detected on read. Trades are stored raw, 78 bytes a
 trade (``STORED_TRADE_DTYPE``: what can be derived exactly is derived on reading); equity curves
 are not stored: they are re-derived on demand by re-running the task, which is deterministic (see
 ``bt verify``).
@@ -124,16 +124,18 @@ class Encoder:
 #: How a result file stores trades (``STORED_TRADE_DTYPE``): the engine's ``TRADE_DTYPE`` less
 #: what reading derives exactly (``return`` = pnl / (size · entry_price), the kernel's own
 #: expression) and less the bar indices (positions in the slice the task ran on, meaningless
-#: outside it; ``bars`` keeps the holding period) — 62 bytes a trade instead of 90.
+#: outside it; ``bars`` keeps the holding period) — 78 bytes a trade instead of 106.
 _STORED_FIELDS = [
     ("entry_time", "<i8"), ("exit_time", "<i8"), ("side", "i1"), ("size", "<f8"), ("entry_price", "<f8"),
-    ("exit_price", "<f8"), ("pnl", "<f8"), ("fees", "<f8"), ("bars", "<i4"), ("closed", "?"),
+    ("exit_price", "<f8"), ("pnl", "<f8"), ("fees", "<f8"), ("bars", "<i4"), ("closed", "?"), ("mae", "<f8"),
+    ("mfe", "<f8"),
 ]
 #: What reading a result file gives (``READ_TRADE_DTYPE``): the stored fields with ``return``
 #: back (and ``bars`` as int64, as in ``TRADE_DTYPE``).
 _READ_FIELDS = [
     ("entry_time", "<i8"), ("exit_time", "<i8"), ("side", "i1"), ("size", "<f8"), ("entry_price", "<f8"),
     ("exit_price", "<f8"), ("pnl", "<f8"), ("return", "<f8"), ("fees", "<f8"), ("bars", "<i8"), ("closed", "?"),
+    ("mae", "<f8"), ("mfe", "<f8"),
 ]
 
 
@@ -192,12 +194,16 @@ def _from_engine(dtype: np.dtype) -> bool:
 def _read_trades(stored: np.ndarray) -> np.ndarray:
     import numpy as np
 
-    stored_dtype, read_dtype = _trade_dtypes("symbol_index" in (stored.dtype.names or ()))
-    if stored.dtype != stored_dtype:
+    names = stored.dtype.names or ()
+    if "return" in names:
         return stored.copy()  # a file written before trades were stored compactly: as it was
+    _, read_dtype = _trade_dtypes("symbol_index" in names)
     out = np.empty(stored.shape[0], read_dtype)
-    for name in stored_dtype.names or ():
-        out[name] = stored[name]
+    for name in read_dtype.names or ():
+        if name in names:
+            out[name] = stored[name]
+        elif name != "return":  # excursions of a file written before trades had them: unknown
+            out[name] = np.nan
     with np.errstate(divide="ignore", invalid="ignore"):
         out["return"] = stored["pnl"] / (stored["size"] * stored["entry_price"])
     return out

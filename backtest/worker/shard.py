@@ -3,6 +3,7 @@
 A shard spec (JSON)::
 
     {"id", "symbol", "strategy": <source hash>, "start_ns", "end_ns", "settings": {...},
+     "axes": [setting name, ...],                  # settings axes only: each task's params hold their values
      "files": [[path, data_sha256], ...],          # in year order, enough for the largest warm-up
      "groups": [{"warmup": w, "parts": [sha256, ...], "tasks": [[key, params], ...]}, ...],
      "members": [[symbol, n_files], ...]}          # a portfolio's universe only: whose ``files`` are whose
@@ -52,6 +53,26 @@ def slice_bars(bars: Any, warmup: int, parts: list[str]) -> Any:
         start=bars.start - offset,
         partitions=tuple(parts),
     )
+
+
+def split_axes(spec: dict[str, Any], settings: Any, tasks: list[Any]) -> tuple[list[dict[str, Any]], Any]:
+    """The strategy's parameters of each ``[key, params]`` task, and the settings to run them
+    with: the shard's, or (with settings axes, ``spec["axes"]``) each task's own."""
+    axes = spec.get("axes")
+    if not axes:
+        return [p for _, p in tasks], settings
+    from dataclasses import replace
+
+    params = []
+    each = []
+    made: dict[tuple[Any, ...], Any] = {}
+    for _, p in tasks:
+        params.append({k: v for k, v in p.items() if k not in axes})
+        combo = tuple(p[a] for a in axes)
+        if combo not in made:
+            made[combo] = replace(settings, **dict(zip(axes, combo, strict=True)))
+        each.append(made[combo])
+    return params, each
 
 
 def _by_slice(bars: Any, groups: list[dict[str, Any]]) -> list[tuple[Any, list[Any]]]:
@@ -166,7 +187,8 @@ class Runner:
         out: list[tuple[str, Any, Any]] = []
         with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
             for gbars, tasks in _by_slice(bars, spec["groups"]):
-                outcomes = run_grid(cls, gbars, [p for _, p in tasks], settings, want_equity=True)
+                params, each = split_axes(spec, settings, tasks)
+                outcomes = run_grid(cls, gbars, params, each, want_equity=True)
                 out.extend((key, gbars, res) for (key, _), res in zip(tasks, outcomes, strict=True))
         return out
 
@@ -194,11 +216,11 @@ class Runner:
 
         for gbars, tasks in _by_slice(bars, spec["groups"]):
             keys = [k for k, _ in tasks]
-            params = [p for _, p in tasks]
+            params, each = split_axes(spec, settings, tasks)
             out = CappedText(OUTPUT_LIMIT)
             with redirect_stdout(out), redirect_stderr(out):
                 try:
-                    outcomes: list[Any] = run_grid(cls, gbars, params, settings)
+                    outcomes: list[Any] = run_grid(cls, gbars, params, each)
                 except Exception as exc:  # the engine itself failed: every task of the group fails
                     outcomes = [exc] * len(keys)
             text = out.getvalue()

@@ -214,42 +214,65 @@ class Account:
 
 
 def simulate(o, h, lo, c, target, start=0, cash=100_000.0, commission=0.0, fee=0.0, slippage=0.0,
-             fill="next_open", units="fractional", stop_loss=None, take_profit=None):
+             fill="next_open", units="fractional", stop_loss=None, take_profit=None, trailing_stop=0.0):
     """Returns (trades as a list of dicts, equity list from ``start``) or raises ValueError(index)
-    for a bad target."""
+    for a bad target. Each trade dict also has ``mae``/``mfe`` (from the highs and lows of the bars
+    from its entry to its exit, both included) and ``bars``.
+
+    Trailing stop (a fraction ``trailing_stop``, 0/None: off): its reference price ``best`` starts at
+    the position's size-weighted average entry price when a position opens (or flips side); after
+    each bar the position is held through (not the bar whose close opened it), ``best`` moves to that
+    bar's high if higher (long; the low if lower, short); the level best·(1 ∓ trail) applies from the
+    next bar on. The stop checked is the tighter of the stop-loss and the trailing level."""
     acct = Account(cash, commission, fee, slippage, units == "integer")
+    trail = trailing_stop or 0.0
     held = 0.0  # units
     last = 0.0
     pending = None
     bankrupt = False
     stop_px = take_px = None
+    best = None  # the trailing stop's reference price
     equity = []
 
+    def avg_entry():
+        return sum(lot.units * lot.price for lot in acct.lots) / sum(lot.units for lot in acct.lots)
+
     def levels():
-        avg = sum(lot.units * lot.price for lot in acct.lots) / sum(lot.units for lot in acct.lots)
+        avg = avg_entry()
         s = acct.side
         return (avg * (1 - s * stop_loss) if stop_loss else None, avg * (1 + s * take_profit) if take_profit else None)
 
     for i in range(start, len(c)):
+        opened_at_close = False
         if pending is not None:
             if not bankrupt:
+                before = acct.side
                 held = acct.order(pending, o[i], i, held)
                 if acct.side:
                     stop_px, take_px = levels()
+                    if acct.side != before:
+                        best = avg_entry()
             pending = None
-        if acct.side and (stop_loss or take_profit):
+        if acct.side and (stop_loss or take_profit or trail):
             s = acct.side
+            stop = stop_px
+            if trail:
+                trailing_level = best * (1 - s * trail)
+                if stop is None:
+                    stop = trailing_level
+                else:
+                    stop = max(stop, trailing_level) if s > 0 else min(stop, trailing_level)
             fill_px = None
             beyond = (lambda p, lvl: p <= lvl) if s > 0 else (lambda p, lvl: p >= lvl)
             reached = (lambda p, lvl: p >= lvl) if s > 0 else (lambda p, lvl: p <= lvl)
-            worst, best = (lo[i], h[i]) if s > 0 else (h[i], lo[i])
-            if stop_px is not None and beyond(o[i], stop_px):
+            worst, favourable = (lo[i], h[i]) if s > 0 else (h[i], lo[i])
+            if stop is not None and beyond(o[i], stop):
                 fill_px = o[i]  # gapped through the stop
             elif take_px is not None and reached(o[i], take_px):
                 fill_px = o[i]
-            elif stop_px is not None and beyond(worst, stop_px):
-                fill_px = stop_px  # the stop wins a tie with the take-profit
-            elif take_px is not None and reached(best, take_px):
+            elif stop is not None and beyond(worst, stop):
+                fill_px = stop  # the stop wins a tie with the take-profit
+            elif take_px is not None and reached(favourable, take_px):
                 fill_px = take_px
             if fill_px is not None:
                 held = acct.order(0.0, fill_px, i, held)
@@ -260,9 +283,13 @@ def simulate(o, h, lo, c, target, start=0, cash=100_000.0, commission=0.0, fee=0
             last = x
             if fill == "close":
                 if not bankrupt:
+                    before = acct.side
                     held = acct.order(x, c[i], i, held)
                     if acct.side:
                         stop_px, take_px = levels()
+                        if acct.side != before:
+                            best = avg_entry()
+                            opened_at_close = True
             else:
                 pending = x
         eq = acct.cash + acct.side * held * c[i]
@@ -271,6 +298,8 @@ def simulate(o, h, lo, c, target, start=0, cash=100_000.0, commission=0.0, fee=0
             if acct.side:
                 held = acct.order(0.0, c[i], i, held)
                 eq = acct.cash
+        if trail and acct.side and not opened_at_close:
+            best = max(best, h[i]) if acct.side > 0 else min(best, lo[i])
         equity.append(eq)
     for lot in acct.lots:
         pnl = acct.side * lot.units * (c[-1] - lot.price) - lot.fees
@@ -278,11 +307,37 @@ def simulate(o, h, lo, c, target, start=0, cash=100_000.0, commission=0.0, fee=0
             dict(entry_index=lot.index, exit_index=len(c) - 1, side=acct.side, closed=False, size=lot.units,
                  entry_price=lot.price, exit_price=c[-1], pnl=pnl, ret=pnl / (lot.units * lot.price), fees=lot.fees)
         )
+    for t in acct.trades:
+        top = max(h[t["entry_index"] : t["exit_index"] + 1])
+        bottom = min(lo[t["entry_index"] : t["exit_index"] + 1])
+        if t["side"] > 0:
+            t["mae"], t["mfe"] = bottom / t["entry_price"] - 1, top / t["entry_price"] - 1
+        else:
+            t["mae"], t["mfe"] = 1 - top / t["entry_price"], 1 - bottom / t["entry_price"]
+        t["bars"] = t["exit_index"] - t["entry_index"]
     return acct.trades, equity
 
 
-def metrics(equity, trades, cash, bars_per_year, close_start, close_end):
-    """The output contract's metrics from an equity list and trade dicts, with numpy, as docs/engine.md states."""
+def exposure(trades, start, n):
+    """Share of the closes of bars ``start … n−1`` that find a position open, from the trades: a
+    closed trade is held at the closes of its entry bar up to the bar before its exit (it leaves at
+    that bar's open, inside it, or at its close), the open one up to the last bar."""
+    held = set()
+    for t in trades:
+        held.update(range(t["entry_index"], t["exit_index"] if t["closed"] else n))
+    return len([i for i in held if i >= start]) / (n - start)
+
+
+def _mean_or_nan(values):
+    return float(np.mean(values)) if len(values) else np.nan
+
+
+def metrics(equity, trades, cash, bars_per_year, close_start, close_end, ts=None, exposed=None):
+    """The output contract's metrics from an equity list and trade dicts, with numpy, as docs/engine.md states.
+
+    ``ts`` (the times of the equity's bars) adds ``max_drawdown_days``; ``exposed`` (the exposure,
+    see ``exposure``) adds ``exposure`` and ``exposure_adjusted_return``. Without them those keys
+    are left out."""
     eq = np.asarray(equity, dtype=float)
     prev = np.concatenate([[cash], eq[:-1]])
     r = (eq - prev) / prev
@@ -305,7 +360,8 @@ def metrics(equity, trades, cash, bars_per_year, close_start, close_end):
         run = run + 1 if below else 0
         longest = max(longest, run)
     out["max_drawdown_duration"] = float(longest)
-    out["exposure"] = np.nan  # needs positions; checked separately
+    if exposed is not None:
+        out["exposure"] = exposed
     pnl = np.array([t["pnl"] for t in trades])
     ret = np.array([t["ret"] for t in trades])
     k = len(trades)
@@ -322,6 +378,51 @@ def metrics(equity, trades, cash, bars_per_year, close_start, close_end):
     out["sqn"] = np.sqrt(k) * pnl.mean() / sd_pnl if sd_pnl > 0 else np.nan
     out["final_equity"] = eq[-1]
     out["buy_and_hold_return"] = close_end / close_start - 1
+
+    # Drawdown periods: maximal runs of bars (equity indices a … b) below the running peak.
+    below = list(eq < peaks[1:])
+    periods = []
+    a = 0
+    while a < n:
+        if not below[a]:
+            a += 1
+            continue
+        b = a
+        while b + 1 < n and below[b + 1]:
+            b += 1
+        periods.append((a, b))
+        a = b + 1
+    depths = [min(eq[a : b + 1]) / peaks[a + 1] - 1 for a, b in periods]  # peaks[a + 1]: the peak at bar a
+    out["avg_drawdown"] = _mean_or_nan(depths)
+    out["avg_drawdown_duration"] = _mean_or_nan([b - a + 1 for a, b in periods])
+    if ts is not None:
+        day = 86_400 * 10**9
+        spans = [(ts[min(b + 1, n - 1)] - ts[max(a - 1, 0)]) / day for a, b in periods]
+        out["max_drawdown_days"] = float(max(spans)) if spans else 0.0
+    gains = sum(x for x in r if x > 0)
+    losses = sum(-x for x in r if x < 0)
+    out["omega"] = gains / losses if losses > 0 else (np.inf if gains > 0 else np.nan)
+    winners = [t for t in trades if t["pnl"] > 0]
+    losers = [t for t in trades if t["pnl"] < 0]
+    if winners and losers:
+        w = len(winners) / k
+        ratio = np.mean([t["pnl"] for t in winners]) / abs(np.mean([t["pnl"] for t in losers]))
+        out["kelly"] = w - (1 - w) / ratio
+    else:
+        out["kelly"] = np.nan
+    out["avg_win"] = _mean_or_nan([t["ret"] for t in winners])
+    out["avg_loss"] = _mean_or_nan([t["ret"] for t in losers])
+    for name, sign in (("max_consecutive_wins", 1), ("max_consecutive_losses", -1)):
+        longest = run = 0
+        for t in trades:
+            run = run + 1 if np.sign(t["pnl"]) == sign else 0
+            longest = max(longest, run)
+        out[name] = float(longest)
+    held = [t["exit_index"] - t["entry_index"] for t in trades]
+    out["max_trade_duration"] = float(max(held)) if held else np.nan
+    out["avg_trade_duration"] = _mean_or_nan(held)
+    if exposed is not None:
+        out["exposure_adjusted_return"] = out["total_return"] / exposed if exposed > 0 else np.nan
     return out
 
 

@@ -6,18 +6,24 @@ import empyrical
 import numpy as np
 import pytest
 
-from backtest.engine import METRIC_NAMES, SimSettings, bars_per_year, run_grid
+from backtest.engine import METRIC_NAMES, Bars, SimSettings, bars_per_year, run_grid
 from backtest.strategy import Strategy
 
+from . import reference as ref
 from .helpers import DAY_NS, make_bars
+from .test_simulation import random_targets, run
 
 
-def test_metric_names_are_design_section_8():
+def test_metric_names():
     assert METRIC_NAMES == (
         "total_return", "cagr", "volatility", "sharpe", "sortino", "calmar", "max_drawdown",
         "max_drawdown_duration", "exposure", "trades", "win_rate", "best_trade", "worst_trade",
         "avg_trade", "profit_factor", "expectancy", "sqn", "final_equity", "buy_and_hold_return",
+        "avg_drawdown", "avg_drawdown_duration", "max_drawdown_days", "omega", "kelly", "avg_win",
+        "avg_loss", "max_consecutive_wins", "max_consecutive_losses", "max_trade_duration",
+        "avg_trade_duration", "exposure_adjusted_return",
     )
+    assert len(set(METRIC_NAMES)) == 31
 
 
 class Noisy(Strategy):
@@ -47,6 +53,11 @@ def test_equal_empyrical(step_ns, seed):
     assert m["volatility"] == pytest.approx(empyrical.annual_volatility(returns, annualization=ann), rel=rel)
     assert m["calmar"] == pytest.approx(empyrical.calmar_ratio(returns, annualization=ann), rel=rel)
     assert m["total_return"] == pytest.approx(empyrical.cum_returns_final(returns), rel=rel)
+    # omega_ratio's defaults: risk_free 0 and required_return 0, i.e. a per-bar threshold of
+    # (1 + 0)^(1/252) − 1 = 0 whatever the annualisation
+    assert empyrical.omega_ratio(returns) == empyrical.omega_ratio(returns, 0.0, 0.0, annualization=1)
+    assert m["omega"] == pytest.approx(empyrical.omega_ratio(returns), rel=rel)
+    assert m["omega"] == pytest.approx(empyrical.omega_ratio(returns, annualization=ann), rel=rel)
     assert m["max_drawdown"] < 0 and 0 < m["exposure"] < 1
 
 
@@ -86,3 +97,164 @@ def test_profit_factor_without_losses_is_infinite():
     (out,) = run_grid(Hold, bars, [{}], SimSettings())
     assert out.metrics["trades"] == 1 and out.metrics["profit_factor"] == np.inf
     assert np.isnan(out.metrics["sqn"])  # one trade has no spread
+
+
+# ------------------------------------------------------------------ the metrics added to the first 19
+
+NEW_METRICS = METRIC_NAMES[19:]
+
+
+def weekday_bars(n: int, seed: int, start: int = 0) -> Bars:
+    """``make_bars`` on weekdays only: calendar days and bars differ (weekends in drawdowns)."""
+    b = make_bars(n, seed=seed, start=start)
+    day0 = np.datetime64("2021-01-04", "ns").astype(np.int64)
+    days = np.array([d for d in range(2 * n) if d % 7 < 5][:n], dtype=np.int64)
+    return Bars(b.symbol, day0 + days * DAY_NS, b.open, b.high, b.low, b.close, b.volume, start=start)
+
+
+def reference_metrics(b: Bars, target, **settings):
+    trades, equity = ref.simulate(b.open, b.high, b.low, b.close, target, start=b.start, **settings)
+    s = b.start
+    return ref.metrics(equity, trades, settings.get("cash", 100_000.0), bars_per_year(b.ts), b.close[s],
+                       b.close[-1], ts=b.ts[s:], exposed=ref.exposure(trades, s, len(b)))
+
+
+def assert_metrics_equal(got: dict, want: dict, names=METRIC_NAMES, rel=1e-9):
+    wrong = {name: (got[name], want[name]) for name in names
+             if got[name] != pytest.approx(want[name], rel=rel, nan_ok=True)}
+    assert not wrong, f"metric: (engine, reference): {wrong}"
+
+
+@pytest.mark.parametrize(("seed", "settings"), [
+    (0, {}),
+    (1, {"commission": 0.001, "fill": "close"}),
+    (2, {"stop_loss": 0.02, "take_profit": 0.03, "trailing_stop": 0.015}),
+    (3, {"units": "integer", "cash": 5_000.0, "slippage": 0.001}),
+    (4, {"trailing_stop": 0.03, "fill": "close", "fee": 2.0}),
+])
+def test_new_metrics_equal_reference(seed, settings):
+    b = weekday_bars(600, seed, start=30)
+    target = random_targets(600, seed, 30, rate=0.05)
+    out = run(b, target, **settings)
+    want = reference_metrics(b, target, **settings)
+    assert set(want) == set(METRIC_NAMES)
+    assert out.metrics["trades"] > 5 and out.metrics["avg_drawdown"] < 0
+    assert_metrics_equal(out.metrics, want, NEW_METRICS)
+
+
+def test_no_trades():
+    b = weekday_bars(200, 0)
+    out = run(b, np.zeros(200))
+    m = out.metrics
+    assert m["trades"] == 0 and m["max_consecutive_wins"] == 0.0 and m["max_consecutive_losses"] == 0.0
+    assert m["max_drawdown_days"] == 0.0
+    for name in ("avg_win", "avg_loss", "kelly", "avg_drawdown", "avg_drawdown_duration", "omega",
+                 "max_trade_duration", "avg_trade_duration", "exposure_adjusted_return"):
+        assert np.isnan(m[name]), name
+    assert_metrics_equal(m, reference_metrics(b, np.zeros(200)))
+
+
+def rising_bars(n: int) -> Bars:
+    """Each bar opens at the previous close and closes 1 higher: a long never loses (whole
+    numbers: leaving at an open gives exactly the equity of the close before)."""
+    close = 101.0 + np.arange(n)
+    open_ = close - 1.0
+    ts = np.datetime64("2020-01-01", "ns").astype(np.int64) + np.arange(n, dtype=np.int64) * DAY_NS
+    return Bars("UP", ts, open_, close.copy(), open_.copy(), close, np.ones(n))
+
+
+@pytest.mark.parametrize("fill", ["next_open", "close"])
+def test_only_winning_trades_and_no_drawdown(fill):
+    b = rising_bars(60)
+    target = np.tile(np.repeat([1.0, 0.0], 5), 6)
+    out = run(b, target, fill=fill)
+    m = out.metrics
+    assert m["trades"] == 6 and m["win_rate"] == 1.0 and m["profit_factor"] == np.inf
+    assert m["max_consecutive_wins"] == 6.0 and m["max_consecutive_losses"] == 0.0
+    assert m["avg_win"] == pytest.approx(m["avg_trade"], rel=1e-12)
+    assert np.isnan(m["avg_loss"]) and np.isnan(m["kelly"])
+    assert m["max_drawdown"] == 0.0 and m["max_drawdown_days"] == 0.0
+    assert np.isnan(m["avg_drawdown"]) and np.isnan(m["avg_drawdown_duration"])
+    assert m["omega"] == np.inf  # gains, no losing bar
+    assert m["max_trade_duration"] == m["avg_trade_duration"] == 5.0
+    assert m["exposure"] == 0.5
+    assert m["exposure_adjusted_return"] == pytest.approx(m["total_return"] / 0.5, rel=1e-12)
+    assert_metrics_equal(m, reference_metrics(b, target, fill=fill))
+
+
+def test_drawdown_periods_by_hand():
+    # all in at bar 0's close, 10 units: equity 10 × close
+    close = [100.0, 110.0, 99.0, 105.0, 120.0, 90.0, 95.0]
+    day = np.datetime64("2020-01-01", "ns").astype(np.int64)
+    ts = day + np.array([0, 1, 2, 3, 10, 11, 20], dtype=np.int64) * DAY_NS
+    c = np.array(close)
+    b = Bars("HAND", ts, c, c.copy(), c.copy(), c.copy(), np.ones(7))
+    out = run(b, np.ones(7), cash=1000.0, fill="close")
+    m = out.metrics
+    np.testing.assert_allclose(out.equity, 10 * c, rtol=1e-15)
+    # below the peak: bars 2–3 (peak 1100 at bar 1, regained at bar 4) and 5–6 (peak 1200 at bar 4, open)
+    assert m["avg_drawdown"] == pytest.approx(((990 / 1100 - 1) + (900 / 1200 - 1)) / 2, rel=1e-12)
+    assert m["avg_drawdown_duration"] == 2.0 and m["max_drawdown_duration"] == 2.0
+    assert m["max_drawdown_days"] == 10.0  # bar 4 → bar 6 (the first period spans bar 1 → bar 4: 9 days)
+    r = np.diff(10 * c) / (10 * c[:-1])
+    r = np.concatenate([[0.0], r])  # bar 0: equity 1000 = the starting cash
+    assert m["omega"] == pytest.approx(r[r > 0].sum() / -r[r < 0].sum(), rel=1e-12)
+    # one trade, still open, a loss of 5 %
+    assert m["trades"] == 1 and m["max_consecutive_losses"] == 1.0 and m["max_consecutive_wins"] == 0.0
+    assert m["avg_loss"] == pytest.approx(-0.05, rel=1e-12) and np.isnan(m["avg_win"]) and np.isnan(m["kelly"])
+    assert m["max_trade_duration"] == m["avg_trade_duration"] == 6.0
+    assert m["exposure"] == 1.0
+    assert m["exposure_adjusted_return"] == pytest.approx(-0.05, rel=1e-12)
+
+
+def test_drawdown_from_the_starting_cash_by_hand():
+    # commission takes equity below the starting cash at once: the period's peak bar is the first bar
+    c = np.array([100.0, 100.0, 102.0, 97.0])
+    day = np.datetime64("2020-01-01", "ns").astype(np.int64)
+    ts = day + np.array([0, 5, 6, 7], dtype=np.int64) * DAY_NS
+    b = Bars("HAND", ts, c, c.copy(), c.copy(), c.copy(), np.ones(4))
+    out = run(b, np.ones(4), cash=1000.0, fill="close", commission=0.01)
+    m = out.metrics
+    units = 1000 / 1.01 / 100
+    e = units * c
+    assert m["avg_drawdown"] == pytest.approx(((e[0] / 1000 - 1) + (e[3] / e[2] - 1)) / 2, rel=1e-12)
+    assert m["avg_drawdown_duration"] == 1.5
+    assert m["max_drawdown_days"] == 6.0  # bar 0 (the starting cash's) → bar 2, which regains 1000
+
+
+def round_trips(moves):
+    """Bars and a target making one trade per price move: in at a close, out at the next close."""
+    rows = []
+    price = 100.0
+    for mv in moves:
+        rows += [price, price * mv]
+        price *= mv
+    c = np.array(rows)
+    ts = np.datetime64("2020-01-01", "ns").astype(np.int64) + np.arange(len(c), dtype=np.int64) * DAY_NS
+    return Bars("HAND", ts, c, c.copy(), c.copy(), c.copy(), np.ones(len(c))), np.tile([1.0, 0.0], len(moves))
+
+
+def test_kelly_and_streaks_by_hand():
+    # trades of +10 %, +10 %, −5 %, +10 %, −5 %, −5 %, −5 % (one unit's worth each time, no costs)
+    moves = [1.1, 1.1, 0.95, 1.1, 0.95, 0.95, 0.95]
+    b, target = round_trips(moves)
+    m = run(b, target, fill="close").metrics
+    assert m["trades"] == 7 and m["win_rate"] == pytest.approx(3 / 7)
+    assert m["max_consecutive_wins"] == 2.0 and m["max_consecutive_losses"] == 3.0
+    assert m["avg_win"] == pytest.approx(0.1, rel=1e-12) and m["avg_loss"] == pytest.approx(-0.05, rel=1e-12)
+    assert m["max_trade_duration"] == m["avg_trade_duration"] == 1.0
+    assert_metrics_equal(m, reference_metrics(b, target, fill="close"))
+    # kelly = W − (1 − W)/R with R = mean winning pnl / |mean losing pnl| (pnl in cash: sizes compound)
+    out = run(b, target, fill="close")
+    pnl = out.trades["pnl"]
+    ratio = pnl[pnl > 0].mean() / -pnl[pnl < 0].mean()
+    assert m["kelly"] == pytest.approx(3 / 7 - (4 / 7) / ratio, rel=1e-12)
+
+
+def test_a_zero_pnl_trade_ends_both_streaks():
+    # win, flat, win, loss, flat, loss: no run longer than one
+    moves = [1.1, 1.0, 1.1, 0.9, 1.0, 0.9]
+    b, target = round_trips(moves)
+    m = run(b, target, fill="close").metrics
+    assert m["trades"] == 6 and m["max_consecutive_wins"] == 1.0 and m["max_consecutive_losses"] == 1.0
+    assert_metrics_equal(m, reference_metrics(b, target, fill="close"))

@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from backtest.engine import SimSettings, TaskOutput, bars_per_year, run_grid
+from backtest.engine import METRIC_NAMES, SimSettings, TaskOutput, bars_per_year, run_grid
+from backtest.engine.orders import excursions_nb
 from backtest.errors import StrategyError
 from backtest.strategy import Strategy
 
@@ -174,6 +175,11 @@ SETTINGS = [
     {"fill": "close", "commission": 0.001},
     {"stop_loss": 0.02, "take_profit": 0.03, "commission": 0.001},
     {"stop_loss": 0.01, "fill": "close", "slippage": 0.001, "units": "integer"},
+    {"trailing_stop": 0.02},
+    {"trailing_stop": 0.015, "fill": "close", "commission": 0.001},
+    {"trailing_stop": 0.02, "stop_loss": 0.01, "take_profit": 0.04, "slippage": 0.0005},
+    {"trailing_stop": 0.01, "stop_loss": 0.03, "fill": "close", "units": "integer", "cash": 10_000.0},
+    {"trailing_stop": 0.025, "take_profit": 0.02, "commission": 0.001, "fee": 1.0},
 ]
 
 
@@ -193,6 +199,27 @@ def random_targets(n, seed, start, rate=0.08):
     return target
 
 
+def assert_trades_equal_reference(b, got_trades, want_trades):
+    assert len(got_trades) == len(want_trades)
+    for got, want in zip(got_trades, want_trades, strict=True):
+        assert (got["entry_index"], got["exit_index"], got["side"], got["closed"], got["bars"]) == (
+            want["entry_index"], want["exit_index"], want["side"], want["closed"], want["bars"])
+        for name, key in [("size", "size"), ("entry_price", "entry_price"), ("exit_price", "exit_price"),
+                          ("pnl", "pnl"), ("return", "ret"), ("fees", "fees"), ("mae", "mae"), ("mfe", "mfe")]:
+            assert got[name] == pytest.approx(want[key], rel=1e-9, abs=1e-9), name
+        assert got["entry_time"] == b.ts[want["entry_index"]] and got["exit_time"] == b.ts[want["exit_index"]]
+
+
+def assert_excursions_agree(b, trades):
+    """The loop's mae/mfe equal the post pass ``excursions_nb`` over the same trades."""
+    again = trades.copy()
+    again["mae"] = np.nan
+    again["mfe"] = np.nan
+    excursions_nb(again, b.high, b.low)
+    np.testing.assert_array_equal(again["mae"], trades["mae"])
+    np.testing.assert_array_equal(again["mfe"], trades["mfe"])
+
+
 @pytest.mark.parametrize("settings", SETTINGS)
 @pytest.mark.parametrize(("seed", "rate"), [(0, 0.08), (1, 0.08), (2, 1.0)])
 def test_kernel_equals_reference(settings, seed, rate):
@@ -202,20 +229,58 @@ def test_kernel_equals_reference(settings, seed, rate):
     trades, equity = ref.simulate(b.open, b.high, b.low, b.close, target, start=25, **settings)
     np.testing.assert_allclose(out.equity, equity, rtol=1e-11)
     assert len(out.trades) == len(trades) > 5
-    for got, want in zip(out.trades, trades, strict=True):
-        assert (got["entry_index"], got["exit_index"], got["side"], got["closed"]) == (
-            want["entry_index"], want["exit_index"], want["side"], want["closed"])
-        for name, key in [("size", "size"), ("entry_price", "entry_price"), ("exit_price", "exit_price"),
-                          ("pnl", "pnl"), ("return", "ret"), ("fees", "fees")]:
-            assert got[name] == pytest.approx(want[key], rel=1e-9, abs=1e-9), name
-        assert got["entry_time"] == b.ts[want["entry_index"]] and got["exit_time"] == b.ts[want["exit_index"]]
-    expected = ref.metrics(equity, trades, settings.get("cash", 100_000.0), 252.0, b.close[25], b.close[-1])
-    for name, value in expected.items():
-        if name != "exposure":
-            assert out.metrics[name] == pytest.approx(value, rel=1e-9, nan_ok=True), name
+    assert_trades_equal_reference(b, out.trades, trades)
+    assert_excursions_agree(b, out.trades)
+    exposed = ref.exposure(trades, 25, 700)
+    expected = ref.metrics(equity, trades, settings.get("cash", 100_000.0), 252.0, b.close[25], b.close[-1],
+                           ts=b.ts[25:], exposed=exposed)
+    assert set(expected) == set(METRIC_NAMES)
+    wrong = {name: (out.metrics[name], value) for name, value in expected.items()
+             if out.metrics[name] != pytest.approx(value, rel=1e-9, nan_ok=True)}
+    assert not wrong, f"metric: (engine, reference): {wrong}"
     # every cash flow belongs to a trade: their pnl adds up to the equity's change
     cash = settings.get("cash", 100_000.0)
     assert out.trades["pnl"].sum() == pytest.approx(out.metrics["final_equity"] - cash, rel=1e-9)
+
+
+@pytest.mark.parametrize("fill", ["next_open", "close"])
+def test_trailing_stops_fire_in_the_random_cases(fill):
+    """The random trailing-stop cases exercise the stop: trades on both sides leave inside a bar."""
+    b = make_bars(700, seed=0, start=25)
+    t = run(b, random_targets(700, 0, 25), trailing_stop=0.02, fill=fill).trades
+    at = t["exit_index"]
+    stopped = t["closed"] & (t["exit_price"] != b.open[at]) & (t["exit_price"] != b.close[at])
+    assert stopped.sum() >= 3 and set(t["side"][stopped].tolist()) == {-1, 1}
+
+
+EXCURSION_CASES = [
+    ({}, [1, 1, 0.5, 0.5, 1, 1, 0, -1, -1, -0.5, -1, 0]),
+    ({"fill": "close"}, [1, 1, 0.5, 0.5, 1, 1, 0, -1, -1, -0.5, -1, 0]),
+    ({"units": "integer", "cash": 10_000.0}, [1, 0.5, 1, 1, -1, -0.5, -1, -1, 0.5, 1, 0.5, 1]),
+    ({"units": "integer", "cash": 10_000.0, "fill": "close"}, [1, 0.5, 1, 1, -1, -0.5, -1, -1, 0.5, 1, 0.5, 1]),
+    ({"stop_loss": 0.01, "take_profit": 0.015}, [1, 1, 0.5, 0.5, 1, 1, 0, -1, -1, -0.5, -1, 0]),
+    ({"trailing_stop": 0.01, "fill": "close"}, [1, 0.5, 1, 1, -1, -0.5, -1, -1, 0.5, 1, 0.5, 1]),
+    ({"trailing_stop": 0.01, "slippage": 0.001}, [1, 0.5, 1, 1, -1, -0.5, -1, -1, 0.5, 1, 0.5, 1]),
+]
+
+
+@pytest.mark.parametrize(("settings", "pattern"), EXCURSION_CASES)
+@pytest.mark.parametrize("seed", [0, 7])
+def test_excursions_loop_equals_post_pass(settings, pattern, seed):
+    """mae/mfe as the loop keeps them (run extremes folded into live lots at each order) equal the
+    post pass over each trade's bars, through partial closes (1 → 0.5 → 1), flips and stops."""
+    b = make_bars(240, seed=seed)
+    target = np.repeat(np.asarray(pattern, dtype=float), 20)
+    out = run(b, target, **settings)
+    assert len(out.trades) >= 6
+    assert_excursions_agree(b, out.trades)
+    trades, _ = ref.simulate(b.open, b.high, b.low, b.close, target, **settings)
+    assert_trades_equal_reference(b, out.trades, trades)
+    t = out.trades
+    assert (t["mae"] <= t["mfe"]).all()
+    # the entry fill lies inside its bar's range (no slippage), so mae ≤ 0 ≤ mfe
+    if not settings.get("slippage"):
+        assert (t["mae"] <= 0).all() and (t["mfe"] >= 0).all()
 
 
 def test_long_series_metrics_equal_reference():
