@@ -82,7 +82,8 @@ def make_tasks(job: Job, parts: PartsFor) -> list[Task]:
 
     strategy = enc({"hash": job.strategy.hash, "class": job.strategy.name})
     members = f'"members":{enc(list(job.symbols))},' if job.universe else ""
-    head = f'{{"engine":{enc(ENGINE_VERSION)},"from":{enc(job.start_ns)},{members}"params":'
+    bench = f'"benchmark":{enc(job.benchmark_key())},' if job.benchmark else ""
+    head = f'{{{bench}"engine":{enc(ENGINE_VERSION)},"from":{enc(job.start_ns)},{members}"params":'
     params_json = [enc(job.strategy_params(p)) for p in job.params_list]
     only = enc(job.settings)
     settings_of: list[str] | None = None  # with settings axes: each parameter set's settings
@@ -147,6 +148,7 @@ def _shard(job: Job, symbol: str, tasks: Sequence[Task], parts: PartsFor) -> Sha
         "end_ns": job.end_ns,
         "settings": job.settings,
         **({"axes": list(job.axes)} if job.axes else {}),
+        **({"benchmark": [job.benchmark, [list(p) for p in job.benchmark_parts]]} if job.benchmark else {}),
         "files": files,
         "groups": [
             {

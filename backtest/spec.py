@@ -13,7 +13,7 @@ A task's key is the sha256 of the canonical JSON of: engine version, strategy so
 class, parameters, symbol, the content hashes of the partitions the task reads, the date range,
 the warm-up in bars and the execution settings; for a portfolio strategy also the universe's
 symbols (``members``; ``symbol`` is then the universe's name, and the partitions are every
-member's, in member order). Nothing random, nothing machine-specific: the same
+member's, in member order); with a benchmark (``--benchmark``) also its symbol and partitions. Nothing random, nothing machine-specific: the same
 inputs give the same key on any machine, so a result is computed once and found again by any run.
 
 This module imports nothing of bt but its hashing and errors.
@@ -90,6 +90,14 @@ class Job:
     #: ``params_list`` then holds a value for each of them beside the strategy's parameters, and
     #: ``settings`` holds the rest
     axes: tuple[str, ...] = ()
+    #: the symbol every task is compared with (``--benchmark SPY``; "" for none) and the
+    #: partitions of its bars over the range (one bar before it included)
+    benchmark: str = ""
+    benchmark_parts: tuple[tuple[str, str], ...] = ()
+
+    def benchmark_key(self) -> dict[str, Any]:
+        """What a task's key holds of the benchmark: its symbol and the hashes of its partitions."""
+        return {"symbol": self.benchmark, "partitions": [h for _, h in self.benchmark_parts]}
 
     def strategy_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """What the strategy is called with: ``params`` less the settings axes' values."""
@@ -144,6 +152,8 @@ def task_key(job: Job, symbol: str, params: dict[str, Any], warmup: int, hashes:
     }
     if job.universe:
         fields["members"] = list(job.symbols)
+    if job.benchmark:
+        fields["benchmark"] = job.benchmark_key()
     try:
         return token(fields)
     except (TypeError, ValueError) as exc:

@@ -32,7 +32,8 @@ from backtest.errors import UsageError, did_you_mean
 
 UNITS = {"y": "years", "m": "months", "d": "days", "b": "bars"}
 #: metrics where lower is better (every other metric: higher is better; max_drawdown is negative)
-LOWER_IS_BETTER = frozenset({"max_drawdown_duration", "volatility"})
+LOWER_IS_BETTER = frozenset({"max_drawdown_duration", "volatility", "avg_drawdown_duration", "max_drawdown_days",
+                             "max_consecutive_losses", "tracking_error"})
 _DAY = 86_400_000_000_000
 
 

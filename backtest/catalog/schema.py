@@ -17,6 +17,7 @@ _ADDED_METRICS = (
     "max_consecutive_wins", "max_consecutive_losses", "max_trade_duration", "avg_trade_duration",
     "exposure_adjusted_return",
 )  # fmt: skip
+_BENCHMARK_METRICS = ("alpha", "beta", "information_ratio", "tracking_error", "benchmark_return")
 METRICS = (*_FIRST_METRICS, *_ADDED_METRICS)
 """The output contract's metric names: the ``results`` table has one DOUBLE column each (NULL for
 the names added later, in the rows of results computed before)."""
@@ -65,10 +66,13 @@ MIGRATIONS: list[str | Callable[[Any, Path], None]] = [
     "ALTER TABLE results ADD COLUMN orders DOUBLE",
     # 4: drawdown periods, omega, Kelly, win/loss and holding-time metrics
     ";\n".join(f'ALTER TABLE results ADD COLUMN "{m}" DOUBLE' for m in _ADDED_METRICS),
+    # 5: tasks compared with a benchmark (NULL for the others)
+    ";\n".join(f'ALTER TABLE results ADD COLUMN "{m}" DOUBLE' for m in _BENCHMARK_METRICS),
 ]
 
-#: metrics only some tasks have (a portfolio's ``orders``): a column each, NULL where a task has none
-OPTIONAL_METRICS = ("orders",)
+#: metrics only some tasks have (a portfolio's ``orders``, those against a ``--benchmark``): a column
+#: each, NULL where a task has none
+OPTIONAL_METRICS = ("orders", *_BENCHMARK_METRICS)
 
 RESULT_COLUMNS = {"key": "VARCHAR", "symbol": "VARCHAR", "params": "VARCHAR", **{m: "DOUBLE" for m in METRICS},
                   "n_trades": "INTEGER", "env": "VARCHAR", "recorded": "DOUBLE",

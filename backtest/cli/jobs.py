@@ -95,8 +95,9 @@ def run(
     walk_forward: Annotated[str | None, typer.Option("--walk-forward", help="Walk-forward optimization: train=3y,test=1y[,step=6m] (units y, m, d, or b for bars). Each fold picks the best set on its train window and tests it on the next test window.", show_default=False)] = None,
     holdout: Annotated[str | None, typer.Option("--holdout", help="One out-of-sample split: optimize before this date (2022 or 2022-07-01), test from it to --to.", show_default=False)] = None,
     anchored: Annotated[bool, typer.Option("--anchored", help="Walk-forward: every train window starts at --from (default: rolling).")] = False,
-    select: Annotated[str | None, typer.Option("--select", help="Walk-forward: the in-sample metric that picks each fold's set (default sharpe; highest wins, lowest for volatility and max_drawdown_duration).", show_default=False)] = None,
+    select: Annotated[str | None, typer.Option("--select", help="Walk-forward: the in-sample metric that picks each fold's set (default sharpe; highest wins; lowest for volatility and the drawdown-duration, losing-streak and tracking-error metrics).", show_default=False)] = None,
     min_trades: Annotated[int | None, typer.Option("--min-trades", help="Walk-forward: sets with fewer in-sample trades are not eligible.", show_default=False)] = None,
+    benchmark: Annotated[str | None, typer.Option("--benchmark", help="A symbol of the store to compare every task with (alpha, beta, information ratio, tracking error, its return over the same bars); the HTML report draws it beside the equity.", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Recompute tasks even when their results are stored.")] = False,
     accept_new_hosts: Annotated[bool, typer.Option("--accept-new-hosts", help="Record unknown SSH host keys on first contact.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object at the end instead of the live display.")] = False,
@@ -115,6 +116,7 @@ def run(
       bt run strategies/sma_cross.py --from 2015 --to 2024 --walk-forward train=3y,test=1y --select sharpe
       bt run strategies/sma_cross.py --from 2015 --to 2024 --holdout 2022     (optimize on 2015-2021, test 2022-2024)
       bt run strategies/sma_cross.py --from 2020 --to 2024 --stop-loss 0.02:0.10:0.02 --trailing-stop 0.05,0.1
+      bt run strategies/sma_cross.py --from 2020 --to 2024 --benchmark SPY
 
     Several values of --commission, --slippage, --stop-loss, --take-profit or --trailing-stop make that setting an axis of the grid: one task per combination, shown like a parameter, indicators computed once for all of them.
 
@@ -134,6 +136,7 @@ def run(
                   "leverage": leverage, **_setting_values(commission=commission, slippage=slippage, stop_loss=stop_loss,
                                                           take_profit=take_profit, trailing_stop=trailing_stop)},
         walk_forward=walk_forward, holdout=holdout, anchored=anchored, select=select, min_trades=min_trades,
+        benchmark=benchmark,
     )
     if workers is not None and workers < 1:
         raise UsageError("--workers must be at least 1")
@@ -434,6 +437,15 @@ def report(
                 _emit(rep.write_table(table, fmt.value, out))
             return
         rows = rep.trades_rows(selected[0]["key"], tz=tz)
+        from backtest.report.equity import with_excursions
+        from backtest.worker import tuning
+
+        tuning.warm_up()
+        said = with_excursions(run_row, selected[0]["key"], rows, records)
+        if said:
+            from backtest.cli.render import warn_line
+
+            warn_line(said)
         if fmt == Format.table:
             console.print(rep.render_task(selected[0], rows))
         else:

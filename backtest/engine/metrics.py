@@ -293,3 +293,84 @@ def curve_metrics(equity: np.ndarray, cash0: float, trades: np.ndarray, exposed:
     return metrics_nb(cash0, final, count, mean, m2, down2, max_dd, max_under, exposed, bars_per_year, rows,
                       trades.shape[0], first_close, last_close, curve)
 
+
+
+#: metrics a task has when it is compared with a benchmark (``--benchmark``)
+BENCHMARK_METRICS = ("alpha", "beta", "information_ratio", "tracking_error", "benchmark_return")
+
+
+@njit(cache=True, error_model="numpy")
+def benchmark_nb(equity: np.ndarray, cash0: float, bench: np.ndarray, bars_per_year: float) -> np.ndarray:
+    """``BENCHMARK_METRICS`` of the equity curve ``equity`` (one value per bar from the start;
+    the starting cash before it) against ``bench``: the benchmark's close at each of those bars
+    and at the bar before the first (``len(equity) + 1`` values; NaN where it has none yet).
+
+    Bars whose benchmark return is not known (no close at the bar or the bar before) are left out
+    of both series. With r the strategy's and b the benchmark's bar returns over the bars kept:
+    beta = cov(r, b) / var(b); alpha = (1 + mean(r − beta·b))^bars_per_year − 1 (empyrical's
+    ``alpha`` with no risk-free rate); tracking_error = std(r − b, ddof=1)·√bars_per_year;
+    information_ratio = mean(r − b) / std(r − b, ddof=1)·√bars_per_year; benchmark_return = the
+    benchmark's last close / its first close over the bars, − 1."""
+    out = np.full(5, np.nan)
+    n = equity.shape[0]
+    count = 0
+    sr = 0.0
+    sb = 0.0
+    first = np.nan
+    last = np.nan
+    for t in range(n):
+        prev = cash0 if t == 0 else equity[t - 1]
+        b0 = bench[t]
+        b1 = bench[t + 1]
+        if b1 == b1 and first != first:
+            first = b1 if b0 != b0 else b0
+        if b1 == b1:
+            last = b1
+        if b0 == b0 and b1 == b1 and prev > 0.0:
+            sr += (equity[t] - prev) / prev
+            sb += b1 / b0 - 1.0
+            count += 1
+    if first == first:
+        out[4] = last / first - 1.0
+    if count < 2:
+        return out
+    mr = sr / count
+    mb = sb / count
+    cov = 0.0
+    var_b = 0.0
+    sa = 0.0
+    sa2 = 0.0
+    for t in range(n):
+        prev = cash0 if t == 0 else equity[t - 1]
+        b0 = bench[t]
+        b1 = bench[t + 1]
+        if b0 == b0 and b1 == b1 and prev > 0.0:
+            r = (equity[t] - prev) / prev
+            b = b1 / b0 - 1.0
+            cov += (r - mr) * (b - mb)
+            var_b += (b - mb) * (b - mb)
+            a = r - b
+            sa += a
+            sa2 += a * a
+    active_mean = sa / count
+    active_var = max(sa2 - sa * sa / count, 0.0) / (count - 1)
+    if var_b > 0.0:
+        beta = cov / var_b
+        out[1] = beta
+        out[0] = (1.0 + (mr - beta * mb)) ** bars_per_year - 1.0
+    if active_var > 0.0:
+        sd = np.sqrt(active_var)
+        out[3] = sd * np.sqrt(bars_per_year)
+        out[2] = active_mean / sd * np.sqrt(bars_per_year)
+    return out
+
+
+def aligned_closes(ts: np.ndarray, start: int, bench_ts: np.ndarray, bench_close: np.ndarray) -> np.ndarray:
+    """The benchmark's close at each bar ``ts[start−1 …]`` (NaN for the bar before ``start``
+    when there is none): its last close at or before that bar's time, NaN before its first."""
+    when = ts[max(start - 1, 0):]
+    at = np.searchsorted(bench_ts, when, side="right") - 1
+    out = np.where(at >= 0, bench_close[np.maximum(at, 0)], np.nan)
+    if start == 0:  # no bar before the first: its return is unknown
+        out = np.concatenate([[np.nan], out])
+    return out

@@ -103,6 +103,8 @@ def trade_records_nb(rows: np.ndarray, k: int, ts: np.ndarray, out: np.ndarray) 
         rec["entry_index"] = entry
         rec["exit_index"] = exit_
         rec["closed"] = rows[j, 3] != 0.0
+        rec["mae"] = np.nan
+        rec["mfe"] = np.nan
 
 
 @njit(cache=True, error_model="numpy")
@@ -110,9 +112,9 @@ def excursions_nb(records: np.ndarray, high: np.ndarray, low: np.ndarray) -> Non
     """Each trade's ``mae`` and ``mfe``: the worst and best price its position saw, from the highs
     and lows of the bars from its entry bar to its exit bar (both included), as a fraction of its
     entry price: for a long, lowest low / entry − 1 and highest high / entry − 1; for a short,
-    1 − highest high / entry and 1 − lowest low / entry. (The simulation computes the same in its
-    loop; this is for portfolio trades, ``high``/``low`` then being bars × symbols and the
-    column each record's ``symbol_index``.)"""
+    1 − highest high / entry and 1 − lowest low / entry. ``high``/``low`` are the bars' (one
+    symbol's), or bars × symbols for portfolio trades (the column is each record's
+    ``symbol_index``)."""
     for j in range(records.shape[0]):
         rec = records[j]
         col = 0 if high.ndim == 1 else rec["symbol_index"]
@@ -155,6 +157,4 @@ def stored_records_nb(trades: np.ndarray, out: np.ndarray) -> bool:
         o.fees = r.fees
         o.bars = np.int32(r.bars)
         o.closed = r.closed
-        o["mae"] = r["mae"]
-        o["mfe"] = r["mfe"]
     return True

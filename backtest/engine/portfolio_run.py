@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from backtest.engine.metrics import bars_per_year
+from backtest.engine.metrics import aligned_closes, bars_per_year
 from backtest.engine.orders import excursions_nb
 from backtest.engine.portfolio import portfolio_nb
 from backtest.engine.records import PORTFOLIO_METRIC_NAMES, PORTFOLIO_TRADE_DTYPE, TaskOutput
-from backtest.engine.run import call_strategy, label, when
+from backtest.engine.run import call_strategy, compared, label, when
 from backtest.engine.settings import SimSettings
 from backtest.engine.universe import Universe
 from backtest.errors import StrategyError
@@ -32,6 +32,7 @@ def run_portfolio_grid(
     each: Sequence[SimSettings],
     *,
     want_equity: bool = False,
+    benchmark: Any = None,
 ) -> list[TaskOutput | StrategyError]:
     """One ``TaskOutput`` (metrics ``PORTFOLIO_METRIC_NAMES``, trades ``PORTFOLIO_TRADE_DTYPE``) or
     ``StrategyError`` per parameter dict (simulated with the settings ``each`` gives it), in
@@ -40,25 +41,29 @@ def run_portfolio_grid(
     cache: dict[Any, Any] = {}
     bpy = bars_per_year(u.ts)
     hold = buy_and_hold(u)
+    bench = None if benchmark is None else aligned_closes(u.ts, u.start, benchmark.ts, benchmark.close)
     out: list[TaskOutput | StrategyError] = []
     for params, settings in zip(params_list, each, strict=True):
         try:
             raw = call_strategy(strategy_cls, params, cache, "weights", u, u.symbol)
             w = checked_weights(raw, u, label(strategy_cls, params, u.symbol), settings.leverage)
-            out.append(_simulate(u, w, settings, bpy, hold, want_equity, strategy_cls, params))
+            done = _simulate(u, w, settings, bpy, hold, want_equity or bench is not None, strategy_cls, params,
+                             want_equity)
+            out.append(done if bench is None else compared(done, bench, settings.cash, bpy, want_equity))
         except StrategyError as exc:
             out.append(exc)
     return out
 
 
 def _simulate(u: Universe, w: np.ndarray, settings: SimSettings, bpy: float, hold: float, want_equity: bool,
-              strategy_cls: Any, params: dict[str, Any]) -> TaskOutput:
+              strategy_cls: Any, params: dict[str, Any], excursions: bool) -> TaskOutput:
     equity = np.empty(max(len(u) - u.start, 0))
     trades, metrics, orders, skipped = portfolio_nb(
         u.ts, u.open, u.close, w, u.start, settings.cash, settings.commission, settings.fee, settings.slippage,
         settings.fill == "close", settings.units == "integer", bpy, hold, equity, PORTFOLIO_TRADE_DTYPE,
     )
-    excursions_nb(trades, u.high, u.low)  # from each trade's own symbol's bars
+    if excursions:  # from each trade's own symbol's bars
+        excursions_nb(trades, u.high, u.low)
     if skipped:
         print(f"bt: {label(strategy_cls, params, u.symbol)}: {skipped} orders skipped at bars where their symbol "
               "had no bar")

@@ -108,3 +108,6 @@ class TaskOutput:
     equity: np.ndarray | None = None
     #: a portfolio task's symbols, in universe order (``trades["symbol_index"]`` indexes them)
     symbols: tuple[str, ...] = ()
+    #: with a benchmark and ``equity``: its close at the bar before the first and at each bar
+    #: (``metrics.aligned_closes``)
+    benchmark: np.ndarray | None = None

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from backtest.engine.bars import Bars
-from backtest.engine.metrics import bars_per_year
+from backtest.engine.metrics import BENCHMARK_METRICS, aligned_closes, bars_per_year, benchmark_nb
 from backtest.engine.records import METRIC_NAMES, TRADE_DTYPE, TaskOutput
 from backtest.engine.settings import SimSettings
 from backtest.engine.sim import simulate_nb
@@ -34,6 +34,7 @@ def run_grid(
     settings: SimSettings | Sequence[SimSettings],
     *,
     want_equity: bool = False,
+    benchmark: Bars | None = None,
 ) -> list[TaskOutput | StrategyError]:
     """Run ``strategy_cls`` with each parameter dict of ``params_list`` over ``bars`` (a
     ``Universe`` for a portfolio strategy: ``portfolio_run.run_portfolio_grid``), with
@@ -42,7 +43,8 @@ def run_grid(
     Returns one entry per dict, in order: a ``TaskOutput``, or the ``StrategyError`` that task
     raised (``str(err)`` is one line; ``err.details`` holds the user's traceback when there is
     one). Indicators requested through ``Strategy.cached`` are computed once for the whole grid,
-    and a parameter set that appears with several settings asks the strategy once.
+    and a parameter set that appears with several settings asks the strategy once. With
+    ``benchmark`` (bars of another symbol) each output also has ``metrics.BENCHMARK_METRICS``.
     """
     from backtest.engine.universe import Universe
 
@@ -50,12 +52,14 @@ def run_grid(
     if isinstance(bars, Universe):
         from backtest.engine.portfolio_run import run_portfolio_grid
 
-        return run_portfolio_grid(strategy_cls, bars, params_list, each, want_equity=want_equity)
+        return run_portfolio_grid(strategy_cls, bars, params_list, each, want_equity=want_equity,
+                                  benchmark=benchmark)
     bars = _normalised(bars)
     cache: dict[Any, Any] = {}
     bpy = bars_per_year(bars.ts)
     args: dict[SimSettings, tuple[Any, ...]] = {}
     targets: dict[str, Any] | None = {} if len(set(each)) > 1 else None
+    bench = None if benchmark is None else aligned_closes(bars.ts, bars.start, benchmark.ts, benchmark.close)
     outputs: list[TaskOutput | StrategyError] = []
     for params, s in zip(params_list, each, strict=True):
         sim_args = args.get(s)
@@ -66,10 +70,24 @@ def run_grid(
             )
         try:
             target = strategy_target(strategy_cls, bars, params, cache, targets)
-            outputs.append(_simulate(strategy_cls, bars, params, target, sim_args, want_equity))
+            out = _simulate(strategy_cls, bars, params, target, sim_args, want_equity or bench is not None,
+                            want_equity)
+            outputs.append(out if bench is None else compared(out, bench, s.cash, bpy, want_equity))
         except StrategyError as exc:
             outputs.append(exc)
     return outputs
+
+
+def compared(out: TaskOutput, bench: np.ndarray, cash: float, bpy: float, keep_equity: bool) -> TaskOutput:
+    """``out`` with the metrics of its equity against the benchmark's ``bench`` closes
+    (``metrics.aligned_closes``); its equity curve dropped unless ``keep_equity``."""
+    assert out.equity is not None
+    out.metrics.update(zip(BENCHMARK_METRICS, benchmark_nb(out.equity, cash, bench, bpy).tolist(), strict=True))
+    if keep_equity:
+        out.benchmark = bench
+    else:
+        out.equity = None
+    return out
 
 
 def strategy_target(strategy_cls: Any, bars: Bars, params: dict[str, Any], cache: dict[Any, Any],
@@ -101,7 +119,7 @@ def warm_up() -> None:
     ts = np.arange(3, dtype=np.int64) * 60_000_000_000
     x = np.ones(3)
     simulate_nb(ts, x, x, x, x, np.zeros(3), 0, 1.0, 0.0, 0.0, 0.0, False, False, 0.0, 0.0, 0.0,
-                bars_per_year(ts), np.empty(0), TRADE_DTYPE)
+                bars_per_year(ts), np.empty(0), False, TRADE_DTYPE)
 
 
 def _normalised(bars: Bars) -> Bars:
@@ -127,12 +145,13 @@ def _simulate(
     target: np.ndarray,
     sim_args: tuple[Any, ...],
     want_equity: bool,
+    excursions: bool,
 ) -> TaskOutput:
     n = len(bars)
     equity = np.empty(n - bars.start if want_equity else 0)
     simulate: Any = simulate_nb
     bad, trades, metrics = simulate(
-        bars.ts, bars.open, bars.high, bars.low, bars.close, target, *sim_args, equity, TRADE_DTYPE
+        bars.ts, bars.open, bars.high, bars.low, bars.close, target, *sim_args, equity, excursions, TRADE_DTYPE
     )
     if bad >= 0:
         raise StrategyError(

@@ -27,7 +27,14 @@ import numpy as np
 from numba import njit
 
 from backtest.engine.metrics import N_METRICS, metrics_nb
-from backtest.engine.orders import TRADE_COLUMNS, merge_nb, stop_fill_nb, trade_records_nb, triggers_nb
+from backtest.engine.orders import (
+    TRADE_COLUMNS,
+    excursions_nb,
+    merge_nb,
+    stop_fill_nb,
+    trade_records_nb,
+    triggers_nb,
+)
 
 __all__ = ["TRADE_COLUMNS", "simulate_nb"]
 
@@ -52,12 +59,15 @@ def simulate_nb(
     trailing_stop: float,
     bars_per_year: float,
     equity_out: np.ndarray,
+    excursions: bool,
     trade_dtype: np.dtype,
 ) -> tuple[int, np.ndarray, np.ndarray]:
     """Simulate one target series over bars ``start … n−1`` (module docstring: the semantics).
 
     ``stop_loss`` / ``take_profit`` / ``trailing_stop`` of 0 mean off. ``equity_out`` receives
-    E[start …] when its length is ``n − start``; pass an empty array to skip it. ``trade_dtype`` is ``TRADE_DTYPE``
+    E[start …] when its length is ``n − start``; pass an empty array to skip it. ``excursions``:
+    fill the trades' ``mae``/``mfe`` (``orders.excursions_nb``, after the loop: a grid leaves them
+    NaN, and a report that shows them computes its task again), else they are NaN. ``trade_dtype`` is ``TRADE_DTYPE``
     (an argument: kernels use no module globals). Returns ``(bad, trades, metrics)``: ``bad`` is
     −1, or the first bar index ≥ start whose target is not a finite number in [−1, 1] (then the
     rest is empty/NaN); ``trades`` is a ``trade_dtype`` array; ``metrics`` follows
@@ -75,8 +85,8 @@ def simulate_nb(
     # of the time of the whole simulation.)
     capacity = min(max(close.shape[0] - start, 0) // 4, 1 << 20) + 16
     while True:
-        trades = np.empty((capacity, 12))
-        lots = np.empty((capacity, 6))
+        trades = np.empty((capacity, 10))
+        lots = np.empty((capacity, 4))
         status, k, acc, curve = _run_nb(
             ts, open_, high, low, close, target, start, cash0, commission, fee, slippage,
             fill_close, integer_units, stop_loss, take_profit, trailing_stop, equity_out, trades, lots,
@@ -88,15 +98,8 @@ def simulate_nb(
     if status >= 0:
         return status, records, np.full(N_METRICS, np.nan)
     trade_records_nb(trades, k, ts, records)
-    for j in range(k):  # excursions from the highest high and lowest low each lot saw
-        entry = trades[j, 5]
-        rec = records[j]
-        if trades[j, 2] > 0:
-            rec["mae"] = trades[j, 11] / entry - 1.0
-            rec["mfe"] = trades[j, 10] / entry - 1.0
-        else:
-            rec["mae"] = 1.0 - trades[j, 10] / entry
-            rec["mfe"] = 1.0 - trades[j, 11] / entry
+    if excursions:
+        excursions_nb(records, high, low)
     final_eq, count, mean, m2, down2, max_dd, max_under, exposed = acc
     n = close.shape[0]
     first_close = close[start] if start < n else np.nan
@@ -133,11 +136,8 @@ def _run_nb(
     """The bar loop. Returns (status, n_trades, accumulators, ``metrics.CURVE_FIELDS`` values);
     status −1 done, −2 out of room in ``trades``/``lots``, else the index of a bad target.
 
-    ``lots`` rows: units, entry fill price, entry costs not yet attributed to a trade, entry bar,
-    highest high and lowest low seen (live rows head … tail−1); ``trades`` rows follow
-    ``TRADE_COLUMNS`` and then the lot's highest high and lowest low. The extremes of the bars
-    held since the last order run in ``run_hi``/``run_lo`` and are folded into every live lot at
-    each order, so that a bar costs two comparisons whatever the number of lots. Everything that touches
+    ``lots`` rows: units, entry fill price, entry costs not yet attributed to a trade, entry bar
+    (live rows head … tail−1); ``trades`` rows follow ``TRADE_COLUMNS``. Everything that touches
     an array is written out here rather than in helpers: passing an array to a function costs
     numba two reference-count calls, which at every order was most of the time of a change.
     """
@@ -164,8 +164,6 @@ def _run_nb(
     hi = np.inf
     keep_equity = equity_out.shape[0] > 0
     no_curve = np.zeros(5)
-    run_hi = -np.inf
-    run_lo = np.inf
     down1 = 0.0
     dd_sum = 0.0
     dd_n = 0
@@ -234,11 +232,9 @@ def _run_nb(
             u = np.uint64(i)
             block_end = min(n, i + 4096 - b_n)  # the end of the current block of returns
             u_limit = np.uint64(block_end)
-            if trailing:  # the level moves with every bar: each held bar takes the full path
-                u_limit = u
-            elif stops:  # a bar that may fill a stop takes the full path
-                v = u
-                while v < u_limit and low[v] > lo and high[v] < hi:
+            if stops:  # a bar that may fill a stop takes the full path; with a trailing level every
+                v = u  # bar does, the level moving with each (tested here, not before: cheaper)
+                while v < u_limit and not trailing and low[v] > lo and high[v] < hi:
                     v += one
                 u_limit = v
             u_start = np.uint64(start)
@@ -250,8 +246,6 @@ def _run_nb(
                 eq = cash + pos * close[u]
                 if eq <= 0.0:
                     break
-                run_hi = max(run_hi, high[u])
-                run_lo = min(run_lo, low[u])
                 if keep_equity:
                     equity_out[u - u_start] = eq
                 r = (eq - prev_eq) / prev_eq
@@ -300,8 +294,6 @@ def _run_nb(
         # change decided on the previous bar, a stop, the decision at the close (fill="close"),
         # and the liquidation when equity reaches 0.
         opened_close = False  # a position opened at this close: this bar's range came before it
-        run_hi = max(run_hi, high[i])
-        run_lo = min(run_lo, low[i])
         for phase in range(4):
             tgt = 0.0
             raw = -1.0
@@ -337,11 +329,6 @@ def _run_nb(
             if k + (tail - head) + 2 > trades.shape[0] or tail + 1 >= lots.shape[0]:
                 return -2, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0), no_curve
             # The order: at most one close (FIFO over the lots) and one new lot.
-            for j in range(head, tail):
-                lots[j, 4] = max(lots[j, 4], run_hi)
-                lots[j, 5] = min(lots[j, 5], run_lo)
-            run_hi = high[i]
-            run_lo = low[i]
             was = side
             c_qty = 0.0
             c_px = 0.0
@@ -403,8 +390,6 @@ def _run_nb(
                     trades[k, 7] = pnl
                     trades[k, 8] = pnl / (take * entry_px)
                     trades[k, 9] = entry_fees + exit_fees
-                    trades[k, 10] = lots[head, 4]
-                    trades[k, 11] = lots[head, 5]
                     k += 1
                     if take == lot_units:
                         head += 1
@@ -419,8 +404,6 @@ def _run_nb(
                 lots[tail, 1] = o_px
                 lots[tail, 2] = o_cost
                 lots[tail, 3] = i
-                lots[tail, 4] = high[i]
-                lots[tail, 5] = low[i]
                 tail += 1
             pos = side * units
             if stops and side != 0:  # levels from the lots' size-weighted entry price
@@ -507,8 +490,6 @@ def _run_nb(
         last_px = close[n - 1]
         for j in range(head, tail):
             pnl = side * lots[j, 0] * (last_px - lots[j, 1]) - lots[j, 2]
-            trades[k, 10] = max(lots[j, 4], run_hi)
-            trades[k, 11] = min(lots[j, 5], run_lo)
             trades[k, 0] = lots[j, 3]
             trades[k, 1] = n - 1
             trades[k, 2] = side

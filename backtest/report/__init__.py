@@ -16,10 +16,11 @@ from typing import Any
 from backtest import paths
 from backtest.catalog import METRICS, OPTIONAL_METRICS, Catalog
 from backtest.errors import UsageError, did_you_mean
+from backtest.walkforward import LOWER_IS_BETTER
 
-LOWER_IS_BETTER = {"max_drawdown_duration", "volatility"}
 KEY_METRICS = ("total_return", "sharpe", "max_drawdown", "trades", "win_rate")
-TRADE_COLUMNS = ("entry_time", "exit_time", "side", "size", "entry_price", "exit_price", "pnl", "return", "fees", "bars")
+TRADE_COLUMNS = ("entry_time", "exit_time", "side", "size", "entry_price", "exit_price", "pnl", "return", "fees", "bars",
+                 "mae", "mfe")
 
 
 def _catalog(root: Path | None) -> Catalog:
@@ -287,7 +288,7 @@ def trades_rows(key: str, root: Path | None = None, tz: str = "UTC") -> list[dic
             elif c == "side":
                 row[c] = "long" if v > 0 else "short"
             else:
-                row[c] = v.item()
+                row[c] = None if v != v else v.item()  # NaN: an excursion a result made before them lacks
         rows.append(row)
     return rows
 
@@ -376,13 +377,19 @@ def write_rows(rows: Sequence[dict[str, Any]], fmt: str, out: Path | None) -> st
 # rich renderables -------------------------------------------------------------------------------
 
 
+#: metrics shown as percentages
+PERCENT_METRICS = ("total_return", "cagr", "volatility", "max_drawdown", "exposure", "win_rate", "best_trade",
+                   "worst_trade", "avg_trade", "buy_and_hold_return", "avg_drawdown", "avg_win", "avg_loss",
+                   "exposure_adjusted_return", "alpha", "tracking_error", "benchmark_return")
+
+
 def _fmt(metric: str, v: Any) -> str:
     if v is None:
         return "–"
-    if metric in ("trades", "max_drawdown_duration", "orders"):
+    if metric in ("trades", "max_drawdown_duration", "orders", "max_consecutive_wins", "max_consecutive_losses",
+                  "max_trade_duration"):
         return f"{v:,.0f}"
-    if metric in ("total_return", "cagr", "volatility", "max_drawdown", "exposure", "win_rate", "best_trade",
-                  "worst_trade", "avg_trade", "buy_and_hold_return"):
+    if metric in PERCENT_METRICS:
         return f"{v * 100:.2f}%"
     if metric == "final_equity":
         return f"{v:,.2f}"
@@ -438,6 +445,8 @@ def run_facts(run: dict[str, Any], root: Path | None = None, tz: str = "UTC") ->
         ("settings", ", ".join([f"cash {settings.get('cash', 0):,.0f}", *(cost or ["no costs"]),
                                 f"fill {str(settings.get('fill', '')).replace('_', '-')}",
                                 f"{settings.get('units', '')} units", *stops])),
+        *([("benchmark", job["benchmark"][0])] if job.get("benchmark") else []),
+        *([("grid axes", ", ".join(job["axes"]))] if job.get("axes") else []),
     ]
 
 

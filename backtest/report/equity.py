@@ -40,6 +40,11 @@ class Curve:
     buy_hold: np.ndarray  # the starting cash held in the symbol from the first bar's close, no costs
     trades: np.ndarray  # ``TRADE_DTYPE`` rows; indices are into ``ts`` (not the warm-up)
     metrics: dict[str, float]
+    #: the run's benchmark (``--benchmark``) held from the starting cash: its value at each bar
+    #: (NaN before its first close), or None
+    bench: np.ndarray | None = None
+    #: every trade's (mae, mfe), in the stored result's order (a portfolio's ``trades`` is empty)
+    excursions: np.ndarray | None = None
 
 
 def positions(trades: np.ndarray, n: int, offset: int = 0) -> np.ndarray:
@@ -52,6 +57,33 @@ def positions(trades: np.ndarray, n: int, offset: int = 0) -> np.ndarray:
     closed = trades["closed"]
     np.add.at(delta, np.clip(trades["exit_index"][closed] - offset, 0, n), -signed[closed])
     return np.cumsum(delta[:n])
+
+
+def with_excursions(run: dict[str, Any], key: str, rows: list[dict[str, Any]],
+                    records: Sequence[dict[str, Any]] | None = None, root: Path | None = None) -> str:
+    """Fill the ``mae``/``mfe`` of the trade rows of task ``key`` (``report.trades_rows``'s): result
+    files do not keep them (they follow exactly from the bars the key names), so the task is
+    computed again, checked against its stored result. "" when done, else why not (the rows then
+    keep None there)."""
+    from backtest.errors import BtError
+
+    try:
+        (curve,) = curves(run, [key], root, records)
+    except BtError as exc:
+        return f"MAE/MFE not shown: {exc}"
+    assert curve.excursions is not None
+    for row, (mae, mfe) in zip(rows, curve.excursions.tolist(), strict=True):
+        row["mae"], row["mfe"] = mae, mfe
+    return ""
+
+
+def held_from(closes: np.ndarray, cash: float) -> np.ndarray:
+    """``cash`` held in the benchmark from its close before the first bar (else its first close
+    after): its value at each bar, from ``closes`` = ``metrics.aligned_closes``."""
+    known = closes[~np.isnan(closes)]
+    if known.size == 0:
+        return np.full(closes.size - 1, np.nan)
+    return cash * closes[1:] / known[0]
 
 
 def drawdown(equity: np.ndarray) -> np.ndarray:
@@ -136,7 +168,8 @@ def curves(run: str | dict[str, Any], keys: Sequence[str], root: Path | None = N
             held = positions(trades, ts.size)
         bh = cash * close / close[0] if close.size else close
         out[k] = Curve(k, r["symbol"], params, ts, res.equity, drawdown(res.equity), held, close, bh, trades,
-                       res.metrics)
+                       res.metrics, None if res.benchmark is None else held_from(res.benchmark, cash),
+                       np.column_stack([res.trades["mae"], res.trades["mfe"]]))
     return [out[k] for k in keys]
 
 

@@ -301,6 +301,7 @@ def _page_vars(ctx: Context, present: set[str]) -> dict[str, Any]:
             ("stop loss", f"{settings.stop_loss * 100:g}%" if settings.stop_loss else "off"),
             ("take profit", f"{settings.take_profit * 100:g}%" if settings.take_profit else "off"),
             ("trailing stop", f"{settings.trailing_stop * 100:g}%" if settings.trailing_stop else "off"),
+            *([("benchmark", ctx.job.benchmark)] if ctx.job.benchmark else []),
         ],
         "grid": [(k, len(v), ", ".join(x.strip("'") for x in v[:12]) + (" …" if len(v) > 12 else ""))
                  for k, v in grid.items()],
@@ -613,6 +614,7 @@ def prepare_charts(curves: list[Curve], ctx: Context) -> Charts:
             "t": _local_ms(c.ts[keep], tz), "equity": c.equity[keep].astype(np.float32),
             "hold": c.buy_hold[keep].astype(np.float32), "dd": (c.drawdown[keep] * 100).astype(np.float32),
             "close": c.close[keep].astype(np.float32), "pos": c.position[keep].astype(np.float32),
+            "bench": (c.bench[keep] if c.bench is not None else np.full(keep.size, np.nan)).astype(np.float32),
         })  # fmt: skip
         t = c.trades
         entry_i, exit_i = t["entry_index"], t["exit_index"][t["closed"]]
@@ -641,7 +643,9 @@ def prepare_charts(curves: list[Curve], ctx: Context) -> Charts:
             f"<b>{html.escape(c.symbol)}</b> {html.escape(_params_text(c.params))} · "
             f"total return {_fmt('total_return', m['total_return'])} (buy &amp; hold "
             f"{_fmt('buy_and_hold_return', m['buy_and_hold_return'])}) · sharpe {_fmt('sharpe', m['sharpe'])} · "
-            f"max drawdown {_fmt('max_drawdown', m['max_drawdown'])} · {int(m['trades'])} trades{thin}<br>"
+            f"max drawdown {_fmt('max_drawdown', m['max_drawdown'])} · {int(m['trades'])} trades{thin}"
+            + (f" · alpha {_fmt('alpha', m['alpha'])}, beta {_fmt('beta', m['beta'])} against {ctx.job.benchmark}"
+               if ctx.job.benchmark and "beta" in m else "") + "<br>"
             f"<code>task {c.key}</code> · final equity {m['final_equity']!r}, re-derived and identical to the "
             "stored result"
         )
@@ -669,13 +673,18 @@ def _task_charts(ctx: Context) -> Any:
     shown = [ColumnDataSource({k: v[: at[1]] for k, v in cols.items()}) for cols, at in stacked]
     xlabel = f"time ({tz})"
     p1 = figure(width=1000, height=280, x_axis_type="datetime", tools="xpan,xwheel_zoom,box_zoom,reset,save",
-                active_scroll="xwheel_zoom", title="equity and buy & hold")
+                active_scroll="xwheel_zoom",
+                title="equity, buy & hold" + (f" and the benchmark {ctx.job.benchmark}" if ctx.job.benchmark else ""))
     p1.line("t", "equity", source=eq, line_width=1.6, legend_label="strategy")
     p1.line("t", "hold", source=eq, line_width=1.2, color="#999999", line_dash="dashed", legend_label="buy & hold")
+    if ctx.job.benchmark:
+        p1.line("t", "bench", source=eq, line_width=1.2, color="#ff7f0e", legend_label=f"benchmark {ctx.job.benchmark}")
     p1.legend.location = "top_left"
     p1.yaxis.formatter = NumeralTickFormatter(format="0,0")
     p1.add_tools(HoverTool(tooltips=[("time", "@t{%F %H:%M}"), ("equity", "@equity{0,0.00}"),
-                                     ("buy & hold", "@hold{0,0.00}"), ("position", "@pos{0,0.[0000]}")],
+                                     ("buy & hold", "@hold{0,0.00}"),
+                                     *([("benchmark", "@bench{0,0.00}")] if ctx.job.benchmark else []),
+                                     ("position", "@pos{0,0.[0000]}")],
                            formatters={"@t": "datetime"}, mode="vline"))
     p2 = figure(width=1000, height=150, x_axis_type="datetime", x_range=p1.x_range, tools="", toolbar_location=None,
                 title="drawdown (%)")

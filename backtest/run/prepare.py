@@ -103,8 +103,10 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) 
     if len(skipped) == len(symbols):
         raise PlanError(str(first_error) if len(symbols) == 1 else
                         f"no data in the date range for any of the {len(symbols)} symbols ({first_error})")
+    bench, bench_parts = benchmark_of(req, store, start_ns, end_ns)
     job = Job(source, params_list, warmups, [s for s in symbols if s not in skipped], start_ns, end_ns, settings,
-              universe=universe_name(req, symbols) if portfolio else "", axes=tuple(axes))
+              universe=universe_name(req, symbols) if portfolio else "", axes=tuple(axes), benchmark=bench,
+              benchmark_parts=bench_parts)
     if wf is not None:
         return _prepare_walk_forward(req, root, text, job, parts, wf, store, target.capacity, target.url,
                                      skipped, portfolio, (strategy_params, strategy_warmups))
@@ -171,6 +173,29 @@ def _prepare_walk_forward(req: RunRequest, root: Path, text: str | None, job: Jo
     prep.stage2 = stage2(plan, have)
     prep.pending = plan.pending()
     return prep
+
+
+def benchmark_of(req: RunRequest, store: Any, start_ns: int, end_ns: int) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The ``--benchmark`` symbol and the partitions of its bars over the range (and the bar
+    before it); ("", ()) without one. An unknown symbol, or one with no bar in the range, is an
+    error here."""
+    if req.benchmark is None:
+        return "", ()
+    symbol = req.benchmark.strip().upper()
+    if not symbol:
+        raise UsageError("--benchmark is empty; give a symbol of the store, e.g. --benchmark SPY")
+    return symbol, benchmark_parts(store, symbol, start_ns, end_ns)
+
+
+def benchmark_parts(store: Any, symbol: str, start_ns: int, end_ns: int) -> tuple[tuple[str, str], ...]:
+    """(path, sha256) of the partitions holding ``symbol``'s bars over [start_ns, end_ns] and the
+    bar before it."""
+    try:
+        found = store.resolve(symbol, start_ns, end_ns, 1)
+    except DataError as exc:
+        raise DataError(f"--benchmark: {exc}" if str(exc).startswith("unknown symbol") else
+                        f"--benchmark {symbol}: {exc}; choose another benchmark or range") from None
+    return tuple((p.path, p.sha256) for p in found)
 
 
 def universe_name(req: RunRequest, symbols: list[str]) -> str:

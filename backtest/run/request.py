@@ -36,6 +36,8 @@ class RunRequest:
     anchored: bool = False
     select: str | None = None
     min_trades: int | None = None
+    #: a symbol of the store every task is compared with (``--benchmark``)
+    benchmark: str | None = None
 
     def executor_url(self) -> str:
         """The executor URL that ``--executor``, ``--hosts`` and ``--workers`` name."""

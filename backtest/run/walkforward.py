@@ -16,7 +16,7 @@ every fold. Everything is keyed as usual: an interrupted run resumes from what i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from backtest.errors import DataError, PlanError
@@ -39,13 +39,13 @@ class Window:
 
     def to_json(self) -> dict[str, Any]:
         return {"role": self.role, "fold": self.fold, "start_ns": self.job.start_ns, "end_ns": self.job.end_ns,
-                "symbols": self.job.symbols, "parts": [[s, w, files] for (s, w), files in self.parts.items()]}
+                "symbols": self.job.symbols, "parts": [[s, w, files] for (s, w), files in self.parts.items()],
+                **({"benchmark_parts": self.job.benchmark_parts} if self.job.benchmark else {})}
 
     def task_for(self, symbol: str, index: int) -> Task | None:
         """The task of parameter set ``index`` on ``symbol`` (or the universe) in this window."""
-        one = Job(self.job.strategy, [self.job.params_list[index]], [self.job.warmups[index]],
-                  self.job.symbols if self.job.universe else [symbol], self.job.start_ns, self.job.end_ns,
-                  self.job.settings, self.job.universe, self.job.axes)
+        one = replace(self.job, params_list=[self.job.params_list[index]], warmups=[self.job.warmups[index]],
+                      symbols=self.job.symbols if self.job.universe else [symbol])
         tasks = make_tasks(one, self.parts)
         return tasks[0] if tasks else None
 
@@ -138,8 +138,13 @@ def plan_walk_forward(base: Job, wf: WalkForward, store: Any, results: Any) -> W
             what = "the universe" if portfolio else ", ".join(missing)
             plan.notes.append(f"{what}: no bars in the {role} window {fmt_day(lo)}..{fmt_day(hi)}"
                               + f" of fold {fold + 1}; left out there")
-        job = Job(base.strategy, base.params_list, base.warmups, present if not portfolio or not missing else [],
-                  lo, hi, base.settings, base.universe, base.axes)
+        bench: tuple[tuple[str, str], ...] = ()
+        if base.benchmark and (present if not portfolio or not missing else []):
+            from backtest.run.prepare import benchmark_parts
+
+            bench = benchmark_parts(store, base.benchmark, lo, hi)
+        job = replace(base, symbols=present if not portfolio or not missing else [], start_ns=lo, end_ns=hi,
+                      benchmark_parts=bench)
         return Window(role, fold, job, parts)
 
     for f in folds:

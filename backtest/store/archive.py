@@ -10,6 +10,7 @@ Files written once by content: the same job or source run again is stored once.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,9 @@ def run_job(root: Path, run: dict[str, Any]) -> tuple[Job, PartsFor]:
     parts = {(s, w): [(f[0], f[1]) for f in files] for s, w, files in spec["parts"]}
     job = Job(source, spec["params"], spec["warmups"], spec["symbols"], spec["start_ns"], spec["end_ns"],
               json.loads(run["settings"]), universe=spec.get("universe", ""), axes=tuple(spec.get("axes", ())))
+    if "benchmark" in spec:
+        symbol, bparts = spec["benchmark"]
+        job = replace(job, benchmark=symbol, benchmark_parts=tuple((p, h) for p, h in bparts))
     return job, parts
 
 
@@ -86,8 +90,8 @@ def run_windows(root: Path, run: dict[str, Any]) -> list[tuple[str, int, Job, Pa
     out: list[tuple[str, int, Job, PartsFor]] = []
     for w in spec["walk_forward"]["windows"]:
         wparts = {(s, wu): [(f[0], f[1]) for f in files] for s, wu, files in w["parts"]}
-        job = Job(base.strategy, base.params_list, base.warmups, w["symbols"], w["start_ns"], w["end_ns"],
-                  base.settings, base.universe, base.axes)
+        job = replace(base, symbols=w["symbols"], start_ns=w["start_ns"], end_ns=w["end_ns"],
+                      benchmark_parts=tuple((p, h) for p, h in w.get("benchmark_parts", ())))
         out.append((w["role"], w["fold"], job, wparts))
     return out
 

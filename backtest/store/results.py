@@ -7,7 +7,7 @@ A result file is made by the worker (on any host) and written whole by the coord
 The header holds the key, symbol, params, metric names, trade count and dtype, the codec of the
 trades block and the environment versions (python, numpy, numba, bt) — nothing host- or
 time-specific, so the same task gives the same bytes anywhere. The trailing sha256 covers all
-that precedes it: a torn or damaged file is detected on read. Trades are stored raw, 78 bytes a
+that precedes it: a torn or damaged file is detected on read. Trades are stored raw, 62 bytes a
 trade (``STORED_TRADE_DTYPE``: what can be derived exactly is derived on reading); equity curves
 are not stored: they are re-derived on demand by re-running the task, which is deterministic (see
 ``bt verify``).
@@ -124,11 +124,11 @@ class Encoder:
 #: How a result file stores trades (``STORED_TRADE_DTYPE``): the engine's ``TRADE_DTYPE`` less
 #: what reading derives exactly (``return`` = pnl / (size · entry_price), the kernel's own
 #: expression) and less the bar indices (positions in the slice the task ran on, meaningless
-#: outside it; ``bars`` keeps the holding period) — 78 bytes a trade instead of 106.
+#: outside it; ``bars`` keeps the holding period; ``mae``/``mfe``, derived from the bars the key
+#: names, are computed again when shown) — 62 bytes a trade instead of 106.
 _STORED_FIELDS = [
     ("entry_time", "<i8"), ("exit_time", "<i8"), ("side", "i1"), ("size", "<f8"), ("entry_price", "<f8"),
-    ("exit_price", "<f8"), ("pnl", "<f8"), ("fees", "<f8"), ("bars", "<i4"), ("closed", "?"), ("mae", "<f8"),
-    ("mfe", "<f8"),
+    ("exit_price", "<f8"), ("pnl", "<f8"), ("fees", "<f8"), ("bars", "<i4"), ("closed", "?"),
 ]
 #: What reading a result file gives (``READ_TRADE_DTYPE``): the stored fields with ``return``
 #: back (and ``bars`` as int64, as in ``TRADE_DTYPE``).
@@ -202,7 +202,7 @@ def _read_trades(stored: np.ndarray) -> np.ndarray:
     for name in read_dtype.names or ():
         if name in names:
             out[name] = stored[name]
-        elif name != "return":  # excursions of a file written before trades had them: unknown
+        elif name != "return":  # excursions: not stored (``report.trades_rows`` computes them again)
             out[name] = np.nan
     with np.errstate(divide="ignore", invalid="ignore"):
         out["return"] = stored["pnl"] / (stored["size"] * stored["entry_price"])

@@ -4,6 +4,7 @@ A shard spec (JSON)::
 
     {"id", "symbol", "strategy": <source hash>, "start_ns", "end_ns", "settings": {...},
      "axes": [setting name, ...],                  # settings axes only: each task's params hold their values
+     "benchmark": [symbol, [[path, data_sha256], ...]],  # --benchmark only: its bars over the range
      "files": [[path, data_sha256], ...],          # in year order, enough for the largest warm-up
      "groups": [{"warmup": w, "parts": [sha256, ...], "tasks": [[key, params], ...]}, ...],
      "members": [[symbol, n_files], ...]}          # a portfolio's universe only: whose ``files`` are whose
@@ -153,18 +154,24 @@ class Runner:
             return path
         return self.data_root / path
 
-    def _load(self, spec: dict[str, Any]) -> tuple[Any, Any, Any]:
-        """The strategy class, the settings and the bars (enough for the widest warm-up) of a shard."""
+    def _load(self, spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+        """The strategy class, the settings, the bars (enough for the widest warm-up) and the
+        benchmark's bars (or None) of a shard."""
         from backtest.data import read_bars
         from backtest.engine import SimSettings
 
         cls = self.strategies[spec["strategy"]]
         settings = SimSettings(**spec["settings"])
+        bench = None
+        if "benchmark" in spec:
+            symbol, bfiles = spec["benchmark"]
+            bench = read_bars(symbol, [(self._path(p), h) for p, h in bfiles], spec["start_ns"], spec["end_ns"], 1,
+                              self.bars_cache)
         files = [(self._path(p), h) for p, h in spec["files"]]
         max_warmup = max(g["warmup"] for g in spec["groups"])
         if "members" not in spec:
             bars = read_bars(spec["symbol"], files, spec["start_ns"], spec["end_ns"], max_warmup, self.bars_cache)
-            return cls, settings, bars
+            return cls, settings, bars, bench
         # a universe: each member's bars from its own files, aligned on the union of their times
         from backtest.engine.universe import align
 
@@ -175,7 +182,7 @@ class Runner:
                                      self.bars_cache))
             at += count
         widest = max(spec["groups"], key=lambda g: g["warmup"])
-        return cls, settings, align(members, spec["start_ns"], max_warmup, spec["symbol"], widest["parts"])
+        return cls, settings, align(members, spec["start_ns"], max_warmup, spec["symbol"], widest["parts"]), bench
 
     def replay(self, spec: dict[str, Any]) -> list[tuple[str, Any, Any]]:
         """Run a shard's tasks again in this process, keeping each one's equity curve: one
@@ -183,12 +190,12 @@ class Runner:
         The same bars, slices and settings as ``run_shard``, so the same metrics, bit for bit."""
         from backtest.engine import run_grid
 
-        cls, settings, bars = self._load(spec)
+        cls, settings, bars, bench = self._load(spec)
         out: list[tuple[str, Any, Any]] = []
         with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
             for gbars, tasks in _by_slice(bars, spec["groups"]):
                 params, each = split_axes(spec, settings, tasks)
-                outcomes = run_grid(cls, gbars, params, each, want_equity=True)
+                outcomes = run_grid(cls, gbars, params, each, want_equity=True, benchmark=bench)
                 out.extend((key, gbars, res) for (key, _), res in zip(tasks, outcomes, strict=True))
         return out
 
@@ -201,7 +208,7 @@ class Runner:
         sid = spec["id"]
         t0 = time.perf_counter()
         try:
-            cls, settings, bars = self._load(spec)
+            cls, settings, bars, bench = self._load(spec)
         except BtError as exc:
             emit({"t": "shard_error", "shard": sid, "error": str(exc), "details": ""})
             return
@@ -220,7 +227,7 @@ class Runner:
             out = CappedText(OUTPUT_LIMIT)
             with redirect_stdout(out), redirect_stderr(out):
                 try:
-                    outcomes: list[Any] = run_grid(cls, gbars, params, each)
+                    outcomes: list[Any] = run_grid(cls, gbars, params, each, benchmark=bench)
                 except Exception as exc:  # the engine itself failed: every task of the group fails
                     outcomes = [exc] * len(keys)
             text = out.getvalue()

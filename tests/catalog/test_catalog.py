@@ -258,3 +258,30 @@ def test_a_catalog_of_the_first_schema_moves_its_jobs_into_files(tmp_path):
     (tmp_path / "jobs" / f"{cat.run('r1')['job_hash']}.json").unlink()
     with pytest.raises(CatalogError, match="job of run r1 is not stored"):
         load_job(tmp_path, cat.run("r1"))
+
+
+def test_results_recorded_before_the_added_metrics_read_as_missing(tmp_path):
+    """Migrations 4 and 5 add metric columns; rows recorded before hold NULL there (shown as
+    missing), and the rows recorded after hold every metric."""
+    import duckdb
+
+    from backtest.catalog import METRICS, OPTIONAL_METRICS
+
+    path = tmp_path / "c.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute(MIGRATIONS[0])
+    con.execute("CREATE TABLE schema_migrations (version INTEGER, applied DOUBLE)")
+    con.execute("INSERT INTO schema_migrations VALUES (1, 0.0)")
+    con.execute("ALTER TABLE runs ADD COLUMN job_hash VARCHAR")
+    con.execute("ALTER TABLE runs DROP COLUMN job")
+    con.execute(MIGRATIONS[2])
+    con.execute("INSERT INTO schema_migrations VALUES (2, 0.0), (3, 0.0)")
+    con.execute("INSERT INTO results (key, symbol, sharpe) VALUES ('old', 'AAA', 1.5)")
+    con.close()
+    cat = Catalog(path)
+    cat.create_run(_run("new"))  # the first write applies migrations 4 and 5
+    with cat.connect(read_only=True) as con:
+        cols = [r[0] for r in con.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = 'results'").fetchall()]
+        row = con.execute('SELECT sharpe, omega, "kelly", alpha FROM results WHERE key = ?', ["old"]).fetchone()
+    assert set(METRICS) | set(OPTIONAL_METRICS) <= set(cols)
+    assert row == (1.5, None, None, None)

@@ -81,6 +81,7 @@ def test_one_task_per_parameter_set_same_bits_inline_and_local(root: Path, rotat
     code, out, _ = bt(root, "report", a["run_id"], "--params", "lookback=20,top=2", "--trades", "--format", "json")
     trades = json.loads(out)
     assert code == 0 and trades and {t["symbol"] for t in trades} <= {"AAA", "BBB", "CCC"}
+    assert all(t["mae"] <= t["mfe"] for t in trades)  # each from its own symbol's bars, computed again
     best = next(r for r in rows if r["params"] == {"lookback": 20, "top": 2})
     assert sum(t["pnl"] for t in trades) == pytest.approx(best["metrics"]["final_equity"] - 100_000, rel=1e-9)
 

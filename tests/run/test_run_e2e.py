@@ -135,7 +135,8 @@ def test_report_formats_follow_the_contract(root: Path, sma_path: Path, tmp_path
                       "--format", "csv")
     assert code == 0, out
     lines = out.strip().splitlines()
-    assert lines[0] == '"entry_time","exit_time","side","size","entry_price","exit_price","pnl","return","fees","bars"'
+    assert lines[0] == ('"entry_time","exit_time","side","size","entry_price","exit_price","pnl","return","fees","bars",'
+                        '"mae","mfe"')
     assert len(lines) > 2
     code, out, _ = bt(root, "report", rid)
     assert code == 0 and "top 6 by sharpe" in out and "best parameters per symbol" in out

@@ -106,3 +106,14 @@ class Clash(Strategy):
     # one value is a plain setting: no clash
     code, out, err = bt(root, "run", path, "-s", "AAA", "--stop-loss", "0.02", "--json")
     assert code == 0, err
+
+
+def test_walk_forward_chooses_among_the_settings_too(root: Path, sma_path: Path) -> None:
+    run = run_json(root, sma_path, "--from", "2019", "--to", "2021", "-s", "AAA", "-p", "fast=5,10", "-p", "slow=30",
+                   "--stop-loss", "0.03,0.08", "--walk-forward", "train=1y,test=6m")
+    code, out, err = bt(root, "report", run["run_id"], "--format", "json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert rows and all(r["params"]["stop_loss"] in (0.03, 0.08) for r in rows)
+    code, out, err = bt(root, "verify", run["run_id"])
+    assert code == 0, err + out

@@ -103,8 +103,8 @@ def test_trades_are_stored_compactly_and_read_back_bit_for_bit():
 
     trades = engine_trades()
     data = sample(trades=trades)
-    assert STORED_TRADE_DTYPE.itemsize == 78 and trades.dtype.itemsize == 106
-    assert len(data) < len(sample(trades=trades[:0])) + 79 * len(trades)
+    assert STORED_TRADE_DTYPE.itemsize == 62 and trades.dtype.itemsize == 106
+    assert len(data) < len(sample(trades=trades[:0])) + 63 * len(trades)
     back = decode(data).trades
     assert back.dtype == READ_TRADE_DTYPE
     for name in READ_TRADE_DTYPE.names or ():  # `return` is derived, and equal to the kernel's bits
