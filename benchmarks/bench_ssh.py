@@ -16,7 +16,11 @@ Printed:
   the shard's results (~6 MB a shard); on a job of tiny shards (daily bars, results of a few KB)
   it is the dispatch round trip itself;
 - recovery from a killed host: the job again with one host killed at about 40 % of it: how long
-  until the loss is noticed, and the extra wall time against the undisturbed run.
+  until the loss is noticed, and the extra wall time against the undisturbed run;
+- warm hosts: the time from first contact to the first result of a small job on hosts with no
+  copy of bt (it is shipped, unpacked, and its kernels compiled, once per host), on the same hosts
+  again, and after bt changed outside its kernels (a new copy, the compiled kernels carried over).
+  ``--warm-only`` measures just this.
 
 Hosts run the coordinator's exact Python with bt's environment pre-built (``tests/executors/ssh/farmenv``),
 so no host bootstraps inside a timed run.
@@ -136,6 +140,7 @@ def main() -> None:
     ap.add_argument("--cores", type=int, default=None, help="workers per host (default: what each reports)")
     ap.add_argument("--local", type=int, default=None, help="local workers (default: one per core)")
     ap.add_argument("--repeat", type=int, default=2, help="timed warm runs of each (the best is kept)")
+    ap.add_argument("--warm-only", action="store_true", help="only the first-result times of fresh and warm hosts")
     args = ap.parse_args()
 
     import farmenv
@@ -179,6 +184,10 @@ def main() -> None:
 
     python = farmenv.shared_python()
     env_dirs = farmenv.prebuilt(python)
+    if args.warm_only:
+        warm_hosts(python, env_dirs, roots["tiny"], sma, grid, args.cores)
+        shutil.rmtree(work, ignore_errors=True)
+        return
 
     # local --------------------------------------------------------------------------------------
     local_best = None
@@ -257,7 +266,48 @@ def main() -> None:
               f"loss noticed after {(noticed[0] - killed[0]) * 1000:.0f} ms; "
               f"{summary.computed} tasks, each recorded once")
         assert results(roots["farm"]) == results(roots["local"])
+    warm_hosts(python, env_dirs, roots["tiny"], sma, grid, args.cores)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def warm_hosts(python: str, env_dirs: Any, root: Path, sma: Path, grid: list[str], cores: int | None) -> None:
+    """From first contact to the first result, on 3 hosts without a copy of bt, again on the same
+    hosts, and after bt changed outside its kernels (a new code key: a new copy on every host)."""
+    import hashlib
+
+    import farmenv
+    from netns_farm import Farm
+
+    from backtest.executors.base import ExecutorOptions
+    from backtest.executors.ssh import environment
+    from backtest.executors.ssh.connect import SSHSettings
+    from backtest.executors.ssh.executor import SSHExecutor
+    from backtest.executors.ssh.hostsfile import parse_hosts
+    from backtest.run import RunRequest, prepare
+
+    with Farm.start(3) as farm:
+        for host in farm.hosts:
+            farmenv.provision(host, *env_dirs)
+            farm.exec_in(host, "sh", "-c", 'rm -rf "$HOME/.cache/bt/code"')  # no copy of bt, no kernels
+        lines = [h.line(key=farm.client_key, python=python, **({"cores": cores} if cores else {})) for h in farm.hosts]
+
+        def first_result(label: str) -> None:
+            ex = SSHExecutor(parse_hosts("\n".join(lines)), ExecutorOptions(data_root=root),
+                             settings=SSHSettings(known_hosts=farm.known_hosts))
+            seconds, summary, times = timed_run(prepare(RunRequest(strategy=sma, params=grid, force=True), root), ex)
+            print(f"warm hosts: first result {times.first:.2f} s after first contact, {label} "
+                  f"(job of {summary.computed} tasks: {seconds:.2f} s)")
+
+        first_result("on hosts without a copy of bt (shipped, unpacked, kernels compiled once per host)")
+        first_result("on the same hosts again")
+        real = environment.code_key()
+        environment.code_key = lambda: hashlib.sha256(b"elsewhere" + real.encode()).hexdigest()  # type: ignore[assignment]
+        environment.fingerprint.cache_clear()
+        try:
+            first_result("after bt changed outside its kernels (a new copy, the kernels carried over)")
+        finally:
+            environment.code_key = lambda: real  # type: ignore[assignment]
+            environment.fingerprint.cache_clear()
 
 
 if __name__ == "__main__":

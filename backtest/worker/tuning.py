@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 #: Thread pools a worker keeps to one thread unless its environment says otherwise: workers run
 #: one per core already, so more threads only contend. OpenBLAS (numpy's) also starts a thread
@@ -59,9 +61,39 @@ def cores() -> int:
 
 def warm_up() -> None:
     """Load the simulation kernel from numba's cache now, the lean way (``numba_load``), so that a
-    worker does it while the coordinator still plans rather than when its first shard arrives."""
+    worker does it while the coordinator still plans rather than when its first shard arrives.
+
+    One worker of a machine at a time does it first: the others wait (``kernel_lock``), then load
+    what it compiled, instead of each compiling the same kernels at once on a cold cache."""
     from backtest.engine.run import warm_up as load_kernels
     from backtest.worker import numba_load
 
     numba_load.install()
-    load_kernels()
+    with kernel_lock():
+        load_kernels()
+
+
+@contextmanager
+def kernel_lock() -> Iterator[None]:
+    """Held exclusively by the first process of a machine to warm up bt's kernels, shared by those
+    that come while it does (they wait, then load together). No lock where the kernels' cache
+    folder cannot be written (nothing would be cached there either)."""
+    import fcntl
+
+    from backtest import engine
+
+    folder = os.path.join(os.path.dirname(os.path.abspath(engine.__file__)), "__pycache__")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd = os.open(os.path.join(folder, "bt-warm.lock"), os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    except OSError:
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # another process warms up: wait for its kernels
+        yield
+    finally:
+        os.close(fd)  # releases the lock

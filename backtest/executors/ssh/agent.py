@@ -5,7 +5,8 @@ only under the host's cache dir (``~/.cache/bt``)::
 
     objects/<sha[:2]>/<sha>     shipped files, by the sha256 of their bytes
     envs/<key>/                 a venv of the pinned dependencies; ``.bt-ready`` written last
-    code/<key>/                 the unpacked bt wheel (on PYTHONPATH); ``.bt-ready`` written last
+    code/<key>/                 the unpacked bt wheel (on PYTHONPATH); ``.bt-ready`` written last;
+                                compiled kernels carried over from a copy with the same kernels
     procs/<pgid>                process groups started by ``open_stream`` (for reaping)
 
 Commands (JSON on stdout, one object or one per line):
@@ -267,6 +268,58 @@ def _build_env(plan, env_dir):
     _write_marker(env_dir, {"fingerprint": fingerprint, "pins": plan.get("pins", [])})
 
 
+#: the modification time of every unpacked bt file (the zip entries' own date): numba's cache
+#: checks a kernel's source file by its time and size, so with a fixed time a copy of unchanged
+#: kernel sources accepts the machine code compiled for an earlier copy
+SOURCE_TIME = 315532800  # 1980-01-01 UTC
+
+
+def _kernel_sources(code_dir):
+    """The sha256 of bt's kernel sources in an unpacked copy (``backtest/engine/*.py``: kernels
+    inline each other across these files, so they are judged together), or None."""
+    engine = os.path.join(code_dir, "backtest", "engine")
+    try:
+        names = sorted(n for n in os.listdir(engine) if n.endswith(".py"))
+    except OSError:
+        return None
+    h = hashlib.sha256()
+    for name in names:
+        with open(os.path.join(engine, name), "rb") as fh:
+            h.update(name.encode() + b"\0" + hashlib.sha256(fh.read()).digest())
+    return h.hexdigest()
+
+
+def _carry_kernels(new_dir):
+    """Copy the compiled kernels of the newest other copy of bt whose kernel sources are the same
+    into ``new_dir``: a change to bt elsewhere does not make the host compile them again. Returns
+    how many files were copied."""
+    import shutil
+
+    wanted = _kernel_sources(new_dir)
+    code = os.path.join(CACHE, "code")
+    others = []
+    for name in os.listdir(code) if os.path.isdir(code) else []:
+        path = os.path.join(code, name)
+        cache = os.path.join(path, "backtest", "engine", "__pycache__")
+        if path != new_dir and os.path.isdir(cache) and _ready(path) is not None:
+            others.append((os.path.getmtime(cache), path, cache))
+    for _, path, cache in sorted(others, reverse=True):
+        if _kernel_sources(path) != wanted:
+            continue
+        dest = os.path.join(new_dir, "backtest", "engine", "__pycache__")
+        os.makedirs(dest, exist_ok=True)
+        copied = 0
+        for name in os.listdir(cache):
+            if name.endswith((".nbi", ".nbc", ".bin")):
+                try:
+                    shutil.copy2(os.path.join(cache, name), os.path.join(dest, name))
+                    copied += 1
+                except OSError:
+                    pass  # a file being replaced as we copy: that kernel compiles again, no harm
+        return copied
+    return 0
+
+
 def _build_code(plan, code_dir):
     import shutil
     import zipfile
@@ -276,7 +329,11 @@ def _build_code(plan, code_dir):
         shutil.rmtree(tmp)
     with zipfile.ZipFile(_object_path(plan["code"]["sha"])) as zf:
         zf.extractall(tmp)
-    _write_marker(tmp, {"name": plan["code"]["name"], "version": plan["code"]["version"]})
+    for root, _, files in os.walk(tmp):
+        for name in files:
+            os.utime(os.path.join(root, name), (SOURCE_TIME, SOURCE_TIME))
+    carried = _carry_kernels(tmp)
+    _write_marker(tmp, {"name": plan["code"]["name"], "version": plan["code"]["version"], "kernels": carried})
     if os.path.exists(code_dir):
         shutil.rmtree(code_dir)
     os.rename(tmp, code_dir)

@@ -378,3 +378,36 @@ def test_a_launcher_that_fails_says_why_in_the_hosts_words(farm: Farm, conn1: An
     fake.write_text("#!/bin/sh\nexit 4\n")
     with pytest.raises(HostError, match=r"did not start: exit status 4, nothing on stderr$"):
         open_stream(conn1, ["true"], python=str(fake))
+
+
+WARM_UP = "from backtest.worker.tuning import warm_up; warm_up()"
+
+
+def test_kernels_compiled_on_a_host_survive_a_change_of_bt_elsewhere(farm: Farm, first: RemoteEnv, conn1: Any,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    done = exec_command(conn1, first.command("-c", WARM_UP), timeout=600)  # compiles there, unless done already
+    assert done.returncode == 0, done.stderr
+    assert list((Path(first.code_dir) / "backtest" / "engine" / "__pycache__").glob("*simulate_nb*.nbi"))
+    # bt changes outside its kernels: a new code key, so a new copy of bt on the host
+    real = environment.code_key()
+    monkeypatch.setattr(environment, "code_key", lambda: hashlib.sha256(b"elsewhere" + real.encode()).hexdigest())
+    environment.fingerprint.cache_clear()
+    try:
+        env = bootstrap(conn1, spec_for(farm, farm.hosts[0]))
+        assert env.installed and env.code_dir != first.code_dir
+        marker = json.loads((Path(env.code_dir) / ".bt-ready").read_text())
+        assert marker["kernels"] > 0, marker
+        cache = Path(env.code_dir) / "backtest" / "engine" / "__pycache__"
+        before = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.nbi")}
+        start = time.perf_counter()
+        done = exec_command(conn1, env.command("-c", WARM_UP), timeout=600)
+        seconds = time.perf_counter() - start
+        assert done.returncode == 0, done.stderr
+        # numba rewrites a kernel's index only when it compiles one: none was
+        assert {p.name: p.stat().st_mtime_ns for p in cache.glob("*.nbi")} == before
+        print(f"warm-up in a new copy of bt with the kernels carried over: {seconds:.2f} s")
+    finally:
+        monkeypatch.undo()
+        environment.fingerprint.cache_clear()
