@@ -92,30 +92,26 @@ def compared(out: TaskOutput, bench: np.ndarray, cash: float, bpy: float, keep_e
 
 def strategy_target(strategy_cls: Any, bars: Bars, params: dict[str, Any], cache: dict[Any, Any],
                     targets: dict[str, Any] | None) -> np.ndarray:
-    """The checked target series of ``params`` (kept in ``targets``, when given, for the same
-    parameters under other settings; a failure is kept and raised again too)."""
-    known = None
-    if targets is not None:
-        known = repr(sorted(params.items()))
-        found = targets.get(known)
-        if isinstance(found, StrategyError):
-            raise found
-        if found is not None:
-            return found
-    try:
-        raw = call_strategy(strategy_cls, params, cache, "signals", bars, bars.symbol)
-        target = _checked_target(raw, bars, strategy_cls, params)
-    except StrategyError as exc:
-        if known is not None:
-            targets[known] = exc  # type: ignore[index]
-        raise
-    if known is not None:
-        targets[known] = target  # type: ignore[index]
-    return target
+    """The checked target series of ``params``; with ``targets``, kept there for the same
+    parameters under other settings (a failure is kept, and raised again, too)."""
+    if targets is None:
+        return _checked_target(call_strategy(strategy_cls, params, cache, "signals", bars, bars.symbol), bars,
+                               strategy_cls, params)
+    known = repr(sorted(params.items()))
+    found = targets.get(known)
+    if found is None:
+        try:
+            found = strategy_target(strategy_cls, bars, params, cache, None)
+        except StrategyError as exc:
+            found = exc
+        targets[known] = found
+    if isinstance(found, StrategyError):
+        raise found
+    return found
 
 
 def warm_up() -> None:
-    """Load (or compile) the simulation kernel for ``_run_one``'s argument types now."""
+    """Load (or compile) the simulation kernel for ``_simulate``'s argument types now."""
     ts = np.arange(3, dtype=np.int64) * 60_000_000_000
     x = np.ones(3)
     simulate_nb(ts, x, x, x, x, np.zeros(3), 0, 1.0, 0.0, 0.0, 0.0, False, False, 0.0, 0.0, 0.0,
@@ -147,6 +143,8 @@ def _simulate(
     want_equity: bool,
     excursions: bool,
 ) -> TaskOutput:
+    """One simulation: the equity curve kept with ``want_equity``, the trades' MAE/MFE filled with
+    ``excursions`` (a report re-deriving the task; a grid leaves them NaN)."""
     n = len(bars)
     equity = np.empty(n - bars.start if want_equity else 0)
     simulate: Any = simulate_nb

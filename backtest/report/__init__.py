@@ -288,7 +288,7 @@ def trades_rows(key: str, root: Path | None = None, tz: str = "UTC") -> list[dic
             elif c == "side":
                 row[c] = "long" if v > 0 else "short"
             else:
-                row[c] = None if v != v else v.item()  # NaN: an excursion a result made before them lacks
+                row[c] = None if v != v else v.item()  # NaN: MAE/MFE, not stored (equity.with_excursions)
         rows.append(row)
     return rows
 

@@ -78,7 +78,7 @@ _SELECT = ", ".join(["t.key", "t.symbol", "t.params", "t.status", "t.error", "t.
 def _record(row: tuple[Any, ...], min_trades: int | None = None) -> dict[str, Any]:
     """A task record (as ``report.task_records`` makes them, marked as ``report.mark_eligible``
     marks them) from a row of ``_SELECT``."""
-    from backtest.report import _clean
+    from backtest.report import _clean, mark_eligible
 
     key, sym, params, status, error, cached, *values = row
     rec: dict[str, Any] = {"key": key, "symbol": sym, "params": json.loads(params), "status": status,
@@ -87,8 +87,7 @@ def _record(row: tuple[Any, ...], min_trades: int | None = None) -> dict[str, An
         rec["metrics"] = {m: _clean(v) for m, v in zip(METRICS, values, strict=False)}
         rec["metrics"].update((m, _clean(v)) for m, v in zip(OPTIONAL_METRICS, values[len(METRICS):], strict=True)
                               if v is not None)
-        if min_trades:
-            rec["eligible"] = (rec["metrics"].get("trades") or 0) >= min_trades
+        mark_eligible([rec], min_trades)
     if status == "failed":
         rec["error"] = error
     return rec
