@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -203,6 +204,8 @@ def _plan_facts(prep: Any) -> dict[str, Any]:
             "shards": len(prep.shards), "executor": prep.executor_url, "symbols": len(prep.job.symbols),
             "parameter_sets": len(prep.job.params_list), "estimated_seconds": round(seconds, 1),
             "estimated_bytes": todo * BYTES_PER_RESULT,
+            **({"grid_axes": {a: len({p[a] for p in prep.job.params_list}) for a in prep.job.axes}}
+               if prep.job.axes else {}),
             **({"folds": len(prep.wfo.folds), "out_of_sample_later": prep.pending} if prep.wfo is not None else {})}
 
 
@@ -217,7 +220,12 @@ def _print_plan(prep: Any, as_json: bool) -> None:
         warn_line(note)
     console.print(f"plan: {facts['tasks']:,} tasks ({facts['cached']:,} cached, {facts['to_compute']:,} to compute) "
                   f"in {facts['shards']:,} shards on {facts['executor']}")
-    console.print(f"  {facts['symbols']:,} symbols, {facts['parameter_sets']:,} parameter sets"
+    axes = ""
+    if "grid_axes" in facts:
+        combos = math.prod(facts["grid_axes"].values())
+        axes = f" ({facts['parameter_sets'] // combos:,} of the strategy" + "".join(
+            f" × {n} of {a}" for a, n in facts["grid_axes"].items()) + ")"
+    console.print(f"  {facts['symbols']:,} symbols, {facts['parameter_sets']:,} parameter sets{axes}"
                   + (f", {facts['folds']} walk-forward folds ({facts['out_of_sample_later']:,} out-of-sample tasks "
                      "planned as the folds are decided)" if "folds" in facts else ""))
     console.print(f"  estimate: {_duration_text(facts['estimated_seconds'])} of work and about "

@@ -350,6 +350,9 @@ def _leaderboard(ctx: Context) -> Any:
         data[f"p_{n}"] = [str(v).lower() if isinstance(v, bool) else v for v in vals]
     for m in METRICS:
         data[m] = np.array([np.nan if r["metrics"].get(m) is None else r["metrics"][m] for r in order], dtype=np.float64)
+    flagged = any("eligible" in r for r in order)  # --min-trades: the tasks ranked last say why
+    if flagged:
+        data["eligible"] = ["yes" if r.get("eligible", True) else "no: too few trades" for r in order]
     data["key"] = [r["key"] for r in order]
     source = ColumnDataSource(data)
     editor = CellEditor()  # one shared (read-only table): Bokeh makes a model per column otherwise
@@ -357,6 +360,8 @@ def _leaderboard(ctx: Context) -> Any:
     formats: dict[str, Any] = {}
     cols = [TableColumn(field="rank", title="#", width=45, editor=editor, formatter=text),
             TableColumn(field="symbol", title="symbol", width=80, editor=editor, formatter=text)]
+    if flagged:
+        cols.append(TableColumn(field="eligible", title="eligible", width=130, editor=editor, formatter=text))
     for n in names:
         cols.append(TableColumn(field=f"p_{n}", title=n, width=70, editor=editor, formatter=text))
     shown = [ctx.opts.sort, *(m for m in METRICS if m != ctx.opts.sort)]

@@ -48,3 +48,13 @@ def test_bad_min_trades_is_one_line(root: Path, sma_path: Path) -> None:
     run_id = _grid(root, sma_path)
     code, out, err = bt(root, "report", run_id, "--min-trades", "-3")
     assert code == 2 and err.strip() == "error: --min-trades must be 0 or more, not -3"
+
+
+def test_the_html_leaderboard_says_which_tasks_are_not_eligible(root: Path, sma_path: Path, tmp_path: Path) -> None:
+    run_id = _grid(root, sma_path)
+    page = tmp_path / "r.html"
+    code, out, err = bt(root, "report", run_id, "--format", "html", "--out", page, "--charts", "1", "--min-trades", 10_000)
+    assert code == 0, err
+    assert "no: too few trades" in page.read_text()
+    code, out, err = bt(root, "report", run_id, "--format", "html", "--out", page, "--charts", "1")
+    assert code == 0 and "too few trades" not in page.read_text(), err

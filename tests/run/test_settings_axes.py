@@ -117,3 +117,10 @@ def test_walk_forward_chooses_among_the_settings_too(root: Path, sma_path: Path)
     assert rows and all(r["params"]["stop_loss"] in (0.03, 0.08) for r in rows)
     code, out, err = bt(root, "verify", run["run_id"])
     assert code == 0, err + out
+
+
+def test_the_dry_run_counts_the_axes(root: Path, sma_path: Path) -> None:
+    code, out, err = bt(root, "run", sma_path, "-s", "AAA", "-p", "fast=5,10", "-p", "slow=30", "--stop-loss", "0.02,0.04,0.06",
+                        "--dry-run")
+    assert code == 0, err
+    assert "6 tasks" in out and "6 parameter sets (2 of the strategy × 3 of stop_loss)" in out, out
