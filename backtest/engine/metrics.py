@@ -46,7 +46,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-_DAY_NS = 86_400 * 10**9
+from backtest.engine.records import METRIC_NAMES
+
+DAY_NS = 86_400 * 10**9
 
 
 def bars_per_year(ts: np.ndarray) -> float:
@@ -57,9 +59,9 @@ def bars_per_year(ts: np.ndarray) -> float:
     # The median spacing of (about 4096, evenly spread) pairs of consecutive bars: enough to tell
     # intraday from daily, weekly or monthly bars, and cheap for long series.
     picks = np.arange(1, n, max(1, (n - 1) // 4096))
-    spacing_days = float(np.median(ts[picks] - ts[picks - 1])) / _DAY_NS
+    spacing_days = float(np.median(ts[picks] - ts[picks - 1])) / DAY_NS
     if spacing_days < 20 / 24:  # intraday: 252 trading days × measured bars per day
-        days = ts // _DAY_NS
+        days = ts // DAY_NS
         distinct = 1 + int(np.count_nonzero(days[1:] != days[:-1]))
         return 252.0 * n / distinct
     if spacing_days < 4:
@@ -73,7 +75,16 @@ def bars_per_year(ts: np.ndarray) -> float:
 
 #: ``curve`` layout of ``metrics_nb``: what the equity pass measures beyond mean, variance and drawdown
 CURVE_FIELDS = ("down1", "dd_sum", "dd_count", "dd_bars", "dd_days")
-N_METRICS = 31
+N_METRICS = len(METRIC_NAMES)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def period_end_nb(dd_sum: float, dd_n: int, dd_bars: int, dd_ns: int, depth: float, bars: int,
+                  span_ns: int) -> tuple[float, int, int, int]:
+    """The drawdown periods' accumulators (summed depth, count, summed bars, longest span in ns)
+    with one more period: ``depth`` (its deepest E/peak − 1), ``bars`` long, ``span_ns`` from its
+    peak to the bar that regains it (or the last bar)."""
+    return dd_sum + depth, dd_n + 1, dd_bars + bars, max(dd_ns, span_ns)
 
 
 @njit(cache=True, error_model="numpy")
@@ -246,7 +257,7 @@ def equity_stats_nb(
     dd_sum = 0.0
     dd_n = 0
     dd_bars = 0
-    dd_days = 0.0
+    dd_ns = 0
     for t in range(n):
         eq = equity[t]
         r = (eq - prev) / prev if prev > 0.0 else 0.0
@@ -257,10 +268,8 @@ def equity_stats_nb(
         prev = eq
         if eq >= peak:
             if trough < peak:
-                dd_sum += trough / peak - 1.0
-                dd_n += 1
-                dd_bars += t - peak_i - 1
-                dd_days = max(dd_days, (ts[t] - ts[max(peak_i, 0)]) / 86_400e9)
+                dd_sum, dd_n, dd_bars, dd_ns = period_end_nb(dd_sum, dd_n, dd_bars, dd_ns, trough / peak - 1.0,
+                                                             t - peak_i - 1, ts[t] - ts[max(peak_i, 0)])
             max_under = max(max_under, t - peak_i - 1)
             peak = eq
             trough = eq
@@ -270,11 +279,9 @@ def equity_stats_nb(
             max_dd = min(max_dd, eq / peak - 1.0)
     max_under = max(max_under, n - 1 - peak_i)
     if trough < peak:
-        dd_sum += trough / peak - 1.0
-        dd_n += 1
-        dd_bars += n - 1 - peak_i
-        dd_days = max(dd_days, (ts[n - 1] - ts[max(peak_i, 0)]) / 86_400e9)
-    curve = np.array([down1, dd_sum, float(dd_n), float(dd_bars), dd_days])
+        dd_sum, dd_n, dd_bars, dd_ns = period_end_nb(dd_sum, dd_n, dd_bars, dd_ns, trough / peak - 1.0,
+                                                     n - 1 - peak_i, ts[n - 1] - ts[max(peak_i, 0)])
+    curve = np.array([down1, dd_sum, float(dd_n), float(dd_bars), dd_ns / DAY_NS])
     return n, mean, m2, down2, max_dd, max_under, curve
 
 
@@ -292,7 +299,6 @@ def curve_metrics(equity: np.ndarray, cash0: float, trades: np.ndarray, exposed:
     final = float(equity[-1]) if equity.shape[0] else cash0
     return metrics_nb(cash0, final, count, mean, m2, down2, max_dd, max_under, exposed, bars_per_year, rows,
                       trades.shape[0], first_close, last_close, curve)
-
 
 
 #: metrics a task has when it is compared with a benchmark (``--benchmark``)

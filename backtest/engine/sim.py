@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from backtest.engine.metrics import N_METRICS, metrics_nb
+from backtest.engine.metrics import DAY_NS, N_METRICS, metrics_nb, period_end_nb
 from backtest.engine.orders import (
     TRADE_COLUMNS,
     excursions_nb,
@@ -261,10 +261,9 @@ def _run_nb(
                     if trough < peak:
                         max_dd = min(max_dd, trough / peak - 1.0)
                         max_under = max(max_under, ui - peak_i - 1)
-                        dd_sum += trough / peak - 1.0
-                        dd_n += 1
-                        dd_bars += ui - peak_i - 1
-                        dd_ns = max(dd_ns, ts[ui] - ts[max(peak_i, start)])
+                        dd_sum, dd_n, dd_bars, dd_ns = period_end_nb(
+                            dd_sum, dd_n, dd_bars, dd_ns, trough / peak - 1.0, ui - peak_i - 1,
+                            ts[ui] - ts[max(peak_i, start)])
                     peak = eq
                     trough = eq
                     peak_i = ui
@@ -461,10 +460,8 @@ def _run_nb(
             if trough < peak:
                 max_dd = min(max_dd, trough / peak - 1.0)
                 max_under = max(max_under, i - peak_i - 1)
-                dd_sum += trough / peak - 1.0
-                dd_n += 1
-                dd_bars += i - peak_i - 1
-                dd_ns = max(dd_ns, ts[i] - ts[max(peak_i, start)])
+                dd_sum, dd_n, dd_bars, dd_ns = period_end_nb(dd_sum, dd_n, dd_bars, dd_ns, trough / peak - 1.0,
+                                                             i - peak_i - 1, ts[i] - ts[max(peak_i, start)])
             peak = eq
             trough = eq
             peak_i = i
@@ -478,12 +475,10 @@ def _run_nb(
         mean, m2, count = merge_nb(mean, m2, count, 0.0, 0.0, n_returns - count, 0.0)
     if trough < peak:
         max_dd = min(max_dd, trough / peak - 1.0)
-        dd_sum += trough / peak - 1.0
-        dd_n += 1
-        dd_bars += n - 1 - peak_i
-        dd_ns = max(dd_ns, ts[n - 1] - ts[max(peak_i, start)])
+        dd_sum, dd_n, dd_bars, dd_ns = period_end_nb(dd_sum, dd_n, dd_bars, dd_ns, trough / peak - 1.0,
+                                                     n - 1 - peak_i, ts[n - 1] - ts[max(peak_i, start)])
     max_under = max(max_under, n - 1 - peak_i)
-    curve = np.array([down1, dd_sum, float(dd_n), float(dd_bars), dd_ns / 86_400e9])
+    curve = np.array([down1, dd_sum, float(dd_n), float(dd_bars), dd_ns / DAY_NS])
     if side != 0:  # the open position: marked to the last close, no exit costs
         if k + (tail - head) > trades.shape[0]:
             return -2, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0), no_curve
