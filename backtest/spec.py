@@ -101,15 +101,11 @@ class Job:
 
     def strategy_params(self, params: dict[str, Any]) -> dict[str, Any]:
         """What the strategy is called with: ``params`` less the settings axes' values."""
-        if not self.axes:
-            return params
-        return {k: v for k, v in params.items() if k not in self.axes}
+        return split_axes(params, self.axes)[0] if self.axes else params
 
     def task_settings(self, params: dict[str, Any]) -> dict[str, Any]:
         """The execution settings of the task with ``params``: the job's, with the axes' values."""
-        if not self.axes:
-            return self.settings
-        return {**self.settings, **{a: params[a] for a in self.axes}}
+        return {**self.settings, **split_axes(params, self.axes)[1]} if self.axes else self.settings
 
     def task_symbols(self) -> list[str]:
         """What tasks are filed under: each symbol, or the universe's name."""
@@ -128,6 +124,11 @@ class Job:
                 return None
             out.extend(found)
         return out
+
+
+def split_axes(params: Mapping[str, Any], axes: Sequence[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A parameter set of a job with settings axes → (the strategy's parameters, the axes' values)."""
+    return {k: v for k, v in params.items() if k not in axes}, {a: params[a] for a in axes}
 
 
 @dataclass(frozen=True)

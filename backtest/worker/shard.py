@@ -64,14 +64,17 @@ def split_axes(spec: dict[str, Any], settings: Any, tasks: list[Any]) -> tuple[l
         return [p for _, p in tasks], settings
     from dataclasses import replace
 
+    from backtest.spec import split_axes as split
+
     params = []
     each = []
     made: dict[tuple[Any, ...], Any] = {}
     for _, p in tasks:
-        params.append({k: v for k, v in p.items() if k not in axes})
-        combo = tuple(p[a] for a in axes)
+        strategy_params, values = split(p, axes)
+        params.append(strategy_params)
+        combo = tuple(values.values())
         if combo not in made:
-            made[combo] = replace(settings, **dict(zip(axes, combo, strict=True)))
+            made[combo] = replace(settings, **values)
         each.append(made[combo])
     return params, each
 
