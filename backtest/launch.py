@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     if _forced_local_run(sys.argv[1:] if argv is None else argv):
         from backtest.executors.forkserver import preload
 
-        preload()  # `bt run` adopts it, or stops it if the input turns out bad (unless disabled)
+        preload(sandbox=not _sandbox_off(argv if argv is not None else sys.argv[1:]))  # `bt run` adopts it, or
+        # stops it if the input turns out bad or the guess about the sandbox was wrong
     from backtest.cli import main as cli_main
 
     try:
@@ -50,6 +51,12 @@ def _leave(code: int) -> None:
         except (OSError, ValueError):  # a closed pipe (bt ... | head): nothing more to say
             pass
     os._exit(code)
+
+
+def _sandbox_off(args: list[str]) -> bool:
+    """Whether ``args`` hold ``--sandbox off`` (a guess made before parsing, like the one below)."""
+    return any(a == "--sandbox=off" or (a == "--sandbox" and args[i + 1:i + 2] == ["off"])
+               for i, a in enumerate(args))
 
 
 def _forced_local_run(args: list[str]) -> bool:

@@ -215,6 +215,17 @@ def _grid_rows(
         timeout=ctx.timeout,
         progress=ctx.progress,
     )
+    # What the sandbox costs: the same runs with it off (the rows' ratio is the cost)
+    unboxed = Measurement("bt", workload, "warm numba cache, --sandbox off", bar_evals, procs=procs)
+    measure_repeats(
+        unboxed,
+        lambda i: ([*argv, "--sandbox", "off"], python_env(), REPO_DIR),
+        ctx.repeats,
+        collect=collect,
+        timeout=ctx.timeout,
+        progress=ctx.progress,
+    )
+    unboxed.notes.append(f"the sandbox (on in the row above) costs {sandbox_cost(warm, unboxed)}")
 
     # Cold: a fresh, empty NUMBA_CACHE_DIR per repeat, inherited by bt's workers, so every kernel
     # is compiled again (Python's byte code and the page cache stay warm).
@@ -239,7 +250,13 @@ def _grid_rows(
         cold, cold_run, ctx.repeats, collect=cold_collect, timeout=ctx.timeout, progress=ctx.progress
     )
     shutil.rmtree(cache_base, ignore_errors=True)
-    return [warm, cold]
+    return [warm, unboxed, cold]
+
+
+def sandbox_cost(on: Measurement, off: Measurement) -> str:
+    """The sandbox's cost as the median wall time with it on against off, in per cent."""
+    a, b = on.wall, off.wall
+    return f"{(a / b - 1) * 100:+.1f} % of the median wall time ({a:.3f} s on, {b:.3f} s off)"
 
 
 def run_bt_sma_grid(ctx: BenchContext) -> list[Measurement]:
@@ -331,6 +348,9 @@ def run_bt_rerun(ctx: BenchContext) -> list[Measurement]:
     ]
     n_new = MINUTE.symbols * sum(1 for f, s in SMA_GRID if s == 200)  # 20 symbols x 10 fast values
     cached = _rerun_row(ctx, root, snap, "cached rerun (0 computed)", base, n_tasks, 0)[0]
+    unboxed = _rerun_row(ctx, root, snap, "cached rerun (0 computed), --sandbox off", [*base, "--sandbox", "off"],
+                         n_tasks, 0)[0]
+    unboxed.notes.append(f"the sandbox costs {sandbox_cost(cached, unboxed)} (no worker starts: nothing to compute)")
     one, run_id = _rerun_row(
         ctx,
         root,
@@ -347,7 +367,7 @@ def run_bt_rerun(ctx: BenchContext) -> list[Measurement]:
         reference_sample(ctx.minute_data, new, 3).summary() + " (of the newly computed slow=210 tasks)"
     )
     _restore(root, snap)
-    return [cached, one]
+    return [cached, unboxed, one]
 
 
 def _rerun_row(

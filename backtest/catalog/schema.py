@@ -68,6 +68,8 @@ MIGRATIONS: list[str | Callable[[Any, Path], None]] = [
     ";\n".join(f'ALTER TABLE results ADD COLUMN "{m}" DOUBLE' for m in _ADDED_METRICS),
     # 5: tasks compared with a benchmark (NULL for the others)
     ";\n".join(f'ALTER TABLE results ADD COLUMN "{m}" DOUBLE' for m in _BENCHMARK_METRICS),
+    # 6: the sandbox a run's strategies ran in (JSON: mode, and each host's protections)
+    "ALTER TABLE runs ADD COLUMN sandbox VARCHAR",
 ]
 
 #: metrics only some tasks have (a portfolio's ``orders``, those against a ``--benchmark``): a column

@@ -71,11 +71,15 @@ def check(
 
         with console.status(f"running a task on {len(ready)} host{'s' if len(ready) != 1 else ''} ..."):
             outcomes = trial_hosts([reports[i].spec for i in ready], settings)
-        for i, outcome in zip(ready, outcomes, strict=True):
+        for i, (outcome, box) in zip(ready, outcomes, strict=True):
             bad = outcome.startswith("failed: ")
             reports[i] = replace(reports[i], trial="failed" if bad else outcome,
-                                 error=outcome.removeprefix("failed: ") if bad else None)
+                                 error=outcome.removeprefix("failed: ") if bad else None, sandbox=box)
     console.print(hosts_table(reports))
+    for r in reports:
+        if r.sandbox:
+            console.print(f"sandbox on {r.spec.name}: {r.sandbox}", style="yellow" if "NOT" in r.sandbox else None,
+                          highlight=False)
     failed = [r for r in reports if not r.ok]
     if failed:
         console.print(f"[red]{len(failed)} of {len(reports)} hosts failed[/]")

@@ -31,6 +31,11 @@ class Units(StrEnum):
     integer = "integer"
 
 
+class Switch(StrEnum):
+    on = "on"
+    off = "off"
+
+
 class Format(StrEnum):
     table = "table"
     csv = "csv"
@@ -40,13 +45,15 @@ class Format(StrEnum):
 
 
 def parse_size(text: str | None) -> int | None:
-    """'2G', '512M', '1.5GB' or bytes → bytes."""
+    """'2G', '512M', '1.5GB' or bytes → bytes; '0' → 0 (no cap)."""
     if text is None:
         return None
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", text.lower())
     if not m:
         raise UsageError(f'--max-memory "{text}" is not a size; use e.g. 512M or 2G')
     n = float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " ")
+    if n == 0:
+        return 0  # no cap (the sandbox's default one lifted)
     if n < 64 * 1024**2:
         raise UsageError(f"--max-memory {text} is too small for a worker; give at least 64M")
     return int(n)
@@ -82,7 +89,8 @@ def run(
     executor: Annotated[str | None, typer.Option("--executor", help="Executor URL: local://N, inline://, ssh://h1,h2.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", "-w", help="Local worker processes (default: one per core).")] = None,
     timeout: Annotated[float | None, typer.Option("--timeout", help="Wall seconds one shard may take before its worker is killed and it is retried.")] = None,
-    max_memory: Annotated[str | None, typer.Option("--max-memory", help="Memory cap per worker, e.g. 2G.")] = None,
+    max_memory: Annotated[str | None, typer.Option("--max-memory", help="Memory cap per worker, e.g. 2G (0: none). Default with the sandbox: the machine's memory × 0.8 ÷ its workers.", show_default=False)] = None,
+    sandbox: Annotated[Switch, typer.Option("--sandbox", help="on: strategies run with no network, read only Python, bt, their libraries and the bars, write only a scratch folder, get an environment without secrets, and whatever they start dies with their shard (what each host supports is shown at the end). off: as the user, with full access.")] = Switch.on,
     cash: Annotated[float, typer.Option(help="Starting cash per task.")] = 100_000.0,
     commission: Annotated[str | None, typer.Option(metavar="F|LIST|RANGE", help="Commission, fraction of traded notional per side (0.001 = 0.1 %). Several values (0.0005,0.001 or 0:0.002:0.0005) make it an axis of the grid, like --param.", show_default=False)] = None,
     fee: Annotated[float, typer.Option(help="Fixed fee per order.")] = 0.0,
@@ -118,10 +126,13 @@ def run(
       bt run strategies/sma_cross.py --from 2015 --to 2024 --holdout 2022     (optimize on 2015-2021, test 2022-2024)
       bt run strategies/sma_cross.py --from 2020 --to 2024 --stop-loss 0.02:0.10:0.02 --trailing-stop 0.05,0.1
       bt run strategies/sma_cross.py --from 2020 --to 2024 --benchmark SPY
+      bt run strategies/my_strategy.py --sandbox off     (a strategy that needs the network or your files)
 
     Several values of --commission, --slippage, --stop-loss, --take-profit or --trailing-stop make that setting an axis of the grid: one task per combination, shown like a parameter, indicators computed once for all of them.
 
     Walk-forward: every in-sample and out-of-sample backtest is an ordinary cached task (a plain run over a fold's train window reuses them); bt report RUN shows the folds, the stitched out-of-sample metrics and the walk-forward efficiency.
+
+    Sandbox (on by default): strategies run with no network, read only Python, bt, their libraries and the bars, write only a scratch $HOME emptied after each shard, see no secret environment variables, and whatever they start dies with their shard; each worker's memory is capped (--max-memory). The last lines say what each host's kernel allowed. --sandbox off lifts all of it; the results are the same bits either way.
 
     Exit codes: 0 all tasks done, 1 some failed, 2 bad input, 130 interrupted.
 
@@ -133,6 +144,7 @@ def run(
         strategy=strategy, strategy_name=strategy_name, start=start, end=end, symbols=_split(symbols),
         universe=universe, params=list(param or []), executor=executor, hosts=hosts, workers=workers,
         timeout=timeout, max_memory=parse_size(max_memory), force=force, accept_new_hosts=accept_new_hosts,
+        sandbox=sandbox is Switch.on,
         settings={"cash": cash, "fee": fee, "fill": fill.value.replace("-", "_"), "units": units.value,
                   "leverage": leverage, **_setting_values(commission=commission, slippage=slippage, stop_loss=stop_loss,
                                                           take_profit=take_profit, trailing_stop=trailing_stop)},
@@ -290,6 +302,10 @@ def _execute_live(prep: Any, ex: Any) -> Any:
         from backtest.cli.render import warn_line as warn
 
         warn(note)
+    if prep.shards:
+        for line in summary.sandbox_lines(prep.executor_url):
+            err_console.print(line, style="yellow" if "NOT" in line or "sandbox off" in line else "dim",
+                              highlight=False)
     for line in summary.differs:
         err_console.print(f"[bold red]different bits under the same key:[/] {line}", highlight=False)
     if summary.differs:

@@ -54,7 +54,8 @@ class ExecutorOptions:
     data_root: Path
     workers: int | None = None  # None: one per core
     timeout: float | None = None  # wall seconds per shard attempt
-    max_memory: int | None = None  # bytes per worker (address space)
+    max_memory: int | None = None  # bytes per worker (address space); None: the sandbox's default, 0: none
+    sandbox: bool = True  # workers run strategies sandboxed (``backtest.worker.sandbox``)
     max_attempts: int = 3
     heartbeat_timeout: float = 10.0
     accept_new_hosts: bool = False

@@ -45,12 +45,19 @@ def enabled() -> bool:
     return SUPPORTED and not os.environ.get("BT_NO_FORK_SERVER")
 
 
-def worker_env() -> dict[str, str]:
+def worker_env(sandbox: bool = False) -> dict[str, str]:
     """A local worker's environment: this one, with numba on one thread and the BLAS and OpenMP
-    pools on one thread unless set otherwise (``backtest.worker.tuning.POOLS``)."""
+    pools on one thread unless set otherwise (``backtest.worker.tuning.POOLS``); for a sandboxed
+    worker only the variables of the sandbox's allow-list (``backtest.worker.sandbox.clean_env``),
+    so that no secret ever enters its memory."""
     from backtest.worker.tuning import POOLS
 
-    return {**POOLS, **os.environ, "NUMBA_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    env = {**POOLS, **os.environ, "NUMBA_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    if sandbox:
+        from backtest.worker.sandbox import clean_env
+
+        env = clean_env(env)
+    return env
 
 
 class ForkServer:
@@ -59,19 +66,23 @@ class ForkServer:
     ``forked=True`` makes the server a fork of this process instead of a new interpreter: it
     saves the interpreter's start (~50 ms on the way to the first result). Only safe while this
     process has a single thread and has imported little, as at the very start of the console
-    script (``preload``); otherwise the server is started with Popen."""
+    script (``preload``); otherwise the server is started with Popen. A server for sandboxed
+    workers (``sandbox``) is always a new interpreter with the sandbox's environment: a fork
+    would carry this process's environment, secrets included, in its memory."""
 
-    def __init__(self, python: str = sys.executable, *, forked: bool = False) -> None:
+    def __init__(self, python: str = sys.executable, *, forked: bool = False, sandbox: bool = False) -> None:
+        self.sandbox = sandbox
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            if forked:
+            if forked and not sandbox:
                 self.proc: subprocess.Popen[bytes] | _Forked = _Forked(_fork_server(theirs.fileno(), self._sock))
             else:
                 self.proc = subprocess.Popen(
-                    [python, "-m", "backtest.worker", "--fork-server", str(theirs.fileno())],
+                    [python, "-m", "backtest.worker", "--fork-server", str(theirs.fileno()),
+                     *(["--sandbox"] if sandbox else [])],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                     stderr=None if os.environ.get("BT_TRACE") else subprocess.DEVNULL,  # only its trace lines
-                    pass_fds=[theirs.fileno()], start_new_session=True, env=worker_env(),
+                    pass_fds=[theirs.fileno()], start_new_session=True, env=worker_env(sandbox),
                 )
         finally:
             theirs.close()
@@ -140,14 +151,14 @@ class ForkServer:
 _PRELOADED: ForkServer | None = None
 
 
-def preload() -> None:
+def preload(sandbox: bool = True) -> None:
     """Start a fork server now, for the local executor of this process to ``adopt`` later."""
     global _PRELOADED
     if enabled() and _PRELOADED is None:
         import atexit
 
         try:
-            _PRELOADED = ForkServer(forked=_single_threaded())
+            _PRELOADED = ForkServer(forked=_single_threaded(), sandbox=sandbox)
         except OSError:
             _PRELOADED = None
         else:
@@ -224,10 +235,14 @@ def _fork_server(fd: int, ours: socket.socket) -> int:
         os._exit(code)
 
 
-def adopt() -> ForkServer | None:
-    """The preloaded fork server (now the caller's to close), or None."""
+def adopt(sandbox: bool = True) -> ForkServer | None:
+    """The preloaded fork server (now the caller's to close), or None (also when it was started
+    for the other sandbox mode: it is stopped)."""
     global _PRELOADED
     server, _PRELOADED = _PRELOADED, None
+    if server is not None and server.sandbox != sandbox:
+        server.close()
+        return None
     return server if server is not None and server.alive() else None
 
 

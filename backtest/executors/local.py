@@ -9,7 +9,7 @@ import sys
 import tempfile
 import threading
 from abc import abstractmethod
-from typing import IO, ClassVar
+from typing import IO, Any, ClassVar
 
 from backtest.executors import cores
 from backtest.executors.forkserver import ForkServer, adopt, enabled, worker_env
@@ -17,14 +17,18 @@ from backtest.executors.pool import Channel, StreamPool
 from backtest.spec import StrategySource
 
 
-def worker_options(data_root: str | None, max_memory: int | None, results: str | None = None) -> list[str]:
+def worker_options(data_root: str | None, max_memory: int | None, results: str | None = None,
+                   sandbox: bool = False, share: int = 1) -> list[str]:
+    """The worker program's options (``python -m backtest.worker --help``)."""
     argv: list[str] = []
     if data_root:
         argv += ["--data", data_root]
     if results:
         argv += ["--results", results]
-    if max_memory:
+    if max_memory is not None and (max_memory or sandbox):
         argv += ["--max-memory", str(max_memory)]
+    if sandbox:
+        argv += ["--sandbox", "--share", str(share)]
     return argv
 
 
@@ -62,13 +66,13 @@ class _LocalChannel(Channel):
 
 
 class ProcessChannel(_LocalChannel):
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
         self._err = tempfile.TemporaryFile()
         # A session of its own: Ctrl+C in the terminal reaches the coordinator only, which then
         # stops the workers in order.
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
-            start_new_session=True, env=worker_env(),
+            start_new_session=True, env=env,
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.stdin = self.proc.stdin
@@ -163,18 +167,28 @@ class LocalExecutor(StreamPool):
         return [(f"local-{i}", "localhost") for i in range(n)]
 
     def start(self, strategy: StrategySource) -> None:
-        self._server = adopt() or (ForkServer() if enabled() else None)
+        sandbox = self.options.sandbox
+        self._server = adopt(sandbox) or (ForkServer(sandbox=sandbox) if enabled() else None)
         super().start(strategy)
 
     def spawn(self, label: str, host: str) -> Channel:
         # Workers on this machine write result files into the store themselves: only a few hundred
         # bytes a task cross the pipe instead of every trade (50 KB a task on minute bars).
         root = str(self.options.data_root)
-        options = worker_options(root, self.options.max_memory, results=root)
+        n = self.options.workers or cores()
+        options = worker_options(root, self.options.max_memory, results=root, sandbox=self.options.sandbox, share=n)
         server = self._server
         if server is not None and server.alive():
             return ForkedChannel(server, options, tempfile.TemporaryFile())
-        return ProcessChannel([sys.executable, "-m", "backtest.worker", *options])
+        return ProcessChannel([sys.executable, "-m", "backtest.worker", *options], worker_env(self.options.sandbox))
+
+    def accept_staged(self, slot: Any, keys: list[str]) -> None:
+        from backtest.store.results import ResultStore
+        from backtest.worker.sandbox import staging_dir
+
+        assert isinstance(slot.channel, _LocalChannel)
+        root = self.options.data_root
+        ResultStore(root).accept_staged(staging_dir(root, slot.channel.pid), keys)
 
     def close(self, *, cancel: bool = False) -> None:
         if not self._closed:
@@ -186,6 +200,11 @@ class LocalExecutor(StreamPool):
         server, self._server = self._server, None
         if server is not None:
             server.close()
+        if self.options.sandbox:  # what killed sandboxed workers could not remove themselves
+            from backtest.worker.sandbox import remove_stale, staging_dir
+
+            remove_stale()
+            remove_stale(str(staging_dir(self.options.data_root, 0).parent), prefix="")
 
     def describe(self) -> str:
         return f"local://{self.options.workers or cores()}"

@@ -357,6 +357,12 @@ class StreamPool(Executor):
                 return
             env = slot.env.get("env")
             left = set(job.remaining)
+            if "staged" in msg:  # a sandboxed worker, which may not write the store itself
+                try:
+                    self.accept_staged(slot, [k for k in msg["staged"] if k in left])
+                except OSError as exc:
+                    self._lose(slot, f"its result files could not be moved into the store: {exc}")
+                    return
             width = len(names)
             for i, key in enumerate(keys):
                 if key not in left:
@@ -392,6 +398,11 @@ class StreamPool(Executor):
             self._shard_ended(slot, job)
             self._attempt_failed(job, slot, msg["error"])
             self._dispatch()
+
+    def accept_staged(self, slot: _Slot, keys: list[str]) -> None:
+        """Move the result files ``slot``'s sandboxed worker staged for ``keys`` into the store
+        (executors whose workers store results themselves: ``stores_results``)."""
+        raise NotImplementedError
 
     def _shard_ended(self, slot: _Slot, job: _Pending) -> None:
         """``job`` ended on ``slot``'s worker, which goes on with the next shard it holds."""

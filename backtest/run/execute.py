@@ -72,6 +72,7 @@ def _run_row(prep: Prepared, run_id: str) -> dict[str, Any]:
         "pid": os.getpid(), "host": socket.gethostname(),
         # every partition the run's tasks read, computed or cached
         "data_hashes": json.dumps(sorted({h for files in _all_parts(prep) for _, h in files})),
+        "sandbox": json.dumps({"mode": "on" if prep.request.sandbox else "off"}),
     }
 
 
@@ -224,7 +225,9 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
                 status = "failed"
             seconds = time.monotonic() - t0
             final_update = {"status": status, "finished": time.time(), "computed": progress.computed,
-                            "failed": progress.failed, "seconds": seconds}
+                            "failed": progress.failed, "seconds": seconds,
+                            "sandbox": json.dumps(sandbox_record(prep.request.sandbox, progress.workers),
+                                                  sort_keys=True)}
             if followup is not None:  # the out-of-sample tasks are known now
                 final_update["tasks"] = progress.total = len(recorder.by_key) + prep.wfo.pending()
             recorder.post_last(final_update)
@@ -243,11 +246,22 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
         catalog.record(run_id, logs=[{"shard": None, "worker": "bt", "text": f"{message}\n" + "\n".join(differs),
                                       "at_time": time.time()}], run_update={"status": status})
     summary = RunSummary(run_id, status, progress.total, progress.computed, progress.cached, progress.failed,
-                         seconds, message, set_aside, differs)
+                         seconds, message, set_aside, differs, sandbox_record(prep.request.sandbox, progress.workers))
     mark("recorded")
     if on_progress:
         on_progress(progress)
     return summary
+
+
+def sandbox_record(on: bool, workers: list[Any]) -> dict[str, Any]:
+    """What the run records of its sandbox: the mode, and what each host's workers had (their
+    ``backtest.worker.sandbox.Protections``, as they said in their hello)."""
+    hosts: dict[str, Any] = {}
+    for w in workers:
+        got = w.env.get("sandbox")
+        if got:
+            hosts.setdefault(w.host, got)
+    return {"mode": "on" if on else "off", **({"hosts": hosts} if hosts else {})}
 
 
 def _differs(recorder: Recorder, prep: Prepared) -> list[str]:

@@ -22,7 +22,7 @@ from backtest.trace import mark
 
 def executor_options(req: RunRequest, root: Path) -> ExecutorOptions:
     return ExecutorOptions(data_root=root, workers=req.workers, timeout=req.timeout, max_memory=req.max_memory,
-                           accept_new_hosts=req.accept_new_hosts)
+                           accept_new_hosts=req.accept_new_hosts, sandbox=req.sandbox)
 
 
 def start_early(req: RunRequest, root: Path, text: str | None) -> Executor | None:

@@ -26,6 +26,9 @@ class RunRequest:
     workers: int | None = None
     timeout: float | None = None
     max_memory: int | None = None
+    #: workers run strategy code sandboxed (``backtest.worker.sandbox``): no network, files,
+    #: processes and memory contained, an allow-listed environment
+    sandbox: bool = True
     settings: dict[str, Any] = field(default_factory=dict)
     force: bool = False
     accept_new_hosts: bool = False
@@ -107,6 +110,8 @@ class RunSummary:
     #: results that came out different from the intact ones stored under the same keys, each
     #: "KEY (SYMBOL PARAMS) on WORKER: what differs" (the run then counts as failed)
     differs: list[str] = field(default_factory=list)
+    #: the sandbox the workers ran strategies in: {"mode": "on"|"off", "hosts": {host: protections}}
+    sandbox: dict[str, Any] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -122,7 +127,22 @@ class RunSummary:
             out["set_aside"] = self.set_aside
         if self.differs:
             out["differs"] = self.differs
+        if self.sandbox:
+            out["sandbox"] = self.sandbox
         return out
+
+    def sandbox_lines(self, executor: str) -> list[str]:
+        """One line per host on what its workers' sandbox had, e.g. ``sandbox on localhost:
+        network off (namespace), files Landlock v7, ...``; a missing protection is named."""
+        from backtest.worker.sandbox import Protections
+
+        if self.sandbox.get("mode") == "off":
+            return ["sandbox off: strategies ran with the user's full access (network, files, environment)"]
+        hosts = self.sandbox.get("hosts", {})
+        if not hosts and executor.startswith(("inline", "dask")):
+            where = "bt's own process" if executor.startswith("inline") else "Dask's worker processes"
+            return [f"sandbox NOT applied on {executor}: strategies ran inside {where}, with the user's full access"]
+        return [f"sandbox on {host}: {Protections.from_json(p).describe()}" for host, p in sorted(hosts.items())]
 
 
 def symbols_of(req: RunRequest, store: Any) -> list[str]:

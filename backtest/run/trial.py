@@ -53,8 +53,9 @@ def _job(folder: Path) -> Any:
     return prepare(RunRequest(strategy=path, symbols=["TRIAL"], executor="inline://"), root)
 
 
-def _run(ex: Any, prep: Any, seconds: float) -> tuple[dict[str, bytes], list[str]]:
-    """Results (key → bytes) and what went wrong, from ``ex`` running ``prep``'s shards."""
+def _run(ex: Any, prep: Any, seconds: float, sandbox: list[Any] | None = None) -> tuple[dict[str, bytes], list[str]]:
+    """Results (key → bytes) and what went wrong, from ``ex`` running ``prep``'s shards; the
+    sandbox its workers said they had is appended to ``sandbox``."""
     from backtest.executors.base import ShardFailed, TaskDone, TaskFailed, WorkerNote
 
     results: dict[str, bytes] = {}
@@ -73,6 +74,8 @@ def _run(ex: Any, prep: Any, seconds: float) -> tuple[dict[str, bytes], list[str
                     problems.extend(ev.errors[-1:])
                 elif isinstance(ev, WorkerNote):
                     problems.append(ev.message)
+        if sandbox is not None:
+            sandbox.extend(w.env["sandbox"] for w in ex.status() if w.env.get("sandbox"))
         if not ex.finished():
             problems.append(f"no result within {seconds:.0f} s")
         if getattr(ex, "exhausted", None):
@@ -80,13 +83,15 @@ def _run(ex: Any, prep: Any, seconds: float) -> tuple[dict[str, bytes], list[str
     return results, problems
 
 
-def trial_hosts(specs: Sequence[Any], settings: Any, seconds: float = TRIAL_SECONDS) -> list[str]:
-    """For each host of ``specs`` (hosts-file entries), "ok (N s)" or why no task ran there."""
+def trial_hosts(specs: Sequence[Any], settings: Any, seconds: float = TRIAL_SECONDS) -> list[tuple[str, str | None]]:
+    """For each host of ``specs`` (hosts-file entries): "ok (N s)" or why no task ran there, and
+    what the sandbox of its worker had (``Protections.describe``; None if no worker said)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from backtest.executors.base import ExecutorOptions
     from backtest.executors.inline import InlineExecutor
     from backtest.executors.ssh.executor import SSHExecutor
+    from backtest.worker.sandbox import Protections
 
     if not specs:
         return []
@@ -94,19 +99,21 @@ def trial_hosts(specs: Sequence[Any], settings: Any, seconds: float = TRIAL_SECO
         prep = _job(Path(tmp))
         here, _ = _run(InlineExecutor(ExecutorOptions(data_root=prep.root)), prep, seconds)
 
-        def one(spec: Any) -> str:
+        def one(spec: Any) -> tuple[str, str | None]:
             t0 = time.monotonic()
             ex = SSHExecutor([spec], ExecutorOptions(data_root=prep.root, max_attempts=1), settings=settings)
+            boxes: list[Any] = []
             try:
-                got, problems = _run(ex, prep, seconds)
+                got, problems = _run(ex, prep, seconds, boxes)
             except Exception as exc:  # a host that cannot be used in any way: its own words
-                return f"failed: {exc}"
+                return f"failed: {exc}", None
+            box = Protections.from_json(boxes[0]).describe() if boxes else None
             if got and got == here:
-                return f"ok ({time.monotonic() - t0:.1f} s)"
+                return f"ok ({time.monotonic() - t0:.1f} s)", box
             if got:
-                return "failed: its result differs from this machine's (other versions of numpy or numba?)"
+                return "failed: its result differs from this machine's (other versions of numpy or numba?)", box
             said = [p for p in problems if not p.startswith("ready:")]
-            return "failed: " + (said[-1] if said else "no result")  # the last word is the summing-up one
+            return "failed: " + (said[-1] if said else "no result"), box  # the last word is the summing-up one
 
         with ThreadPoolExecutor(max_workers=min(16, len(specs))) as pool:
             return list(pool.map(one, specs))

@@ -21,7 +21,7 @@ import json
 import os
 import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -397,6 +397,31 @@ class ResultStore:
             os.makedirs(sub, exist_ok=True)
             atomic_write(path, data)
         return differs
+
+    def stage(self, key: str, data: bytes, folder: Path) -> tuple[str | None, bool]:
+        """``write``'s work for a sandboxed worker, which may not write the store: compare with the
+        stored file as ``write`` does, and put a file that must replace it (or is new) into
+        ``folder`` as ``<key>.res`` for the coordinator to move into place (``accept_staged``).
+        Returns (what differed, whether a file was staged)."""
+        path = os.path.join(self._dir, key[:2], key + ".res")
+        if _same_bytes(path, data):
+            return None, False
+        differs = difference(path, key, data)
+        atomic_write(os.path.join(folder, key + ".res"), data)
+        return differs, True
+
+    def accept_staged(self, folder: Path, keys: Sequence[str]) -> None:
+        """Move the files a sandboxed worker staged in ``folder`` for ``keys`` into the store; only
+        those keys (the ones of the shard it was sent), whatever else the folder holds."""
+        for key in keys:
+            target = self.path(key)
+            try:
+                os.replace(folder / f"{key}.res", target)
+            except FileNotFoundError:
+                if not (folder / f"{key}.res").exists():
+                    continue  # not staged: the stored file had these bytes already
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(folder / f"{key}.res", target)
 
     def read_bytes(self, key: str) -> bytes:
         try:

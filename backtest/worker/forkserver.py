@@ -23,10 +23,19 @@ _MAX_MSG = 65536
 WorkerMain = Callable[[list[str]], None]
 
 
-def serve(fd: int, worker_main: WorkerMain) -> None:
+def serve(fd: int, worker_main: WorkerMain, sandbox: bool = False) -> None:
     """Run the fork server on control socket ``fd`` (``python -m backtest.worker --fork-server``);
-    each forked worker runs ``worker_main(argv)``."""
+    each forked worker runs ``worker_main(argv)``.
+
+    With ``sandbox`` the server is a child subreaper: what a sandboxed worker started and left
+    behind when it was killed (a daemon that called ``setsid``) becomes the server's child, and is
+    killed as soon as the worker's end is noticed; so is the worker's private folder removed."""
     sock = socket.socket(fileno=fd)
+    workers: set[int] = set()
+    if sandbox:
+        from backtest.worker import sandbox as box
+
+        box.become_subreaper()
     from backtest.trace import mark
 
     mark("fork server started")
@@ -39,7 +48,7 @@ def serve(fd: int, worker_main: WorkerMain) -> None:
     keep_freed_memory()  # the forked workers inherit it
 
     try:
-        warm_up()
+        warm_up(every=sandbox)
     except Exception:  # noqa: S110 - each worker meets (and reports) the same problem
         pass
 
@@ -51,6 +60,12 @@ def serve(fd: int, worker_main: WorkerMain) -> None:
                 return
             if pid == 0:
                 return
+            if pid not in workers:
+                continue  # what a sandboxed worker left behind, killed below
+            workers.discard(pid)
+            if sandbox:
+                box.kill_descendants(keep=workers)
+                box.discard(pid)
             code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
             try:
                 sock.send(json.dumps({"exit": pid, "status": code}).encode())
@@ -71,16 +86,22 @@ def serve(fd: int, worker_main: WorkerMain) -> None:
             break
         if not msg:
             break  # the coordinator closed the socket, or died
+        # SIGCHLD waits until the new worker is known: the handler kills children it does not know
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
         try:
             argv = json.loads(msg)["argv"]
             pid = os.fork()
         except Exception as exc:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
             for f in fds:
                 os.close(f)
             sock.send(json.dumps({"error": str(exc)}).encode())
             continue
         if pid == 0:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
             _child(sock, fds, argv, worker_main)  # never returns
+        workers.add(pid)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         for f in fds:
             os.close(f)
         sock.send(json.dumps({"pid": pid}).encode())

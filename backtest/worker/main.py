@@ -31,7 +31,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--results", type=Path, default=None,
                     help="write result files into this bt root's results store and send only their metrics "
                          "(for workers on the coordinator's machine)")
-    ap.add_argument("--max-memory", type=int, default=0, help="address-space cap in bytes (0: none)")
+    ap.add_argument("--max-memory", type=int, default=None,
+                    help="address-space cap in bytes (0: none; default: none, or with --sandbox the worker's share)")
+    ap.add_argument("--sandbox", action="store_true",
+                    help="enter the sandbox (backtest/worker/sandbox.py) before loading any strategy")
+    ap.add_argument("--readable", type=Path, action="append", default=[], metavar="DIR",
+                    help="with --sandbox: a folder of bars strategies may read besides --data's (an SSH host's cache)")
+    ap.add_argument("--share", type=int, default=1, metavar="N",
+                    help="with --sandbox: N workers share this machine's memory (the default memory cap)")
     ap.add_argument("--heartbeat", type=float, default=1.0, help="seconds between heartbeats")
     ap.add_argument("--coordinator-timeout", type=float, default=0.0,
                     help="exit when nothing (not even a ping) came from the coordinator for this long (0: never)")
@@ -48,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.fork_server is not None:
         from backtest.worker.forkserver import serve as fork_server
 
-        fork_server(args.fork_server, main)
+        fork_server(args.fork_server, main, args.sandbox)
         return
     # The protocol owns the real stdout; anything else written to fd 1 (a stray print in C code)
     # goes to stderr instead of corrupting frames.
@@ -62,9 +69,14 @@ def main(argv: list[str] | None = None) -> None:
     import backtest.strategy  # noqa: F401
 
     keep_freed_memory()  # a forked worker has it from its fork server already; ~0.1 ms
-    if args.max_memory:
+    if args.max_memory and not args.sandbox:
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (args.max_memory, args.max_memory))
+    sandbox = None
+    if args.sandbox:
+        from backtest.worker.sandbox import SandboxOptions
+
+        sandbox = SandboxOptions(args.data, args.results, args.max_memory, args.share, args.readable)
     serve(sys.stdin.buffer, FrameWriter(proto_out), args.data, args.heartbeat, args.coordinator_timeout,
-          args.results)
+          args.results, sandbox)

@@ -8,18 +8,24 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from backtest.worker.protocol import FrameWriter, read_frame
 from backtest.worker.shard import Runner
 from backtest.worker.tuning import cores, warm_up
 
+if TYPE_CHECKING:
+    from backtest.worker.sandbox import SandboxOptions
+
 
 def serve(stdin: Any, writer: FrameWriter, data_root: Path | None, heartbeat: float,
-          coordinator_timeout: float = 0.0, results: Path | None = None) -> None:
+          coordinator_timeout: float = 0.0, results: Path | None = None, sandbox: SandboxOptions | None = None) -> None:
     """Answer frames until the input ends. A reader thread takes frames off the input as they
     come, even while a shard runs, so that with ``coordinator_timeout`` the worker can tell that
-    its coordinator has gone silent (a frozen or cut-off coordinator sends no pings) and exit."""
+    its coordinator has gone silent (a frozen or cut-off coordinator sends no pings) and exit.
+
+    With ``sandbox``, the worker enters it after warming up and before it starts any thread
+    (unsharing namespaces and Landlock apply to the calling thread only) or loads any strategy."""
     import queue
     import socket
 
@@ -55,17 +61,18 @@ def serve(stdin: Any, writer: FrameWriter, data_root: Path | None, heartbeat: fl
             if time.monotonic() - last_heard[0] > coordinator_timeout:
                 os._exit(4)  # the coordinator went silent: never outlive it
 
-    if coordinator_timeout:
-        threading.Thread(target=watch, daemon=True, name="bt-watchdog").start()
-    runner = Runner(data_root, results)
     try:
-        warm_up()
+        warm_up(every=sandbox is not None)
     except Exception:  # noqa: S110 - the first shard meets (and reports) the same problem
         pass
+    box = sandbox.enter() if sandbox is not None else None
+    if coordinator_timeout:
+        threading.Thread(target=watch, daemon=True, name="bt-watchdog").start()
+    runner = Runner(data_root, results, box)
     gc.freeze()  # numpy, numba and the kernels stay for good: no full collection walks them again
     gc.enable()
     writer.send({"t": "hello", "pid": os.getpid(), "cores": cores(), "host": socket.gethostname(),
-                 "env": runner.env})
+                 "env": runner.env, "sandbox": box.protections.to_json() if box else None})
     threading.Thread(target=read, daemon=True, name="bt-read").start()
     threading.Thread(target=beat, daemon=True, name="bt-heartbeat").start()
     try:
@@ -82,5 +89,9 @@ def serve(stdin: Any, writer: FrameWriter, data_root: Path | None, heartbeat: fl
                     writer.send({"t": "fatal", "error": str(exc), "details": traceback.format_exc()})
             elif kind == "shard":
                 runner.run_shard(msg["shard"], writer.send)
+                if box is not None:
+                    box.after_shard()
     finally:
         stop.set()
+        if box is not None:
+            box.close()

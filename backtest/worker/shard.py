@@ -131,8 +131,9 @@ class CappedText(io.TextIOBase):
 class Runner:
     """Runs shards in this process; the inline executor uses it directly."""
 
-    def __init__(self, data_root: Path | None, results: Path | None = None) -> None:
+    def __init__(self, data_root: Path | None, results: Path | None = None, sandbox: Any = None) -> None:
         self.data_root = data_root
+        self.sandbox = sandbox  # a worker's ``sandbox.Sandbox``: says which failures it caused
         # uncompressed copies of the partitions read (``backtest.data.bars_cache``)
         from backtest.data.bars_cache import folder
 
@@ -237,6 +238,7 @@ class Runner:
             if text:
                 emit({"t": "log", "shard": sid, "text": text})
             stored: list[str] = []
+            staged: list[str] = []
             n_trades: list[int] = []
             values: array[float] = array("d")
             names: tuple[str, ...] = METRIC_NAMES
@@ -245,12 +247,22 @@ class Runner:
                     details = getattr(res, "details", "") or "".join(
                         traceback.format_exception(type(res), res, res.__traceback__))
                     msg = str(res) if isinstance(res, BtError) else f"{type(res).__name__}: {res}"
+                    why = self.sandbox.explain(res) if self.sandbox is not None else None
+                    if why:
+                        msg = f"{msg.split(': ', 1)[0]}: {why}" if isinstance(res, BtError) else why
                     emit({"t": "task_error", "shard": sid, "key": key, "error": msg, "details": details})
                 else:
                     body = encode(key, p, res.metrics, res.trades, res.symbols)
                     if store is not None:
-                        # the file is stored before it is reported; only its metrics travel
-                        differs = store.write(key, body)
+                        # the file is stored (or, sandboxed, staged) before it is reported; only its
+                        # metrics travel
+                        staging = self.sandbox.staging if self.sandbox is not None else None
+                        if staging is None:
+                            differs = store.write(key, body)
+                        else:
+                            differs, put = store.stage(key, body, staging)
+                            if put:
+                                staged.append(key)
                         if differs:
                             emit({"t": "differs", "shard": sid, "key": key, "what": differs})
                         stored.append(key)
@@ -260,6 +272,7 @@ class Runner:
                     else:
                         emit({"t": "result", "shard": sid, "key": key}, body)
             if stored:
-                emit({"t": "results", "shard": sid, "keys": stored, "n_trades": n_trades, "metrics": names},
+                emit({"t": "results", "shard": sid, "keys": stored, "n_trades": n_trades, "metrics": names,
+                      **({"staged": staged} if self.sandbox is not None and self.sandbox.staging else {})},
                      values.tobytes())
         emit({"t": "shard_done", "shard": sid, "seconds": time.perf_counter() - t0})

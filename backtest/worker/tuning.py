@@ -59,18 +59,31 @@ def cores() -> int:
 
 
 
-def warm_up() -> None:
+def warm_up(every: bool = False) -> None:
     """Load the simulation kernel from numba's cache now, the lean way (``numba_load``), so that a
-    worker does it while the coordinator still plans rather than when its first shard arrives.
+    worker does it while the coordinator still plans rather than when its first shard arrives;
+    with ``every``, every kernel a task may call (a sandboxed worker: in its sandbox numba's
+    cache cannot be written, so what is compiled there would be compiled again by every worker).
 
     One worker of a machine at a time does it first: the others wait (``kernel_lock``), then load
     what it compiled, instead of each compiling the same kernels at once on a cold cache."""
     from backtest.engine.run import warm_up as load_kernels
+    from backtest.engine.run import warm_up_all
     from backtest.worker import numba_load
 
     numba_load.install()
     with kernel_lock():
-        load_kernels()
+        if not every:
+            load_kernels()
+            return
+        warm_up_all()
+        import numpy as np
+
+        from backtest.engine.records import PORTFOLIO_TRADE_DTYPE, TRADE_DTYPE
+        from backtest.store.results import stored_trades
+
+        for dtype in (TRADE_DTYPE, PORTFOLIO_TRADE_DTYPE):  # the result encoder's kernel
+            stored_trades(np.zeros(1, dtype))
 
 
 @contextmanager

@@ -158,7 +158,7 @@ def test_bt_run_force_with_bad_input_leaves_no_fork_server(root: Path, faulty: P
     mark = f"bad-input-{os.getpid()}-{time.monotonic_ns()}"  # this command's processes, not another test's
     res = subprocess.run([sys.executable, "-m", "backtest", "--data", str(root), "run", str(faulty),
                           "--param", "nope=1", "--force"], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "BT_TEST_MARK": mark})
+                         env={**os.environ, "BT_TEST_MARK": mark, "BT_SANDBOX_KEEP": "BT_TEST_MARK"})
     assert res.returncode == 2 and "nope" in res.stderr
     deadline = time.monotonic() + 5
     while processes_with_env("BT_TEST_MARK", mark):  # its fork server (forked or started) is gone
@@ -184,17 +184,22 @@ def test_the_console_script_preloads_only_for_forced_local_runs(args: list[str],
     assert _forced_local_run(args) is expected
 
 
-def test_the_console_script_forks_its_server_from_itself(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sandbox", [False, True])
+def test_the_console_script_forks_its_server_from_itself(tmp_path: Path, sandbox: bool) -> None:
     """``preload`` at the start of ``bt`` forks the server from the (still single-threaded)
-    process instead of starting an interpreter; it forks workers like the Popen'd one."""
+    process instead of starting an interpreter; it forks workers like the Popen'd one. Not for
+    sandboxed workers: their server is a new interpreter with a clean environment, so that
+    nothing of the coordinator's memory (its environment's secrets) is in theirs."""
     script = tmp_path / "preload.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(textwrap.dedent(f"""
         import json, os, sys, tempfile
         from backtest.executors import forkserver
-        forkserver.preload()
-        server = forkserver.adopt()
+        forkserver.preload(sandbox={sandbox})
+        assert forkserver.adopt(sandbox={not sandbox}) is None  # a server of the other mode is not used
+        forkserver.preload(sandbox={sandbox})
+        server = forkserver.adopt(sandbox={sandbox})
         mine = open("/proc/self/cmdline", "rb").read()
-        theirs = open(f"/proc/{server.proc.pid}/cmdline", "rb").read()
+        theirs = open(f"/proc/{{server.proc.pid}}/cmdline", "rb").read()
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
         err = tempfile.TemporaryFile()
@@ -203,18 +208,21 @@ def test_the_console_script_forks_its_server_from_itself(tmp_path: Path) -> None
         os.close(out_w)
         from backtest.worker.protocol import read_frame
         hello = read_frame(os.fdopen(out_r, "rb"))[0]
-        parent = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        parent = int(open(f"/proc/{{pid}}/stat").read().rsplit(")", 1)[1].split()[1])
         os.close(in_w)  # the worker's input ends: it exits
         status = server.wait(pid, 30)
         server.close()
-        print(json.dumps({"kind": type(server.proc).__name__, "same_cmdline": mine == theirs,
+        print(json.dumps({{"kind": type(server.proc).__name__, "same_cmdline": mine == theirs,
                           "server": server.proc.pid, "me": os.getpid(), "parent": parent,
-                          "hello": hello, "pid": pid, "status": status, "server_exit": server.proc.returncode}))
+                          "hello": hello, "pid": pid, "status": status, "server_exit": server.proc.returncode}}))
     """))
     env = {k: v for k, v in os.environ.items() if k != "BT_NO_FORK_SERVER"}
     res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    assert out["kind"] == "_Forked" and out["same_cmdline"]  # a fork of the script, not `python -m ...`
+    if sandbox:
+        assert out["kind"] == "Popen" and not out["same_cmdline"]  # `python -m backtest.worker --fork-server`
+    else:
+        assert out["kind"] == "_Forked" and out["same_cmdline"]  # a fork of the script, not `python -m ...`
     assert out["hello"]["t"] == "hello" and out["hello"]["pid"] == out["pid"] and out["parent"] == out["server"]
     assert out["status"] == 0 and out["server_exit"] is not None

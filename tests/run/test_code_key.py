@@ -77,29 +77,31 @@ def test_helpers_import_without_pythonpath_and_changing_one_recomputes(root: Pat
     assert code == 0, out + err
 
 
-def test_the_same_key_making_other_bits_is_loud_and_keeps_the_new_result(root: Path, tmp_path: Path) -> None:
-    """A strategy reading a file its key cannot know about: --force recomputes other bits."""
-    sign = tmp_path / "sign.txt"
-    sign.write_text("1")
+def test_the_same_key_making_other_bits_is_loud_and_keeps_the_new_result(root: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A strategy reading something its key cannot know about (an environment variable, which the
+    sandbox lets through when told to): --force recomputes other bits."""
+    monkeypatch.setenv("BT_SANDBOX_KEEP", "BT_TEST_SIGN")
+    monkeypatch.setenv("BT_TEST_SIGN", "1")
     path = tmp_path / "reader.py"
-    path.write_text(textwrap.dedent(f"""
-        from pathlib import Path
+    path.write_text(textwrap.dedent("""
+        import os
 
         import numpy as np
         from backtest.strategy import Strategy
 
         class Reader(Strategy):
             n = 10
-            grid = {{"n": [5, 10]}}
+            grid = {"n": [5, 10]}
 
             def signals(self, bars):
-                s = float(Path({str(sign)!r}).read_text())
+                s = float(os.environ["BT_TEST_SIGN"])
                 d = np.zeros(len(bars.close))
                 d[self.n:] = bars.close[self.n:] - bars.close[:-self.n]
                 return np.where(d * s > 0, 1.0, 0.0)
         """))
     assert _run(root, path)["code"] == 0
-    sign.write_text("-1")
+    monkeypatch.setenv("BT_TEST_SIGN", "-1")
     for executor in ("local://", "inline://"):  # a worker that stores the file, and the coordinator
         forced = _run(root, path, "--force", "--executor", executor)
         assert forced["code"] == 1 and forced["status"] == "failed", forced
@@ -113,9 +115,9 @@ def test_the_same_key_making_other_bits_is_loud_and_keeps_the_new_result(root: P
         code, out, _ = bt("--data", root, "logs", forced["run_id"])
         assert "came out different" in out and forced["differs"][0][:12] in out
         assert cat.run(forced["run_id"])["status"] == "failed"
-        sign.write_text("1")
+        monkeypatch.setenv("BT_TEST_SIGN", "1")
     # bt verify names what differs for each task, and says what it means
-    sign.write_text("-1")
+    monkeypatch.setenv("BT_TEST_SIGN", "-1")
     code, out, _ = bt("--data", root, "verify", forced["run_id"])
     text = " ".join(out.split())
     assert code == 1 and "6 of 6 tasks differ" in text and "total_return" in text and "the same key made other bits" in text

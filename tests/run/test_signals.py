@@ -16,7 +16,8 @@ from backtest.store.results import ResultStore
 
 
 def bt_proc(root: Path, *args: str, mark: str = "") -> subprocess.Popen[str]:
-    env = dict(os.environ, BT_DATA=str(root), COLUMNS="120", BT_TEST_MARK=mark)
+    env = dict(os.environ, BT_DATA=str(root), COLUMNS="120", BT_TEST_MARK=mark,
+               BT_SANDBOX_KEEP="BT_TEST_MARK")  # sandboxed workers keep the mark
     return subprocess.Popen([sys.executable, "-m", "backtest", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
 

@@ -424,8 +424,54 @@ def clean(env_key, code_key, everything):
     _out({"freed": max(0, before - _disk(CACHE)), "removed": removed, "left": _disk(CACHE)})
 
 
+def _kept(name, keep):
+    return any(name == k or (k.endswith("*") and name.startswith(k[:-1])) for k in keep)
+
+
+def _subreaper():
+    """Make orphaned descendants our children (prctl PR_SET_CHILD_SUBREAPER), so that what a
+    sandboxed worker started and left behind (a daemon that called setsid) can be killed."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
+    except Exception:
+        return False
+
+
+def _kill_children():
+    """SIGKILL every child of ours (orphans that came back to us), until none is left. A
+    standalone copy of backtest.worker.sandbox.kill_descendants: this script imports no bt."""
+    import signal
+
+    for _ in range(1000):
+        pids = set()  # type: set[int]
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{tid}/children") as fh:
+                    pids.update(int(p) for p in fh.read().split())
+            except (OSError, ValueError):
+                pass
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for pid in pids:
+            try:
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+
+
 def launch(argv):
     """setsid; run argv as a child in this process group; kill the group when the channel goes.
+
+    ``--keep-env=NAME,PREFIX*,...`` first: the child gets only those variables of the environment
+    (a sandboxed worker: ``backtest.worker.sandbox.ENV_KEEP``), and this launcher becomes a child
+    subreaper that kills whatever the child left behind when it ends.
 
     The channel's stdout is a pipe from sshd: when the client closes the channel or the
     connection dies and sshd notices, its read end closes and poll() on our fd 1 reports an error.
@@ -433,6 +479,12 @@ def launch(argv):
     import select
     import signal
     import time
+
+    keep = None
+    if argv and argv[0].startswith("--keep-env="):
+        keep = argv[0].split("=", 1)[1].split(",")
+        argv = argv[1:]
+        _subreaper()
 
     # A process group of our own, whose id we record. Under sh/dash (and fish) we are a child of
     # the login shell, in its group: setsid() makes one. bash and zsh exec the last command of
@@ -451,7 +503,10 @@ def launch(argv):
     child = os.fork()
     if child == 0:
         try:
-            os.execvp(argv[0], argv)
+            if keep is None:
+                os.execvp(argv[0], argv)
+            else:
+                os.execvpe(argv[0], argv, dict((k, v) for k, v in os.environ.items() if _kept(k, keep)))
         finally:
             os._exit(127)
     os.close(0)
@@ -474,6 +529,8 @@ def launch(argv):
         except OSError:
             pass
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if keep is not None:
+            _kill_children()
         os.killpg(pgid, signal.SIGKILL)  # also ends this watchdog
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -487,6 +544,11 @@ def launch(argv):
             break
         if poller.poll(200):
             stop_group()
+    if keep is not None:
+        _kill_children()
+        import shutil
+
+        shutil.rmtree(os.path.join(os.environ.get("TMPDIR") or "/tmp", f"bt-sandbox-{child}"), ignore_errors=True)
     try:
         os.unlink(record)
     except OSError:

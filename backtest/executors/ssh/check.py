@@ -25,6 +25,7 @@ class HostReport:
     error: str | None = None
     disk: int | None = None  # bytes bt keeps on the host (~/.cache/bt)
     trial: str = "-"  # a task run on the host: "ok (N s)", or "-" when not tried
+    sandbox: str | None = None  # what the sandbox of the trial's worker had (``Protections.describe``)
 
     @property
     def ok(self) -> bool:

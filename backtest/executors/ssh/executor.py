@@ -126,10 +126,16 @@ class SSHExecutor(StreamPool):
         transport = conn.transport
         if transport is None or not transport.is_active():
             raise HostError(f"{host}: connection lost")
+        from backtest.executors.local import worker_options
+
         argv = ["env", "PYTHONFAULTHANDLER=1", *h.env.worker_argv(),
-                "--coordinator-timeout", str(COORDINATOR_TIMEOUT)]
-        if self.options.max_memory:
-            argv += ["--max-memory", str(self.options.max_memory)]
+                "--coordinator-timeout", str(COORDINATOR_TIMEOUT),
+                *worker_options(None, self.options.max_memory, sandbox=self.options.sandbox, share=len(h.slots))]
+        if self.options.sandbox:  # the bars shipped to the host; its launcher keeps only these variables
+            from backtest.worker.sandbox import keep_env_arg
+
+            argv += ["--readable", f"{h.env.cache}/objects"]
+            argv.insert(0, keep_env_arg())
         gen = slot.gen
 
         def report(frame: dict[str, Any]) -> None:

@@ -77,6 +77,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+#: the name of the secret every host's sshd puts in its sessions' environment
+FARM_SECRET = "BT_FARM_SECRET_TOKEN"
+
+
 @dataclass
 class Host:
     index: int
@@ -237,6 +241,9 @@ class Farm:
                     f"MaxSessions {self.max_sessions}",
                     "UseDNS no",
                     "PrintMotd no",
+                    # a secret in every session's environment, as a cloud machine's might have: the
+                    # sandbox tests check that no strategy sees it
+                    f"SetEnv {FARM_SECRET}=s3cr3t",
                     "LogLevel VERBOSE",
                     f"AllowUsers {host.user}",
                     "Subsystem sftp internal-sftp",
