@@ -118,11 +118,12 @@ def warm_up() -> None:
                 bars_per_year(ts), np.empty(0), False, TRADE_DTYPE)
 
 
-def warm_up_all() -> None:
+def warm_up_all(skip: Any = None) -> None:
     """Load (or compile, and cache) every kernel a strategy's task may call, for the argument
     types bt's own code and the usual strategy passes (float64 arrays, int windows): what a
     sandboxed worker does before it enters its sandbox, where numba's cache is read-only (the
-    result encoder's kernel is warmed by the worker, ``worker.tuning.warm_up``)."""
+    result encoder's kernel is warmed by the worker, ``worker.tuning.warm_up``). ``skip(kernel)``
+    true: leave that kernel to be loaded when first called (it is in the cache already)."""
     from backtest.engine import indicators as ind
     from backtest.engine import signals as sig
     from backtest.engine.orders import excursions_nb
@@ -132,22 +133,22 @@ def warm_up_all() -> None:
     warm_up()
     x = np.linspace(1.0, 2.0, 8)
     flags = x > 1.5
-    for f in (ind.sma_nb, ind.ema_nb, ind.zscore_nb, ind.rsi_nb, ind.highest_nb, ind.lowest_nb, ind.rolling_std_nb):
-        f(x, 3)
-    ind.rolling_std_nb(x, 3, 1)
-    ind.rolling_mean_std_nb(x, 3, 1)
-    ind.bollinger_nb(x, 3, 2.0)
-    ind.atr_nb(x, x, x, 3)
-    sig.crossover_nb(x, x)
-    sig.crossunder_nb(x, x)
-    sig.cross_target_nb(x, x, False)
-    sig.events_target_nb(flags, flags, flags, flags)
-    benchmark_nb(x[1:], 1.0, x, 252.0)
     grid = np.ones((8, 2))
     ts = np.arange(8, dtype=np.int64) * 60_000_000_000
-    trades, *_ = portfolio_nb(ts, grid, grid, np.zeros((8, 2)), 0, 1.0, 0.0, 0.0, 0.0, False, False, 252.0, 0.0,
-                              np.empty(8), PORTFOLIO_TRADE_DTYPE)
-    excursions_nb(trades, grid, grid)
+    calls: list[tuple[Any, tuple[Any, ...]]] = [
+        *((f, (x, 3)) for f in (ind.sma_nb, ind.ema_nb, ind.zscore_nb, ind.rsi_nb, ind.highest_nb, ind.lowest_nb,
+                                ind.rolling_std_nb)),
+        (ind.rolling_std_nb, (x, 3, 1)), (ind.rolling_mean_std_nb, (x, 3, 1)), (ind.bollinger_nb, (x, 3, 2.0)),
+        (ind.atr_nb, (x, x, x, 3)), (sig.crossover_nb, (x, x)), (sig.crossunder_nb, (x, x)),
+        (sig.cross_target_nb, (x, x, False)), (sig.events_target_nb, (flags, flags, flags, flags)),
+        (benchmark_nb, (x[1:], 1.0, x, 252.0)),
+        (portfolio_nb, (ts, grid, grid, np.zeros((8, 2)), 0, 1.0, 0.0, 0.0, 0.0, False, False, 252.0, 0.0,
+                        np.empty(8), PORTFOLIO_TRADE_DTYPE)),
+        (excursions_nb, (np.zeros(1, PORTFOLIO_TRADE_DTYPE), grid, grid)),
+    ]
+    for f, args in calls:
+        if skip is None or not skip(f):
+            f(*args)
 
 
 def _normalised(bars: Bars) -> Bars:

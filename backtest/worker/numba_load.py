@@ -52,6 +52,21 @@ FULL_LOAD_ENV = "BT_NUMBA_FULL_LOAD"
 TESTED_NUMBA = ("0.68",)
 
 
+def cached(dispatcher: Any) -> bool:
+    """Whether numba's cache holds compiled code of ``dispatcher`` (a ``@njit(cache=True)``
+    kernel) that is current with its source: its index exists, matches the source file's stamp,
+    and lists at least one signature. False on a numba release this module is not tested with,
+    or whenever numba's internals are not as expected (the caller then compiles to be sure)."""
+    import numba
+
+    if not tested(numba.__version__):
+        return False
+    try:
+        return bool(dispatcher._cache._cache_file._load_index())
+    except Exception:
+        return False
+
+
 def tested(version: str) -> bool:
     """Whether numba ``version`` is one the lean load is tested with."""
     return ".".join(version.split(".")[:2]) in TESTED_NUMBA

@@ -76,14 +76,18 @@ def warm_up(every: bool = False) -> None:
         if not every:
             load_kernels()
             return
-        warm_up_all()
+        # a kernel whose compiled code is in the cache is left to load when first called (its
+        # cache can be read in the sandbox); only what is missing is compiled, and cached, now
+        warm_up_all(skip=numba_load.cached)
         import numpy as np
 
+        from backtest.engine.orders import stored_records_nb
         from backtest.engine.records import PORTFOLIO_TRADE_DTYPE, TRADE_DTYPE
         from backtest.store.results import stored_trades
 
-        for dtype in (TRADE_DTYPE, PORTFOLIO_TRADE_DTYPE):  # the result encoder's kernel
-            stored_trades(np.zeros(1, dtype))
+        if not numba_load.cached(stored_records_nb):
+            for dtype in (TRADE_DTYPE, PORTFOLIO_TRADE_DTYPE):  # the result encoder's kernel
+                stored_trades(np.zeros(1, dtype))
 
 
 @contextmanager

@@ -20,6 +20,7 @@ from backtest.executors.base import (
     ShardFinished,
     TaskDone,
     TaskFailed,
+    WorkerNote,
 )
 from backtest.run import RunRequest, prepare
 
@@ -115,10 +116,40 @@ class ExecutorContract:
 
 class WorkerProcessContract(ExecutorContract):
     """For executors whose workers are processes they kill (``kills_workers``): a shard that
-    overruns ``timeout`` is killed and retried, then fails with every attempt's error."""
+    overruns ``timeout`` is killed and retried, then fails with every attempt's error; a worker
+    killed from outside mid-shard is replaced, and every task is still reported exactly once."""
 
     def test_the_executor_says_it_kills_workers(self, root: Path) -> None:
         assert self.make(root).kills_workers
+
+    def test_a_killed_worker_is_replaced_and_nothing_is_lost(self, root: Path, faulty: Path) -> None:
+        import os
+        import signal
+        import time
+
+        prep = self.plan(root, faulty, ["n=3:8", "mode=slow"])
+        ex = self.make(root)
+        events: list[Any] = []
+        killed: list[int] = []
+        deadline = time.monotonic() + 240
+        with ex:
+            ex.start(prep.job.strategy)
+            ex.submit(prep.shards)
+            while not ex.finished():
+                assert time.monotonic() < deadline, "executor did not finish in time"
+                events.extend(ex.poll(0.1))
+                # a worker that is busy with a shard, by the pid it said in its hello (on an SSH
+                # host of the test farm too: its namespaces share this machine's pids)
+                busy = [w for w in ex.status() if w.state == "busy" and w.env.get("pid")]
+                if not killed and busy and any(isinstance(e, TaskDone) for e in events):
+                    killed.append(int(busy[0].env["pid"]))
+                    os.kill(killed[0], signal.SIGKILL)
+        assert killed
+        done = Counter(e.key for e in events if isinstance(e, TaskDone))
+        assert sorted(done) == sorted(t.key for t in prep.tasks) and set(done.values()) == {1}
+        assert not [e for e in events if isinstance(e, TaskFailed | ShardFailed)]
+        said = [e.message for e in events if isinstance(e, WorkerNote)]
+        assert any("killed by SIGKILL" in m or "worker died" in m for m in said), said
 
     def test_timeout_kills_and_retries_then_fails_with_every_attempt(self, root: Path, faulty: Path) -> None:
         prep = self.plan(root, faulty, ["n=7", "mode=loop"], symbols=["AAA"])
