@@ -92,6 +92,7 @@ def _root(
 
 def _register() -> None:
     from backtest.cli import data as data_cli
+    from backtest.cli import export as export_cli
     from backtest.cli import hosts as hosts_cli
     from backtest.cli import jobs as jobs_cli
     from backtest.cli import runs as runs_cli
@@ -100,6 +101,7 @@ def _register() -> None:
     app.add_typer(hosts_cli.app, name="hosts")
     jobs_cli.register(app)
     runs_cli.register(app)
+    export_cli.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,7 +33,7 @@ def test_every_command_has_help() -> None:
 
 def test_help_is_fast_and_does_not_import_heavy_modules() -> None:
     loaded, _ = loaded_by("import backtest.cli as c; c._register()",
-                          ("numpy", "numba", "duckdb", "pyarrow", "pandas", "fabric"))
+                          ("numpy", "numba", "duckdb", "pyarrow", "pandas", "fabric", "mlflow"))
     assert loaded == []
 
 
