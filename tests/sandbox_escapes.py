@@ -52,6 +52,24 @@ class Escape(Strategy):
                 os.setsid()
                 os.execv("/bin/sleep", ["sleep", self.arg])
             time.sleep(120)
+        elif m == "memscan":  # the secret "s3cr3t-<arg>" anywhere in this process's memory
+            tail, head, hits = self.arg.encode(), b"s3cr3t-", 0
+            with open("/proc/self/maps") as maps, open("/proc/self/mem", "rb", 0) as mem:
+                for line in maps:
+                    parts = line.split()
+                    lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                    if "r" not in parts[1] or hi - lo > 1 << 30:
+                        continue
+                    try:
+                        mem.seek(lo)
+                        chunk = mem.read(hi - lo)
+                    except (OSError, ValueError, OverflowError):
+                        continue
+                    at = chunk.find(tail)
+                    while at >= 0:
+                        hits += chunk[at - len(head):at] == head
+                        at = chunk.find(tail, at + 1)
+            raise RuntimeError(f"memory hits={hits}")
         elif m == "memory":
             import numpy
 

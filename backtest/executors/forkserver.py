@@ -66,16 +66,18 @@ class ForkServer:
     ``forked=True`` makes the server a fork of this process instead of a new interpreter: it
     saves the interpreter's start (~50 ms on the way to the first result). Only safe while this
     process has a single thread and has imported little, as at the very start of the console
-    script (``preload``); otherwise the server is started with Popen. A server for sandboxed
-    workers (``sandbox``) is always a new interpreter with the sandbox's environment: a fork
-    would carry this process's environment, secrets included, in its memory."""
+    script (``preload``); otherwise the server is started with Popen. A forked server for
+    sandboxed workers (``sandbox``) scrubs the environment it inherited, and the memory that held
+    it, before anything else (``sandbox.scrub_environment``); a Popen'd one is started with the
+    sandbox's environment only."""
 
     def __init__(self, python: str = sys.executable, *, forked: bool = False, sandbox: bool = False) -> None:
         self.sandbox = sandbox
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            if forked and not sandbox:
-                self.proc: subprocess.Popen[bytes] | _Forked = _Forked(_fork_server(theirs.fileno(), self._sock))
+            if forked:
+                self.proc: subprocess.Popen[bytes] | _Forked = _Forked(_fork_server(theirs.fileno(), self._sock,
+                                                                                    sandbox))
             else:
                 self.proc = subprocess.Popen(
                     [python, "-m", "backtest.worker", "--fork-server", str(theirs.fileno()),
@@ -207,9 +209,11 @@ class _Forked:
         return self.returncode
 
 
-def _fork_server(fd: int, ours: socket.socket) -> int:
+def _fork_server(fd: int, ours: socket.socket, sandbox: bool = False) -> int:
     """Fork this (single-threaded) process into a fork server on control socket ``fd``; the
-    child is set up as ``ForkServer``'s Popen would set a new interpreter up."""
+    child is set up as ``ForkServer``'s Popen would set a new interpreter up. For sandboxed
+    workers it first scrubs its environment, the memory that held it included
+    (``sandbox.scrub_environment``): this process has read nothing else yet."""
     pid = os.fork()
     if pid:
         return pid
@@ -221,13 +225,17 @@ def _fork_server(fd: int, ours: socket.socket) -> int:
         for target in (0, 1) if os.environ.get("BT_TRACE") else (0, 1, 2):
             os.dup2(null, target)
         os.close(null)
-        os.environ.update(worker_env())
+        if sandbox:
+            from backtest.worker.sandbox import scrub_environment
+
+            scrub_environment()
+        os.environ.update(worker_env(sandbox))
         import faulthandler
 
         faulthandler.enable()
         from backtest.worker.main import main
 
-        main(["--fork-server", str(fd)])
+        main(["--fork-server", str(fd), *(["--sandbox"] if sandbox else [])])
         code = 0
     except BaseException:  # noqa: S110 - nothing to report to: the coordinator sees the socket close
         pass

@@ -187,9 +187,9 @@ def test_the_console_script_preloads_only_for_forced_local_runs(args: list[str],
 @pytest.mark.parametrize("sandbox", [False, True])
 def test_the_console_script_forks_its_server_from_itself(tmp_path: Path, sandbox: bool) -> None:
     """``preload`` at the start of ``bt`` forks the server from the (still single-threaded)
-    process instead of starting an interpreter; it forks workers like the Popen'd one. Not for
-    sandboxed workers: their server is a new interpreter with a clean environment, so that
-    nothing of the coordinator's memory (its environment's secrets) is in theirs."""
+    process instead of starting an interpreter; it forks workers like the Popen'd one. The server
+    of sandboxed workers scrubs the environment it inherited, the memory that held it included:
+    its /proc/PID/environ (that memory) no longer shows a secret of the coordinator's."""
     script = tmp_path / "preload.py"
     script.write_text(textwrap.dedent(f"""
         import json, os, sys, tempfile
@@ -207,22 +207,23 @@ def test_the_console_script_forks_its_server_from_itself(tmp_path: Path, sandbox
         os.close(in_r)
         os.close(out_w)
         from backtest.worker.protocol import read_frame
-        hello = read_frame(os.fdopen(out_r, "rb"))[0]
+        hello = read_frame(os.fdopen(out_r, "rb"))[0]  # the server is long past its start now
+        secret_seen = b"BT_TEST_SECRET_TOKEN=" in open(f"/proc/{{server.proc.pid}}/environ", "rb").read()
         parent = int(open(f"/proc/{{pid}}/stat").read().rsplit(")", 1)[1].split()[1])
         os.close(in_w)  # the worker's input ends: it exits
         status = server.wait(pid, 30)
         server.close()
         print(json.dumps({{"kind": type(server.proc).__name__, "same_cmdline": mine == theirs,
                           "server": server.proc.pid, "me": os.getpid(), "parent": parent,
-                          "hello": hello, "pid": pid, "status": status, "server_exit": server.proc.returncode}}))
+                          "hello": hello, "pid": pid, "status": status, "server_exit": server.proc.returncode,
+                          "secret_seen": secret_seen}}))
     """))
     env = {k: v for k, v in os.environ.items() if k != "BT_NO_FORK_SERVER"}
+    env["BT_TEST_SECRET_TOKEN"] = "s3cr3t"
     res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    if sandbox:
-        assert out["kind"] == "Popen" and not out["same_cmdline"]  # `python -m backtest.worker --fork-server`
-    else:
-        assert out["kind"] == "_Forked" and out["same_cmdline"]  # a fork of the script, not `python -m ...`
+    assert out["kind"] == "_Forked" and out["same_cmdline"]  # a fork of the script, not `python -m ...`
+    assert out["secret_seen"] is not sandbox
     assert out["hello"]["t"] == "hello" and out["hello"]["pid"] == out["pid"] and out["parent"] == out["server"]
     assert out["status"] == 0 and out["server_exit"] is not None

@@ -171,6 +171,32 @@ def test_environment_has_no_secrets(root: Path, escape: Path, tmp_path: Path, mo
     nothing_left(tmp_path)
 
 
+def test_no_secret_in_a_worker_s_memory(root: Path, escape: Path, tmp_path: Path) -> None:
+    """The console script forks its workers' server from itself at its start (``bt run --force``):
+    the server scrubs the environment it inherited and the memory that held it, so a strategy that
+    reads all of its own memory finds no trace of the coordinator's secrets."""
+    import subprocess
+    import sys
+
+    tail = f"memory-{uuid.uuid4().hex}"
+    env = dict(os.environ, AWS_SECRET_ACCESS_KEY=f"s3cr3t-{tail}")
+
+    def hits(*extra: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "backtest", "--data", str(root), "run", str(escape), "--from",
+                               "2021", "--symbols", "AAA", "-w", "1", "--force", "--param", "mode=memscan",
+                               "--param", f"arg={tail}", "--json", *extra],
+                              capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+        assert done.returncode == 1, done.stderr + done.stdout
+        with duckdb.connect(str(root / "catalog.duckdb"), read_only=True) as con:
+            [(error,)] = con.execute("SELECT error FROM run_tasks WHERE run_id = ? AND status = 'failed'",
+                                     [json.loads(done.stdout.strip().splitlines()[-1])["run_id"]]).fetchall()
+        return error
+
+    assert "memory hits=0" in hits()
+    assert "memory hits=0" not in hits("--sandbox", "off")  # the scan does find it where it is
+    nothing_left(tmp_path)
+
+
 def test_same_bits_with_the_sandbox_on_and_off(root: Path, sma_path: Path, tmp_path: Path) -> None:
     from backtest.store.results import ResultStore
 
