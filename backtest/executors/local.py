@@ -201,10 +201,11 @@ class LocalExecutor(StreamPool):
         if server is not None:
             server.close()
         if self.options.sandbox:  # what killed sandboxed workers could not remove themselves
-            from backtest.worker.sandbox import remove_stale, staging_dir
+            from backtest.worker.sandbox import remove_empty_cgroups, remove_stale, staging_dir
 
             remove_stale()
             remove_stale(str(staging_dir(self.options.data_root, 0).parent), prefix="")
+            remove_empty_cgroups()
 
     def describe(self) -> str:
         return f"local://{self.options.workers or cores()}"

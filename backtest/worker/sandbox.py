@@ -261,14 +261,23 @@ def _pids_cgroup() -> Path | None:
     return None
 
 
+def remove_empty_cgroups(parent: Path | None = None) -> None:
+    """Remove the ``bt-worker-*`` cgroups of workers that are gone (a cgroup can be removed only
+    when no process is left in it, so a live worker's stays)."""
+    parent = parent if parent is not None else _pids_cgroup()
+    if parent is None:
+        return
+    for stale in parent.glob("bt-worker-*"):
+        try:
+            stale.rmdir()
+        except OSError:
+            pass
+
+
 def _join_cgroup(parent: Path, limit: int) -> Path:
     """Make ``parent/bt-worker-<pid>`` with ``pids.max`` = ``limit`` and move this process into
     it; empty ones left by workers that are gone are removed on the way."""
-    for stale in parent.glob("bt-worker-*"):
-        try:
-            stale.rmdir()  # only an empty cgroup goes: a live worker's stays
-        except OSError:
-            pass
+    remove_empty_cgroups(parent)
     mine = parent / f"bt-worker-{os.getpid()}"
     mine.mkdir(exist_ok=True)
     (mine / "pids.max").write_text(str(limit))

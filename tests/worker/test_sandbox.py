@@ -52,6 +52,10 @@ def nothing_left(tmp_path: Path) -> None:
     me = os.getpid()
     assert [p for p in processes_with_env("BT_TEST_MARK", mark) if p != me] == []
     assert list((tmp_path / "tmp").iterdir()) == []
+    from backtest.worker.sandbox import _pids_cgroup
+
+    cgroups = _pids_cgroup()  # where the workers' own cgroups were (root): none left
+    assert cgroups is None or list(cgroups.glob("bt-worker-*")) == []
 
 
 def test_network_is_refused_with_one_line(root: Path, escape: Path, tmp_path: Path) -> None:
