@@ -224,10 +224,10 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
             if status == "done" and progress.failed:
                 status = "failed"
             seconds = time.monotonic() - t0
+            sandbox = sandbox_record(prep.request.sandbox, progress.workers)
             final_update = {"status": status, "finished": time.time(), "computed": progress.computed,
                             "failed": progress.failed, "seconds": seconds,
-                            "sandbox": json.dumps(sandbox_record(prep.request.sandbox, progress.workers),
-                                                  sort_keys=True)}
+                            "sandbox": json.dumps(sandbox, sort_keys=True)}
             if followup is not None:  # the out-of-sample tasks are known now
                 final_update["tasks"] = progress.total = len(recorder.by_key) + prep.wfo.pending()
             recorder.post_last(final_update)
@@ -246,7 +246,7 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
         catalog.record(run_id, logs=[{"shard": None, "worker": "bt", "text": f"{message}\n" + "\n".join(differs),
                                       "at_time": time.time()}], run_update={"status": status})
     summary = RunSummary(run_id, status, progress.total, progress.computed, progress.cached, progress.failed,
-                         seconds, message, set_aside, differs, sandbox_record(prep.request.sandbox, progress.workers))
+                         seconds, message, set_aside, differs, sandbox)
     mark("recorded")
     if on_progress:
         on_progress(progress)

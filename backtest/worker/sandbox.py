@@ -144,9 +144,6 @@ class Protections:
                  f"environment {self.environment}" if self.environment else "environment NOT cleaned"]
         return ", ".join(parts)
 
-    def complete(self) -> bool:
-        return bool(self.network and self.files and self.processes and self.memory and self.environment)
-
 
 # --- the kernel's interfaces, through libc ------------------------------------------------------
 
@@ -386,7 +383,6 @@ class Sandbox:
         self.home = folder / "home"
         self.protections = protections
         self.cgroup = cgroup
-        self.max_processes = MAX_PROCESSES
         self.staging: Path | None = None  # where result files go for the coordinator to move in
 
     def after_shard(self) -> None:
@@ -420,7 +416,7 @@ class Sandbox:
                 if e.errno in (errno.ENETUNREACH, errno.ENETDOWN, errno.EADDRNOTAVAIL) or NETWORK_DENIED in str(e):
                     return NETWORK_DENIED
                 if e.errno == errno.EAGAIN and self.protections.processes and "fork" in _where(e):
-                    return (f"the sandbox allows a worker {self.max_processes} processes at once, and the strategy "
+                    return (f"the sandbox allows a worker {MAX_PROCESSES} processes at once, and the strategy "
                             "wanted more; run with --sandbox off to lift the limit")
                 if (e.errno in (errno.EACCES, errno.EPERM) and self.protections.files and e.filename
                         and _permitted(str(e.filename))):
