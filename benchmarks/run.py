@@ -9,7 +9,8 @@ Suites: ``selftest`` (the answer check and the peers' semantics against a slow r
 times), ``sma_grid`` (20 symbols x 98 280 minute bars x 90 SMA combos), ``small`` (400 daily
 backtests), ``rerun`` (bt's cached and one-changed-parameter reruns), ``startup`` (``bt --help``),
 ``report`` (``bt report --format html`` of the sma_grid run and the demo, beside backtesting.py's
-plot of one task), ``all`` (every one, selftest first). Every timed run is a fresh process; the peers run in their
+plot of one task), ``scale`` (grids of 120 400 and 1 000 000 tasks, step by step: a few minutes),
+``all`` (every one, selftest first). Every timed run is a fresh process; the peers run in their
 own venv (benchmarks/.peers/, built on first use). Answers are checked before any time is shown;
 a disagreement exits 1 and writes nothing. The tables go to stdout and to benchmarks/RESULTS.md.
 See benchmarks/README.md for what is measured and how the engines' semantics are matched.
@@ -421,6 +422,13 @@ def suite_portfolio(h: Harness) -> SuiteResult:
     return bench_portfolio.run_suite(h)
 
 
+def suite_scale(h: Harness) -> SuiteResult:
+    """SMA grids of 120 400 and 1 000 000 tasks, step by step, against their targets (bench_scale.py)."""
+    import bench_scale
+
+    return bench_scale.run_suite(h)
+
+
 def suite_walkforward(h: Harness) -> SuiteResult:
     """One walk-forward run against the same folds as plain runs (bench_walkforward.py)."""
     import bench_walkforward
@@ -437,6 +445,7 @@ SUITE_FUNCS: dict[str, Callable[[Harness], SuiteResult]] = {
     "report": suite_report,
     "portfolio": suite_portfolio,
     "walkforward": suite_walkforward,
+    "scale": suite_scale,
 }
 
 

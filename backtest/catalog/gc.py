@@ -1,5 +1,5 @@
-"""``bt gc``: delete the stored results no recorded run refers to any more, and the damaged result
-files set aside (``<key>.res.damaged``).
+"""``bt gc``: delete the stored results no recorded run refers to any more, and the damaged results
+set aside (``ResultStore.damaged_files``); then pack the single files of a store made before packs.
 
 A result is kept while a row of ``run_tasks`` of a recorded run names its key: results are shared
 by content, so removing a run (``bt runs rm``) frees only the results no other run names. The
@@ -30,6 +30,8 @@ class Collected:
     rows: int  # catalog ``results`` rows of keys no run refers to (dropped with the files)
     stale_rows: int  # task and log rows of runs no longer recorded (dropped)
     deleted: bool  # False for a dry run
+    packed: int = 0  # single files of a store made before packs, packed (not in a dry run)
+    packs: int = 0  # the packs they went into
     live: list[dict[str, Any]] = field(default_factory=list)  # runs going on (dry run only)
 
 
@@ -67,15 +69,16 @@ def collect(alive: Callable[[int, str], bool], dry_run: bool = False, root: Path
                            "a rebuilt catalog has the results but not the runs)")
     if dry_run:
         found = catalog.sweep(stored, alive, None)
-        return Collected(found.keys, sum(_size(store.path(k)) for k in found.keys), damaged,
-                         sum(map(_size, damaged)), found.rows, found.stale_rows, False, found.live)
+        return Collected(found.keys, store.sizes(found.keys), damaged,
+                         sum(map(_size, damaged)), found.rows, found.stale_rows, False, live=found.live)
     sizes = {"results": 0, "damaged": 0}
 
     def delete(keys: list[str]) -> None:
-        for key in keys:
-            path = store.path(key)
-            sizes["results"] += _size(path)
-            _unlink(path)
+        try:
+            sizes["results"] += store.delete(keys)
+        except OSError as exc:
+            raise CatalogError(f"cannot delete results: {exc.strerror or exc}; bt gc stopped there (the catalog "
+                               "is as it was; run it again once the files can be deleted)") from None
         for path in damaged:
             sizes["damaged"] += _size(path)
             _unlink(path)
@@ -84,4 +87,6 @@ def collect(alive: Callable[[int, str], bool], dry_run: bool = False, root: Path
         delete([])
         return Collected([], 0, damaged, sizes["damaged"], 0, 0, True)
     found = catalog.sweep(stored, alive, delete)
-    return Collected(found.keys, sizes["results"], damaged, sizes["damaged"], found.rows, found.stale_rows, True)
+    packed, packs, _ = store.pack_files()  # (a damaged file is set aside: the next bt gc deletes it)
+    return Collected(found.keys, sizes["results"], damaged, sizes["damaged"], found.rows, found.stale_rows, True,
+                     packed=packed, packs=packs)

@@ -232,7 +232,7 @@ def gc(
 ) -> None:
     """Delete the stored results no recorded run refers to any more, and damaged result files set aside.
 
-    Results are shared by content: a result is kept while any recorded run names it, so bt runs rm frees only what no other run uses. A later bt run that needs a deleted result computes it again. Refuses while a run is going on (its newest results are not recorded yet).
+    Results are shared by content: a result is kept while any recorded run names it, so bt runs rm frees only what no other run uses. A later bt run that needs a deleted result computes it again. Refuses while a run is going on (its newest results are not recorded yet). A store made before pack files (one file a task) has the files it keeps packed.
 
     Example: bt runs rm sma_cross-3f2a9c && bt gc --dry-run && bt gc
     """
@@ -260,6 +260,9 @@ def gc(
                     console.print(f"  {p}", highlight=False, soft_wrap=True)  # a path is never broken
                 if len(found.damaged) > SHOWN:
                     console.print(f"  and {len(found.damaged) - SHOWN} more", highlight=False)
+    if found.packed:
+        console.print(f"packed {found.packed} result file(s) of the one-file-a-task layout into {found.packs} "
+                      "pack(s)", highlight=False)
     if dry_run and found.live:
         warn_line(f"run {found.live[0]['run_id']} is going on: results it has not recorded yet may be listed "
                   "here, and bt gc refuses until it ends")

@@ -4,10 +4,10 @@ An executor moves shards to workers and outcomes back. It knows nothing of the c
 terminal: the runner records what it reports and renders progress. Every executor passes the
 same contract tests (``tests/executors/contract.py``).
 
-Results come back one of two ways, and the runner handles both: a ``TaskDone`` carries the
-result file's bytes (``stored=False``: the runner writes them into the results store), or, for
-workers on the coordinator's own machine that share its results store, the worker has written
-the file itself and the event carries only the metrics the catalog needs (``stored=True``).
+Results come back one of two ways, and the runner handles both: a ``TaskDone`` carries a
+result file's bytes (the runner stores them, a pack per batch, ``store.packs``), or, for workers
+on the coordinator's own machine that share its results store, the worker has written a pack of
+results itself and a ``TasksDone`` carries, as columns, only the metrics the catalog needs.
 Local workers store their own results (only a few hundred bytes a task cross the pipe instead of
 every trade); SSH and Dask workers, whose disks are not the coordinator's, send the bytes.
 
@@ -26,7 +26,7 @@ Rules an implementer must keep:
   (a walk-forward run submits its out-of-sample shards as its folds are decided); ``finished()``
   is then false again until those end too.
 - Every submitted shard ends in exactly one ``ShardFinished`` or ``ShardFailed``.
-- Each task key is reported done (``TaskDone``) at most once, even when a worker that was given
+- Each task key is reported done (``TaskDone`` or in a ``TasksDone``) at most once, even when a worker that was given
   up for lost answers later: drop whatever a lost worker sends.
 - A shard whose worker dies, overruns ``timeout`` or stops sending heartbeats is retried
   elsewhere with only its unreported tasks, up to ``max_attempts`` times; then ``ShardFailed``
@@ -79,6 +79,40 @@ class TaskDone:
 
 
 @dataclass(frozen=True)
+class TasksDone:
+    """Tasks whose result files a worker stored itself (``stores_results``), reported together:
+    what the catalog needs of them as columns (a few thousand tasks a second make one event each
+    instead of one per task)."""
+
+    shard: str
+    keys: list[str]
+    names: tuple[str, ...]  # metric names
+    values: Any  # ``array("d")``: the metrics of each task in ``keys``, task after task
+    n_trades: list[int]
+    worker: str
+    env: dict[str, Any] | None = None
+    attempt: int = 1
+
+    def each(self) -> list[TaskDone]:
+        """The same outcomes one task at a time."""
+        w = len(self.names)
+        return [TaskDone(self.shard, k, b"", self.worker, True,
+                         dict(zip(self.names, self.values[i * w:(i + 1) * w], strict=True)), self.n_trades[i],
+                         self.env, self.attempt) for i, k in enumerate(self.keys)]
+
+
+def task_outcomes(events: list[Event]) -> list[Event]:
+    """``events`` with every ``TasksDone`` as the ``TaskDone`` of each of its tasks."""
+    out: list[Event] = []
+    for e in events:
+        if isinstance(e, TasksDone):
+            out.extend(e.each())
+        else:
+            out.append(e)
+    return out
+
+
+@dataclass(frozen=True)
 class TaskFailed:
     shard: str
     key: str
@@ -126,7 +160,7 @@ class ResultDiffers:
     worker: str
 
 
-Event = TaskDone | TaskFailed | ShardLog | ShardFinished | ShardFailed | WorkerNote | ResultDiffers
+Event = TaskDone | TasksDone | TaskFailed | ShardLog | ShardFinished | ShardFailed | WorkerNote | ResultDiffers
 
 
 @dataclass

@@ -161,6 +161,7 @@ class LocalExecutor(StreamPool):
     scheme: ClassVar[str] = "local"
     stores_results: ClassVar[bool] = True
     _server: ForkServer | None = None
+    _store: Any = None  # the results store staged packs are moved into
 
     def slot_names(self) -> list[tuple[str, str]]:
         n = self.options.workers or cores()
@@ -182,13 +183,15 @@ class LocalExecutor(StreamPool):
             return ForkedChannel(server, options, tempfile.TemporaryFile())
         return ProcessChannel([sys.executable, "-m", "backtest.worker", *options], worker_env(self.options.sandbox))
 
-    def accept_staged(self, slot: Any, keys: list[str]) -> None:
+    def accept_staged(self, slot: Any, pack: str, keys: list[str]) -> None:
         from backtest.store.results import ResultStore
         from backtest.worker.sandbox import staging_dir
 
         assert isinstance(slot.channel, _LocalChannel)
         root = self.options.data_root
-        ResultStore(root).accept_staged(staging_dir(root, slot.channel.pid), keys)
+        if self._store is None:
+            self._store = ResultStore(root)
+        self._store.accept_pack(staging_dir(root, slot.channel.pid), pack, keys)
 
     def close(self, *, cancel: bool = False) -> None:
         if not self._closed:

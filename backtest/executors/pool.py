@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import IO, Any, ClassVar
 
+from backtest.errors import BtError
 from backtest.executors.base import (
     Event,
     Executor,
@@ -32,6 +33,7 @@ from backtest.executors.base import (
     ShardLog,
     TaskDone,
     TaskFailed,
+    TasksDone,
     WorkerNote,
     WorkerStatus,
 )
@@ -357,22 +359,23 @@ class StreamPool(Executor):
                 return
             env = slot.env.get("env")
             left = set(job.remaining)
-            if "staged" in msg:  # a sandboxed worker, which may not write the store itself
+            if msg.get("staged"):  # a sandboxed worker, which may not write the store itself
                 try:
-                    self.accept_staged(slot, [k for k in msg["staged"] if k in left])
-                except OSError as exc:
-                    self._lose(slot, f"its result files could not be moved into the store: {exc}")
+                    self.accept_staged(slot, str(msg["pack"]), job.shard.keys)
+                except (OSError, BtError) as exc:
+                    self._lose(slot, f"its results could not be moved into the store: {exc}")
                     return
-            width = len(names)
-            for i, key in enumerate(keys):
-                if key not in left:
-                    continue
-                left.discard(key)
-                if key not in self._done_keys:
-                    self._done_keys.add(key)
-                    metrics = dict(zip(names, values[i * width:(i + 1) * width], strict=True))
-                    self._events.append(TaskDone(job.shard.id, key, b"", slot.label, True, metrics, n_trades[i], env,
-                                                        job.attempts + 1))
+            done = self._done_keys
+            fresh = [i for i, key in enumerate(keys) if key in left and key not in done]
+            left.difference_update(keys)
+            if fresh:
+                if len(fresh) < len(keys):  # some were reported before (a retried shard): only the others
+                    width = len(names)
+                    values = array("d", (v for i in fresh for v in values[i * width:(i + 1) * width]))
+                    keys, n_trades = [keys[i] for i in fresh], [n_trades[i] for i in fresh]
+                done.update(keys)
+                self._events.append(TasksDone(job.shard.id, keys, tuple(names), values, n_trades, slot.label, env,
+                                              job.attempts + 1))
             job.remaining = [k for k in job.remaining if k in left]
         elif kind == "task_error":
             key = msg["key"]
@@ -399,9 +402,10 @@ class StreamPool(Executor):
             self._attempt_failed(job, slot, msg["error"])
             self._dispatch()
 
-    def accept_staged(self, slot: _Slot, keys: list[str]) -> None:
-        """Move the result files ``slot``'s sandboxed worker staged for ``keys`` into the store
-        (executors whose workers store results themselves: ``stores_results``)."""
+    def accept_staged(self, slot: _Slot, pack: str, keys: list[str]) -> None:
+        """Move the pack of results ``slot``'s sandboxed worker staged into the store, if it holds
+        results of ``keys`` (its shard's) only (executors whose workers store results themselves:
+        ``stores_results``)."""
         raise NotImplementedError
 
     def _shard_ended(self, slot: _Slot, job: _Pending) -> None:

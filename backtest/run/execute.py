@@ -24,6 +24,7 @@ from backtest.executors.base import (
     ShardLog,
     TaskDone,
     TaskFailed,
+    TasksDone,
     WorkerNote,
 )
 from backtest.run.prepare import executor_options, prepare_started
@@ -188,7 +189,10 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
         while not ex.finished():
             for ev in ex.poll(0.1):
                 now = time.time()
-                if isinstance(ev, TaskDone):
+                if isinstance(ev, TasksDone):
+                    recorder.tasks_done(ev, now)
+                    progress.computed += len(ev.keys)
+                elif isinstance(ev, TaskDone):
                     recorder.task_done(ev, ev.attempt, now)
                     progress.computed += 1
                 elif isinstance(ev, TaskFailed):
@@ -204,8 +208,9 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
                 elif isinstance(ev, WorkerNote):
                     progress.notes.append(f"{ev.worker}: {ev.message}")
                     recorder.log(ev, now)
-                if followup is not None and isinstance(ev, TaskDone | TaskFailed | ShardFailed):
-                    followup.outcome(ev)
+                if followup is not None and isinstance(ev, TaskDone | TasksDone | TaskFailed | ShardFailed):
+                    for one in ev.each() if isinstance(ev, TasksDone) else [ev]:
+                        followup.outcome(one)
             if followup is not None:
                 followup.submit(ex, time.time())
             progress.workers = ex.status()

@@ -2,9 +2,9 @@
 
 A ``Recorder`` gathers task, result and log rows as outcomes come in and records them in short
 transactions (every ``FLUSH_SECONDS``, and as the run nears its end) from a writer thread, so that
-the event loop goes on taking events meanwhile. Result files the coordinator writes itself (from
-executors that send the bytes) are written by the same thread before the rows that name them:
-the catalog never names a result that is not stored. The run's last rows and its final status are
+the event loop goes on taking events meanwhile. Results the coordinator stores itself (from
+executors that send the bytes) are written, a pack per flush, by the same thread before the rows
+that name them: the catalog never names a result that is not stored. The run's last rows and its final status are
 recorded in one transaction, the writer's last if it is still writing (``_LastRows``).
 """
 
@@ -17,7 +17,15 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from backtest.executors.base import ShardFailed, ShardLog, TaskDone, TaskFailed, WorkerNote, WorkerStatus
+from backtest.executors.base import (
+    ShardFailed,
+    ShardLog,
+    TaskDone,
+    TaskFailed,
+    TasksDone,
+    WorkerNote,
+    WorkerStatus,
+)
 from backtest.run.request import Prepared
 from backtest.spec import Task
 from backtest.trace import mark
@@ -53,6 +61,15 @@ class Recorder:
         self._files_queued = False  # result files queued for the writer since its last queued record
         self._last_flush = time.monotonic()
         self._last = _LastRows()
+        self._bodies: dict[str, tuple[bytes, str]] = {}  # result files that came as bytes, not stored yet
+        # --force: the store as it was before the run, and the results workers stored since
+        self._before: Any = None
+        self._forced: list[tuple[str, str]] = []
+        if prep.request.force:
+            from backtest.store.results import ResultStore
+
+            self._before = ResultStore(prep.root, snapshot=True)
+            self._before.packs()
         # results recomputed to other bits than the intact ones stored under their keys:
         # (key, what differs, worker); appended by the writer thread and the event loop
         self.differs: list[tuple[str, str, str]] = []
@@ -97,8 +114,10 @@ class Recorder:
 
         assert self._writer is not None
         if not ev.stored:
-            self._writes.append(self._writer.submit(self._write_file, ev.key, ev.body, ev.worker))
+            self._bodies[ev.key] = (ev.body, ev.worker)
             self._files_queued = True
+        elif self._before is not None:
+            self._forced.append((ev.key, ev.worker))
         task = self.by_key[ev.key]
         if ev.metrics is None:
             header, metrics = decode_metrics(ev.body)
@@ -112,10 +131,67 @@ class Recorder:
             self.result_rows.append(result_row(header, ev.metrics, now, text, env_text))
         self.task_rows.append(self.row(task, "done", False, attempt, None, None, ev.worker, now))
 
-    def _write_file(self, key: str, body: bytes, worker: str) -> None:
-        differs = self.store.write(key, body)
-        if differs:
-            self.differs.append((key, differs, worker))
+    def tasks_done(self, ev: TasksDone, now: float) -> None:
+        """A batch of results a worker stored itself: their task and result rows as columns."""
+        import numpy as np
+
+        from backtest.catalog import METRICS, OPTIONAL_METRICS
+        from backtest.catalog.staging import Columns
+
+        if self._before is not None:
+            self._forced.extend((k, ev.worker) for k in ev.keys)
+        n = len(ev.keys)
+        tasks = [self.by_key[k] for k in ev.keys]
+        keys = np.array(ev.keys, dtype=object)
+        symbols = np.array([t.symbol for t in tasks], dtype=object)
+        params = np.array([self._params_text(t) for t in tasks], dtype=object)
+        self.task_rows.append(Columns(n, {
+            "key": keys, "symbol": symbols, "params": params, "status": np.full(n, "done", dtype=object),
+            "cached": np.zeros(n, dtype=bool), "attempts": np.full(n, ev.attempt, dtype=np.int64),
+            "error": np.full(n, None, dtype=object), "details": np.full(n, None, dtype=object),
+            "worker": np.full(n, ev.worker, dtype=object), "at_time": np.full(n, now)}))
+        env = ev.env or {}
+        env_text = self.env_texts.get(ev.worker) or self.env_texts.setdefault(ev.worker, json.dumps(env, sort_keys=True))
+        if self.prep.job.axes:  # the result's params are the strategy's only
+            strategy_params = self.prep.job.strategy_params
+            params = np.array([json.dumps(strategy_params(t.params), sort_keys=True) for t in tasks], dtype=object)
+        values = np.frombuffer(ev.values, dtype=np.float64).reshape(n, len(ev.names)) if n else np.empty((0, 0))
+        where = {m: i for i, m in enumerate(ev.names)}
+        missing = np.full(n, np.nan)
+        metrics = {m: values[:, where[m]].copy() if m in where else missing for m in (*METRICS, *OPTIONAL_METRICS)}
+        self.result_rows.append(Columns(n, {
+            "key": keys, "symbol": symbols, "params": params, "n_trades": np.array(ev.n_trades, dtype=np.int64),
+            "env": np.full(n, env_text, dtype=object), "recorded": np.full(n, now), **metrics}))
+
+    def _write_pack(self, bodies: dict[str, tuple[bytes, str]]) -> None:
+        """Store result files that came as bytes in one pack (a file that is not a canonical
+        result file is stored, and checked, as a pack of its own)."""
+        from backtest.store.packs import PackWriter
+
+        pack = PackWriter()
+        for key, (body, worker) in bodies.items():
+            if not pack.add_file(body):
+                self._differs(self.store.write(key, body), key, worker)
+        if len(pack):
+            found = self.store.write_pack(pack, {k: b for k, (b, _) in bodies.items()})
+            for key, what in found.items():
+                self._differs(what, key, bodies[key][1])
+
+    def _compare_forced(self, done: list[tuple[str, str]]) -> None:
+        """``--force``: results that workers stored themselves, compared with the ones stored
+        before the run under the same keys."""
+        from backtest.store.results import difference
+
+        assert self._before is not None
+        self.store.refresh()
+        for key, worker in done:
+            old = self._before.stored_bytes(key)
+            if old is not None and (new := self.store.read_bytes(key)) != old:
+                self._differs(difference(old, key, new), key, worker)
+
+    def _differs(self, what: str | None, key: str, worker: str) -> None:
+        if what:
+            self.differs.append((key, what, worker))
 
     def task_failed(self, ev: TaskFailed, attempt: int, now: float) -> None:
         self.task_rows.append(self.row(self.by_key[ev.key], "failed", False, attempt, ev.error, ev.details,
@@ -139,7 +215,8 @@ class Recorder:
         left to do (near the end of a run its core is free), so that little is left to record
         once all is in: that write waits a little for the run's last rows. One catalog write at
         a time, so that the last rows, which end the run, are never recorded before others."""
-        near_end = len(self.task_rows) >= 100 and any(w.state == "idle" for w in workers)
+        rows = sum(getattr(r, "n", 1) for r in self.task_rows)  # (a ``Columns`` block holds n rows)
+        near_end = rows >= 100 and any(w.state == "idle" for w in workers)
         if (time.monotonic() - self._last_flush > FLUSH_SECONDS or near_end) and (
             self._recording is None or self._recording.done()
         ):
@@ -151,6 +228,14 @@ class Recorder:
         """Record the rows gathered so far. In the background (during the run) the writer thread
         records them after the result files queued before them, so the loop goes on taking
         events meanwhile; the last flush waits."""
+        bodies, self._bodies = self._bodies, {}
+        forced, self._forced = self._forced, []
+        if background:
+            assert self._writer is not None
+            if bodies:
+                self._writes.append(self._writer.submit(self._write_pack, bodies))
+            if forced:
+                self._writes.append(self._writer.submit(self._compare_forced, forced))
         pending = []
         for w in self._writes:
             if w.done():
@@ -172,6 +257,10 @@ class Recorder:
         for w in self._writes:
             w.result()
         self._writes = []
+        if bodies:
+            self._write_pack(bodies)
+        if forced:
+            self._compare_forced(forced)
         if self._last.taken:
             mark("recorded the last rows with the background ones")
             return

@@ -73,10 +73,10 @@ def verify(run_id: str, sample: int | None = None, seed: int = 0, root: Path | N
                 seen.add(ev.key)
                 if not store.has(ev.key):
                     missing.append(ev.key)
-                elif store.read_bytes(ev.key) != ev.body:
+                elif (stored := store.stored_bytes(ev.key)) != ev.body:
                     mismatched.append(ev.key)
-                    why[ev.key] = (difference(str(store.path(ev.key)), ev.key, ev.body)
-                                   or "the stored file is damaged (the next bt run computes it again)")
+                    why[ev.key] = (difference(stored, ev.key, ev.body)
+                                   or "the stored result is damaged (the next bt run computes it again)")
             elif isinstance(ev, TaskFailed | ShardFailed):
                 keys = [ev.key] if isinstance(ev, TaskFailed) else ev.keys
                 mismatched.extend(keys)

@@ -1,6 +1,6 @@
-"""The content-addressed results store: one file per task, named by the task key.
+"""The content-addressed results store: every task's result found, checked and served by its key.
 
-A result file is made by the worker (on any host) and written whole by the coordinator::
+A task's result file (the unit a result is served, compared and checked as) is::
 
     b"BTRES1" | u32 header length | canonical JSON header | float64 metrics | trades | sha256
 
@@ -11,6 +11,11 @@ that precedes it: a torn or damaged file is detected on read. Trades are stored 
 trade (``STORED_TRADE_DTYPE``: what can be derived exactly is derived on reading); equity curves
 are not stored: they are re-derived on demand by re-running the task, which is deterministic (see
 ``bt verify``).
+
+The store keeps these files in packs, the results of a batch of a shard in one file
+(``store.packs``: each task's entry gives back its result file's exact bytes, checked against its
+sha256), so that files and disk grow with shards, not tasks. Stores made before packs keep one
+file a task (``<key[:2]>/<key>.res``); both are read, and ``bt gc`` packs such files.
 """
 
 from __future__ import annotations
@@ -21,17 +26,19 @@ import json
 import os
 import re
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backtest.errors import ResultError
 from backtest.hashing import canonical_json
-from backtest.store.fsutil import atomic_write
+from backtest.store.packs import Variant, payload
 
 if TYPE_CHECKING:  # numpy is imported where trades are handled: storing and indexing need none
     import numpy as np
+
+    from backtest.store.packs import Pack
 
 MAGIC = b"BTRES1"
 _U32 = struct.Struct(">I")
@@ -101,24 +108,24 @@ class Encoder:
         self._names_json = "[]"
         self._values = struct.Struct("<")
 
-    def __call__(self, key: str, params: dict[str, Any], metrics: dict[str, float], trades: np.ndarray,
-                 symbols: tuple[str, ...] = ()) -> bytes:
+    def parts(self, key: str, params: dict[str, Any], metrics: dict[str, float], trades: np.ndarray,
+              symbols: tuple[str, ...] = ()) -> tuple[Variant, str, int, str, bytes, bytes]:
+        """A result's parts as a pack keeps them (``store.packs``): (variant, key, trade count,
+        params JSON, metrics block, trades block)."""
         names = tuple(metrics)
         if names != self._names:
             self._names, self._names_json = names, canonical_json(list(names))
             self._values = struct.Struct(f"<{len(names)}d")
         stored = stored_trades(trades)
         members = f'"symbols":{canonical_json(list(symbols))},' if symbols else ""
-        # the header's keys in sorted order: env, key, metric_names, n_trades, params, symbol,
-        # symbols (a portfolio's only), trade_dtype
-        head = (
-            f'{{"env":{self._env},"key":{canonical_json(key)},"metric_names":{self._names_json},'
-            f'"n_trades":{int(stored.shape[0])},"params":{canonical_json(params)},"symbol":{self._symbol},'
-            f'{members}"trade_dtype":{_dtype_json(stored.dtype)}}}'
-        ).encode()
-        payload = b"".join((MAGIC, _U32.pack(len(head)), head, self._values.pack(*metrics.values()),
-                            stored.tobytes()))
-        return payload + hashlib.sha256(payload).digest()
+        variant = (self._env, self._names_json, self._symbol, members, _dtype_json(stored.dtype))
+        return (variant, key, int(stored.shape[0]), canonical_json(params), self._values.pack(*metrics.values()),
+                stored.tobytes())
+
+    def __call__(self, key: str, params: dict[str, Any], metrics: dict[str, float], trades: np.ndarray,
+                 symbols: tuple[str, ...] = ()) -> bytes:
+        body = payload(*self.parts(key, params, metrics, trades, symbols))
+        return body + hashlib.sha256(body).digest()
 
 
 #: How a result file stores trades (``STORED_TRADE_DTYPE``): the engine's ``TRADE_DTYPE`` less
@@ -317,28 +324,14 @@ def check_head(path: str, key: str) -> str | None:
     return None
 
 
-def _same_bytes(path: str, data: bytes) -> bool:
-    """Whether the file at ``path`` holds exactly ``data`` (os-level calls: this runs once a task)."""
+def difference(old_bytes: bytes | None, key: str, new: bytes) -> str | None:
+    """What differs between the intact result ``old_bytes`` and ``new`` (None when there is no
+    old result, or it is damaged: replacing it is a repair, not a difference)."""
+    if old_bytes is None:
+        return None
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return False
-    try:
-        size = len(data)
-        return os.fstat(fd).st_size == size and os.read(fd, size + 1) == data
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def difference(path: str, key: str, new: bytes) -> str | None:
-    """What differs between the intact result stored at ``path`` and ``new`` (None when there is
-    no such file, or it is damaged: replacing it is a repair, not a difference)."""
-    try:
-        with open(path, "rb") as fh:
-            old = decode(fh.read(), path, key)
-    except (OSError, ResultError, ValueError, KeyError, struct.error):
+        old = decode(old_bytes, "stored result", key)
+    except (ResultError, ValueError, KeyError, struct.error):
         return None
     now = decode(new, "new result", key)
     said = [f"{k} {old.env.get(k)} → {now.env.get(k)}" for k in sorted(set(old.env) | set(now.env))
@@ -353,87 +346,240 @@ def difference(path: str, key: str, new: bytes) -> str | None:
     return ", ".join(said)
 
 
-class ResultStore:
-    """``<root>/results/<key[:2]>/<key>.res``; a file that exists is complete."""
+def _read_file(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError:
+        return None
 
-    def __init__(self, root: Path) -> None:
+
+#: Lookups by key after which a store maps every key a pack holds (``ResultStore._find``).
+FIND_MAP = 64
+
+
+class ResultStore:
+    """The results of ``<root>/results``: packs (``packs/<name>.pack``, ``store.packs``), which
+    workers and the coordinator write, and single files (``<key[:2]>/<key>.res``), which stores
+    made before packs hold. A task is found by its key alone in either; where a key is in both, or
+    in several packs (``--force`` computes again), the newest pack's entry is served."""
+
+    def __init__(self, root: Path, snapshot: bool = False) -> None:
+        self.snapshot = snapshot  # the packs as first read, never read again (``packs``)
         self.dir = Path(root) / "results"
         self._dir = str(self.dir)
+        self.packs_dir = self.dir / "packs"
+        self._packs: list[Pack] | None = None  # newest first
+        self._all: set[bytes] | None = None  # every key a pack serves, once (``existing``)
+        self._stamp = -1  # the packs folder's mtime when they were read
+        self._map: dict[bytes, tuple[Pack, int]] | None = None  # every key's entry (``_find``)
+        self._finds = 0
 
+    # where results are ----------------------------------------------------------------------------
     def path(self, key: str) -> Path:
+        """Where the single file of ``key`` is, or would be (stores made before packs)."""
         return self.dir / key[:2] / f"{key}.res"
 
-    def has(self, key: str) -> bool:
-        return self.path(key).is_file()
+    def refresh(self) -> None:
+        """Forget the packs read so far (others were written since)."""
+        self._packs = self._all = self._map = None
 
-    def existing(self, keys: Iterable[str]) -> set[str]:
-        """The subset of ``keys`` already stored (one directory listing per prefix)."""
+    def packs(self) -> list[Pack]:
+        """Every whole pack, newest first, less the entries found damaged (``<name>.bad``); a pack
+        whose index is damaged is set aside (``<name>.pack.damaged``). Read again when the packs
+        folder changed since."""
+        try:
+            stamp = os.stat(self.packs_dir).st_mtime_ns  # a pack or a damage list added changes it
+        except FileNotFoundError:
+            stamp = 0
+        if stamp != self._stamp and not (self.snapshot and self._packs is not None):
+            self._packs = self._all = self._map = None
+            self._stamp = stamp
+        if self._packs is None:
+            from backtest.store.packs import load
+
+            try:
+                with os.scandir(self.packs_dir) as entries:
+                    names = [e for e in entries if e.name.endswith(".pack")]
+            except FileNotFoundError:
+                names = []
+            names.sort(key=lambda e: (e.stat().st_mtime_ns, e.name), reverse=True)
+            packs, bad = load([e.path for e in names])
+            for path, _ in bad:
+                try:
+                    os.replace(path, path + ".damaged")
+                except FileNotFoundError:
+                    pass
+            for pack in packs:
+                pack.dropped = frozenset(self._bad_keys(pack.path))
+            self._packs = [p for p in packs if len(p)]
+        return self._packs
+
+    @staticmethod
+    def _bad_keys(pack_path: str) -> set[bytes]:
+        try:
+            with open(pack_path[:-5] + ".bad") as fh:
+                return {bytes.fromhex(line.strip()) for line in fh if line.strip()}
+        except (OSError, ValueError):
+            return set()
+
+    def _find(self, key: str) -> tuple[Pack, int] | None:
+        """(pack, row) of ``key``'s newest pack entry, or None. A few lookups search each pack's
+        index; from the ``FIND_MAP``-th on (``bt verify``, reading a run), one map of every key."""
+        raw = bytes.fromhex(key)
+        packs = self.packs()
+        if self._map is None:
+            self._finds += 1
+            if self._finds < FIND_MAP or len(packs) < 2:
+                for pack in packs:
+                    row = pack.find(raw)
+                    if row >= 0:
+                        return pack, row
+                return None
+            self._map = {}
+            for pack in reversed(packs):  # the newest last: its entries win
+                self._map.update((k, (pack, row)) for row, k in pack.rows())
+        return self._map.get(raw)
+
+    def _pack_keys(self) -> set[bytes]:
+        """Every key a pack serves (raw bytes)."""
+        packs = self.packs()
+        if self._all is None:
+            self._all = set()
+            for pack in packs:
+                self._all.update(pack.raw_keys())
+        return self._all
+
+    def _loose(self, keys: Iterable[str]) -> set[str]:
+        """The subset of ``keys`` stored as single files (one directory listing per prefix)."""
         by_prefix: dict[str, list[str]] = {}
         for k in keys:
             by_prefix.setdefault(k[:2], []).append(k)
         found: set[str] = set()
+        if not by_prefix or not self.dir.is_dir():
+            return found
         for prefix, ks in by_prefix.items():
             try:
-                names = set(os.listdir(self.dir / prefix))
-            except FileNotFoundError:
+                names = set(os.listdir(os.path.join(self._dir, prefix)))
+            except (FileNotFoundError, NotADirectoryError):
                 continue
             found.update(k for k in ks if f"{k}.res" in names)
         return found
 
-    def write(self, key: str, data: bytes) -> str | None:
-        """Store ``data`` as the result of ``key``. A stored file with exactly these bytes is left
-        as it is (results are deterministic, so ``--force`` usually recomputes identical bytes, and
-        comparing is much cheaper than replacing a file); a different or damaged one is replaced.
-        Returns what differed when the replaced file was an intact result of the same key: the
-        same key made different bits, so something the result depends on is not in its key."""
-        sub = os.path.join(self._dir, key[:2])
-        path = os.path.join(sub, key + ".res")
-        if _same_bytes(path, data):
-            return None
-        differs = difference(path, key, data)
+    def has(self, key: str) -> bool:
+        return self._find(key) is not None or self.path(key).is_file()
+
+    def existing(self, keys: Iterable[str]) -> set[str]:
+        """The subset of ``keys`` already stored."""
+        keys = list(keys)
+        found = self._loose(keys) if self._has_loose() else set()
+        stored = self._pack_keys()
+        if stored:
+            found.update(k for k in keys if bytes.fromhex(k) in stored)
+        return found
+
+    def _has_loose(self) -> bool:
+        """Whether the store has single-file results (key-prefix folders) at all."""
         try:
-            atomic_write(path, data)
+            with os.scandir(self._dir) as entries:
+                return any(len(e.name) == 2 and e.is_dir() for e in entries)
         except FileNotFoundError:
-            os.makedirs(sub, exist_ok=True)
-            atomic_write(path, data)
+            return False
+
+    # writing ---------------------------------------------------------------------------------------
+    def write(self, key: str, data: bytes) -> str | None:
+        """Store ``data`` as the result of ``key`` in a pack of its own (``write_pack`` for many);
+        returns what differed from an intact result stored under the same key (see ``write_pack``)."""
+        from backtest.store.packs import PackWriter
+
+        pack = PackWriter()
+        if not pack.add_file(data):
+            raise ResultError(f"the result of {key[:12]} is not a bt result file")
+        differs = self.write_pack(pack, {key: data})
+        return differs.get(key)
+
+    def write_pack(self, pack: Any, bodies: dict[str, bytes] | None = None, compare: bool = True) -> dict[str, str]:
+        """Write ``pack`` (a ``PackWriter``) into the store. With ``compare``, each of its keys
+        that was stored already is compared with the intact result it replaces (``bodies``: the new
+        bytes, else read back): a difference means something the result depends on is not in its
+        key. Returns {key: what differed}. A pack whose every result was stored with these very
+        bytes is not kept (results are deterministic: ``--force`` usually makes the same bytes)."""
+        differs: dict[str, str] = {}
+        same = 0
+        if compare:
+            before = self.existing(pack.keys)
+            for key in before:
+                old = self.stored_bytes(key)
+                new = (bodies or {}).get(key)
+                if new is None:
+                    continue
+                if old == new:
+                    same += 1
+                else:
+                    what = difference(old, key, new)
+                    if what:
+                        differs[key] = what
+            if same == len(pack) and not differs:
+                return differs
+        pack.write(self.packs_dir)
+        self.refresh()
         return differs
 
-    def stage(self, key: str, data: bytes, folder: Path) -> tuple[str | None, bool]:
-        """``write``'s work for a sandboxed worker, which may not write the store: compare with the
-        stored file as ``write`` does, and put a file that must replace it (or is new) into
-        ``folder`` as ``<key>.res`` for the coordinator to move into place (``accept_staged``).
-        Returns (what differed, whether a file was staged)."""
-        path = os.path.join(self._dir, key[:2], key + ".res")
-        if _same_bytes(path, data):
-            return None, False
-        differs = difference(path, key, data)
-        atomic_write(os.path.join(folder, key + ".res"), data)
-        return differs, True
+    def accept_pack(self, folder: Path, name: str, keys: Iterable[str]) -> None:
+        """Move the pack ``name`` a sandboxed worker staged in ``folder`` into the store, if it
+        holds results of ``keys`` (the ones of the shard it was sent) only; else it is deleted and
+        ``ResultError`` says so."""
+        from backtest.store.packs import read_index
 
-    def accept_staged(self, folder: Path, keys: Sequence[str]) -> None:
-        """Move the files a sandboxed worker staged in ``folder`` for ``keys`` into the store; only
-        those keys (the ones of the shard it was sent), whatever else the folder holds."""
-        for key in keys:
-            target = self.path(key)
+        path = os.path.join(folder, f"{name}.pack")
+        pack = read_index(path)
+        allowed = {bytes.fromhex(k) for k in keys}
+        if not all(k in allowed for k in pack.raw_keys()):
+            os.unlink(path)
+            raise ResultError("a staged pack holds results of tasks its shard did not have")
+        try:
+            os.replace(path, self.packs_dir / f"{name}.pack")
+        except FileNotFoundError:
+            self.packs_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(path, self.packs_dir / f"{name}.pack")
+        self.refresh()
+
+    # reading ---------------------------------------------------------------------------------------
+    def stored_bytes(self, key: str) -> bytes | None:
+        """The bytes stored for ``key`` (the newest pack's entry, else its file), or None: unchecked
+        for a file, checked for a pack entry (None when it is damaged)."""
+        found = self._find(key)
+        if found is not None:
             try:
-                os.replace(folder / f"{key}.res", target)
-            except FileNotFoundError:
-                if not (folder / f"{key}.res").exists():
-                    continue  # not staged: the stored file had these bytes already
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(folder / f"{key}.res", target)
+                return found[0].entry(found[1])
+            except (ResultError, OSError):
+                return None
+        return _read_file(str(self.path(key)))
 
     def read_bytes(self, key: str) -> bytes:
+        """The result file of ``key``; a pack entry is checked against its digest (a damaged one
+        is set aside and ``ResultError`` says so)."""
+        found = self._find(key)
+        if found is not None:
+            pack, row = found
+            try:
+                return pack.entry(row)
+            except OSError as exc:
+                raise ResultError(f"result {key[:12]} cannot be read ({exc.strerror or exc})") from None
+            except ResultError as exc:
+                self.set_aside(key)
+                raise ResultError(f"{exc}; it was set aside, and running the job again recomputes it") from None
         try:
             return self.path(key).read_bytes()
         except FileNotFoundError as exc:
             raise ResultError(f"no stored result for task {key[:12]}; rerun the job to compute it") from exc
 
     def read(self, key: str) -> ResultRecord:
-        """The result of ``key``, checked; a file that fails the check is set aside (the next run
-        of its job recomputes it) and raises ``ResultError`` saying so."""
+        """The result of ``key``, checked; a result that fails the check is set aside (the next
+        run of its job recomputes it) and raises ``ResultError`` saying so."""
+        data = self.read_bytes(key)
         try:
-            return decode(self.read_bytes(key), where=f"result {key[:12]}", key=key)
+            return decode(data, where=f"result {key[:12]}", key=key)
         except ResultError as exc:
             if not self.has(key):
                 raise
@@ -441,7 +587,15 @@ class ResultStore:
             raise ResultError(f"{exc}; it was set aside, and running the job again recomputes it") from None
 
     def set_aside(self, key: str) -> Path:
-        """Move a damaged file out of the store's sight (``<key>.res.damaged``, kept for a look)."""
+        """Take a damaged result out of the store's sight: a pack entry is listed in its pack's
+        ``<name>.bad`` (the pack stays until ``bt gc``), a file is renamed ``<key>.res.damaged``."""
+        found = self._find(key)
+        if found is not None:
+            bad = Path(found[0].path[:-5] + ".bad")
+            with open(bad, "a") as fh:
+                fh.write(key + "\n")
+            self.refresh()
+            return bad
         path = self.path(key)
         aside = path.with_name(f"{key}.res.damaged")
         try:
@@ -451,30 +605,39 @@ class ResultStore:
         return aside
 
     def intact(self, keys: Iterable[str]) -> tuple[set[str], dict[str, str]]:
-        """The subset of ``keys`` stored whole (``check_head``), and what is wrong with each other
-        stored file (which is set aside, so that it is computed again)."""
-        good: set[str] = set()
+        """The subset of ``keys`` stored whole, and what is wrong with each other stored result
+        (which is set aside, so that it is computed again). A pack's entries are whole when its
+        index is (``packs.read_index``); a file is judged by its head and size (``check_head``).
+        A result damaged in place is caught by its checksum when it is read."""
+        keys = list(keys)
+        good = self.existing(keys)
         bad: dict[str, str] = {}
-        base = self._dir
-        for key in self.existing(keys):
-            problem = check_head(f"{base}/{key[:2]}/{key}.res", key)
-            if problem is None:
-                good.add(key)
-            else:
-                bad[key] = problem
-                self.set_aside(key)
+        if self._has_loose():
+            base = self._dir
+            for key in self._loose(keys):
+                if self._in_pack(key):
+                    continue  # a pack holds it as well: the pack's entry is served
+                problem = check_head(f"{base}/{key[:2]}/{key}.res", key)
+                if problem is not None:
+                    good.discard(key)
+                    bad[key] = problem
+                    self.set_aside(key)
         return good, bad
 
+    def _in_pack(self, key: str) -> bool:
+        return bytes.fromhex(key) in self._pack_keys()
+
     def keys(self) -> list[str]:
-        """Every stored key. A temporary file (``.tmp-*``, left by a writer killed mid-write, e.g.
-        a worker stopped by Ctrl+C) is not a result and not listed."""
-        return [p.name[:-4] for p in self._files("*.res") if not p.name.startswith(".")]
+        """Every stored key, in order. A temporary file (``.tmp-*``, left by a writer killed
+        mid-write, e.g. a worker stopped by Ctrl+C) is not a result and not listed."""
+        loose = {p.name[:-4] for p in self._files("*.res") if not p.name.startswith(".")}
+        return sorted(loose | {k.hex() for k in self._pack_keys()})
 
     def leftovers(self, older_than: float) -> list[Path]:
         """Temporary files (``.tmp-*``) last written before ``older_than`` (a Unix time): what
         writers killed mid-write left behind. A live writer holds one for a moment only."""
         out: list[Path] = []
-        for p in self._files(".tmp-*"):
+        for p in self._files(".tmp-*") + (sorted(self.packs_dir.glob(".tmp-*")) if self.packs_dir.is_dir() else []):
             try:
                 if p.stat().st_mtime < older_than:
                     out.append(p)
@@ -483,17 +646,121 @@ class ResultStore:
         return out
 
     def damaged_files(self) -> list[Path]:
-        """Damaged result files set aside (``<key>.res.damaged``), kept for a post-mortem."""
-        return self._files("*.res.damaged")
+        """Damaged results set aside, kept for a post-mortem until ``bt gc``: files
+        (``<key>.res.damaged``), packs (``<name>.pack.damaged``) and lists of a pack's damaged
+        entries (``<name>.bad``: ``delete`` writes the pack again without them)."""
+        packs = (sorted(self.packs_dir.glob("*.pack.damaged")) + sorted(self.packs_dir.glob("*.bad"))
+                 if self.packs_dir.is_dir() else [])
+        return self._files("*.res.damaged") + packs
 
     def _files(self, pattern: str) -> list[Path]:
-        """The store's files named like ``pattern``, in order, over every key-prefix folder."""
+        """The single files named like ``pattern``, in order, over every key-prefix folder."""
         if not self.dir.is_dir():
             return []
-        return [p for sub in sorted(self.dir.iterdir()) if sub.is_dir() for p in sorted(sub.glob(pattern))]
+        return [p for sub in sorted(self.dir.iterdir()) if sub.is_dir() and len(sub.name) == 2
+                for p in sorted(sub.glob(pattern))]
 
-    def remove(self, key: str) -> None:
-        try:
-            self.path(key).unlink()
-        except FileNotFoundError:
-            pass
+    # removing ------------------------------------------------------------------------------------------
+    def sizes(self, keys: Iterable[str]) -> int:
+        """Bytes the results of ``keys`` take (a pack entry's share of its pack, a file's size)."""
+        from backtest.store.packs import INDEX_ROW
+
+        keys = list(keys)
+        want = {bytes.fromhex(k) for k in keys}
+        total = 0
+        for pack in self.packs():
+            for raw in want.intersection(pack.raw_keys()):
+                total += pack.span(pack.find(raw))[1] + INDEX_ROW
+        for key in self._loose(keys):
+            try:
+                total += self.path(key).stat().st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    def delete(self, keys: Iterable[str]) -> int:
+        """Delete the results of ``keys``: their files, and their pack entries (a pack left with no
+        entry is deleted; one left with some is written again without the others), and the
+        entries found damaged. Returns the bytes freed."""
+        from backtest.store.packs import PackWriter
+
+        keys = list(keys)
+        gone = {bytes.fromhex(k) for k in keys}
+        freed = 0
+        for key in self._loose(keys):
+            path = self.path(key)
+            try:
+                freed += path.stat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        every = {e.path: e for e in self.packs()}
+        files = sorted(os.listdir(self.packs_dir)) if self.packs_dir.is_dir() else []
+        for file in [os.path.join(self.packs_dir, n) for n in files if n.endswith(".pack")]:
+            pack = every.get(file)
+            damaged = os.path.exists(file[:-5] + ".bad")
+            if pack is None:
+                if not damaged:
+                    continue  # written since this store was read
+            else:
+                kept = [k for k in pack.raw_keys() if k not in gone]
+                if len(kept) == len(pack) and not damaged:
+                    continue  # nothing of it goes
+                out = PackWriter()
+                with open(file, "rb") as fh:
+                    for raw in kept:
+                        try:
+                            out.add_file(pack.entry(pack.find(raw), fh.fileno()))
+                        except ResultError:
+                            pass  # damaged in place: it goes too (the next run that needs it computes it)
+                if len(out):
+                    out.write(self.packs_dir)
+            freed += os.path.getsize(file)
+            os.unlink(file)
+            try:
+                os.unlink(file[:-5] + ".bad")
+            except FileNotFoundError:
+                pass
+        self.refresh()
+        return freed
+
+    def pack_files(self, batch: int = 100_000) -> tuple[int, int, list[str]]:
+        """Pack the single files of a store made before packs (``batch`` results a pack), each
+        checked first (a damaged one is set aside, not packed). Returns (files packed, packs
+        written, keys of the files set aside)."""
+        from backtest.store.packs import PackWriter
+
+        files = [p for p in self._files("*.res") if not p.name.startswith(".")]
+        packed = written = 0
+        damaged: list[str] = []
+        for at in range(0, len(files), batch):
+            pack = PackWriter()
+            done: list[Path] = []
+            for path in files[at:at + batch]:
+                key = path.name[:-4]
+                if self._in_pack(key):  # a pack serves it already
+                    done.append(path)
+                    continue
+                try:
+                    data = path.read_bytes()
+                    decode(data, f"result {key[:12]}", key)
+                except (OSError, ResultError, ValueError, KeyError, struct.error):
+                    self.set_aside(key)
+                    damaged.append(key)
+                    continue
+                if pack.add_file(data):
+                    done.append(path)
+            if len(pack):
+                pack.write(self.packs_dir)
+                written += 1
+            for path in done:  # only once the pack that holds them is whole on disk
+                path.unlink()
+                packed += 1
+        for sub in self.dir.iterdir() if self.dir.is_dir() else []:
+            if sub.is_dir() and len(sub.name) == 2:
+                try:
+                    sub.rmdir()  # empty now (a folder that still holds something stays)
+                except OSError:
+                    pass
+        self.refresh()
+        return packed, written, damaged

@@ -618,7 +618,7 @@ class SandboxOptions:
 
     def enter(self) -> Sandbox:
         writable, readable, staging = [], list(self.readable), None
-        if self.results is not None:  # the store is read-only: result files are staged for the coordinator
+        if self.results is not None:  # the store is read-only: packs are staged for the coordinator
             staging = staging_dir(self.results, os.getpid())
             remove_stale(str(staging.parent), prefix="")
             writable.append(staging)
@@ -634,7 +634,7 @@ class SandboxOptions:
 
 
 def staging_dir(results_root: Path, pid: int) -> Path:
-    """Where the sandboxed worker ``pid`` puts the result files it made, for its coordinator to
-    move into the store of ``results_root`` (``ResultStore.accept_staged``): in the store's own
+    """Where the sandboxed worker ``pid`` puts the packs of results it made, for its coordinator
+    to move into the store of ``results_root`` (``ResultStore.accept_pack``): in the store's own
     folder, so that the move is a rename."""
     return results_root / "results" / ".staging" / str(pid)

@@ -128,6 +128,62 @@ class CappedText(io.TextIOBase):
         return text
 
 
+#: A worker that stores its results writes a pack when it holds this many bytes of results, or
+#: has held results for this long: a few packs a shard, and results reported soon after they are made.
+PACK_BYTES = 32 << 20
+PACK_SECONDS = 2.0
+
+
+class _Batch:
+    """The results a worker computed and has not stored yet, on their way into a pack."""
+
+    def __init__(self, shard: str, results: Path | None, staging: Path | None) -> None:
+        from backtest.store.packs import PackWriter
+
+        self.shard = shard
+        self.folder = staging if staging is not None else (results / "results" / "packs" if results else None)
+        self.staged = staging is not None
+        self.pack = PackWriter() if self.folder is not None else None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.n_trades: list[int] = []
+        self.values: array[float] = array("d")
+        self.names: tuple[str, ...] = ()
+        self.since = time.monotonic()
+
+    def add(self, parts: tuple[Any, ...], metrics: dict[str, float]) -> None:
+        import hashlib
+
+        from backtest.store.packs import payload
+
+        assert self.pack is not None
+        variant, key, n, params, values, trades = parts
+        digest = hashlib.sha256(payload(variant, key, n, params, values, trades)).digest()
+        self.pack.add(variant, key, n, params, values, trades, digest)
+        self.n_trades.append(n)
+        self.names = tuple(metrics)  # the same for every task of a shard
+        self.values.extend(metrics.values())
+
+    def due(self) -> bool:
+        return self.pack is not None and (self.pack.size >= PACK_BYTES or
+                                          (len(self.pack) > 0 and time.monotonic() - self.since >= PACK_SECONDS))
+
+    def flush(self, emit: Emit) -> None:
+        """Write the pack, then report its tasks (a result is stored before it is reported)."""
+        from backtest.store.packs import PackWriter
+
+        if self.pack is None or not len(self.pack):
+            return
+        assert self.folder is not None
+        name = self.pack.write(self.folder)
+        emit({"t": "results", "shard": self.shard, "keys": self.pack.keys, "n_trades": self.n_trades,
+              "metrics": self.names, "pack": name, **({"staged": True} if self.staged else {})},
+             self.values.tobytes())
+        self.pack = PackWriter()
+        self._reset()
+
+
 class Runner:
     """Runs shards in this process; the inline executor uses it directly."""
 
@@ -204,10 +260,14 @@ class Runner:
         return out
 
     def run_shard(self, spec: dict[str, Any], emit: Emit) -> None:
-        """Run every task of ``spec``; ``emit(header, body)`` receives each outcome as it is made."""
-        from backtest.engine.records import METRIC_NAMES
+        """Run every task of ``spec``; ``emit(header, body)`` receives its outcomes as they are made.
+
+        A worker that stores results itself (``results``: same machine) gathers them in a pack
+        (``store.packs``) and writes it every ``PACK_BYTES`` or ``PACK_SECONDS`` and at the shard's
+        end, then reports those tasks with their metrics only (one ``results`` frame); a worker
+        that does not (SSH hosts, Dask) sends each result file (``result`` frames)."""
         from backtest.errors import BtError
-        from backtest.store.results import Encoder, ResultStore
+        from backtest.store.results import Encoder
 
         sid = spec["id"]
         t0 = time.perf_counter()
@@ -222,9 +282,8 @@ class Runner:
             return
         from backtest.engine import run_grid
 
-        store = ResultStore(self.results) if self.results is not None else None
         encode = Encoder(spec["symbol"], self.env)
-
+        batch = _Batch(sid, self.results, self.sandbox.staging if self.sandbox is not None else None)
         for gbars, tasks in _by_slice(bars, spec["groups"]):
             keys = [k for k, _ in tasks]
             params, each = split_axes(spec, settings, tasks)
@@ -237,11 +296,6 @@ class Runner:
             text = out.getvalue()
             if text:
                 emit({"t": "log", "shard": sid, "text": text})
-            stored: list[str] = []
-            staged: list[str] = []
-            n_trades: list[int] = []
-            values: array[float] = array("d")
-            names: tuple[str, ...] = METRIC_NAMES
             for key, p, res in zip(keys, params, outcomes, strict=True):
                 if isinstance(res, BaseException):
                     details = getattr(res, "details", "") or "".join(
@@ -251,28 +305,12 @@ class Runner:
                     if why:
                         msg = f"{msg.split(': ', 1)[0]}: {why}" if isinstance(res, BtError) else why
                     emit({"t": "task_error", "shard": sid, "key": key, "error": msg, "details": details})
+                elif batch.pack is None:
+                    emit({"t": "result", "shard": sid, "key": key},
+                         encode(key, p, res.metrics, res.trades, res.symbols))
                 else:
-                    body = encode(key, p, res.metrics, res.trades, res.symbols)
-                    if store is not None:
-                        # the file is stored (or, sandboxed, staged) before it is reported; only its
-                        # metrics travel
-                        staging = self.sandbox.staging if self.sandbox is not None else None
-                        if staging is None:
-                            differs = store.write(key, body)
-                        else:
-                            differs, put = store.stage(key, body, staging)
-                            if put:
-                                staged.append(key)
-                        if differs:
-                            emit({"t": "differs", "shard": sid, "key": key, "what": differs})
-                        stored.append(key)
-                        n_trades.append(len(res.trades))
-                        names = tuple(res.metrics)  # the same for every task of a shard
-                        values.extend(res.metrics.values())
-                    else:
-                        emit({"t": "result", "shard": sid, "key": key}, body)
-            if stored:
-                emit({"t": "results", "shard": sid, "keys": stored, "n_trades": n_trades, "metrics": names,
-                      **({"staged": staged} if self.sandbox is not None and self.sandbox.staging else {})},
-                     values.tobytes())
+                    batch.add(encode.parts(key, p, res.metrics, res.trades, res.symbols), res.metrics)
+            if batch.due():
+                batch.flush(emit)
+        batch.flush(emit)
         emit({"t": "shard_done", "shard": sid, "seconds": time.perf_counter() - t0})

@@ -17,6 +17,7 @@ from helpers import bt
 
 from backtest.catalog import Catalog
 from backtest.store.results import ResultStore
+from tests.store.layout import damage_entry
 
 RUN = ["--from", "2020", "--to", "2021", "--param", "fast=5,10", "--param", "slow=20,40"]
 
@@ -71,12 +72,7 @@ def test_a_damaged_catalog_then_rebuild(ran: Path, sma_path: Path, tmp_path: Pat
 
 
 def test_a_damaged_result_and_a_damaged_partition(ran: Path, sma_path: Path, tmp_path: Path) -> None:
-    store = ResultStore(ran)
-    key = store.keys()[0]
-    path = store.path(key)
-    data = bytearray(path.read_bytes())
-    data[40:56] = b"\xff" * 16
-    path.write_bytes(bytes(data))
+    damage_entry(ran, ResultStore(ran).keys()[0])
     part = sorted((ran / "bars").rglob("*.parquet"))[0]
     raw = bytearray(part.read_bytes())
     raw[len(raw) // 2: len(raw) // 2 + 64] = b"\x00" * 64

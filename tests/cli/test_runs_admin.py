@@ -195,7 +195,7 @@ def test_gc_deletes_only_results_no_run_refers_to(root: Path, sma_path: Path) ->
     assert bt("--data", root, "runs", "rm", gone)[0] == 0
 
     code, out, _ = bt("--data", root, "gc", "--dry-run")
-    size = sum(store.path(k).stat().st_size for k in gone_keys)
+    size = store.sizes(gone_keys)
     assert code == 0 and f"would delete 6 result(s) no run refers to ({size / 1e3:.1f} kB)" in words(out)
     listed = [line.strip() for line in out.splitlines() if line.startswith("  ") and "more" not in line]
     assert len(listed) == 5 and set(listed) <= gone_keys and "and 1 more" in out

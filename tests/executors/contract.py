@@ -21,6 +21,7 @@ from backtest.executors.base import (
     TaskDone,
     TaskFailed,
     WorkerNote,
+    task_outcomes,
 )
 from backtest.run import RunRequest, prepare
 
@@ -34,7 +35,7 @@ def drive(ex: Executor, prep: Any, limit: float = 240.0) -> list[Any]:
         ex.start(prep.job.strategy)
         ex.submit(prep.shards)
         while not ex.finished():
-            events.extend(ex.poll(0.2))
+            events.extend(task_outcomes(ex.poll(0.2)))
             assert time.monotonic() < deadline, "executor did not finish in time"
     return events
 
@@ -74,12 +75,12 @@ class ExecutorContract:
             ex.start(prep.job.strategy)
             ex.submit(first)
             while not ex.finished():
-                events.extend(ex.poll(0.2))
+                events.extend(task_outcomes(ex.poll(0.2)))
                 assert time.monotonic() < deadline
             ex.submit(later)
             assert not ex.finished()
             while not ex.finished():
-                events.extend(ex.poll(0.2))
+                events.extend(task_outcomes(ex.poll(0.2)))
                 assert time.monotonic() < deadline
         assert Counter(e.key for e in events if isinstance(e, TaskDone)) == Counter(t.key for t in prep.tasks)
 
@@ -104,7 +105,7 @@ class ExecutorContract:
         events: list[Any] = []
         deadline = time.monotonic() + 120
         while not any(isinstance(e, TaskDone) for e in events):
-            events.extend(ex.poll(0.1))
+            events.extend(task_outcomes(ex.poll(0.1)))
             assert time.monotonic() < deadline, "no task was done in time"
         t0 = time.monotonic()
         ex.close(cancel=True)
@@ -137,7 +138,7 @@ class WorkerProcessContract(ExecutorContract):
             ex.submit(prep.shards)
             while not ex.finished():
                 assert time.monotonic() < deadline, "executor did not finish in time"
-                events.extend(ex.poll(0.1))
+                events.extend(task_outcomes(ex.poll(0.1)))
                 # a worker that is busy with a shard, by the pid it said in its hello (on an SSH
                 # host of the test farm too: its namespaces share this machine's pids)
                 busy = [w for w in ex.status() if w.state == "busy" and w.env.get("pid")]

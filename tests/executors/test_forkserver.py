@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from helpers import processes_with_env, write_strategy
 
-from backtest.executors.base import ExecutorOptions, TaskDone
+from backtest.executors.base import ExecutorOptions, TaskDone, task_outcomes
 from backtest.executors.local import LocalExecutor
 from backtest.run import RunRequest, prepare
 
@@ -35,7 +35,7 @@ def wait_ready(ex: LocalExecutor, n: int, limit: float = 60.0) -> list[Any]:
     events: list[Any] = []
     deadline = time.monotonic() + limit
     while sum(s.state in ("idle", "busy") for s in ex._slots) < n:
-        events.extend(ex.poll(0.1))
+        events.extend(task_outcomes(ex.poll(0.1)))
         assert time.monotonic() < deadline, "workers did not start"
     return events
 
@@ -52,7 +52,7 @@ def test_workers_are_forked_from_one_server_and_all_end_with_the_executor(root: 
     assert all(os.getsid(p) == p for p in pids)  # each in a session of its own, like a Popen'd worker
     ex.submit(prep.shards)
     while not ex.finished():
-        events.extend(ex.poll(0.1))
+        events.extend(task_outcomes(ex.poll(0.1)))
     ex.close()
     done = [e.key for e in events if isinstance(e, TaskDone)]
     assert Counter(done) == Counter(t.key for t in prep.tasks)
@@ -101,7 +101,7 @@ def test_workers_keep_thread_pools_to_one_thread_unless_told_otherwise(
     events = wait_ready(ex, 2)
     ex.submit(prep.shards)
     while not ex.finished():
-        events.extend(ex.poll(0.1))
+        events.extend(task_outcomes(ex.poll(0.1)))
     ex.close()
     logs = {line for e in events if isinstance(e, ShardLog) for line in e.text.splitlines()}
     assert logs == {"OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=3 gc=True", "freed memory kept: True"}
@@ -118,7 +118,7 @@ def test_without_the_server_workers_start_on_their_own(root: Path, faulty: Path,
     assert all(ppid(s.channel.pid) == os.getpid() for s in ex._slots)  # type: ignore[union-attr, attr-defined]
     ex.submit(prep.shards)
     while not ex.finished():
-        events.extend(ex.poll(0.1))
+        events.extend(task_outcomes(ex.poll(0.1)))
     ex.close()
     assert len([e for e in events if isinstance(e, TaskDone)]) == len(prep.tasks)
 
@@ -135,7 +135,7 @@ def test_a_dead_server_means_workers_start_the_ordinary_way(root: Path, faulty: 
     ex.submit(prep.shards)
     killed = None
     while not ex.finished():
-        events.extend(ex.poll(0.1))
+        events.extend(task_outcomes(ex.poll(0.1)))
         busy = [s for s in ex._slots if s.state == "busy" and s.channel is not None]
         if killed is None and busy and any(isinstance(e, TaskDone) for e in events):
             killed = busy[0].channel.pid  # type: ignore[union-attr, attr-defined]

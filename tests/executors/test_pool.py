@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from backtest.executors.base import ExecutorOptions, ShardFinished, TaskDone
+from backtest.executors.base import ExecutorOptions, ShardFinished, TaskDone, task_outcomes
 from backtest.executors.local import LocalExecutor
 from backtest.run import RunRequest, prepare
 
@@ -39,7 +39,7 @@ def test_a_killed_worker_charges_only_the_shard_it_was_running(root: Path, fault
         ex.submit(prep.shards)
         deadline = time.monotonic() + 120
         while not ex.finished():
-            events.extend(ex.poll(0.05))
+            events.extend(task_outcomes(ex.poll(0.05)))
             assert time.monotonic() < deadline
             if running is None:
                 for slot in ex._slots:
@@ -149,7 +149,7 @@ def test_results_frames_are_taken_only_from_workers_that_store_results_themselve
 
     good = pool_with(True)
     good._handle(1, *frame(["k0", "k1"], [1.0, 2.0, 3.0, float("inf")]))
-    done = [e for e in good.poll(0) if isinstance(e, TaskDone)]
+    done = [e for e in task_outcomes(good.poll(0)) if isinstance(e, TaskDone)]
     assert [(e.key, e.metrics, e.n_trades, e.env, e.stored) for e in done] == [
         ("k0", {"a": 1.0, "b": 2.0}, 3, {"bt": "x"}, True), ("k1", {"a": 3.0, "b": float("inf")}, 3, {"bt": "x"}, True)]
     assert good._slots[0].jobs[0].remaining == []

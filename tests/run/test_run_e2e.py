@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from backtest.catalog import Catalog
 from backtest.cli import _register, app
 from backtest.store.results import ResultStore
+from tests.store.layout import as_files
 
 _register()
 runner = CliRunner()
@@ -162,6 +163,7 @@ def test_catalog_rebuild_indexes_the_results_store_again(root: Path, sma_path: P
     assert code == 0, err
     assert catalog_results(root) == before
     assert out.strip() == "indexed 12 results"
+    as_files(root)  # a store made before packs: a file a task
     store = ResultStore(root)
     damaged = sorted(store.keys())[0]
     store.path(damaged).write_bytes(store.read_bytes(damaged)[:-1] + b"x")

@@ -1,5 +1,6 @@
-"""A result file damaged on disk or swapped with another task's is never served: not as a cache
-hit, not as a report's trades, not by a catalog rebuild. Real files, real runs, real damage."""
+"""A result damaged on disk or swapped with another task's is never served: not as a cache hit,
+not as a report's trades, not by a catalog rebuild; in a pack or in a single file of a store made
+before packs (``layout.as_files``). Real files, real runs, real damage."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from backtest.catalog import Catalog
 from backtest.cli import _register, app
 from backtest.store.results import ResultStore
+from tests.store.layout import as_files, damage_entry
 
 _register()
 runner = CliRunner()
@@ -49,6 +52,7 @@ def trades_csv(root: Path, rid: str, symbol: str, fast: int) -> tuple[int, str, 
 def test_a_swapped_result_is_no_cache_hit_and_is_computed_again(root: Path, sma_path: Path, tmp_path: Path) -> None:
     clean = clean_copy(root, sma_path, tmp_path)
     first, _ = run(root, sma_path)
+    as_files(root)
     store = ResultStore(root)
     a, b = sorted(store.keys())[:2]
     pa, pb = store.path(a), store.path(b)
@@ -59,39 +63,96 @@ def test_a_swapped_result_is_no_cache_hit_and_is_computed_again(root: Path, sma_
     again, err = run(root, sma_path)
     assert (again["computed"], again["cached"]) == (2, 2)
     assert f"result {a[:12]} holds the result of another task ({b[:12]})" in " ".join(err.split())
+    store = ResultStore(root)
     assert {k: store.read_bytes(k) for k in store.keys()} == clean
     assert sorted(p.name for p in store.dir.rglob("*.damaged")) == sorted([f"{a}.res.damaged", f"{b}.res.damaged"])
 
 
+def _damage_in_place(root: Path, key: str, packed: bool) -> None:
+    if packed:
+        damage_entry(root, key)
+        return
+    path = ResultStore(root).path(key)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 16] = b"\xff" * 16  # 16 bytes overwritten, size kept
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("packed", [True, False], ids=["pack", "file"])
 def test_a_result_damaged_in_place_is_refused_when_read_then_computed_again(
-        root: Path, sma_path: Path, tmp_path: Path) -> None:
+        root: Path, sma_path: Path, tmp_path: Path, packed: bool) -> None:
     clean = clean_copy(root, sma_path, tmp_path)
     first, _ = run(root, sma_path)
-    store = ResultStore(root)
+    if not packed:
+        as_files(root)
     rows = Catalog(root / "catalog.duckdb").task_rows(first["run_id"])
     row = next(r for r in rows if r["symbol"] == "AAA" and json.loads(r["params"])["fast"] == 5)
     key = row["key"]
     code, good_csv, _ = trades_csv(root, first["run_id"], "AAA", 5)
     assert code == 0 and good_csv.count("\n") > 2
-    data = bytearray(store.path(key).read_bytes())
-    data[len(data) // 2 : len(data) // 2 + 16] = b"\xff" * 16  # 16 bytes overwritten, size kept
-    store.path(key).write_bytes(bytes(data))
+    _damage_in_place(root, key, packed)
 
     code, out, err = trades_csv(root, first["run_id"], "AAA", 5)
     assert code != 0 and "Traceback" not in out + err
-    assert f"result {key[:12]} is damaged (checksum mismatch); it was set aside" in " ".join(err.split())
-    assert not store.has(key)  # set aside: the next run computes it again
+    said = "is damaged in its pack (checksum mismatch)" if packed else "is damaged (checksum mismatch)"
+    assert f"result {key[:12]} {said}; it was set aside" in " ".join(err.split())
+    assert not ResultStore(root).has(key)  # set aside: the next run computes it again
     again, _ = run(root, sma_path)
     assert (again["computed"], again["cached"]) == (1, 3)
-    assert store.read_bytes(key) == clean[key]
+    assert ResultStore(root).read_bytes(key) == clean[key]
     code, csv_again, _ = trades_csv(root, again["run_id"], "AAA", 5)
     assert code == 0 and csv_again == good_csv
+    if packed:  # bt gc drops the damaged entry (its pack is written again without it)
+        code, out, err = bt(root, "gc")
+        assert code == 0, err
+        store = ResultStore(root)
+        assert not list(store.packs_dir.glob("*.bad")) and {k: store.read_bytes(k) for k in store.keys()} == clean
+
+
+def test_a_pack_whose_index_is_damaged_is_set_aside_whole_and_its_tasks_computed_again(
+        root: Path, sma_path: Path, tmp_path: Path) -> None:
+    clean = clean_copy(root, sma_path, tmp_path)
+    run(root, sma_path)
+    packs = sorted(ResultStore(root).packs_dir.glob("*.pack"))
+    victim = packs[0]
+    data = bytearray(victim.read_bytes())
+    data[-60] ^= 0x01  # inside the index (just before the footer)
+    victim.write_bytes(bytes(data))
+    lost = len(clean) - len(ResultStore(root).keys())
+    assert lost > 0 and victim.with_name(victim.name + ".damaged").exists()
+    again, _ = run(root, sma_path)
+    assert (again["computed"], again["cached"]) == (lost, len(clean) - lost)
+    store = ResultStore(root)
+    assert {k: store.read_bytes(k) for k in store.keys()} == clean
+
+
+def test_a_mixed_store_of_files_and_packs_reads_whole(root: Path, sma_path: Path, tmp_path: Path) -> None:
+    clean = clean_copy(root, sma_path, tmp_path)
+    only_aaa = [a if a != "AAA,BBB" else "AAA" for a in ARGS]
+    code, _, err = bt(root, "run", sma_path, *only_aaa)
+    assert code == 0, err
+    as_files(root)  # AAA's results as a store made before packs holds them; BBB's then go to a pack
+    again, _ = run(root, sma_path)
+    assert (again["computed"], again["cached"]) == (2, 2)
+    store = ResultStore(root)
+    assert len(list(store.packs_dir.glob("*.pack"))) == 1 and len(list(store.dir.glob("*/*.res"))) == 2
+    assert {k: store.read_bytes(k) for k in store.keys()} == clean
+    code, out, err = bt(root, "verify", again["run_id"])
+    assert code == 0, out + err
+    # bt gc packs the files of the old layout: the same bytes, served from packs only
+    code, out, err = bt(root, "gc")
+    assert code == 0 and "packed 2 result file(s)" in " ".join(out.split()), out + err
+    store = ResultStore(root)
+    assert not list(store.dir.glob("*/*.res")) and len(list(store.packs_dir.glob("*.pack"))) == 2
+    assert {k: store.read_bytes(k) for k in store.keys()} == clean
+    assert run(root, sma_path)[0]["cached"] == 4
 
 
 def test_catalog_rebuild_after_a_swap_leaves_a_catalog_that_agrees_with_the_store(
         root: Path, sma_path: Path, tmp_path: Path) -> None:
     clean = clean_copy(root, sma_path, tmp_path)
     run(root, sma_path)
+    as_files(root)
     store = ResultStore(root)
     a, b = sorted(store.keys())[:2]
     store.path(a).write_bytes(store.path(b).read_bytes())  # a copy of b's result under a's name
@@ -103,6 +164,7 @@ def test_catalog_rebuild_after_a_swap_leaves_a_catalog_that_agrees_with_the_stor
     assert sorted(keys) == sorted(k for k in clean if k != a)  # no duplicate row, nothing wrong indexed
     again, _ = run(root, sma_path)
     assert (again["computed"], again["cached"]) == (1, 3)
+    store = ResultStore(root)
     assert {k: store.read_bytes(k) for k in store.keys()} == clean
     code, out, _ = bt(root, "report", again["run_id"], "--format", "json")
     assert code == 0 and all(t["metrics"]["final_equity"] is not None for t in json.loads(out))

@@ -146,31 +146,28 @@ def test_store_write_read_existing(tmp_path):
     assert store.existing([key]) == set()
     store.write(key, sample(key))
     assert store.existing([key, "cd" + "2" * 62]) == {key}
-    assert store.read(key).key == key
+    assert store.read(key).key == key and store.read_bytes(key) == sample(key)
     assert store.keys() == [key]
     assert not [p for p in (tmp_path / "results").rglob(".tmp-*")]
     # what a writer killed mid-write leaves behind is not a result
-    (tmp_path / "results" / key[:2] / ".tmp-123-456-7.res").write_bytes(b"BTRES1 torn")
-    assert store.keys() == [key]
+    (store.packs_dir / ".tmp-123-456-7.pack").write_bytes(b"BTPACK1\n torn")
+    assert ResultStore(tmp_path).keys() == [key]
     with pytest.raises(ResultError, match="no stored result"):
         store.read("ff" * 32)
 
 
-def test_store_leaves_identical_bytes_alone_and_replaces_different_or_damaged_ones(tmp_path):
+def test_store_keeps_one_pack_of_identical_bytes_and_serves_the_newest_of_different_ones(tmp_path):
     store = ResultStore(tmp_path)
     key = "ab" + "3" * 62
     good = sample(key)
     store.write(key, good)
-    path = store.path(key)
-    inode = path.stat().st_ino
-    store.write(key, good)  # the same bytes: the file is not rewritten
-    assert path.stat().st_ino == inode
-    for bad in (good[:-1] + bytes([good[-1] ^ 1]), good[:-10], good + b"x"):  # damaged, torn, longer
-        path.write_bytes(bad)
-        store.write(key, good)
-        assert path.read_bytes() == good
-        assert path.stat().st_ino != inode  # replaced by a rename, never edited in place
-        inode = path.stat().st_ino
+    packs = sorted(store.packs_dir.iterdir())
+    assert store.write(key, good) is None  # the same bytes: no second pack
+    assert sorted(store.packs_dir.iterdir()) == packs
+    other = encode(key, "AAA", {"fast": 5}, {"sharpe": 0.75, "trades": 2.0, "sortino": float("nan")},
+                   engine_trades(), ENV)
+    assert store.write(key, other) == "sharpe 1.25 → 0.75"  # the same key, other bits: said
+    assert ResultStore(tmp_path).read_bytes(key) == other
 
 
 def test_frames_round_trip_and_torn_frames_are_errors(tmp_path):
