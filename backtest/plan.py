@@ -98,17 +98,20 @@ def make_tasks(job: Job, parts: PartsFor) -> list[Task]:
     tasks = []
     for symbol in job.task_symbols():
         sym_tail = f',"strategy":{strategy},"symbol":{enc(symbol)},"to":{enc(job.end_ns)},"warmup":'
-        by_warmup: dict[int, str] = {}
+        # each warm-up's (partition hashes, warm-up) as the key's text, or None: no partition
+        by_warmup: dict[int, tuple[str, str] | None] = {}
+        sha256 = hashlib.sha256
         for i, (params, pj, warmup) in enumerate(zip(job.params_list, params_json, job.warmups, strict=True)):
-            files = job.files(parts, symbol, warmup)
-            if not files:
+            try:
+                of_warmup = by_warmup[warmup]
+            except KeyError:
+                files = job.files(parts, symbol, warmup)
+                of_warmup = by_warmup[warmup] = (enc([h for _, h in files]), enc(warmup)) if files else None
+            if of_warmup is None:
                 continue
-            hashes = by_warmup.get(warmup)
-            if hashes is None:
-                hashes = by_warmup[warmup] = enc([h for _, h in files])
             sj = settings_of[i] if settings_of is not None else only
-            text = f'{head}{pj},"partitions":{hashes},"settings":{sj}{sym_tail}{enc(warmup)}}}'
-            tasks.append(Task(hashlib.sha256(text.encode("utf-8")).hexdigest(), symbol, params, warmup))
+            text = f'{head}{pj},"partitions":{of_warmup[0]},"settings":{sj}{sym_tail}{of_warmup[1]}}}'
+            tasks.append(Task(sha256(text.encode("utf-8")).hexdigest(), symbol, params, warmup))
     return tasks
 
 

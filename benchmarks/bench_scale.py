@@ -51,7 +51,9 @@ def _root(tasks: int) -> Path:
 
 
 def _size(path: Path) -> tuple[int, int]:
-    """(files, bytes on disk) under ``path``."""
+    """(files, bytes on disk) under ``path`` (a folder or a file)."""
+    if path.is_file():
+        return 1, path.stat().st_blocks * 512
     files = used = 0
     for folder, _, names in os.walk(path):
         for n in names:
@@ -83,14 +85,16 @@ def measure(tasks: int, say: Any = print) -> list[tuple[str, float, int, str]]:
         out.append((name, res.wall_s, res.max_single_rss, what))
         return got
 
-    catalog = root / "catalog.duckdb"
+    def catalog() -> int:  # the catalog's bytes on disk, with its write-ahead log
+        return sum(_size(p)[1] for p in (root / "catalog.duckdb", root / "catalog.duckdb.wal") if p.exists())
+
     first = step("first run", ["run", str(STRATEGY), *RANGE, *grid, "--yes", "--json"])
     files, used = _size(root / "results")
-    before = catalog.stat().st_size
+    before = catalog()
     out[-1] = (*out[-1][:3], f"{first['computed']:,} computed; results: {files:,} files, "
                              f"{used / first['tasks']:.0f} B a task on disk; catalog {before / 1e6:.0f} MB")
     again = step("cached rerun", ["run", str(STRATEGY), *RANGE, *grid, "--json"])
-    grown = catalog.stat().st_size - before
+    grown = catalog() - before
     out[-1] = (*out[-1][:3], f"{again['computed']} computed; catalog +{grown / again['tasks']:.0f} B a task row")
     added = step("one more parameter value", ["run", str(STRATEGY), *RANGE, *more, "--yes", "--json"])
     out[-1] = (*out[-1][:3], f"{added['computed']:,} computed of {added['tasks']:,}")

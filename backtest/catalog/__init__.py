@@ -28,6 +28,7 @@ from typing import Any
 from backtest.catalog.connection import _WRITER, LOCK_WAIT, T, _file_lock, _is_lock_error, duckdb_driver
 from backtest.catalog.schema import METRICS, MIGRATIONS, OPTIONAL_METRICS, RESULT_COLUMNS
 from backtest.catalog.staging import (
+    NUMPY_ROWS,
     Recover,
     Rows,
     _insert_run,
@@ -178,7 +179,14 @@ class Catalog:
             _mark_stale(con, alive, self.recover)
             _insert_run(con, run)
             known: set[str] = set()
-            if keys:
+            if len(keys) > NUMPY_ROWS:  # a NumPy column DuckDB scans: ~5x faster than a list parameter
+                import numpy as np
+
+                con.register("planned_keys", {"key": np.array(keys, dtype=object)})
+                rows = con.execute("SELECT key FROM results WHERE key IN (SELECT key FROM planned_keys)")
+                known = {r[0] for r in rows.fetchall()}
+                con.unregister("planned_keys")
+            elif keys:
                 rows = con.execute("SELECT key FROM results WHERE key IN (SELECT unnest(?::VARCHAR[]))",
                                    [list(keys)])
                 known = {r[0] for r in rows.fetchall()}

@@ -87,11 +87,16 @@ class Recorder:
         rows of those the catalog does not index yet (``known``: those it does; e.g. after the
         catalog was deleted): they are indexed now."""
         from backtest.catalog import result_row
+        from backtest.catalog.staging import NUMPY_ROWS
         from backtest.store.results import decode_metrics
 
         now = time.time() if now is None else now
         cached = self.prep.cached if cached is None else cached
-        tasks = [self.row(t, "done", True, 0, None, None, None, now) for t in cached]
+        tasks: list[Any]
+        if len(cached) > NUMPY_ROWS:  # as columns: no dict a row
+            tasks = [self._done_columns(cached, True, 0, None, now)]
+        else:
+            tasks = [self.row(t, "done", True, 0, None, None, None, now) for t in cached]
         results = []
         for t in cached:
             if t.key not in known:
@@ -142,14 +147,9 @@ class Recorder:
             self._forced.extend((k, ev.worker) for k in ev.keys)
         n = len(ev.keys)
         tasks = [self.by_key[k] for k in ev.keys]
-        keys = np.array(ev.keys, dtype=object)
-        symbols = np.array([t.symbol for t in tasks], dtype=object)
-        params = np.array([self._params_text(t) for t in tasks], dtype=object)
-        self.task_rows.append(Columns(n, {
-            "key": keys, "symbol": symbols, "params": params, "status": np.full(n, "done", dtype=object),
-            "cached": np.zeros(n, dtype=bool), "attempts": np.full(n, ev.attempt, dtype=np.int64),
-            "error": np.full(n, None, dtype=object), "details": np.full(n, None, dtype=object),
-            "worker": np.full(n, ev.worker, dtype=object), "at_time": np.full(n, now)}))
+        block = self._done_columns(tasks, False, ev.attempt, ev.worker, now)
+        self.task_rows.append(block)
+        keys, symbols, params = block["key"], block["symbol"], block["params"]
         env = ev.env or {}
         env_text = self.env_texts.get(ev.worker) or self.env_texts.setdefault(ev.worker, json.dumps(env, sort_keys=True))
         if self.prep.job.axes:  # the result's params are the strategy's only
@@ -162,6 +162,23 @@ class Recorder:
         self.result_rows.append(Columns(n, {
             "key": keys, "symbol": symbols, "params": params, "n_trades": np.array(ev.n_trades, dtype=np.int64),
             "env": np.full(n, env_text, dtype=object), "recorded": np.full(n, now), **metrics}))
+
+    def _done_columns(self, tasks: list[Task], cached: bool, attempts: int, worker: str | None,
+                      now: float) -> Any:
+        """Task rows of ``tasks``, done, as one ``Columns`` block."""
+        import numpy as np
+
+        from backtest.catalog.staging import Columns
+
+        n = len(tasks)
+        return Columns(n, {
+            "key": np.array([t.key for t in tasks], dtype=object),
+            "symbol": np.array([t.symbol for t in tasks], dtype=object),
+            "params": np.array([self._params_text(t) for t in tasks], dtype=object),
+            "status": np.full(n, "done", dtype=object), "cached": np.full(n, cached),
+            "attempts": np.full(n, attempts, dtype=np.int64), "error": np.full(n, None, dtype=object),
+            "details": np.full(n, None, dtype=object), "worker": np.full(n, worker, dtype=object),
+            "at_time": np.full(n, now)})
 
     def _write_pack(self, bodies: dict[str, tuple[bytes, str]]) -> None:
         """Store result files that came as bytes in one pack (a file that is not a canonical
