@@ -12,12 +12,14 @@ _COUNTER = itertools.count()
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
-def atomic_write(path: Path | str, data: bytes) -> None:
+def atomic_write(path: Path | str, data: bytes | list[bytes]) -> None:
     """Write to a temporary name in the same directory, then rename: the file appears whole.
 
     The temporary name is made of the process id, thread id and a counter (unique without the
     random names and retries of ``tempfile``, which cost more than the write of a small file);
-    should one exist already (a dead process's leftover under a reused pid), ``tempfile`` picks."""
+    should one exist already (a dead process's leftover under a reused pid), ``tempfile`` picks.
+    ``data`` may be a list of pieces, written in order. A reader that lists the folder must skip
+    names starting with a dot: the temporary file has the final name's suffix."""
     folder, name = os.path.split(path)
     suffix = os.path.splitext(name)[1]
     tmp = os.path.join(folder, f".tmp-{os.getpid()}-{threading.get_ident()}-{next(_COUNTER)}{suffix}")
@@ -27,7 +29,10 @@ def atomic_write(path: Path | str, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=suffix)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            if isinstance(data, bytes):
+                fh.write(data)
+            else:  # pieces, written one after another (a pack: no copy of the whole)
+                fh.writelines(data)
         os.replace(tmp, path)
     except BaseException:
         try:

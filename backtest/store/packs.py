@@ -64,6 +64,17 @@ def payload(variant: Variant, key: str, n_trades: int, params: str, values: byte
     return b"".join((RESULT_MAGIC, _U32.pack(len(h)), h, values, trades))
 
 
+def digest(variant: Variant, key: str, n_trades: int, params: str, values: bytes, trades: bytes) -> bytes:
+    """The sha256 of the result file of these parts (``payload``'s, without joining them)."""
+    h = head(variant, key, n_trades, params)
+    sha = hashlib.sha256(RESULT_MAGIC)
+    sha.update(_U32.pack(len(h)))
+    sha.update(h)
+    sha.update(values)
+    sha.update(trades)
+    return sha.digest()
+
+
 def split(data: bytes) -> tuple[Variant, str, int, str, bytes, bytes, bytes] | None:
     """A result file's parts (variant, key, trade count, params JSON, metrics, trades, sha256), or
     None when its header is not the canonical one ``payload`` makes again (then it is stored as a
@@ -90,7 +101,8 @@ class PackWriter:
 
     def __init__(self) -> None:
         self._variants: dict[Variant, int] = {}
-        self._entries: list[bytes] = []
+        self._entries: list[tuple[bytes, ...]] = []  # each entry's pieces (written one after another)
+        self._sizes: list[int] = []
         self._keys: list[str] = []
         self.size = 0
 
@@ -109,10 +121,12 @@ class PackWriter:
             if v > 255:
                 raise ResultError("a pack holds at most 256 kinds of result header")
         p = params.encode()
-        entry = b"".join((_ENTRY_HEAD.pack(v, len(p)), p, _N_TRADES.pack(n_trades), values, trades, digest))
+        entry = (_ENTRY_HEAD.pack(v, len(p)) + p + _N_TRADES.pack(n_trades), values, trades, digest)
+        size = sum(map(len, entry))
         self._entries.append(entry)
+        self._sizes.append(size)
         self._keys.append(key)
-        self.size += len(entry)
+        self.size += size
 
     def add_file(self, data: bytes) -> bool:
         """Add a whole result file (False, nothing added, if it cannot be packed: ``split``)."""
@@ -123,22 +137,23 @@ class PackWriter:
         self.add(variant, key, n, params, values, trades, digest)
         return True
 
-    def encode(self) -> tuple[str, bytes]:
-        """(name, bytes) of the pack of everything added."""
+    def encode(self) -> tuple[str, list[bytes]]:
+        """(name, the pack's bytes in pieces) of everything added."""
         table = canonical_json([list(v) for v in self._variants]).encode()
         start = len(MAGIC) + 4 + len(table)
-        offsets: dict[str, tuple[int, int]] = {}
+        offsets: dict[str, tuple[int, int, int]] = {}  # key -> (offset, length, entry number)
         at = start
-        for key, entry in zip(self._keys, self._entries, strict=True):
-            offsets[key] = (at, len(entry))  # a key added twice: its last entry
-            at += len(entry)
-        index = b"".join(bytes.fromhex(k) + _SPAN.pack(*offsets[k]) for k in sorted(offsets))
+        for i, (key, size) in enumerate(zip(self._keys, self._sizes, strict=True)):
+            offsets[key] = (at, size, i)  # a key added twice: its last entry
+            at += size
+        index = b"".join(bytes.fromhex(k) + _SPAN.pack(*offsets[k][:2]) for k in sorted(offsets))
         top = MAGIC + _U32.pack(len(table)) + table
-        digest = hashlib.sha256(top + index).digest()
-        data = b"".join((top, *self._entries, index, _FOOTER.pack(len(offsets), at, digest, END)))
+        index_digest = hashlib.sha256(top + index).digest()
         # named by what it holds: the index's digest and every result's own digest
-        name = hashlib.sha256(digest + b"".join(data[o + n - 32:o + n] for o, n in offsets.values())).hexdigest()
-        return name, data
+        name = hashlib.sha256(index_digest + b"".join(self._entries[i][-1] for _, _, i in offsets.values()))
+        pieces = [top, *(piece for entry in self._entries for piece in entry), index,
+                  _FOOTER.pack(len(offsets), at, index_digest, END)]
+        return name.hexdigest(), pieces
 
     def write(self, folder: Path | str) -> str:
         """Write the pack into ``folder`` (made if need be) as ``<name>.pack``; its name."""

@@ -400,7 +400,8 @@ class ResultStore:
 
             try:
                 with os.scandir(self.packs_dir) as entries:
-                    names = [e for e in entries if e.name.endswith(".pack")]
+                    # (a ``.tmp-*`` file is a pack being written: not one yet)
+                    names = [e for e in entries if e.name.endswith(".pack") and not e.name.startswith(".")]
             except FileNotFoundError:
                 names = []
             names.sort(key=lambda e: (e.stat().st_mtime_ns, e.name), reverse=True)
@@ -649,8 +650,8 @@ class ResultStore:
         """Damaged results set aside, kept for a post-mortem until ``bt gc``: files
         (``<key>.res.damaged``), packs (``<name>.pack.damaged``) and lists of a pack's damaged
         entries (``<name>.bad``: ``delete`` writes the pack again without them)."""
-        packs = (sorted(self.packs_dir.glob("*.pack.damaged")) + sorted(self.packs_dir.glob("*.bad"))
-                 if self.packs_dir.is_dir() else [])
+        packs = sorted(p for pattern in ("*.pack.damaged", "*.bad") for p in self.packs_dir.glob(pattern)
+                       if not p.name.startswith(".")) if self.packs_dir.is_dir() else []
         return self._files("*.res.damaged") + packs
 
     def _files(self, pattern: str) -> list[Path]:
@@ -696,7 +697,7 @@ class ResultStore:
                 pass
         every = {e.path: e for e in self.packs()}
         files = sorted(os.listdir(self.packs_dir)) if self.packs_dir.is_dir() else []
-        for file in [os.path.join(self.packs_dir, n) for n in files if n.endswith(".pack")]:
+        for file in [os.path.join(self.packs_dir, n) for n in files if n.endswith(".pack") and n[0] != "."]:
             pack = every.get(file)
             damaged = os.path.exists(file[:-5] + ".bad")
             if pack is None:

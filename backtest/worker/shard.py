@@ -27,9 +27,12 @@ from array import array
 from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 Emit = Callable[..., None]
+
+if TYPE_CHECKING:
+    from backtest.store.packs import Variant
 
 
 def slice_bars(bars: Any, warmup: int, parts: list[str]) -> Any:
@@ -130,7 +133,7 @@ class CappedText(io.TextIOBase):
 
 #: A worker that stores its results writes a pack when it holds this many bytes of results, or
 #: has held results for this long: a few packs a shard, and results reported soon after they are made.
-PACK_BYTES = 32 << 20
+PACK_BYTES = 8 << 20
 PACK_SECONDS = 2.0
 
 
@@ -152,16 +155,13 @@ class _Batch:
         self.names: tuple[str, ...] = ()
         self.since = time.monotonic()
 
-    def add(self, parts: tuple[Any, ...], metrics: dict[str, float]) -> None:
-        import hashlib
-
-        from backtest.store.packs import payload
+    def add(self, parts: tuple[Variant, str, int, str, bytes, bytes], metrics: dict[str, float]) -> None:
+        from backtest.store.packs import digest
 
         assert self.pack is not None
         variant, key, n, params, values, trades = parts
-        digest = hashlib.sha256(payload(variant, key, n, params, values, trades)).digest()
-        self.pack.add(variant, key, n, params, values, trades, digest)
-        self.n_trades.append(n)
+        self.pack.add(variant, key, n, params, values, trades, digest(*parts))
+        self.n_trades.append(parts[2])
         self.names = tuple(metrics)  # the same for every task of a shard
         self.values.extend(metrics.values())
 

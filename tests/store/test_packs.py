@@ -176,3 +176,14 @@ def test_many_lookups_find_the_same_entries_as_a_few(tmp_path: Path, monkeypatch
     mapped = ResultStore(tmp_path)
     assert all(mapped.read_bytes(k) == files[k] for k in files if k != damaged)  # past FIND_MAP: the map
     assert mapped._map is not None and mapped._find(damaged) is None
+
+
+def test_a_pack_being_written_is_not_read_nor_set_aside(tmp_path: Path) -> None:
+    """A writer's temporary file ends in ``.pack`` too: a reader listing the folder meanwhile
+    must leave it alone (setting it aside would take it from under the writer's rename)."""
+    store, files = stored(tmp_path)
+    half = store.packs_dir / ".tmp-123-456-7.pack"
+    half.write_bytes(next(store.packs_dir.glob("*.pack")).read_bytes()[:100])
+    fresh = ResultStore(tmp_path)
+    assert sorted(fresh.keys()) == sorted(files) and half.exists()
+    assert fresh.damaged_files() == [] and fresh.delete([]) == 0 and half.exists()
