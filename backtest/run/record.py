@@ -202,6 +202,8 @@ class Recorder:
         assert self._before is not None
         self.store.refresh()
         for key, worker in done:
+            if self._before.digest(key) in (None, self.store.digest(key)):
+                continue  # nothing stored before, or the same bytes (their digests say so)
             old = self._before.stored_bytes(key)
             if old is not None and (new := self.store.read_bytes(key)) != old:
                 self._differs(difference(old, key, new), key, worker)

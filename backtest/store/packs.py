@@ -155,16 +155,20 @@ class PackWriter:
                   _FOOTER.pack(len(offsets), at, index_digest, END)]
         return name.hexdigest(), pieces
 
-    def write(self, folder: Path | str) -> str:
-        """Write the pack into ``folder`` (made if need be) as ``<name>.pack``; its name."""
+    def write(self, folder: Path | str, store: Path | str | None = None) -> tuple[str, bool]:
+        """Write the pack into ``folder`` (made if need be) as ``<name>.pack``, unless the packs
+        folder ``store`` (default ``folder``) holds a pack of that name already: the same
+        results (``--force`` computes the same bytes again). Returns (name, whether written)."""
         name, data = self.encode()
+        if os.path.exists(os.path.join(store if store is not None else folder, f"{name}.pack")):
+            return name, False
         path = os.path.join(folder, f"{name}.pack")
         try:
             atomic_write(path, data)
         except FileNotFoundError:
             os.makedirs(folder, exist_ok=True)
             atomic_write(path, data)
-        return name
+        return name, True
 
 
 @dataclass
@@ -263,8 +267,8 @@ def read_index(path: str) -> Pack:
                 raise ResultError(f"{path} is damaged (its footer is not whole)")
             fh.seek(at)
             index = fh.read(n * INDEX_ROW)
-    except OSError as exc:
-        raise ResultError(f"{path} cannot be read ({exc.strerror or exc})") from None
+    except struct.error:
+        raise ResultError(f"{path} is damaged (its footer is not whole)") from None
     if hashlib.sha256(top + table + index).digest() != digest:
         raise ResultError(f"{path} is damaged (the checksum of its index does not match)")
     variants: list[Variant] = [tuple(v) for v in json.loads(table)]
@@ -272,7 +276,8 @@ def read_index(path: str) -> Pack:
 
 
 def load(paths: list[str]) -> tuple[list[Pack], list[tuple[str, str]]]:
-    """The packs at ``paths`` that read whole, and (path, what is wrong) for the others."""
+    """The packs at ``paths`` that read whole, and (path, what is wrong) for the damaged ones. A
+    pack that cannot be read now (gone meanwhile, no permission) is in neither: it is not damaged."""
     packs: list[Pack] = []
     bad: list[tuple[str, str]] = []
     for p in paths:
@@ -280,4 +285,6 @@ def load(paths: list[str]) -> tuple[list[Pack], list[tuple[str, str]]]:
             packs.append(read_index(p))
         except ResultError as exc:
             bad.append((p, str(exc)))
+        except OSError:
+            pass
     return packs, bad

@@ -404,8 +404,14 @@ class ResultStore:
                     names = [e for e in entries if e.name.endswith(".pack") and not e.name.startswith(".")]
             except FileNotFoundError:
                 names = []
-            names.sort(key=lambda e: (e.stat().st_mtime_ns, e.name), reverse=True)
-            packs, bad = load([e.path for e in names])
+            dated = []
+            for e in names:
+                try:
+                    dated.append((e.stat().st_mtime_ns, e.name, e.path))
+                except FileNotFoundError:  # deleted meanwhile (bt gc)
+                    pass
+            dated.sort(reverse=True)
+            packs, bad = load([path for _, _, path in dated])
             for path, _ in bad:
                 try:
                     os.replace(path, path + ".damaged")
@@ -556,6 +562,22 @@ class ResultStore:
             except (ResultError, OSError):
                 return None
         return _read_file(str(self.path(key)))
+
+    def digest(self, key: str) -> bytes | None:
+        """The sha256 a stored result of ``key`` carries (its last 32 bytes, unchecked), or None:
+        two results of a key with the same digest are the same bytes."""
+        found = self._find(key)
+        try:
+            if found is not None:
+                offset, length = found[0].span(found[1])
+                with open(found[0].path, "rb") as fh:
+                    fh.seek(offset + length - 32)
+                    return fh.read(32)
+            with open(self.path(key), "rb") as fh:
+                fh.seek(-32, os.SEEK_END)
+                return fh.read(32)
+        except OSError:
+            return None
 
     def read_bytes(self, key: str) -> bytes:
         """The result file of ``key``; a pack entry is checked against its digest (a damaged one

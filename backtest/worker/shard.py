@@ -144,8 +144,8 @@ class _Batch:
         from backtest.store.packs import PackWriter
 
         self.shard = shard
-        self.folder = staging if staging is not None else (results / "results" / "packs" if results else None)
-        self.staged = staging is not None
+        self.store = results / "results" / "packs" if results else None
+        self.folder = staging if staging is not None else self.store
         self.pack = PackWriter() if self.folder is not None else None
         self._reset()
 
@@ -176,9 +176,10 @@ class _Batch:
         if self.pack is None or not len(self.pack):
             return
         assert self.folder is not None
-        name = self.pack.write(self.folder)
+        name, written = self.pack.write(self.folder, self.store)
+        staged = written and self.folder != self.store
         emit({"t": "results", "shard": self.shard, "keys": self.pack.keys, "n_trades": self.n_trades,
-              "metrics": self.names, "pack": name, **({"staged": True} if self.staged else {})},
+              "metrics": self.names, "pack": name, **({"staged": True} if staged else {})},
              self.values.tobytes())
         self.pack = PackWriter()
         self._reset()

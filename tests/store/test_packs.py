@@ -69,7 +69,7 @@ def stored(root: Path) -> tuple[ResultStore, dict[str, bytes]]:
 
 def test_a_pack_gives_back_every_result_file_byte_for_byte(tmp_path: Path) -> None:
     files = results()
-    name = packed(files).write(tmp_path)
+    name, _ = packed(files).write(tmp_path)
     read = read_index(str(tmp_path / f"{name}.pack"))
     assert sorted(read.keys()) == sorted(files) and len(read.variants) == 2
     for key, data in files.items():
@@ -138,11 +138,11 @@ def test_a_staged_pack_with_a_key_of_another_shard_is_refused(tmp_path: Path) ->
     staging = tmp_path / "staging"
     files = results(4)
     pack = packed(files)
-    name = pack.write(staging)
+    name, _ = pack.write(staging)
     with pytest.raises(ResultError, match="tasks its shard did not have"):
         store.accept_pack(staging, name, sorted(files)[:3])
     assert store.keys() == [] and not (staging / f"{name}.pack").exists()
-    name = pack.write(staging)
+    name, _ = pack.write(staging)
     store.accept_pack(staging, name, [*files, "ff" * 32])
     assert sorted(store.keys()) == sorted(files)
 
@@ -187,3 +187,13 @@ def test_a_pack_being_written_is_not_read_nor_set_aside(tmp_path: Path) -> None:
     fresh = ResultStore(tmp_path)
     assert sorted(fresh.keys()) == sorted(files) and half.exists()
     assert fresh.damaged_files() == [] and fresh.delete([]) == 0 and half.exists()
+
+
+def test_a_stored_result_s_digest_is_its_file_s_last_32_bytes(tmp_path: Path) -> None:
+    from tests.store.layout import as_files
+
+    store, files = stored(tmp_path)
+    assert all(store.digest(k) == data[-32:] for k, data in files.items())
+    as_files(tmp_path)
+    assert all(ResultStore(tmp_path).digest(k) == data[-32:] for k, data in files.items())
+    assert store.digest("ff" * 32) is None
