@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 from helpers import bt
+from store_layout import damage_entry
 
 from backtest.catalog import Catalog
 from backtest.store.results import ResultStore
-from tests.store.layout import damage_entry
 
 RUN = ["--from", "2020", "--to", "2021", "--param", "fast=5,10", "--param", "slow=20,40"]
 

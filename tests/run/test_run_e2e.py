@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 from helpers import loaded_by
+from store_layout import as_files
 from typer.testing import CliRunner
 
 from backtest.catalog import Catalog
 from backtest.cli import _register, app
 from backtest.store.results import ResultStore
-from tests.store.layout import as_files
 
 _register()
 runner = CliRunner()

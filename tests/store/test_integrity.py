@@ -1,6 +1,6 @@
 """A result damaged on disk or swapped with another task's is never served: not as a cache hit,
 not as a report's trades, not by a catalog rebuild; in a pack or in a single file of a store made
-before packs (``layout.as_files``). Real files, real runs, real damage."""
+before packs (``store_layout.as_files``). Real files, real runs, real damage."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from store_layout import as_files, damage_entry
 from typer.testing import CliRunner
 
 from backtest.catalog import Catalog
 from backtest.cli import _register, app
 from backtest.store.results import ResultStore
-from tests.store.layout import as_files, damage_entry
 
 _register()
 runner = CliRunner()

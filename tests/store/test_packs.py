@@ -190,7 +190,7 @@ def test_a_pack_being_written_is_not_read_nor_set_aside(tmp_path: Path) -> None:
 
 
 def test_a_stored_result_s_digest_is_its_file_s_last_32_bytes(tmp_path: Path) -> None:
-    from tests.store.layout import as_files
+    from store_layout import as_files
 
     store, files = stored(tmp_path)
     assert all(store.digest(k) == data[-32:] for k, data in files.items())
