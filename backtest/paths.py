@@ -28,3 +28,21 @@ def root() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("bt", appauthor=False))
+
+
+_store_override: str | None = None
+
+
+def set_store(uri: str | None) -> None:
+    """Set the market data store for this process (the CLI's ``--store`` option)."""
+    global _store_override
+    _store_override = uri.strip() if uri and uri.strip() else None
+
+
+def store_uri() -> str | None:
+    """The market data store's URI (``--store``, else ``BT_STORE``), or None for the local store
+    under the root (``<root>/bars``)."""
+    if _store_override is not None:
+        return _store_override
+    env = os.environ.get("BT_STORE", "").strip()
+    return env or None

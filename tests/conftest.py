@@ -40,3 +40,24 @@ def faulty(tmp_path: Path) -> Path:
 @pytest.fixture
 def sma_path() -> Path:
     return Path(__file__).resolve().parents[1] / "strategies" / "sma_cross.py"
+
+
+@pytest.fixture(scope="session")
+def s3server():
+    """A real S3 API (moto's standalone server) on 127.0.0.1 and a free port, for the session."""
+    pytest.importorskip("moto.server", reason="moto[server] is in the test extra")
+    from s3server import S3Server
+
+    server = S3Server("127.0.0.1")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3env(s3server, monkeypatch: pytest.MonkeyPatch):
+    """This test's environment for the S3 server (its keys, endpoint and region) and a fresh bucket:
+    the store's URI is ``s3://<bucket>/team``."""
+    for k, v in s3server.env().items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("BT_STORE", raising=False)
+    return f"s3://{s3server.bucket()}/team"

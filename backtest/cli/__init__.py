@@ -82,9 +82,21 @@ def _root(
             show_default=False,
         ),
     ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            "--store",
+            envvar="BT_STORE",
+            help="Where the market data lives: s3://bucket/prefix (endpoint: BT_S3_ENDPOINT or "
+            "?endpoint_override=http://host:port; region: BT_S3_REGION; credentials as for the AWS CLI) or "
+            "another URI pyarrow.fs opens (file:///folder). Default: the bars under the data root.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     from backtest import paths
 
+    paths.set_store(store)
     if data is not None and data.expanduser().exists() and not data.expanduser().is_dir():
         raise UsageError(f"--data {data} is a file; give the folder that holds (or will hold) bt's data")
     paths.set_root(data)

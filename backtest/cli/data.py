@@ -13,8 +13,8 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     help="Import, inspect and remove market data.\n\n"
-    "Bars are stored under the data root (--data / BT_DATA) as one Parquet file per symbol and "
-    "year, each with a content hash that goes into the keys of every result computed from it. "
+    "Bars are stored under the data root (--data / BT_DATA), or on an object store (--store / BT_STORE, "
+    "e.g. s3://bucket/prefix), as one Parquet file per symbol and year, each with a content hash that goes into the keys of every result computed from it. "
     "Workers keep uncompressed copies of the partitions they read under cache/bars/ (a cache: "
     "BT_BARS_CACHE_MB bounds it, default 2048; 0 keeps none).",
     no_args_is_help=True,
@@ -25,6 +25,11 @@ def _store() -> Any:
     from backtest.data import Store
 
     return Store()
+
+
+def _where(store: Any) -> str:
+    """The store as messages name it: the local bars folder, or the object store's URI (no secrets)."""
+    return str(store.root / "bars") if type(store).__name__ == "Store" else str(store.where)
 
 
 def _mb(n: int) -> str:
@@ -193,7 +198,7 @@ def demo(
     first = {s.symbol: s for s in store.summary()}[names[0]]
     y0, y1 = (int(str(np.datetime64(t, "ns"))[:4]) for t in (first.first_ts, first.last_ts))
     console.print(f"wrote {len(names)} demo symbols ({names[0]} … {names[-1]}), {first.rows:,} {first.freq} bars "
-                  f"each, into {store.root / 'bars'}", highlight=False)
+                  f"each, into {_where(store)}", highlight=False)
     console.print(f"try: bt run strategies/sma_cross.py --from {max(y0, y1 - 4)} --to {y1}", highlight=False)
 
 
@@ -217,14 +222,14 @@ def ls(
         print(json.dumps([r.__dict__ for r in rows]))
         return
     if not rows:
-        console.print(f"the data store at {store.root} is empty; try `bt data demo` or `bt data import FILE`")
+        console.print(f"the data store at {_where(store)} is empty; try `bt data demo` or `bt data import FILE`")
         return
     table = _table("times in UTC", ("symbol", "from", "to", "bars", "freq", "files", "size"),
                    [[r.symbol, fmt_ts(r.first_ts, utc=False), fmt_ts(r.last_ts, utc=False), f"{r.rows:,}", r.freq,
                      str(r.partitions), _mb(r.size)] for r in rows], right=("bars", "files", "size"))
     console.print(table)
     console.print(f"{len(rows)} symbols, {sum(r.rows for r in rows):,} bars, {_mb(sum(r.size for r in rows))} "
-                  f"in {store.root / 'bars'}", highlight=False)
+                  f"in {_where(store)}", highlight=False)
 
 
 @app.command("show")

@@ -16,6 +16,8 @@ and holds a header (format, that hash, the row count) followed by the raw little
   loses nothing. ``bt data rm`` deletes the copies of what it removes.
 - Workers that have a data root keep copies (local, inline, Dask); SSH workers, which read the
   partitions shipped to their host's cache by absolute path, do not (yet).
+- With the bars on an object store (``--store``), the partitions a run reads are fetched into this
+  folder as ``<sha256>.parquet`` (``backtest.data.objstore``), under the same bound.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ def _evict(cache: Path, limit: int, keep: str) -> None:
     total = 0
     with os.scandir(cache) as it:
         for e in it:
-            if e.name.endswith(".bars"):
+            if e.name.endswith((".bars", ".parquet")):  # .parquet: partitions fetched from an object store
                 try:
                     st = e.stat()
                 except OSError:
@@ -166,7 +168,8 @@ def damaged(cache: Path, sha256: str) -> bool:
 def drop(data_root: Path, hashes: list[str]) -> None:
     """Delete the copies of these partitions (their data left the store)."""
     for h in hashes:
-        try:
-            path(folder(data_root), h).unlink()
-        except OSError:
-            pass
+        for p in (path(folder(data_root), h), folder(data_root) / f"{h}.parquet"):
+            try:
+                p.unlink()
+            except OSError:
+                pass

@@ -69,13 +69,46 @@ class SymbolSummary:
     size: int
 
 
-class Store:
-    """Bars under ``root/bars/symbol=<SYM>/year=<YYYY>.parquet`` with a manifest of content hashes."""
+#: ``Store(root, uri=CONFIGURED)``: the store ``--store`` / ``BT_STORE`` names, for the data root in use
+CONFIGURED = "<configured>"
 
-    def __init__(self, root: Path | None = None) -> None:
+
+def configured_uri(root: Path | None) -> str | None:
+    """The object store configured for ``root`` (None: the local store under it). A store URI is
+    for the data root of the command (``--data``); another root (a trial run's) is local."""
+    from backtest import paths
+
+    uri = paths.store_uri()
+    if uri is None or (root is not None and Path(root).resolve() != paths.root()):
+        return None
+    return uri
+
+
+class Store:
+    """Bars under ``root/bars/symbol=<SYM>/year=<YYYY>.parquet`` with a manifest of content hashes.
+
+    ``Store(root)`` is the store configured for that root: the local one, or, with ``--store`` /
+    ``BT_STORE``, an ``objstore.ObjectStore`` (the same interface; ``uri=None`` forces the local one).
+    """
+
+    root: Path
+    where: str  # how messages name the store (a folder, or a URI without credentials)
+    remote = False  # an object store: runs fetch its partitions into the bars cache first
+
+    def __new__(cls, root: Path | None = None, uri: str | None = CONFIGURED) -> Store:
+        if cls is Store:
+            target = configured_uri(root) if uri == CONFIGURED else uri
+            if target:
+                from backtest.data.objstore import ObjectStore
+
+                return super().__new__(ObjectStore)
+        return super().__new__(cls)
+
+    def __init__(self, root: Path | None = None, uri: str | None = CONFIGURED) -> None:
         from backtest import paths
 
         self.root = Path(root) if root is not None else paths.root()
+        self.where = str(self.root)
         self._files = Files(self.root)
         self._cache: tuple[Any, Manifest] | None = None
 
@@ -100,14 +133,20 @@ class Store:
         parts = manifest.get(symbol.strip().upper())
         if not parts:
             if not manifest:
-                raise DataError(f'unknown symbol "{symbol}": the data store at {self.root} is empty; '
+                raise DataError(f'unknown symbol "{symbol}": the data store at {self.where} is empty; '
                                 f"import data with `bt data import FILE` or try `bt data demo`")
             hint = did_you_mean(symbol.upper(), list(manifest)) or " `bt data ls` lists the symbols."
             raise DataError(f'unknown symbol "{symbol}".{hint}')
         return list(parts)
 
     def path(self, p: Partition) -> Path:
+        """Where ``p`` is read from here (an object store's partition is fetched first)."""
         return self.root / p.path
+
+    def fetch(self, files: Iterable[tuple[str, str] | list[str]]) -> int:
+        """Make the partitions ``files`` ((path, sha256) as planned) readable where workers read
+        them; how many were fetched. A local store's files are there already."""
+        return 0
 
     def resolve(self, symbol: str, start_ns: int, end_ns: int, warmup_bars: int) -> list[Partition]:
         """The fewest partitions holding ``warmup_bars`` bars before ``start_ns`` and [start_ns, end_ns].
@@ -314,6 +353,9 @@ class Store:
         self._cache = None
         return reports
 
+    def _stage_dir(self) -> Path:
+        return self._files.stage_dir()
+
     def _merge(self, frame: Frame, old_parts: list[Partition], opts: Options
                ) -> tuple[ImportReport, list[Partition], dict[str, str | None]]:
         import numpy as np
@@ -348,7 +390,7 @@ class Store:
                 lo = hi = 0
             seg = cols.take(slice(lo, hi))
             if year in old:
-                stored = read_columns(open_partition(self.root / old[year].path))
+                stored = read_columns(open_partition(self.path(old[year])))
                 merged, n_added, n_replaced = _merge_year(stored, seg, frame, lo, opts.replace,
                                                           first_ts, last_ts)
             else:
@@ -368,7 +410,7 @@ class Store:
             todo = [(y, rel, m, h) for (y, rel, m), h in zip(pending, hashes, strict=True)
                     if not (y in old and h == old[y].sha256)]
             unchanged = len(pending) - len(todo)
-            stage = self._files.stage_dir()
+            stage = self._stage_dir()
 
             def write(item: tuple[int, str, Columns, str]) -> Partition:
                 year, rel, merged, sha = item

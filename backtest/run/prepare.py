@@ -206,6 +206,26 @@ def universe_name(req: RunRequest, symbols: list[str]) -> str:
     return ",".join(symbols)
 
 
+def fetch_data(prep: Prepared) -> None:
+    """With the bars on an object store: fetch the partitions the run's workers will read into the
+    bars cache (verified by content hash) before they start. Walk-forward runs plan tasks as they
+    go, so all their partitions are fetched."""
+    from backtest.data import Store
+
+    store = Store(prep.root)
+    if not store.remote or not (prep.shards or prep.pending):
+        return
+    files: set[tuple[str, str]] = set()
+    if prep.pending:
+        files.update((p, h) for fs in prep.parts.values() for p, h in fs)
+    for shard in prep.shards:
+        files.update((p, h) for p, h in shard.spec["files"])
+        if "benchmark" in shard.spec:
+            files.update((p, h) for p, h in shard.spec["benchmark"][1])
+    mark("fetching data")
+    store.fetch(sorted(files))
+
+
 def prepare_started(req: RunRequest, root: Path | None = None) -> tuple[Prepared, Executor | None]:
     """``prepare``, with the workers started meanwhile when work is likely (a first run of this
     strategy, or ``--force``); they are stopped again if the input is bad or nothing is missing.
@@ -219,6 +239,7 @@ def prepare_started(req: RunRequest, root: Path | None = None) -> tuple[Prepared
     ex = start_early(req, root, text) if req.force or not grid_cached(req, root, text) else None
     try:
         prep = prepare(req, root, text)
+        fetch_data(prep)
     except BaseException:
         if ex is not None:
             ex.close(cancel=True)
