@@ -146,9 +146,10 @@ def hosts_table(reports: list) -> object:
         ("latency ms", "right"),
         ("disk", "right"),
         ("trial", "left"),
+        *((("data", "left"),) if any(r.data != "-" for r in reports) else ()),
         ("error", "left"),
     ):
-        table.add_column(name, justify=justify, overflow="fold")  # type: ignore[arg-type]
+        table.add_column(name, justify=justify, overflow="fold")
     for r in reports:
         env_style = (
             "green"
@@ -164,6 +165,7 @@ def hosts_table(reports: list) -> object:
             f"{r.latency_ms:.1f}" if r.latency_ms is not None else "-",
             human_size(r.disk),
             ("[red]failed[/]" if r.trial == "failed" else f"[green]{escape(r.trial)}[/]") if r.trial != "-" else "-",
+            *((escape(r.data),) if any(x.data != "-" for x in reports) else ()),
             f"[red]{escape(r.error)}[/]" if r.error else "",
         )
     return table

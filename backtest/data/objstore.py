@@ -304,28 +304,60 @@ def fetch(objects: Objects, root: Path, parts: Iterable[Partition]) -> int:
 
 
 def fetch_one(objects: Objects, cache: Path, p: Partition) -> None:
+    """Fetch partition ``p`` into the bars cache ``cache``, with its uncompressed copy."""
     from backtest.data import bars_cache
-    from backtest.data.partition import content_hash
-    from backtest.store.fsutil import atomic_write
 
-    key = object_key(p)
-    try:
-        data = objects.get(key, "fetching")
-    except FileNotFoundError:
-        raise DataError(f"the {p.symbol} bars of {p.year} are missing from the data store {objects.where} "
-                        f"({key}); run bt data verify, then import {p.symbol} again") from None
-    cols = _decode(data, key, objects.where, p)
-    if content_hash(cols) != p.sha256:
-        raise DataError(f"the {p.symbol} bars of {p.year} in the data store {objects.where} ({key}) do not match "
-                        f"their content hash {p.sha256[:12]}: the object was damaged or rewritten; run bt data "
-                        f"verify, then import {p.symbol} again")
-    atomic_write(cache / f"{p.sha256}.parquet", data)
+    cols = fetch_object(objects, cache / f"{p.sha256}.parquet", object_key(p), p.sha256)
     limit = bars_cache.limit_bytes()
     if limit:
         bars_cache.keep(cache, p.sha256, cols.canonical(), 0, len(cols), limit)
 
 
-def _decode(data: bytes, key: str, where: str, p: Partition) -> Any:
+def fetch_into(objects: Objects, dest: Path, wanted: list[tuple[str, str]]) -> int:
+    """Fetch the objects ``wanted`` ((key, content sha256)) that ``dest`` lacks as
+    ``dest/<sha256>.parquet``, each verified; how many were fetched."""
+    todo = [(k, h) for k, h in dict(wanted).items() if not (dest / f"{h}.parquet").exists()]
+    if not todo:
+        return 0
+    dest.mkdir(parents=True, exist_ok=True)
+    objects.fs  # noqa: B018 - open once (and fail once) before the threads start
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(8, len(todo))) as pool:
+        list(pool.map(lambda kh: fetch_object(objects, dest / f"{kh[1]}.parquet", kh[0], kh[1]), todo))
+    return len(todo)
+
+
+_KEY = re.compile(r"bars/symbol=([^/]+)/year=(\d+)/")
+
+
+def _what(key: str) -> tuple[str, str]:
+    m = _KEY.search(key)
+    return (m.group(1), m.group(2)) if m else ("", key)
+
+
+def fetch_object(objects: Objects, target: Path, key: str, sha256: str) -> Any:
+    """Get object ``key``, check that its bars hash to ``sha256``, write it whole to ``target``;
+    its columns. One-line DataErrors for a missing, unreadable or damaged object."""
+    from backtest.data.partition import content_hash
+    from backtest.store.fsutil import atomic_write
+
+    symbol, year = _what(key)
+    try:
+        data = objects.get(key, "fetching")
+    except FileNotFoundError:
+        raise DataError(f"the {symbol} bars of {year} are missing from the data store {objects.where} "
+                        f"({key}); run bt data verify, then import {symbol} again") from None
+    cols = _decode(data, key, objects.where, symbol, year)
+    if content_hash(cols) != sha256:
+        raise DataError(f"the {symbol} bars of {year} in the data store {objects.where} ({key}) do not match "
+                        f"their content hash {sha256[:12]}: the object was damaged or rewritten; run bt data "
+                        f"verify, then import {symbol} again")
+    atomic_write(target, data)
+    return cols
+
+
+def _decode(data: bytes, key: str, where: str, symbol: str, year: str) -> Any:
     import pyarrow as pa
 
     from backtest.data.partition import read_columns
@@ -346,14 +378,14 @@ def _decode(data: bytes, key: str, where: str, p: Partition) -> Any:
 
         return read_columns(_File())
     except (OSError, pa.ArrowException, KeyError, ValueError) as exc:
-        raise DataError(f"the {p.symbol} bars of {p.year} in the data store {where} ({key}) are unreadable "
+        raise DataError(f"the {symbol} bars of {year} in the data store {where} ({key}) are unreadable "
                         f"({str(exc).splitlines()[0][:120]}): the object was damaged; run bt data verify, then "
-                        f"import {p.symbol} again") from None
+                        f"import {symbol} again") from None
 
 
 def columns_of(data: bytes, key: str, where: str, p: Partition) -> Any:
     """The bars of a fetched object (for verify)."""
-    return _decode(data, key, where, p)
+    return _decode(data, key, where, p.symbol, str(p.year))
 
 
 def _store_base() -> type:

@@ -209,11 +209,13 @@ def universe_name(req: RunRequest, symbols: list[str]) -> str:
 def fetch_data(prep: Prepared) -> None:
     """With the bars on an object store: fetch the partitions the run's workers will read into the
     bars cache (verified by content hash) before they start. Walk-forward runs plan tasks as they
-    go, so all their partitions are fetched."""
+    go, so all their partitions are fetched. SSH hosts fetch for themselves (or the executor
+    fetches here what it ships to them: ``executors.ssh.ship.HostObjects``)."""
     from backtest.data import Store
+    from backtest.executors import parse_url
 
     store = Store(prep.root)
-    if not store.remote or not (prep.shards or prep.pending):
+    if not store.remote or not (prep.shards or prep.pending) or parse_url(prep.executor_url).scheme == "ssh":
         return
     files: set[tuple[str, str]] = set()
     if prep.pending:

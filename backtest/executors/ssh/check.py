@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from backtest import paths
 from backtest.errors import BtError
 from backtest.executors.ssh.hostsfile import HostSpec
 
@@ -26,6 +27,7 @@ class HostReport:
     disk: int | None = None  # bytes bt keeps on the host (~/.cache/bt)
     trial: str = "-"  # a task run on the host: "ok (N s)", or "-" when not tried
     sandbox: str | None = None  # what the sandbox of the trial's worker had (``Protections.describe``)
+    data: str = "-"  # with the bars on an object store: "fetched by the host", or "shipped (why)"
 
     @property
     def ok(self) -> bool:
@@ -59,7 +61,8 @@ def check_host(spec: HostSpec, settings: object = None, *, install: bool = False
                     spec, True, cores, found.version_text, "differs", latency, _strip_name(spec, str(exc))
                 )
             state = "installed, match" if env.installed else "match"
-            return HostReport(spec, True, cores, found.version_text, state, latency, disk=disk)
+            return HostReport(spec, True, cores, found.version_text, state, latency, disk=disk,
+                              data=_data_path(conn, env))
         recorded = found.fingerprint()
         if recorded is None:
             how = "wheels" if boot.wheelhouse_fits(found) else "index"
@@ -69,11 +72,26 @@ def check_host(spec: HostSpec, settings: object = None, *, install: bool = False
         diff = fingerprint_diff(fingerprint(), recorded)
         if diff:
             return HostReport(spec, True, cores, found.version_text, "differs", latency, "; ".join(diff), disk)
-        return HostReport(spec, True, cores, found.version_text, "match", latency, disk=disk)
+        data = "-"
+        if paths.store_uri():
+            data = _data_path(conn, boot.bootstrap(conn, spec))
+        return HostReport(spec, True, cores, found.version_text, "match", latency, disk=disk, data=data)
     except BtError as exc:
         return HostReport(spec, True, error=_strip_name(spec, str(exc)))
     finally:
         conn.close()
+
+
+def _data_path(conn: object, env: object) -> str:
+    """How a run's bars reach the host when they are on an object store: the host fetches them
+    itself when it can read the store (with its own credentials), else the coordinator ships them."""
+    from backtest.executors.ssh.ship import host_store_uri, remote_fetch, store_dir
+
+    uri = paths.store_uri()
+    if not uri:
+        return "-"
+    why = remote_fetch(conn, env.command(), host_store_uri(uri), store_dir(env.cache), None)  # type: ignore[attr-defined]
+    return "fetched by the host from the store" if why is None else f"shipped by the coordinator ({why})"
 
 
 def _strip_name(spec: HostSpec, message: str) -> str:

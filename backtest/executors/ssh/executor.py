@@ -309,7 +309,8 @@ class SSHExecutor(StreamPool):
 
         host.state, host.env, host.conns, host.reason = "ready", env, conns, ""
         host.objects = HostObjects(conns[0], env.cache, Path(self.options.data_root),
-                                   python=host.spec.python_command, tamper=self.tamper)
+                                   python=host.spec.python_command, tamper=self.tamper,
+                                   store=self._object_store(), command=env.command())
         host.reports_seen = 0
         while len(host.slots) < env.cores:
             slot = _Slot(f"{host.name}/{len(host.slots)}", host.name)
@@ -326,6 +327,15 @@ class SSHExecutor(StreamPool):
         for slot in host.slots:
             if slot.channel is None and slot.state in ("starting", "lost"):
                 self.spawn_slot(slot)
+
+    def _object_store(self) -> Any:
+        """The run's object store (its bars are fetched by the hosts that reach it), or None."""
+        if not hasattr(self, "_store"):
+            from backtest.data import Store
+
+            store = Store(Path(self.options.data_root))
+            self._store = store if store.remote else None
+        return self._store
 
     def _host_failed(self, host: _Host, reason: str) -> None:
         """The host could not be reached or was lost: drop it; retry later, or set it aside."""

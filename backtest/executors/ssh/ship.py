@@ -218,6 +218,42 @@ def _send_batch(
     return verdicts
 
 
+def host_store_uri(uri: str) -> str:
+    """The object store's URI as a host gets it: the endpoint and region configured here folded in,
+    credentials taken out (a host reads with its own)."""
+    from backtest.data.objstore import _with_env, display_uri
+
+    return display_uri(_with_env(uri))
+
+
+def from_store(path: str) -> bool:
+    """Whether a shard's file is a partition of an object store (its copy in the bars cache)."""
+    return path.startswith("cache/bars/") and path.endswith(".parquet")
+
+
+def store_dir(cache: str) -> str:
+    """Where a host keeps the partitions it fetched from an object store itself (readable by its
+    sandboxed workers, bounded with the shipped files)."""
+    return f"{cache}/objects/bars"
+
+
+def remote_fetch(conn: fabric.Connection, command: Sequence[str], uri: str, dest: str,
+                 wanted: Sequence[tuple[str, str]] | None) -> str | None:
+    """Run ``backtest.data.fetch`` on the host (``command``: its bt Python, e.g. ``env.command``):
+    fetch ``wanted`` ((object key, content sha256)) into ``dest``, or with None only probe the
+    store. None when it worked, else the host's one line."""
+    argv = [*command, "-m", "backtest.data.fetch", uri, dest, *(["--probe"] if wanted is None else [])]
+    done = exec_command(conn, quote_argv(argv), input=json.dumps(list(wanted or [])).encode(), timeout=600)
+    lines = done.stdout.decode("utf-8", "replace").strip().splitlines()
+    try:
+        answer = json.loads(lines[-1]) if lines else {}
+    except ValueError:
+        answer = {}
+    if done.returncode == 0 and "error" not in answer:
+        return None
+    return str(answer.get("error") or done.error_tail() or f"exit {done.returncode}")
+
+
 class HostObjects:
     """What the coordinator knows of one host's object cache, for shipping data on demand.
 
@@ -235,8 +271,17 @@ class HostObjects:
         *,
         python: str = "python3",
         tamper: Tamper | None = None,
+        store: Any = None,
+        command: Sequence[str] = (),
     ) -> None:
         self.conn = conn
+        # bars on an object store (``data.objstore.ObjectStore``): the host fetches them itself
+        # (with ``command``, its bt Python) when it can reach the store, else they are shipped
+        self.store = store
+        self.command = list(command)
+        self.direct: bool | None = None  # None: not asked yet
+        self.direct_reason = ""
+        self.fetched: set[str] = set()
         self.cache = cache
         self.data_root = Path(data_root)
         self.python = python
@@ -264,6 +309,8 @@ class HostObjects:
 
     def prime(self, files: Sequence[Sequence[str]]) -> None:
         """Ask the host once which of ``files`` it has, so that ``ensure`` need not ask per shard."""
+        if self.store is not None:
+            files = [f for f in files if not from_store(f[0])]
         with self._lock:
             todo = {sha: p for p, sha, _ in self._hashed(files) if sha not in self.checked}
             if todo:
@@ -271,7 +318,54 @@ class HostObjects:
                 self.have.update(sha for sha, size in present.items() if todo[sha].stat().st_size == size)
                 self.checked.update(todo)
 
+    def can_fetch(self) -> bool:
+        """Whether the host reads the object store itself (asked once)."""
+        with self._lock:
+            if self.direct is None:
+                if not self.command:
+                    self.direct, self.direct_reason = False, "no bt environment to fetch with"
+                else:
+                    why = remote_fetch(self.conn, self.command, host_store_uri(self.store.uri),
+                                       store_dir(self.cache), None)
+                    self.direct, self.direct_reason = why is None, why or ""
+            return self.direct
+
     def ensure(self, files: Sequence[Sequence[str]]) -> list[list[str]]:
+        if self.store is not None and any(from_store(f[0]) for f in files):
+            stored = [(f[0], f[1]) for f in files if from_store(f[0])]
+            if self.can_fetch():
+                self._fetch_on_host(stored)
+                others = iter(self._ship([f for f in files if not from_store(f[0])]))
+                return [[f"{store_dir(self.cache)}/{f[1]}.parquet", f[1]] if from_store(f[0]) else next(others)
+                        for f in files]
+            self.store.fetch(stored)  # here first, then shipped as any file
+        return self._ship(files)
+
+    def _fetch_on_host(self, files: Sequence[tuple[str, str]]) -> None:
+        from backtest.data.objstore import object_key
+        from backtest.errors import DataError
+
+        need = [sha for _, sha in files if sha not in self.fetched]
+        if not need:
+            return
+        with self._lock:  # one fetch at a time per host; others wait and find it there
+            by_sha = {p.sha256: p for ps in self.store._manifest().values() for p in ps}
+            wanted = [(object_key(by_sha[sha]), sha) for sha in dict.fromkeys(need)
+                      if sha not in self.fetched and sha in by_sha]
+            missing = [sha for sha in need if sha not in by_sha]
+            if missing:
+                raise DataError(f"partition {missing[0][:12]} is no longer in the data store {self.store.where}; "
+                                "run the command again to plan with the current data")
+            if wanted:
+                why = remote_fetch(self.conn, self.command, host_store_uri(self.store.uri), store_dir(self.cache),
+                                   wanted)
+                if why is not None:
+                    raise DataError(f"{host_label(self.conn)}: fetching bars from the data store failed: {why}")
+                self.fetched.update(sha for _, sha in wanted)
+
+    def _ship(self, files: Sequence[Sequence[str]]) -> list[list[str]]:
+        if not files:
+            return []
         local = self._hashed(files)
         if any(sha not in self.have for _, sha, _ in local):
             with self._lock:  # one transfer at a time per host; others wait and find it there
