@@ -2,6 +2,8 @@
 
     python benchmarks/bench_data.py                 # defaults: 2 M-row CSV, 10 y of 1-minute bars
     python benchmarks/bench_data.py --rows 500000 --repeat 3
+    python benchmarks/bench_data.py --only store    # one year of minute bars: object store cold vs local cache
+    python benchmarks/bench_data.py --only store --store s3://bucket/prefix   # a real store (else moto's server)
 
 Targets: CSV import >= 50 MB/s; reading ~1 M minute bars (resolve + read_bars) <= 0.1 s.
 Files go to benchmarks/.work/data (git-ignored) unless --work is given; --keep leaves them there.
@@ -100,20 +102,88 @@ def bench_read(work: Path, repeat: int) -> float:
     return best
 
 
+def bench_store(work: Path, repeat: int, uri: str | None) -> None:
+    """One year of minute bars (98 280, one partition) read by a run's way: fetched from the object
+    store into an empty bars cache and read (cold), then read from the local cache (warm)."""
+    import os
+    import subprocess
+
+    from backtest.data import bars_cache
+
+    server = None
+    if uri is None:  # moto's S3 server on loopback (pip install 'moto[server]')
+        import re
+        import uuid
+
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert server.stdout is not None
+        port = next(m.group(1) for m in map(re.compile(r"Running on http://127.0.0.1:(\d+)").search, server.stdout)
+                    if m)
+        os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+                          AWS_EC2_METADATA_DISABLED="true")
+        bucket = f"bench-{uuid.uuid4().hex[:8]}"
+        import pyarrow.fs as pafs
+
+        fs = pafs.S3FileSystem(endpoint_override=f"http://127.0.0.1:{port}", region="us-east-1",
+                               allow_bucket_creation=True)
+        fs.create_dir(bucket)
+        uri = f"s3://{bucket}/bench?endpoint_override=http://127.0.0.1:{port}"
+    try:
+        store = Store(work / "store-writer", uri=uri)
+        [sym] = write_demo(store, symbols=1, freq="1min", start_year=2023, days=252)
+        [part] = store.partitions(sym)
+        cold, warm = [], []
+        for i in range(repeat):
+            reader = Store(work / f"store-reader-{i}", uri=uri)  # an empty data root: nothing cached
+            cache = bars_cache.folder(reader.root)
+            t0 = time.perf_counter()
+            [p] = reader.partitions(sym)
+            reader.fetch([(p.path, p.sha256)])
+            bars = read_bars(sym, [(reader.root / p.path, p.sha256)], p.first_ts, p.last_ts, 0, cache)
+            cold.append(time.perf_counter() - t0)
+            assert len(bars) == part.rows
+            t0 = time.perf_counter()
+            bars = read_bars(sym, [(reader.root / p.path, p.sha256)], p.first_ts, p.last_ts, 0, cache)
+            warm.append(time.perf_counter() - t0)
+        mb = part.rows * bars_cache.ROW_BYTES / 1e6
+        print(f"store read   {part.rows:,} minute bars of {sym} (1 year, one {part.size / 1e6:.1f} MB object) from "
+              f"{store.where.split('?')[0]}: cold (manifest, fetch, verify, decode, copy) best "
+              f"{min(cold) * 1000:.0f} ms = {mb / min(cold):.0f} MB/s of bars, median "
+              f"{statistics.median(cold) * 1000:.0f} ms; from the local cache best {min(warm) * 1000:.1f} ms = "
+              f"{mb / min(warm):.0f} MB/s, median {statistics.median(warm) * 1000:.1f} ms (of {repeat})")
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait()
+            if server.stdout is not None:
+                server.stdout.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=2_000_000, help="minute bars in the CSV to import")
     ap.add_argument("--repeat", type=int, default=5, help="repetitions (the best is reported)")
     ap.add_argument("--work", type=Path, default=Path(__file__).parent / ".work" / "data")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
+    ap.add_argument("--only", choices=["store"], help="only this benchmark")
+    ap.add_argument("--store", help="object store URI for the store benchmark (default: moto's server on loopback)")
     args = ap.parse_args(argv)
     if args.work.exists():
         shutil.rmtree(args.work)
     args.work.mkdir(parents=True)
+    if args.only == "store":
+        try:
+            bench_store(args.work, args.repeat, args.store)
+        finally:
+            if not args.keep:
+                shutil.rmtree(args.work, ignore_errors=True)
+        return 0
     try:
         speed = bench_import(args.work, args.rows, max(1, args.repeat // 2))
         read_s = bench_read(args.work, args.repeat)
         bench_trades(args.work, args.rows)
+        bench_store(args.work, args.repeat, args.store)
     finally:
         if not args.keep:
             shutil.rmtree(args.work, ignore_errors=True)
