@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import SYMBOLS, synth_daily
@@ -44,6 +45,20 @@ def _credentials(farm: Farm) -> None:
         subprocess.run(["chown", "-R", f"{host.user}:", str(aws)], check=True)
 
 
+def _import_into(server: Any, root: Path) -> str:
+    """Import the test symbols into a store on ``server``; the store's URI."""
+    uri = f"s3://{server.bucket()}/team"
+    os.environ.update(server.env())
+    try:
+        store = Store(root, uri=uri)
+        for i, sym in enumerate(SYMBOLS):
+            store.import_arrays(sym, *synth_daily(i))
+    finally:
+        for k in server.env():
+            os.environ.pop(k, None)
+    return uri
+
+
 def test_hosts_fetch_from_the_store_or_get_the_bars_shipped(ready_farm: Farm, farm_python: str, s3server,  # noqa: ANN001
                                                               market: Path, sma_path: Path, tmp_path: Path) -> None:
     from s3server import S3Server
@@ -64,15 +79,7 @@ def test_hosts_fetch_from_the_store_or_get_the_bars_shipped(ready_farm: Farm, fa
     bridge = S3Server(f"{SUBNET_PREFIX}.{farm.octet}.1")
     try:
         env = {**base_env, **bridge.env()}
-        uri = f"s3://{bridge.bucket()}/team"
-        os.environ.update(bridge.env())
-        try:
-            store = Store(tmp_path / "import", uri=uri)
-            for i, sym in enumerate(SYMBOLS):
-                store.import_arrays(sym, *synth_daily(i))
-        finally:
-            for k in bridge.env():
-                os.environ.pop(k, None)
+        uri = _import_into(bridge, tmp_path / "import")
         root = tmp_path / "direct"
         done = bt(root, "--store", uri, *args, "--hosts", hosts, env=env)
         assert done.returncode == 0, done.stderr + done.stdout
@@ -88,15 +95,7 @@ def test_hosts_fetch_from_the_store_or_get_the_bars_shipped(ready_farm: Farm, fa
 
     # 2. a server on the coordinator's loopback, which no host reaches: the coordinator fetches and ships
     env = {**base_env, **s3server.env()}
-    uri = f"s3://{s3server.bucket()}/team"
-    os.environ.update(s3server.env())
-    try:
-        store = Store(tmp_path / "import2", uri=uri)
-        for i, sym in enumerate(SYMBOLS):
-            store.import_arrays(sym, *synth_daily(i))
-    finally:
-        for k in s3server.env():
-            os.environ.pop(k, None)
+    uri = _import_into(s3server, tmp_path / "import2")
     root = tmp_path / "shipped"
     done = bt(root, "--store", uri, *args, "--hosts", hosts, env=env)
     assert done.returncode == 0, done.stderr + done.stdout
