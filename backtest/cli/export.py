@@ -20,7 +20,7 @@ def mlflow_(
     top: Annotated[int | None, typer.Option(help="Export only the best N tasks by --sort.", show_default=False)] = None,
     all_: Annotated[bool, typer.Option("--all", help="Export every task even when there are more than 1,000 (without it, --top N is needed then).")] = False,
     sort: Annotated[str, typer.Option(help="The metric --top ranks by (and the report's), e.g. sharpe, calmar.")] = "sharpe",
-    trades: Annotated[bool, typer.Option("--trades", help="Attach each task's trades as trades.csv to its MLflow run.")] = False,
+    trades: Annotated[bool, typer.Option("--trades", help="Attach each task's trades as trades.csv to its MLflow run (MAE/MFE included: the tasks are computed again for them).")] = False,
 ) -> None:
     """Export a run to MLflow: one parent MLflow run for the run (tags: run id, strategy, source hash, data hashes, executor, versions; params: the fixed settings; artifacts: the HTML report, the strategy source, the job) and one nested run per task (params: its parameters and symbol; metrics: every metric; tags: its task key).
 
@@ -40,8 +40,9 @@ def mlflow_(
     err_console.print(f"exporting {len(sel.tasks)} of the {sel.total} tasks of run {sel.run['run_id']} to MLflow "
                       f"at {uri} ...", style="dim", highlight=False, soft_wrap=True)
     done = mlf.export(sel, client, uri, experiment, sort, trades)
-    if done.report_note:
-        warn_line(done.report_note)
+    for note in (done.report_note, done.trades_note):
+        if note:
+            warn_line(note)
     counts = [f"{done.created} task run(s) made"] + ([f"{done.completed} completed"] if done.completed else [])
     counts.append(f"{done.kept} already exported")
     console.print(f"exported run {done.run_id} to MLflow experiment \"{done.experiment}\": {', '.join(counts)}; "

@@ -34,6 +34,7 @@ INSTALL = "pip install 'bt-farm[mlflow]'"
 THREADS = 4  # requests in flight to a tracking server (a local database is written from one thread)
 MAX_TAG = 5000  # MLflow's smallest limit on a tag's value among its recent versions
 MAX_PARAM = 500  # ... and on a param's value
+EXCURSION_BATCH = 100  # tasks computed again at once for their trades' MAE/MFE (their curves held meanwhile)
 _STATUS = {"done": "FINISHED", "failed": "FAILED", "interrupted": "KILLED", "running": "RUNNING"}
 
 
@@ -56,6 +57,7 @@ class Exported:
     artifacts: list[str]
     seconds: float
     report_note: str = ""  # why the report attached is the JSON one, when it is
+    trades_note: str = ""  # why some trades.csv lack MAE/MFE, when they do
 
 
 @dataclass
@@ -336,14 +338,15 @@ def export(sel: Selection, client: Any, uri: str, experiment: str | None = None,
         folder = Path(tmp) / "artifacts"
         folder.mkdir()
         names, note = write_artifacts(sel, folder, sort, root)
+        files, trades_note = trades_files(sel, root, Path(tmp)) if trades else ({}, "")
         with mlflow_errors(uri):
             exp_id = experiment_id(client, name)
             parent = _parent(client, exp_id, run, env, sel)
-            created, completed, kept = _tasks(client, exp_id, parent, sel, uri, trades, root, Path(tmp), progress)
+            created, completed, kept = _tasks(client, exp_id, parent, sel, uri, files, progress)
             client.log_artifacts(parent, str(folder))
             client.set_terminated(parent, _STATUS.get(run["status"], "FINISHED"), end_time=_end_ms(run))
     return Exported(run["run_id"], uri, name, exp_id, parent, created, completed, kept, names,
-                    time.perf_counter() - t0, note)
+                    time.perf_counter() - t0, note, trades_note)
 
 
 def _start_ms(run: dict[str, Any]) -> int:
@@ -371,13 +374,13 @@ def _parent(client: Any, exp_id: str, run: dict[str, Any], env: dict[str, str], 
     return parent
 
 
-def _tasks(client: Any, exp_id: str, parent: str, sel: Selection, uri: str, trades: bool, root: Path,
-           tmp: Path, progress: Progress | None) -> tuple[int, int, int]:
+def _tasks(client: Any, exp_id: str, parent: str, sel: Selection, uri: str, trades: dict[str, Path],
+           progress: Progress | None) -> tuple[int, int, int]:
     """One child run per selected task: (made now, found unfinished and completed, found complete).
 
-    A task's run that an earlier export finished is left as it is: the task key fixes its params,
-    metrics and tags (only its trades are attached again with ``trades``). A run found unfinished
-    (an export cut short) is sent again whole: MLflow takes the same params and metric points again
+    A task run that an earlier export finished is left as it is: the task key fixes its params,
+    metrics and tags (only its ``trades`` file is attached again). A run found unfinished (an
+    export cut short) is sent again whole: MLflow takes the same params and metric points again
     without adding any."""
     import threading
 
@@ -393,9 +396,10 @@ def _tasks(client: Any, exp_id: str, parent: str, sel: Selection, uri: str, trad
     def send(row: dict[str, Any]) -> None:
         status = "FINISHED" if row["status"] == "done" else "FAILED"
         child, was = known.get(row["key"], (None, None))
+        csv = trades.get(row["key"])
         if child is not None and was == status:
-            if trades and row["status"] == "done":
-                client.log_artifact(child, str(_trades_csv(row, root, tmp)))
+            if csv is not None:
+                client.log_artifact(child, str(csv))
             return _count(2)
         params, metrics, tags = task_batch(row, run["run_id"])
         if child is None:
@@ -404,8 +408,8 @@ def _tasks(client: Any, exp_id: str, parent: str, sel: Selection, uri: str, trad
         for p, m, t in _batches(list(params.items()), list(metrics.items()), list(tags.items())):
             client.log_batch(child, metrics=[Metric(k, v, start, 0) for k, v in m],
                              params=[Param(k, v) for k, v in p], tags=[RunTag(k, v) for k, v in t])
-        if trades and row["status"] == "done":
-            client.log_artifact(child, str(_trades_csv(row, root, tmp)))
+        if csv is not None:
+            client.log_artifact(child, str(csv))
         client.set_terminated(child, status, end_time=end)
         return _count(1 if was else 0)
 
@@ -438,14 +442,46 @@ def _batches(params: list[Any], metrics: list[Any], tags: list[Any]) -> Iterator
         params, metrics, tags = params[100:], metrics[1000:], tags[100:]
 
 
-def _trades_csv(row: dict[str, Any], root: Path, tmp: Path) -> Path:
+def trades_files(sel: Selection, root: Path, tmp: Path) -> tuple[dict[str, Path], str]:
+    """Each done task's trades as ``trades.csv`` in ``tmp`` (by task key), MAE/MFE included, and
+    "" or why some MAE/MFE are left empty. Result files do not keep MAE/MFE (they follow exactly
+    from the bars a task's key names), so the tasks are computed again, ``EXCURSION_BATCH`` at a
+    time, each checked against its stored result, as ``bt report RUN --trades`` does."""
     from backtest.report import trades_rows, write_rows
+    from backtest.report.equity import ReproducibilityError, curves
+    from backtest.worker import tuning
 
-    folder = tmp / "trades" / row["key"]
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "trades.csv"
-    write_rows(trades_rows(row["key"], root), "csv", path)
-    return path
+    keys = [r["key"] for r in sel.tasks if r["status"] == "done"]
+    if keys:
+        tuning.warm_up()
+    files: dict[str, Path] = {}
+    first, empty = "", 0  # why the first task left without MAE/MFE was, and how many were
+    for i in range(0, len(keys), EXCURSION_BATCH):
+        batch = keys[i:i + EXCURSION_BATCH]
+        found: dict[str, Any] = {}
+        try:
+            found = {c.key: c.excursions for c in curves(sel.run, batch, root, sel.records)}
+        except ReproducibilityError:  # a task differs: the others still get theirs
+            for key in batch:
+                try:
+                    found.update((c.key, c.excursions) for c in curves(sel.run, [key], root, sel.records))
+                except BtError as exc:
+                    first = first or str(exc)
+        except BtError as exc:  # the data of these tasks changed or is gone
+            first = first or str(exc)
+        for key in batch:
+            rows = trades_rows(key, root)
+            if found.get(key) is not None:
+                for row, (mae, mfe) in zip(rows, found[key].tolist(), strict=True):
+                    row["mae"], row["mfe"] = mae, mfe
+            else:
+                empty += 1
+            folder = tmp / "trades" / key
+            folder.mkdir(parents=True, exist_ok=True)
+            write_rows(rows, "csv", folder / "trades.csv")
+            files[key] = folder / "trades.csv"
+    why = f"MAE/MFE left empty in the trades.csv of {empty} task(s) that cannot be computed again: {first}" if empty else ""
+    return files, why
 
 
 def describe(done: Exported) -> str:

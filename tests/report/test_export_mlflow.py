@@ -5,6 +5,8 @@ and the message without the extra, in an interpreter where mlflow cannot be impo
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import subprocess
@@ -166,6 +168,14 @@ def test_export_to_a_local_sqlite_uri_with_trades(tmp_path: Path, reported: tupl
     text = Path(client.download_artifacts(kid.info.run_id, "trades.csv")).read_text()
     assert text.splitlines()[0].replace('"', "").startswith("entry_time,exit_time,side")
     assert len(text.splitlines()) == 1 + kid.data.metrics["trades"]
+    trades = list(csv.DictReader(io.StringIO(text)))
+    assert all(t["mae"] and t["mfe"] for t in trades), trades[0]  # computed again, as bt report --trades does
+    assert all(float(t["mae"]) <= 0 <= float(t["mfe"]) for t in trades if t["side"] == "long")
+    chosen = ",".join(f"{k}={v}" for k, v in kid.data.params.items() if k != "symbol")
+    code, out, err = bt("--data", root, "report", run_id, "--symbol", kid.data.params["symbol"], "--params", chosen,
+                        "--trades", "--format", "csv")
+    assert code == 0, err
+    assert list(csv.DictReader(io.StringIO(out))) == trades
     assert (tmp_path / "mlruns").is_dir()  # MLflow's default artifact folder beside a local database
 
 
