@@ -4,21 +4,26 @@ a local SQLite tracking URI; first export and re-export (every run found by its 
 
     python benchmarks/bench_mlflow.py
     python benchmarks/bench_mlflow.py --trades        # each task's trades.csv attached too
+    python benchmarks/bench_mlflow.py --rtt 20        # and to the server as if 20 ms away
 
 The set-up (untimed): `bt data demo` (20 symbols of daily bars) in benchmarks/.work/bt-root-mlflow
 and one run of strategies/sma_cross.py 2020-2024 over 50 parameter sets (fast 5..50 step 5 x slow
 60..180 step 30): 1 000 tasks. Every timing is a fresh `bt` process, as a user runs it (wall time,
-MLflow's import and the HTML report included; the report alone is timed too).
+MLflow's import and the HTML report included; the report alone is timed too). With ``--rtt MS``
+the same server is also reached through a proxy here that holds each direction's data MS/2 ms, as
+a tracking server on another machine is.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -49,16 +54,44 @@ def _run(root: Path) -> str:
     return str(summary["run_id"])
 
 
-def _timed(root: Path, run_id: str, uri: str, trades: bool, cwd: Path) -> tuple[float, str]:
+def _timed(root: Path, run_id: str, uri: str, trades: bool, cwd: Path, experiment: str = "bench") -> tuple[float, str]:
     t0 = time.perf_counter()
-    res = _bt(root, "export", "mlflow", run_id, "--tracking-uri", uri, "--experiment", "bench", "--all",
+    res = _bt(root, "export", "mlflow", run_id, "--tracking-uri", uri, "--experiment", experiment, "--all",
               *(["--trades"] if trades else []), cwd=cwd)
     return time.perf_counter() - t0, res.stdout.strip().splitlines()[0]
+
+
+def delayed(port: int, rtt_ms: float) -> tuple[str, asyncio.AbstractEventLoop]:
+    """A proxy on 127.0.0.1 to ``port`` that holds each chunk rtt_ms/2 ms in each direction: (its
+    URI, its loop; stop it with ``loop.call_soon_threadsafe(loop.stop)``)."""
+    half = rtt_ms / 2000
+
+    async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while data := await r.read(65536):
+                await asyncio.sleep(half)
+                w.write(data)
+                await w.drain()
+        except OSError:
+            pass
+        finally:
+            w.close()
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        tr, tw = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.gather(pump(r, tw), pump(tr, w))
+
+    loop = asyncio.new_event_loop()
+    server = loop.run_until_complete(asyncio.start_server(handle, "127.0.0.1", 0))
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", loop
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trades", action="store_true", help="attach each task's trades (one upload per task)")
+    ap.add_argument("--rtt", type=float, default=0.0, metavar="MS",
+                    help="also export to the server through a proxy that delays each round trip MS ms")
     args = ap.parse_args()
     root = WORK / "bt-root-mlflow"
     run_id = _run(root)
@@ -75,6 +108,14 @@ def main() -> None:
             for label in ("first export", "re-export"):
                 seconds, said = _timed(root, run_id, uri, args.trades, Path(tmp))
                 rows.append((f"tracking server ({uri}), {label}", seconds, said))
+            if args.rtt:
+                far, loop = delayed(int(uri.rsplit(":", 1)[1]), args.rtt)
+                try:
+                    for label in ("first export", "re-export"):
+                        seconds, said = _timed(root, run_id, far, args.trades, Path(tmp), "bench-far")
+                        rows.append((f"the same, {args.rtt:g} ms away, {label}", seconds, said))
+                finally:
+                    loop.call_soon_threadsafe(loop.stop)
         finally:
             mlflow_server.stop(proc)
         local = f"sqlite:///{tmp}/local.db"

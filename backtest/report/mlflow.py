@@ -5,8 +5,10 @@ executor, versions; params: the fixed settings; artifacts: the report, the strat
 job) and one nested child run per task (params: the task's parameters and symbol; metrics: every
 metric; tags: the task key). Everything is found again by its tags (``bt.run_id``, ``bt.task_key``),
 so exporting the same run again updates the same MLflow runs instead of adding new ones, and an
-export cut short is completed by the next one. Each child is one create, one batch (``log_batch``)
-and one status update: MLflow has no call that creates many runs at once.
+export cut short is completed by the next one. Each new child is three requests, the fewest
+MLflow's API allows (it has no call that creates many runs at once): its creation with its tags,
+one batch (``log_batch``) of its params and metrics, its status; ``THREADS`` children are sent at
+once to a tracking server.
 
 MLflow is an optional dependency, imported only here and only when an export starts.
 """
@@ -31,7 +33,10 @@ MOST_UNASKED = 1000
 """Above this many tasks an export needs ``--all`` (or ``--top N``)."""
 
 INSTALL = "pip install 'bt-farm[mlflow]'"
-THREADS = 4  # requests in flight to a tracking server (a local database is written from one thread)
+# tasks in flight at once to a tracking server (a local database is written from one thread): their
+# round trips overlap, which is most of an export's time to a server on another machine; at most
+# MLflow's HTTP connection pool (10 a host), so that every thread keeps its connection
+THREADS = 8
 MAX_TAG = 5000  # MLflow's smallest limit on a tag's value among its recent versions
 MAX_PARAM = 500  # ... and on a param's value
 EXCURSION_BATCH = 100  # tasks computed again at once for their trades' MAE/MFE (their curves held meanwhile)
@@ -378,10 +383,12 @@ def _tasks(client: Any, exp_id: str, parent: str, sel: Selection, uri: str, trad
            progress: Progress | None) -> tuple[int, int, int]:
     """One child run per selected task: (made now, found unfinished and completed, found complete).
 
-    A task run that an earlier export finished is left as it is: the task key fixes its params,
-    metrics and tags (only its ``trades`` file is attached again). A run found unfinished (an
-    export cut short) is sent again whole: MLflow takes the same params and metric points again
-    without adding any."""
+    A new task run is three requests, the fewest MLflow's API allows: its creation with its tags
+    (so a rerun finds it, whatever happens next), one batch of its params and metrics, its end
+    status. A task run that an earlier export finished is left as it is: the task key fixes its
+    params, metrics and tags (only its ``trades`` file is attached again). A run found unfinished
+    (an export cut short) is sent again whole: MLflow takes the same params and metric points
+    again without adding any. To a tracking server ``THREADS`` tasks are in flight at once."""
     import threading
 
     from mlflow.entities import Metric, Param, RunTag
@@ -405,6 +412,9 @@ def _tasks(client: Any, exp_id: str, parent: str, sel: Selection, uri: str, trad
         if child is None:
             child = str(client.create_run(exp_id, start_time=start, tags={**tags, "mlflow.parentRunId": parent})
                         .info.run_id)
+            tags = {}  # they went with the creation
+        else:  # the name follows from the params: logging it again would rename the run (one more write)
+            tags.pop("mlflow.runName")
         for p, m, t in _batches(list(params.items()), list(metrics.items()), list(tags.items())):
             client.log_batch(child, metrics=[Metric(k, v, start, 0) for k, v in m],
                              params=[Param(k, v) for k, v in p], tags=[RunTag(k, v) for k, v in t])

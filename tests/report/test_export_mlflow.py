@@ -139,6 +139,62 @@ def test_export_to_a_tracking_server_then_again_updates_the_same_runs(server: st
     assert len(client.get_metric_history(done.info.run_id, "sharpe")) == 1  # the same point, not a second one
 
 
+def test_a_task_run_is_three_requests_sent_concurrently(server: str, reported: tuple[Path, str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every HTTP request the export makes, counted: a new task run is created with its tags, gets
+    one batch (params and metrics, not the tags again) and its status; tasks are sent several at
+    once; a re-export sends nothing per task."""
+    import collections
+    import time
+
+    import requests
+
+    from backtest.report import mlflow as mlf
+
+    root, run_id = reported
+    sent: collections.Counter[str] = collections.Counter()
+    batches: list[dict[str, Any]] = []
+    lock = threading.Lock()
+    flying, most = 0, 0
+    real = requests.Session.send
+
+    def send(self: requests.Session, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        nonlocal flying, most
+        path = (request.path_url or "").split("?")[0].split("/mlflow/", 1)[-1]
+        with lock:
+            sent[f"{request.method} {path}"] += 1
+            flying += 1
+            most = max(most, flying)
+            if path == "runs/log-batch":
+                batches.append(json.loads(request.body or "{}"))
+        try:
+            if path == "runs/create":
+                time.sleep(0.02)  # as if the server were further away: tasks overlap
+            return real(self, request, **kwargs)
+        finally:
+            with lock:
+                flying -= 1
+
+    sel = mlf.select(run_id, root=root)
+    client, uri = mlf.mlflow_client(server)
+    monkeypatch.setattr(requests.Session, "send", send)
+    done = mlf.export(sel, client, uri, "server-requests", root=root)
+    assert (done.created, done.kept) == (36, 0)
+    per_task = {k: n for k, n in sent.items() if n >= 36}
+    assert per_task == {"POST runs/create": 37, "POST runs/log-batch": 37, "POST runs/update": 37}, sent  # + the parent's
+    assert sum(sent.values()) - 3 * 37 <= 12, sent  # the experiment, the searches, the parent's artifacts
+    tagged = [b for b in batches if b.get("tags")]
+    assert len(tagged) == 1 and any(t["key"] == "bt.kind" and t["value"] == "run" for t in tagged[0]["tags"])
+    assert most > 1  # several tasks in flight
+
+    sent.clear()
+    done = mlf.export(sel, client, uri, "server-requests", root=root)
+    assert (done.created, done.completed, done.kept) == (0, 0, 36)
+    assert sum(sent.values()) <= 15, sent
+    monkeypatch.undo()
+    check_export(MlflowClient(server), root, run_id, "server-requests", 36)
+
+
 def test_top_exports_the_best_tasks_by_sort(server: str, reported: tuple[Path, str]) -> None:
     from backtest.report import ranked, task_records
 
