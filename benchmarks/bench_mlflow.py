@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,9 +63,9 @@ def _timed(root: Path, run_id: str, uri: str, trades: bool, cwd: Path, experimen
     return time.perf_counter() - t0, res.stdout.strip().splitlines()[0]
 
 
-def delayed(port: int, rtt_ms: float) -> tuple[str, asyncio.AbstractEventLoop]:
+def delayed(port: int, rtt_ms: float) -> tuple[str, Callable[[], None]]:
     """A proxy on 127.0.0.1 to ``port`` that holds each chunk rtt_ms/2 ms in each direction: (its
-    URI, its loop; stop it with ``loop.call_soon_threadsafe(loop.stop)``)."""
+    URI, what stops it)."""
     half = rtt_ms / 2000
 
     async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -79,12 +81,29 @@ def delayed(port: int, rtt_ms: float) -> tuple[str, asyncio.AbstractEventLoop]:
 
     async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         tr, tw = await asyncio.open_connection("127.0.0.1", port)
-        await asyncio.gather(pump(r, tw), pump(tr, w))
+        with contextlib.suppress(asyncio.CancelledError):  # stopped with a connection still open
+            await asyncio.gather(pump(r, tw), pump(tr, w))
 
     loop = asyncio.new_event_loop()
     server = loop.run_until_complete(asyncio.start_server(handle, "127.0.0.1", 0))
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", loop
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        server.close()
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+
+        async def ended() -> None:
+            await asyncio.gather(*left, return_exceptions=True)
+
+        loop.run_until_complete(ended())
+        loop.close()
+
+    return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}", stop
 
 
 def main() -> None:
@@ -109,13 +128,13 @@ def main() -> None:
                 seconds, said = _timed(root, run_id, uri, args.trades, Path(tmp))
                 rows.append((f"tracking server ({uri}), {label}", seconds, said))
             if args.rtt:
-                far, loop = delayed(int(uri.rsplit(":", 1)[1]), args.rtt)
+                far, stop = delayed(int(uri.rsplit(":", 1)[1]), args.rtt)
                 try:
                     for label in ("first export", "re-export"):
                         seconds, said = _timed(root, run_id, far, args.trades, Path(tmp), "bench-far")
                         rows.append((f"the same, {args.rtt:g} ms away, {label}", seconds, said))
                 finally:
-                    loop.call_soon_threadsafe(loop.stop)
+                    stop()
         finally:
             mlflow_server.stop(proc)
         local = f"sqlite:///{tmp}/local.db"
