@@ -478,12 +478,15 @@ class ResultStore:
 
     def existing(self, keys: Iterable[str]) -> set[str]:
         """The subset of ``keys`` already stored."""
+        loose, packed = self._stored(keys)
+        return loose | packed
+
+    def _stored(self, keys: Iterable[str]) -> tuple[set[str], set[str]]:
+        """The subsets of ``keys`` stored as single files and in packs."""
         keys = list(keys)
-        found = self._loose(keys) if self._has_loose() else set()
+        loose = self._loose(keys) if self._has_loose() else set()
         stored = self._pack_keys()
-        if stored:
-            found.update(k for k in keys if bytes.fromhex(k) in stored)
-        return found
+        return loose, {k for k in keys if bytes.fromhex(k) in stored} if stored else set()
 
     def _has_loose(self) -> bool:
         """Whether the store has single-file results (key-prefix folders) at all."""
@@ -632,13 +635,13 @@ class ResultStore:
         (which is set aside, so that it is computed again). A pack's entries are whole when its
         index is (``packs.read_index``); a file is judged by its head and size (``check_head``).
         A result damaged in place is caught by its checksum when it is read."""
-        keys = list(keys)
-        good = self.existing(keys)
+        loose, packed = self._stored(keys)
+        good = loose | packed
         bad: dict[str, str] = {}
-        if self._has_loose():
+        if loose:
             base = self._dir
-            for key in self._loose(keys):
-                if self._in_pack(key):
+            for key in loose:
+                if key in packed:
                     continue  # a pack holds it as well: the pack's entry is served
                 problem = check_head(f"{base}/{key[:2]}/{key}.res", key)
                 if problem is not None:
