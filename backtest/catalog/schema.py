@@ -70,6 +70,9 @@ MIGRATIONS: list[str | Callable[[Any, Path], None]] = [
     ";\n".join(f'ALTER TABLE results ADD COLUMN "{m}" DOUBLE' for m in _BENCHMARK_METRICS),
     # 6: the sandbox a run's strategies ran in (JSON: mode, and each host's protections)
     "ALTER TABLE runs ADD COLUMN sandbox VARCHAR",
+    # 7: what a run ran, in a few bytes (JSON: symbols, parameter sets, date range), so that
+    # listing runs does not read job files (a million-task grid's is ~10 MB)
+    "ALTER TABLE runs ADD COLUMN scope VARCHAR",
 ]
 
 #: metrics only some tasks have (a portfolio's ``orders``, those against a ``--benchmark``): a column

@@ -90,16 +90,16 @@ def _run_cells(run: dict[str, Any], root: Path) -> dict[str, Any]:
     """One run's cells: texts, and the (from, to) pair of its range ("–" where its job file is gone)."""
     import datetime as dt
 
-    from backtest.catalog.compare import load_scope
+    from backtest.store.archive import scope_of
 
-    job = load_scope(root, run)
+    job = scope_of(root, run)
     created = dt.datetime.fromtimestamp(run["created"])
     stamp = created.strftime("%m-%d" if created.year == dt.datetime.now().year else "%Y-%m-%d")
     return {
         "run": run["run_id"], "strategy": run["strategy"] or "",
-        "symbols": _symbols(job["symbols"]) if job else "–",
+        "symbols": (_symbols(job["names"]) if "names" in job else str(job["symbols"])) if job else "–",
         "range": _span(job["start_ns"], job["end_ns"]) if job else ("–", ""),
-        "sets": str(len(job["params"])) if job else "–",
+        "sets": str(job["sets"]) if job else "–",
         "tasks": str(run["tasks"]), "cached": str(run["cached"]), "failed": str(run["failed"]),
         "status": run["status"] or "", "time": _duration(run["seconds"]),
         "when": (stamp, created.strftime("%H:%M")),

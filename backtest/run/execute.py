@@ -54,7 +54,7 @@ def coordinator_alive(pid: int | None, host: str | None) -> bool:
 
 
 def _run_row(prep: Prepared, run_id: str) -> dict[str, Any]:
-    from backtest.store.archive import save_job
+    from backtest.store.archive import run_scope, save_job
 
     job = prep.job
     return {
@@ -68,6 +68,7 @@ def _run_row(prep: Prepared, run_id: str) -> dict[str, Any]:
             **({"universe": job.universe} if job.universe else {}),
             **({"axes": list(job.axes)} if job.axes else {}),
             **({"benchmark": [job.benchmark, job.benchmark_parts]} if job.benchmark else {})})),
+        "scope": json.dumps(run_scope(job.symbols, len(job.params_list), job.start_ns, job.end_ns)),
         "settings": json.dumps(job.settings, sort_keys=True), "executor": prep.executor_url,
         "status": "running", "tasks": len(prep.tasks) + prep.pending, "computed": 0, "cached": len(prep.cached), "failed": 0,
         "pid": os.getpid(), "host": socket.gethostname(),

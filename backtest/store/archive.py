@@ -2,7 +2,8 @@
 
 - ``<root>/strategies/<sha256>.json``: the exact strategy source (``StrategySource``);
 - ``<root>/jobs/<sha256>.json``: the job (symbols, parameter sets, warm-ups, date range and the
-  data files each (symbol, warm-up) reads), ~30 KB of JSON for a large grid.
+  data files each (symbol, warm-up) reads): ~30 KB of JSON for a grid of a few thousand
+  tasks, ~10 MB for a million (the ``runs`` row keeps a few bytes of it, ``run_scope``, for listing).
 
 Files written once by content: the same job or source run again is stored once.
 """
@@ -10,6 +11,7 @@ Files written once by content: the same job or source run again is stored once.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -52,6 +54,30 @@ def load_job(root: Path, run: dict[str, Any]) -> dict[str, Any]:
         raise CatalogError(f"the job of run {run['run_id']} is not stored ({path} is missing); "
                            "run the job again instead") from None
     return job
+
+
+#: symbols a run's scope names (more are counted)
+SCOPE_NAMES = 3
+
+
+def run_scope(symbols: Sequence[str], sets: int, start_ns: int, end_ns: int) -> dict[str, Any]:
+    """What a run ran, in a few bytes (the ``runs`` row keeps it as JSON): how many symbols
+    (their names when there are ``SCOPE_NAMES`` or fewer), how many parameter sets, the range."""
+    return {"symbols": len(symbols), **({"names": list(symbols)} if len(symbols) <= SCOPE_NAMES else {}),
+            "sets": sets, "start_ns": start_ns, "end_ns": end_ns}
+
+
+def scope_of(root: Path, run: dict[str, Any]) -> dict[str, Any] | None:
+    """A run's scope (``run_scope``): from its ``runs`` row, or for a run recorded before rows
+    kept one, from its job file; None when neither can say."""
+    try:
+        if run.get("scope"):
+            found: dict[str, Any] = json.loads(run["scope"])
+            return found
+        job = load_job(root, run)
+        return run_scope(list(job["symbols"]), len(job["params"]), int(job["start_ns"]), int(job["end_ns"]))
+    except (BtError, OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def is_walk_forward(root: Path, run: dict[str, Any]) -> bool:

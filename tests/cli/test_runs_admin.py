@@ -126,9 +126,19 @@ def test_runs_table_fits_80_columns_and_never_cuts_the_strategy_name(root: Path,
             assert out.splitlines()[1].split()[:2] == ["run", "strategy"]
 
 
-def test_runs_shows_a_dash_when_a_job_file_is_gone(root: Path, sma_path: Path) -> None:
+def test_runs_of_rows_without_a_scope_read_the_job_file_or_show_a_dash(root: Path, sma_path: Path) -> None:
+    """Rows recorded before the catalog kept a run's scope: what ran comes from the job file, and a
+    dash where that is gone too."""
+    import duckdb
+
     rid = run(root, sma_path)
+    code, kept, err = bt("--data", root, "runs")
+    assert code == 0, err
     (job_hash,) = sql(root, "SELECT job_hash FROM runs WHERE run_id = ?", [rid])[0]
+    with duckdb.connect(str(root / "catalog.duckdb")) as con:
+        con.execute("UPDATE runs SET scope = NULL")
+    code, out, err = bt("--data", root, "runs")
+    assert code == 0 and out == kept, err
     (root / "jobs" / f"{job_hash}.json").unlink()
     code, out, err = bt("--data", root, "runs")
     assert code == 0, err
