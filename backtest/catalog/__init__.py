@@ -17,6 +17,7 @@ are here.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -67,6 +68,12 @@ class Sweep:
     live: list[dict[str, Any]]
 
 
+def _spill_folder() -> str:
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"bt-duckdb-{os.getpid()}")
+
+
 class Catalog:
     def __init__(self, path: Path, recover: Recover | None = None) -> None:
         """``recover``: how to find the results a run whose coordinator died stored but did not
@@ -75,10 +82,12 @@ class Catalog:
         self.recover = recover
 
     @contextmanager
-    def connect(self, read_only: bool = False) -> Iterator[Any]:
+    def connect(self, read_only: bool = False, memory: str | None = None) -> Iterator[Any]:
         """A short connection. Processes take turns through a lock file next to the catalog
         (shared for readers, exclusive for writers), so DuckDB never sees two processes at once;
         a write checkpoints before it lets go, so no reader ever depends on another's WAL.
+        ``memory`` (a reader's) bounds what DuckDB holds in memory (e.g. "256MB"); a larger sort
+        spills to temporary files (in the system's temporary folder: the data root may be read only).
 
         A write attaches the file to this process's writing instance of DuckDB (``_Writer``)
         and detaches it after, which lets the file go exactly as closing a connection does."""
@@ -88,7 +97,8 @@ class Catalog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _file_lock(self.path.with_name(self.path.name + ".lock"), shared=read_only):
             if read_only:
-                con = self._opening(lambda: duckdb.connect(str(self.path), read_only=True))
+                config = {} if memory is None else {"memory_limit": memory, "temp_directory": _spill_folder(), "threads": 1}
+                con = self._opening(lambda: duckdb.connect(str(self.path), read_only=True, config=config))
                 try:
                     yield con
                 finally:

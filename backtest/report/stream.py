@@ -1,14 +1,15 @@
 """Exports that stream: ``bt report RUN --format json|csv|parquet`` of a run of any size.
 
-The run's rows are ranked by DuckDB (the catalog) and fetched a batch at a time; each batch is
-written before the next is read, so memory stays bounded by a batch (``BATCH`` rows) whatever the
-run's size. The output is the same as the in-memory export's: JSON is one array in the output
-contract (``contract_json``), CSV and Parquet the flat rows (``flat_rows``).
+DuckDB (the catalog) ranks the run's rows with at most ``SORT_MEMORY`` in memory (a larger
+ranking spills to temporary files) and hands them over a batch at a time; each batch is written
+before the next is read, so memory stays bounded whatever the run's size. The output is the same
+as the in-memory export's: JSON is one array in the output contract (``contract_json``; a done
+task's object is put together from texts DuckDB makes, ``json_rows``), CSV and Parquet the flat
+rows (``flat_rows``).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import sys
 from collections.abc import Iterator
@@ -71,13 +72,15 @@ def _condition(expr: str, want: Any, what: str, numeric: bool) -> Filter:
     return f"CAST({expr} AS VARCHAR) IN ({', '.join('?' for _ in choices)})", [json.dumps(c) for c in choices]
 
 
-_SELECT = ", ".join(["t.key", "t.symbol", "t.params", "t.status", "t.error", "t.cached",
-                     *(f'r."{m}"' for m in (*METRICS, *OPTIONAL_METRICS))])
+_COLUMNS = ", ".join(["t.key", "t.symbol", "t.params", "t.status", "t.error", "t.cached",
+                      *(f'r."{m}"' for m in (*METRICS, *OPTIONAL_METRICS))])
+_SELECT = ", ".join(["key", "symbol", "params", "status", "error", "cached",
+                     *(f'"{m}"' for m in (*METRICS, *OPTIONAL_METRICS))])  # of _COLUMNS, by name
 
 
 def _record(row: tuple[Any, ...], min_trades: int | None = None) -> dict[str, Any]:
     """A task record (as ``report.task_records`` makes them, marked as ``report.mark_eligible``
-    marks them) from a row of ``_SELECT``."""
+    marks them) from a row of ``_SELECT`` (or ``_COLUMNS``)."""
     from backtest.report import _clean, mark_eligible
 
     key, sym, params, status, error, cached, *values = row
@@ -117,29 +120,62 @@ def catalog_view(catalog: Catalog, run_id: str, sort: str, top: int, min_trades:
         names = list(json.loads(first[0])) if first else []
         vary: set[str] = set()
         if names:
-            distinct = ", ".join(f"count(DISTINCT CAST(json_extract(t.params, '$.{n}') AS VARCHAR))" for n in names)
-            found = con.execute(f"SELECT {distinct} {base}", [run_id]).fetchone()
+            distinct = ", ".join(f"count(DISTINCT CAST(json_extract(params, '$.{n}') AS VARCHAR))" for n in names)
+            found = con.execute(f"SELECT {distinct} FROM (SELECT DISTINCT t.params {base})", [run_id]).fetchone()
             vary = {n for n, k in zip(names, found or (), strict=True) if k > 1}
         vary = vary or set(names)
         fixed = {k: v for k, v in (json.loads(first[0]).items() if first else ()) if k not in vary}
         done = f"{base} AND t.status = 'done'"
         order = _order(sort, min_trades)
         best_top = [_record(r, min_trades) for r in con.execute(
-            f"SELECT {_SELECT} {done} ORDER BY {order} LIMIT ?", [run_id, top]).fetchall()]
+            f"SELECT {_COLUMNS} {done} ORDER BY {order} LIMIT ?", [run_id, top]).fetchall()]
+        # each symbol's best key ranked over narrow rows, then those rows whole (ranking whole rows
+        # took most of the time of a million-task run's report)
+        best_keys = [k for (k,) in con.execute(
+            f"SELECT t.key {done} QUALIFY row_number() OVER (PARTITION BY t.symbol ORDER BY {order}) = 1",
+            [run_id]).fetchall()]
         best = [_record(r, min_trades) for r in con.execute(
-            f"SELECT {_SELECT} {done} QUALIFY row_number() OVER (PARTITION BY t.symbol ORDER BY {order}) = 1 "
-            "ORDER BY t.symbol", [run_id]).fetchall()]
+            f"SELECT {_COLUMNS} {done} AND t.key IN (SELECT unnest(?::VARCHAR[])) ORDER BY t.symbol",
+            [run_id, best_keys]).fetchall()]
         quantiles = ", ".join(f'quantile_cont(r."{m}", [0, 0.25, 0.5, 0.75, 1.0])' for m in KEY_METRICS)
         qs = con.execute(f"SELECT {quantiles} {done}", [run_id]).fetchone() or [None] * len(KEY_METRICS)
         summary: list[tuple[str, list[float | None]]] = [
             (m, [float(x) for x in q] if q else [None] * 5) for m, q in zip(KEY_METRICS, qs, strict=True)]
         failures = [_record(r) for r in con.execute(
-            f"SELECT {_SELECT} {base} AND t.status = 'failed' ORDER BY t.symbol, t.params LIMIT 20",
+            f"SELECT {_COLUMNS} {base} AND t.status = 'failed' ORDER BY t.symbol, t.params LIMIT 20",
             [run_id]).fetchall()]
     n_done, n_cached = counts.get("done", (0, 0))
     shown = sum(n for n, _ in counts.values())
     return RunView(shown, n_done, int(n_cached or 0), counts.get("failed", (0, 0))[0], vary, fixed, best_top, best,
                    summary, failures)
+
+
+def _ranked(catalog: Catalog, run_id: str, select: str, sort: str, symbol: str | None,
+            where: list[Filter] | None, min_trades: int | None) -> Iterator[list[tuple[Any, ...]]]:
+    """Rows of ``select`` over the run's tasks in the order the reports rank them, in batches."""
+    direction = "ASC" if _lower_is_better(sort) else "DESC"
+    conditions = [("t.run_id = ?", [run_id]), *([("upper(t.symbol) = upper(?)", [symbol])] if symbol else []),
+                  *(where or [])]
+    # ranked first, the rows made after (DuckDB keeps the order through a projection): the sort
+    # then carries numbers, not the texts ``select`` may make of them
+    sql = f"""SELECT {select} FROM (
+                SELECT {_COLUMNS}
+                FROM run_tasks t LEFT JOIN results r USING (key)
+                WHERE {" AND ".join(f"({c})" for c, _ in conditions)}
+                ORDER BY t.status <> 'done', {_eligible_first(min_trades)}(t.status = 'done' AND r."{sort}" IS NULL),
+                         CASE WHEN t.status = 'done' THEN r."{sort}" END {direction}, t.symbol, t.params)"""
+    with catalog.connect(read_only=True, memory=SORT_MEMORY) as con:
+        cur = con.execute(sql, [v for _, values in conditions for v in values])
+        while True:
+            rows = cur.fetchmany(BATCH)
+            if not rows:
+                return
+            yield rows
+
+
+#: The memory DuckDB may use to rank a run for an export before it spills to temporary files: a
+#: million tasks' rows take ~1 GB in memory.
+SORT_MEMORY = "192MB"
 
 
 def ranked_rows(catalog: Catalog, run_id: str, sort: str, symbol: str | None,
@@ -148,21 +184,59 @@ def ranked_rows(catalog: Catalog, run_id: str, sort: str, symbol: str | None,
     first — those with fewer than ``min_trades`` trades after the others —, missing values last,
     ties in symbol and parameter order; then the others), in batches; only those meeting
     ``where`` (``filters``), which DuckDB applies before anything is fetched."""
-    direction = "ASC" if _lower_is_better(sort) else "DESC"
-    conditions = [("t.run_id = ?", [run_id]), *([("upper(t.symbol) = upper(?)", [symbol])] if symbol else []),
-                  *(where or [])]
-    sql = f"""SELECT {_SELECT}
-              FROM run_tasks t LEFT JOIN results r USING (key)
-              WHERE {" AND ".join(f"({c})" for c, _ in conditions)}
-              ORDER BY t.status <> 'done', {_eligible_first(min_trades)}(t.status = 'done' AND r."{sort}" IS NULL),
-                       CASE WHEN t.status = 'done' THEN r."{sort}" END {direction}, t.symbol, t.params"""
-    with catalog.connect(read_only=True) as con:
-        cur = con.execute(sql, [v for _, values in conditions for v in values])
-        while True:
-            rows = cur.fetchmany(BATCH)
-            if not rows:
-                return
-            yield [_record(row, min_trades) for row in rows]
+    for rows in _ranked(catalog, run_id, _SELECT, sort, symbol, where, min_trades):
+        yield [_record(row, min_trades) for row in rows]
+
+
+def _metric_text(names: tuple[str, ...], optional: bool) -> str:
+    """SQL for a done task's metrics as the text between the braces of its JSON object: DuckDB's
+    text of a DOUBLE is Python's ``repr`` of it (the shortest that reads back the same), so the
+    text is what ``json.dumps`` makes of the metrics dict; missing values are null, and an
+    optional metric only appears where a task has it."""
+    parts = []
+    for i, m in enumerate(names):
+        value = f'CASE WHEN isfinite("{m}") THEN CAST("{m}" AS VARCHAR) ELSE \'null\' END'
+        name = ("" if i == 0 and not optional else ", ") + f'"{m}": '
+        parts.append(f"(CASE WHEN isfinite(\"{m}\") THEN '{name}' || CAST(\"{m}\" AS VARCHAR) ELSE '' END)"
+                     if optional else f"'{name}' || {value}")
+    return " || ".join(parts)
+
+
+_JSON_SELECT = ", ".join(["key", "symbol", "params", "status", "error", '"trades"',
+                          f"CASE WHEN status = 'done' THEN {_metric_text(METRICS, False)} || "
+                          f"{_metric_text(OPTIONAL_METRICS, True)} END"])
+
+
+def json_rows(catalog: Catalog, run_id: str, sort: str, symbol: str | None,
+              min_trades: int | None = None) -> Iterator[list[str]]:
+    """``ranked_rows``'s records as the output contract's JSON objects (``contract_row`` through
+    ``json.dumps``), in batches. A done task's object is put together from the catalog's texts:
+    its parameters as recorded (``json.dumps`` of them, keys sorted) and its metrics as DuckDB
+    writes them (``_metric_text``); a million tasks take seconds where building and encoding
+    each record took half a minute. The others, few, are encoded from their records."""
+    from backtest.report import contract_row
+
+    names: dict[str, str] = {}  # symbols as JSON strings (a key is hex digits: as it is)
+
+    def quoted(text: str) -> str:
+        found = names.get(text)
+        if found is None:
+            found = names[text] = json.dumps(text)
+        return found
+
+    for rows in _ranked(catalog, run_id, _JSON_SELECT, sort, symbol, None, min_trades):
+        out = []
+        for key, sym, params, status, error, trades, metrics in rows:
+            if status != "done":
+                rec = _record((key, sym, params, status, error, False), min_trades)
+                out.append(json.dumps(contract_row(rec), allow_nan=False))
+                continue
+            eligible = ""
+            if min_trades:
+                eligible = ', "eligible": true' if (trades or 0) >= min_trades else ', "eligible": false'
+            out.append(f'{{"key": "{key}", "symbol": {quoted(sym)}, "params": {params}, "status": "done", '
+                       f'"metrics": {{{metrics}}}{eligible}}}')
+        yield out
 
 
 def export(run_id: str, fmt: str, out: Path | None, sort: str, top: int | None, symbol: str | None,
@@ -173,18 +247,18 @@ def export(run_id: str, fmt: str, out: Path | None, sort: str, top: int | None, 
     if fmt == "parquet" and out is None:
         raise UsageError("--format parquet needs --out FILE")
     catalog = Catalog(root / "catalog.duckdb")
-    left = top
+    if wanted:  # every task has every parameter: the first one names them
+        with catalog.connect(read_only=True) as con:
+            first = con.execute("SELECT params FROM run_tasks WHERE run_id = ? LIMIT 1", [run_id]).fetchone()
+        known = list(json.loads(first[0])) if first else []
+        for k in wanted:
+            if known and k not in known:
+                raise UsageError(f'unknown parameter "{k}" in --params.{did_you_mean(k, known)}')
 
-    batches = ranked_rows(catalog, run_id, sort, symbol, min_trades=min_trades)
-    head = next(batches, [])
-    known = list(head[0]["params"]) if head else []
-    for k in wanted:  # every task has every parameter: the first one names them
-        if known and k not in known:
-            raise UsageError(f'unknown parameter "{k}" in --params.{did_you_mean(k, known)}')
-
-    def rows() -> Iterator[list[dict[str, Any]]]:
-        nonlocal left
-        for batch in itertools.chain([head] if head else [], batches):
+    def limited(batches: Iterator[list[Any]]) -> Iterator[list[Any]]:
+        """The batches, those of ``--params`` only, the first ``top`` rows only."""
+        left = top
+        for batch in batches:
             if wanted:
                 batch = [r for r in batch if matches(r["params"], wanted)]
             if left is not None:
@@ -194,13 +268,18 @@ def export(run_id: str, fmt: str, out: Path | None, sort: str, top: int | None, 
             if left == 0:
                 return
 
+    def rows() -> Iterator[list[dict[str, Any]]]:
+        return limited(ranked_rows(catalog, run_id, sort, symbol, min_trades=min_trades))
+
     sink = out.open("wb") if out is not None else sys.stdout.buffer
     try:
         if fmt == "json":
             sink.write(b"[")
             first = True
-            for batch in rows():
-                text = ", ".join(json.dumps(contract_row(r), allow_nan=False) for r in batch)
+            texts = (limited(json_rows(catalog, run_id, sort, symbol, min_trades)) if not wanted
+                     else ([json.dumps(contract_row(r), allow_nan=False) for r in batch] for batch in rows()))
+            for batch_text in texts:
+                text = ", ".join(batch_text)
                 sink.write((text if first else ", " + text).encode())
                 first = False
             sink.write(b"]\n" if out is None else b"]")

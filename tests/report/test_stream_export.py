@@ -147,3 +147,30 @@ def test_the_table_from_the_catalog_is_the_table_from_the_records(root: Path, fa
             assert text(from_catalog) == text(from_records), (rid, sort)
     code, out, _ = bt(root, "report", failing["run_id"])
     assert code == 0 and "3 failed" in out and "boom at n=7" in out
+
+
+def test_the_json_export_is_the_records_encoded(root: Path, faulty: Path) -> None:
+    """The JSON export puts each done task's object together from the catalog's texts (parameters
+    as recorded, metrics as DuckDB writes numbers): the bytes json.dumps makes of the records, with
+    failed tasks, a portfolio's optional metric, --min-trades' eligible and --top."""
+    from backtest import report as rep
+
+    strategy = Path(__file__).resolve().parents[2] / "strategies" / "xs_momentum.py"
+    code, out, _ = bt(root, "run", faulty, "--from", "2021", "--param", "n=5:9", "--param", "mode=raise", "--json")
+    failing = json.loads(out.strip().splitlines()[-1])
+    assert code == 1 and failing["failed"] == 3
+    portfolio = run_json(root, strategy, "--symbols", "AAA,BBB,CCC", "--from", "2020", "--param", "lookback=21,42")
+    for rid in (failing["run_id"], portfolio["run_id"]):
+        _, records = rep.task_records(rid, root)
+        for sort, more in (("sharpe", []), ("max_drawdown", ["--min-trades", "3"]), ("trades", ["--top", "4"])):
+            code, out, err = bt(root, "report", rid, "--format", "json", "--sort", sort, *more)
+            assert code == 0, err
+            min_trades = int(more[1]) if more and more[0] == "--min-trades" else None
+            rep.mark_eligible(records, min_trades)
+            ranked = rep.ranked(records, sort) + [r for r in records if r["status"] != "done"]
+            top = int(more[1]) if more and more[0] == "--top" else None
+            assert out.strip() == rep.contract_json(ranked[:top]), (rid, sort)
+            if rid == portfolio["run_id"]:
+                assert '"orders": ' in out
+            for r in records:
+                r.pop("eligible", None)
