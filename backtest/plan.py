@@ -65,7 +65,10 @@ def parse_range(start: str | None, end: str | None) -> tuple[int, int]:
 
 
 def make_tasks(job: Job, parts: PartsFor) -> list[Task]:
-    """Every task of the job, symbol by symbol, in grid order; symbols without parts are left out.
+    """Every task of the job, parameter set by parameter set in grid order, each set's symbols in
+    the job's order; symbols without parts are left out. (Parameter-major: the catalog records a
+    run's task rows in this order, and a row group of them then holds a few thousand distinct
+    parameter texts rather than every set of a large grid: ~38 bytes a row instead of ~50.)
 
     The keys are ``task_key``'s, byte for byte: the canonical JSON of a dict with sorted keys is
     the canonical JSON of its values in key order, so the parts shared by many tasks (the job's,
@@ -96,21 +99,24 @@ def make_tasks(job: Job, parts: PartsFor) -> list[Task]:
                 by_combo[combo] = enc(job.task_settings(p))
             settings_of.append(by_combo[combo])
     tasks = []
-    for symbol in job.task_symbols():
-        sym_tail = f',"strategy":{strategy},"symbol":{enc(symbol)},"to":{enc(job.end_ns)},"warmup":'
-        # each warm-up's (partition hashes, warm-up) as the key's text, or None: no partition
-        by_warmup: dict[int, tuple[str, str] | None] = {}
-        sha256 = hashlib.sha256
-        for i, (params, pj, warmup) in enumerate(zip(job.params_list, params_json, job.warmups, strict=True)):
+    sha256 = hashlib.sha256
+    symbols = job.task_symbols()
+    tails = [f',"strategy":{strategy},"symbol":{enc(symbol)},"to":{enc(job.end_ns)},"warmup":' for symbol in symbols]
+    # each (symbol, warm-up)'s (partition hashes, warm-up) as the key's text, or None: no partition
+    of_warmups: dict[tuple[str, int], tuple[str, str] | None] = {}
+    for i, (params, pj, warmup) in enumerate(zip(job.params_list, params_json, job.warmups, strict=True)):
+        sj = settings_of[i] if settings_of is not None else only
+        front = f'{head}{pj},"partitions":'
+        middle = f',"settings":{sj}'
+        for symbol, sym_tail in zip(symbols, tails, strict=True):
             try:
-                of_warmup = by_warmup[warmup]
+                of_warmup = of_warmups[(symbol, warmup)]
             except KeyError:
                 files = job.files(parts, symbol, warmup)
-                of_warmup = by_warmup[warmup] = (enc([h for _, h in files]), enc(warmup)) if files else None
+                of_warmup = of_warmups[(symbol, warmup)] = (enc([h for _, h in files]), enc(warmup)) if files else None
             if of_warmup is None:
                 continue
-            sj = settings_of[i] if settings_of is not None else only
-            text = f'{head}{pj},"partitions":{of_warmup[0]},"settings":{sj}{sym_tail}{of_warmup[1]}}}'
+            text = f"{front}{of_warmup[0]}{middle}{sym_tail}{of_warmup[1]}}}"
             tasks.append(Task(sha256(text.encode("utf-8")).hexdigest(), symbol, params, warmup))
     return tasks
 

@@ -94,14 +94,19 @@ def measure(tasks: int, say: Any = print) -> list[tuple[str, float, int, str]]:
     def catalog() -> int:  # the catalog's bytes on disk, with its write-ahead log
         return sum(_size(p)[1] for p in (root / "catalog.duckdb", root / "catalog.duckdb.wal") if p.exists())
 
+    def task_rows() -> tuple[int, int]:  # (rows, bytes) of the run_tasks table
+        return _table_bytes(root / "catalog.duckdb", "run_tasks")
+
     first = step("first run", ["run", str(STRATEGY), *RANGE, *grid, "--yes", "--json"])
     files, used = _size(root / "results")
-    before = catalog()
     out[-1] = (*out[-1][:3], f"{first['computed']:,} computed; results: {files:,} files, "
-                             f"{used / first['tasks']:.0f} B a task on disk; catalog {before / 1e6:.0f} MB")
+                             f"{used / first['tasks']:.0f} B a task on disk; catalog {catalog() / 1e6:.0f} MB")
+    rows0, bytes0 = task_rows()
+    out[-1] = (*out[-1][:3], out[-1][3] + f" ({bytes0 / rows0:.0f} B a task row)")
     again = step("cached rerun", ["run", str(STRATEGY), *RANGE, *grid, "--json"])
-    grown = catalog() - before
-    out[-1] = (*out[-1][:3], f"{again['computed']} computed; catalog +{grown / again['tasks']:.0f} B a task row")
+    rows1, bytes1 = task_rows()
+    out[-1] = (*out[-1][:3], f"{again['computed']} computed; the run's task rows: "
+                             f"{(bytes1 - bytes0) / (rows1 - rows0):.0f} B a row (target <= 40 B)")
     added = step("one more parameter value", ["run", str(STRATEGY), *RANGE, *more, "--yes", "--json"])
     out[-1] = (*out[-1][:3], f"{added['computed']:,} computed of {added['tasks']:,}")
     run_id = again["run_id"]
@@ -168,6 +173,32 @@ def _count_runs(root: Path) -> int:
 
     with duckdb.connect(str(root / "catalog.duckdb"), read_only=True) as con:
         return int(con.execute("SELECT count(*) FROM runs").fetchone()[0])
+
+
+def _table_bytes(path: Path, table: str) -> tuple[int, int]:
+    """(rows, bytes) of a table of a DuckDB file: the sizes of its column segments, each from its
+    offset in its block to the next segment's (or the block's end), and its whole extra blocks.
+    (The file's size says little: DuckDB reuses the blocks a checkpoint frees.)"""
+    import duckdb
+
+    block = 262_144
+    with duckdb.connect(str(path), read_only=True) as con:
+        (block,) = con.execute("SELECT block_size FROM pragma_database_size()").fetchone()
+        starts: dict[int, list[tuple[int, bool]]] = {}
+        extra = 0
+        for name in [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()]:
+            for bid, off, more in con.execute(f"SELECT block_id, block_offset, additional_block_ids "
+                                              f"FROM pragma_storage_info('{name}') WHERE block_id >= 0").fetchall():
+                starts.setdefault(bid, []).append((off, name == table))
+                extra += len(more or []) * block if name == table else 0
+        (rows,) = con.execute(f"SELECT count(*) FROM {table}").fetchone()
+    used = extra
+    for offsets in starts.values():
+        offsets.sort()
+        for i, (off, ours) in enumerate(offsets):
+            if ours:
+                used += (offsets[i + 1][0] if i + 1 < len(offsets) else block) - off
+    return int(rows), used
 
 
 def _check(tasks: int, rows: list[tuple[str, float, int, str]]) -> list[str]:
