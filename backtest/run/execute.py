@@ -128,7 +128,8 @@ class _Followup:
         for t in fresh:
             self.recorder.by_key[t.key] = t
         have = set() if self.prep.request.force else self.store.intact([t.key for t in fresh])[0]
-        tasks, results = self.recorder.cached_rows(set(), [t for t in fresh if t.key in have], now)
+        found = [t for t in fresh if t.key in have]
+        tasks, results = self.recorder.cached_rows({t.key for t in found}, found, now)
         self.recorder.task_rows += tasks
         self.recorder.result_rows += results  # (the catalog keeps one row a key)
         self.progress.cached += len(tasks)
@@ -159,12 +160,12 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
     save_source(prep.root, job.strategy)
     recorder = Recorder(prep, run_id, catalog, ResultStore(prep.root))
 
-    def all_cached(known: set[str]) -> Any:
-        tasks, results = recorder.cached_rows(known)
+    def all_cached(unindexed: set[str]) -> Any:
+        tasks, results = recorder.cached_rows(unindexed)
         return tasks, results, [], {"status": "done", "finished": time.time(), "computed": 0, "failed": 0,
                                     "seconds": time.monotonic() - t0}
 
-    known = catalog.start_run(_run_row(prep, run_id), [t.key for t in prep.cached], coordinator_alive,
+    unindexed = catalog.start_run(_run_row(prep, run_id), [t.key for t in prep.cached], coordinator_alive,
                               then=None if prep.shards else all_cached)
     if not prep.shards:  # nothing to compute: the whole run was recorded in that one transaction
         summary = RunSummary(run_id, "done", len(prep.tasks), 0, len(prep.cached), 0, time.monotonic() - t0, "")
@@ -172,7 +173,7 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
         if on_progress:
             on_progress(progress)
         return summary
-    recorder.start(known)
+    recorder.start(unindexed)
     followup = _Followup(prep, recorder, progress) if prep.stage2 is not None else None
     status, message = "done", ""
     ex = executor

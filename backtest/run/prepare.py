@@ -65,6 +65,7 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) 
     if text is None:
         text = req.read_source()
     source, strategy_params, strategy_warmups, portfolio = grid_of(req, root, text)
+    mark("grid expanded")
     settings, axes = split_settings(req.settings)
     params_list, warmups = with_axes(strategy_params, strategy_warmups, axes)
     if portfolio and any(settings.get(k) for k in ("stop_loss", "take_profit", "trailing_stop")):
@@ -103,6 +104,7 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) 
     if len(skipped) == len(symbols):
         raise PlanError(str(first_error) if len(symbols) == 1 else
                         f"no data in the date range for any of the {len(symbols)} symbols ({first_error})")
+    mark("data resolved")
     bench, bench_parts = benchmark_of(req, store, start_ns, end_ns)
     job = Job(source, params_list, warmups, [s for s in symbols if s not in skipped], start_ns, end_ns, settings,
               universe=universe_name(req, symbols) if portfolio else "", axes=tuple(axes), benchmark=bench,
@@ -111,15 +113,19 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) 
         return _prepare_walk_forward(req, root, text, job, parts, wf, store, target.capacity, target.url,
                                      skipped, portfolio, (strategy_params, strategy_warmups))
     tasks = make_tasks(job, parts)
+    mark(f"{len(tasks)} tasks planned")
     damaged: dict[str, str] = {}
     if req.force:
         have: set[str] = set()
     else:
         have, damaged = ResultStore(root).intact([t.key for t in tasks])
+    mark("results store checked")
     todo = [t for t in tasks if t.key not in have]
     cached = [t for t in tasks if t.key in have]
     shards = make_shards(job, todo, parts, target.capacity)
+    mark("shards made")
     remember_grid(req, root, text, source, strategy_params, strategy_warmups, portfolio)
+    mark("grid kept")
     notes = [f"result {k[:12]} {why}: set aside, computed again" for k, why in sorted(damaged.items())]
     for sym, (first, last) in ({} if portfolio else store.short_spans(job.symbols, start_ns, end_ns)).items():
         notes.append(f"{sym} has bars only from {fmt_ts(first)} to {fmt_ts(last)}, part of the range: "

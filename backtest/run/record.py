@@ -14,6 +14,7 @@ import importlib
 import json
 import threading
 import time
+from collections.abc import Container
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -81,11 +82,11 @@ class Recorder:
     def row(self, t: Task, *rest: Any) -> dict[str, Any]:
         return task_row(t, self._params_text(t), *rest)
 
-    def cached_rows(self, known: set[str], cached: list[Task] | None = None,
+    def cached_rows(self, unindexed: Container[str], cached: list[Task] | None = None,
                     now: float | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Task rows of the cached tasks (``cached``, default the run's planned ones), and metric
-        rows of those the catalog does not index yet (``known``: those it does; e.g. after the
-        catalog was deleted): they are indexed now."""
+        rows of those the catalog does not index yet (``unindexed``; e.g. after the catalog was
+        deleted): they are indexed now."""
         from backtest.catalog import result_row
         from backtest.catalog.staging import NUMPY_ROWS
         from backtest.store.results import decode_metrics
@@ -98,15 +99,16 @@ class Recorder:
         else:
             tasks = [self.row(t, "done", True, 0, None, None, None, now) for t in cached]
         results = []
-        for t in cached:
-            if t.key not in known:
+        for t in cached if unindexed else ():
+            if t.key in unindexed:
                 header, metrics = decode_metrics(self.store.read_bytes(t.key))
                 results.append(result_row(header, metrics, now))
         return tasks, results
 
-    def start(self, known: set[str]) -> None:
-        """The run is recorded and has work: gather the cached tasks' rows, start the writer."""
-        self.task_rows, self.result_rows = self.cached_rows(known)
+    def start(self, unindexed: set[str]) -> None:
+        """The run is recorded and has work: gather the cached tasks' rows (and metric rows of
+        those the catalog does not index, ``unindexed``), start the writer."""
+        self.task_rows, self.result_rows = self.cached_rows(unindexed)
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bt-results")
         # The catalog stages metric rows ~40 % faster as NumPy columns (``catalog._stage``);
         # planning does not need NumPy, so the writer imports it now, while the workers start up.

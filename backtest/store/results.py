@@ -358,6 +358,10 @@ def _read_file(path: str) -> bytes | None:
 FIND_MAP = 64
 
 
+#: key sets from which ``ResultStore`` looks keys up in packs with NumPy (``_packed_many``)
+MANY_KEYS = 50_000
+
+
 class ResultStore:
     """The results of ``<root>/results``: packs (``packs/<name>.pack``, ``store.packs``), which
     workers and the coordinator write, and single files (``<key[:2]>/<key>.res``), which stores
@@ -485,8 +489,39 @@ class ResultStore:
         """The subsets of ``keys`` stored as single files and in packs."""
         keys = list(keys)
         loose = self._loose(keys) if self._has_loose() else set()
+        if len(keys) > MANY_KEYS and self._all is None:
+            return loose, self._packed_many(keys)
         stored = self._pack_keys()
         return loose, {k for k in keys if bytes.fromhex(k) in stored} if stored else set()
+
+    def _packed_many(self, keys: list[str]) -> set[str]:
+        """The subset of ``keys`` (many) that packs serve, found with NumPy over the packs' indexes
+        as they are read (a set of every packed key, then a lookup a key, cost 1.5 s for a
+        million): each key's first 8 bytes are looked up among the packed keys' sorted first 8
+        bytes, and a key is found only if all its 32 bytes are those of the packed key there."""
+        import numpy as np
+
+        packs = [p for p in self.packs() if len(p)]
+        if not packs or not keys:
+            return set()
+        rows = np.dtype([("key", "V32"), ("offset", "<u8"), ("length", "<u4")])
+        parts = []
+        for pack in packs:
+            packed = np.frombuffer(pack.index, dtype=rows)["key"]
+            if pack.dropped:  # entries listed as damaged (rare): not served
+                packed = packed[np.fromiter((k.tobytes() not in pack.dropped for k in packed), bool, len(packed))]
+            parts.append(np.ascontiguousarray(packed).view("<u8").reshape(-1, 4))
+        have = np.concatenate(parts)
+        wanted = np.frombuffer(bytes.fromhex("".join(keys)), dtype="<u8").reshape(-1, 4)
+        order = np.argsort(have[:, 0])
+        first = have[order, 0]
+        asked = np.argsort(wanted[:, 0])  # looked up in order: a search of sorted values is faster
+        at = np.empty(len(keys), dtype=np.intp)
+        at[asked] = np.minimum(np.searchsorted(first, wanted[asked, 0]), len(first) - 1)
+        found = (have[order[at]] == wanted).all(axis=1)
+        if found.all():
+            return set(keys)
+        return {keys[i] for i in np.flatnonzero(found)}
 
     def _has_loose(self) -> bool:
         """Whether the store has single-file results (key-prefix folders) at all."""

@@ -178,6 +178,25 @@ def test_many_lookups_find_the_same_entries_as_a_few(tmp_path: Path, monkeypatch
     assert mapped._map is not None and mapped._find(damaged) is None
 
 
+def test_many_keys_are_found_in_packs_as_a_few_are(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MANY_KEYS keys, packs are searched with NumPy: the same answer, an entry set aside
+    as damaged and keys that merely share a stored key's first 8 bytes included."""
+    import backtest.store.results as results_module
+
+    files = results(30)
+    store = ResultStore(tmp_path)
+    for chunk in (list(files.items())[:12], list(files.items())[10:]):  # two packs, overlapping
+        store.write_pack(packed(dict(chunk)), compare=False)
+    damaged = sorted(files)[20]
+    ResultStore(tmp_path).set_aside(damaged)
+    near = [k[:16] + "0" * 48 for k in sorted(files)[:5]]  # a stored key's first 8 bytes, not its key
+    asked = [*files, *near, "ee" * 32]
+    few = ResultStore(tmp_path).existing(asked)
+    monkeypatch.setattr(results_module, "MANY_KEYS", 0)
+    many = ResultStore(tmp_path).existing(asked)
+    assert many == few == set(files) - {damaged}
+
+
 def test_a_pack_being_written_is_not_read_nor_set_aside(tmp_path: Path) -> None:
     """A writer's temporary file ends in ``.pack`` too: a reader listing the folder meanwhile
     must leave it alone (setting it aside would take it from under the writer's rename)."""
