@@ -17,7 +17,6 @@ are here.
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,7 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from backtest.catalog.connection import _WRITER, LOCK_WAIT, T, _file_lock, _is_lock_error, duckdb_driver
+from backtest.catalog.connection import (
+    _WRITER,
+    LOCK_WAIT,
+    T,
+    _file_lock,
+    _is_lock_error,
+    duckdb_driver,
+    spill_folder,
+)
 from backtest.catalog.schema import METRICS, MIGRATIONS, OPTIONAL_METRICS, RESULT_COLUMNS
 from backtest.catalog.staging import (
     NUMPY_ROWS,
@@ -68,12 +75,6 @@ class Sweep:
     live: list[dict[str, Any]]
 
 
-def _spill_folder() -> str:
-    import tempfile
-
-    return os.path.join(tempfile.gettempdir(), f"bt-duckdb-{os.getpid()}")
-
-
 class Catalog:
     def __init__(self, path: Path, recover: Recover | None = None) -> None:
         """``recover``: how to find the results a run whose coordinator died stored but did not
@@ -97,7 +98,7 @@ class Catalog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _file_lock(self.path.with_name(self.path.name + ".lock"), shared=read_only):
             if read_only:
-                config = {} if memory is None else {"memory_limit": memory, "temp_directory": _spill_folder(), "threads": 1}
+                config = {} if memory is None else {"memory_limit": memory, "temp_directory": spill_folder(), "threads": 1}
                 con = self._opening(lambda: duckdb.connect(str(self.path), read_only=True, config=config))
                 try:
                     yield con

@@ -81,6 +81,21 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in text or "conflicting" in text or "being used by another process" in text
 
 
+#: What the writing instance may hold in memory before it spills to temporary files: without a
+#: limit (DuckDB's default is most of the machine's memory) it kept the blocks of every write of
+#: a million-task run, ~400 MB by its end.
+WRITER_MEMORY = "256MB"
+
+
+def spill_folder() -> str:
+    """Where DuckDB spills what does not fit its memory limit: the system's temporary folder (the
+    data root may be read only; an in-memory instance would spill to ``.tmp`` in the working
+    folder). DuckDB removes its files when it closes."""
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"bt-duckdb-{os.getpid()}")
+
+
 class _Writer:
     """This process's DuckDB instance for writing catalogs: in memory, on one thread, made once
     (making an instance costs 20-50 ms, most of it DuckDB filling its own system catalog, which a
@@ -102,7 +117,9 @@ class _Writer:
         with self._lock:
             driver = duckdb_driver()
             if self._con is None or self._pid != os.getpid() or self._driver is not driver:
-                self._con = driver.connect(":memory:", config={"threads": 1})  # (a forked child makes its own)
+                # (a forked child makes its own)
+                self._con = driver.connect(":memory:", config={"threads": 1, "memory_limit": WRITER_MEMORY,
+                                                               "temp_directory": spill_folder()})
                 self._pid, self._driver = os.getpid(), driver
             con = self._con
             quoted = str(path).replace("'", "''")

@@ -124,11 +124,19 @@ def _insert_staged(con: Any, staged: _Staged, run_id: str, run_update: dict[str,
             # made the insert and the checkpoint after it twice as slow); only a row that differs
             # (other versions computed it again, or the same key made other bits: the store then
             # holds the new file) is brought up to date, so the catalog says what the file holds.
-            values = [c for c in columns if c not in ("key", "recorded")]
-            sets = ", ".join(f'"{c}" = s."{c}"' for c in values)
-            differ = " OR ".join(f'results."{c}" IS DISTINCT FROM s."{c}"' for c in values)
-            con.execute(f"UPDATE results SET {sets} FROM {src} AS s WHERE results.key = s.key AND ({differ})")
-            con.execute(f"INSERT INTO results BY NAME SELECT * FROM {src} WHERE key NOT IN (SELECT key FROM results)")
+            # The keys indexed already are found by a join DuckDB builds on the staged rows (a
+            # NOT IN built a hash table of every key in the catalog at each write); usually none.
+            known = [k for (k,) in con.execute(f"SELECT s.key FROM {src} AS s JOIN results r ON r.key = s.key")
+                     .fetchall()]
+            if not known:
+                con.execute(f"INSERT INTO results BY NAME SELECT * FROM {src}")
+            else:
+                values = [c for c in columns if c not in ("key", "recorded")]
+                sets = ", ".join(f'"{c}" = s."{c}"' for c in values)
+                differ = " OR ".join(f'results."{c}" IS DISTINCT FROM s."{c}"' for c in values)
+                con.execute(f"UPDATE results SET {sets} FROM {src} AS s WHERE results.key = s.key AND ({differ})")
+                con.execute(f"INSERT INTO results BY NAME SELECT * FROM {src} "
+                            "WHERE key NOT IN (SELECT unnest(?::VARCHAR[]))", [known])
         else:
             con.execute(f"INSERT INTO {table} BY NAME SELECT *, ? AS run_id FROM {src}", [run_id])
         _release(con, rows, f"staged_{table}")
