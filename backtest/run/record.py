@@ -1,8 +1,7 @@
 """The one path by which a run's outcomes reach the catalog.
 
 A ``Recorder`` gathers task, result and log rows as outcomes come in and records them in short
-transactions (every ``FLUSH_SECONDS``, or a row group's worth at a time when rows come faster;
-and as the run nears its end) from a writer thread, so that
+transactions (every ``FLUSH_SECONDS``, and as the run nears its end) from a writer thread, so that
 the event loop goes on taking events meanwhile. Results the coordinator stores itself (from
 executors that send the bytes) are written, a pack per flush, by the same thread before the rows
 that name them: the catalog never names a result that is not stored. The run's last rows and its final status are
@@ -33,13 +32,6 @@ from backtest.spec import Task
 from backtest.trace import mark
 
 FLUSH_SECONDS = 2.0
-#: Rows that come faster than ``FLUSH_ROWS / 4`` every ``FLUSH_SECONDS`` are recorded ``FLUSH_ROWS``
-#: at a time (at least every ``FLUSH_SECONDS_MAX``): DuckDB writes an insert of a whole row group
-#: (122 880 rows) straight to the file, and its commit is cheap, where smaller inserts go through
-#: the write-ahead log and a checkpoint that compresses them again with the table's last row
-#: group each time (a million results: 10 µs a row in inserts of 40 000, 2.4 µs in row groups).
-FLUSH_ROWS = 122_880
-FLUSH_SECONDS_MAX = 10.0
 LAST_ROWS_WAIT = 0.3  # seconds a catalog write near a run's end waits for the last rows (see _LastRows)
 
 
@@ -240,17 +232,13 @@ class Recorder:
 
     # writing ------------------------------------------------------------------------------------
     def maybe_flush(self, workers: list[WorkerStatus]) -> None:
-        """Record what was gathered every ``FLUSH_SECONDS`` (``FLUSH_ROWS`` at a time when rows come
-        fast), and as soon as a worker has nothing
+        """Record what was gathered every ``FLUSH_SECONDS``, and as soon as a worker has nothing
         left to do (near the end of a run its core is free), so that little is left to record
         once all is in: that write waits a little for the run's last rows. One catalog write at
         a time, so that the last rows, which end the run, are never recorded before others."""
         rows = sum(getattr(r, "n", 1) for r in self.task_rows)  # (a ``Columns`` block holds n rows)
         near_end = rows >= 100 and any(w.state == "idle" for w in workers)
-        waited = time.monotonic() - self._last_flush
-        due = (rows >= FLUSH_ROWS or waited > FLUSH_SECONDS_MAX
-               or (waited > FLUSH_SECONDS and rows < FLUSH_ROWS // 4))
-        if (due or near_end) and (
+        if (time.monotonic() - self._last_flush > FLUSH_SECONDS or near_end) and (
             self._recording is None or self._recording.done()
         ):
             if near_end:
