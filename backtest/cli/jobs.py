@@ -139,6 +139,7 @@ def run(
     BT_TRACE=1 prints a timeline of the run on stderr; BT_NO_FORK_SERVER=1 starts each local worker from scratch instead of forking it from one warm process.
     """
     from backtest.run import RunRequest, prepare_started
+    from backtest.run.prepare import objects_that_stay
 
     req = RunRequest(
         strategy=strategy, strategy_name=strategy_name, start=start, end=end, symbols=_split(symbols),
@@ -163,7 +164,8 @@ def run(
 
         _print_plan(prepare(req), as_json)
         raise typer.Exit(0)
-    prep, ex = prepare_started(req)
+    with objects_that_stay():
+        prep, ex = prepare_started(req)
     try:
         _confirm_size(prep, yes)
     except BaseException:

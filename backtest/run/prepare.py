@@ -7,6 +7,8 @@ likely work, so that their start-up (imports, numba) overlaps the planning.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +234,26 @@ def fetch_data(prep: Prepared) -> None:
             files.update((p, h) for p, h in shard.spec["benchmark"][1])
     mark("fetching data")
     store.fetch(sorted(files))
+
+
+@contextmanager
+def objects_that_stay() -> Iterator[None]:
+    """Planning makes objects that all live as long as the run (tasks, their keys, shards: a few
+    million for a million tasks). Python's cyclic garbage collector runs every 700 new objects
+    and scans the older ones ever more often as they pile up: half the time of planning a
+    million tasks (7.5 s, 3.8 s without it). It is off while planning, and what exists after is
+    frozen (``gc.freeze``: never scanned again), which spares the run's collections too. The
+    command line plans in it; a notebook's objects are not frozen."""
+    import gc
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 def prepare_started(req: RunRequest, root: Path | None = None) -> tuple[Prepared, Executor | None]:
