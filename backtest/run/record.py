@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Container
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import cached_property
 from typing import Any
 
 from backtest.executors.base import (
@@ -49,7 +50,6 @@ class Recorder:
         self.run_id = run_id
         self.catalog = catalog
         self.store = store
-        self.by_key = {t.key: t for t in prep.tasks}
         # the catalog's text of each parameter set, encoded once: every symbol's tasks share the job's dicts
         self.texts = {id(p): json.dumps(p, sort_keys=True) for p in prep.job.params_list}
         self.env_texts: dict[str, str] = {}  # each worker's environment, as the catalog's text
@@ -74,6 +74,12 @@ class Recorder:
         # results recomputed to other bits than the intact ones stored under their keys:
         # (key, what differs, worker); appended by the writer thread and the event loop
         self.differs: list[tuple[str, str, str]] = []
+
+    @cached_property
+    def by_key(self) -> dict[str, Task]:
+        """The run's tasks by key, made when an outcome first needs one (a fully cached rerun
+        never does: a million tasks' dict is 0.4 s)."""
+        return {t.key: t for t in self.prep.tasks}
 
     # rows ---------------------------------------------------------------------------------------
     def _params_text(self, t: Task) -> str:
