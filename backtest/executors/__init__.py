@@ -43,6 +43,18 @@ class Target(NamedTuple):
     rest: str
     capacity: int
 
+    @property
+    def workers_read_here(self) -> bool:
+        """Whether its workers read the bars through this machine's data root and bars cache
+        (local, inline; Dask's workers see the same path): with bars on an object store, the
+        coordinator fetches what they will read before they start. SSH hosts keep a cache of
+        their own, which the executor fills (``executors.ssh.ship``)."""
+        return self.scheme not in _OWN_DATA
+
+
+#: schemes whose workers do not read this machine's data root
+_OWN_DATA = {"ssh"}
+
 
 def cores() -> int:
     """This machine's cores available to bt (one local worker each by default)."""
@@ -65,11 +77,13 @@ def _local(url: str, rest: str) -> int:
 
 def _ssh(url: str, rest: str) -> int:
     from backtest.executors.ssh.hostsfile import parse_ssh_url, read_hosts_file
+    from backtest.executors.ssh.ship import host_cache_limit
 
     if rest.startswith("@"):
         read_hosts_file(rest[1:])
     else:
         parse_ssh_url(url)
+    host_cache_limit()  # a bad BT_HOST_CACHE_MB is one line here, before anything is recorded
     return REMOTE_PLANNED_WORKERS
 
 

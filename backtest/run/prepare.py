@@ -57,10 +57,6 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) 
 
     root = root or paths.root()
     target = parse_url(req.executor_url())
-    if target.scheme == "ssh":  # a bad BT_HOST_CACHE_MB is one line here, before anything is recorded
-        from backtest.executors.ssh.ship import host_cache_limit
-
-        host_cache_limit()
     wf = parse_walk_forward(req.walk_forward, req.holdout, req.anchored, req.select, req.min_trades,
                             [*METRICS, *OPTIONAL_METRICS])
     limit_bytes()  # a bad BT_BARS_CACHE_MB is one error here, not one per shard in the workers
@@ -217,13 +213,13 @@ def universe_name(req: RunRequest, symbols: list[str]) -> str:
 def fetch_data(prep: Prepared) -> None:
     """With the bars on an object store: fetch the partitions the run's workers will read into the
     bars cache (verified by content hash) before they start. Walk-forward runs plan tasks as they
-    go, so all their partitions are fetched. SSH hosts fetch for themselves (or the executor
-    fetches here what it ships to them: ``executors.ssh.ship.HostObjects``)."""
+    go, so all their partitions are fetched. Executors whose workers keep their own copies
+    (``Target.workers_read_here``: SSH hosts) fill them themselves."""
     from backtest.data import Store
     from backtest.executors import parse_url
 
     store = Store(prep.root)
-    if not store.remote or not (prep.shards or prep.pending) or parse_url(prep.executor_url).scheme == "ssh":
+    if not store.remote or not (prep.shards or prep.pending) or not parse_url(prep.executor_url).workers_read_here:
         return
     files: set[tuple[str, str]] = set()
     if prep.pending:
