@@ -45,6 +45,9 @@ def _leave(code: int) -> None:
     forkserver = sys.modules.get("backtest.executors.forkserver")
     if forkserver is not None:
         forkserver.discard()  # what atexit would have done
+    catalog = sys.modules.get("backtest.catalog.connection")
+    if catalog is not None:
+        catalog.remove_spill_folders()  # what closing its DuckDB instances would have done
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

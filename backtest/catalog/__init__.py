@@ -16,6 +16,7 @@ are here.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import time
@@ -75,6 +76,9 @@ class Sweep:
     live: list[dict[str, Any]]
 
 
+_READERS = itertools.count()  # memory-bounded readers of this process, each spilling to its own folder
+
+
 class Catalog:
     def __init__(self, path: Path, recover: Recover | None = None) -> None:
         """``recover``: how to find the results a run whose coordinator died stored but did not
@@ -98,7 +102,8 @@ class Catalog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _file_lock(self.path.with_name(self.path.name + ".lock"), shared=read_only):
             if read_only:
-                config = {} if memory is None else {"memory_limit": memory, "temp_directory": spill_folder(), "threads": 1}
+                config = {} if memory is None else {"memory_limit": memory, "threads": 1,
+                                                    "temp_directory": spill_folder(f"reader-{next(_READERS)}")}
                 con = self._opening(lambda: duckdb.connect(str(self.path), read_only=True, config=config))
                 try:
                     yield con

@@ -87,13 +87,25 @@ def _is_lock_error(exc: Exception) -> bool:
 WRITER_MEMORY = "256MB"
 
 
-def spill_folder() -> str:
+def spill_folder(who: str) -> str:
     """Where DuckDB spills what does not fit its memory limit: the system's temporary folder (the
     data root may be read only; an in-memory instance would spill to ``.tmp`` in the working
-    folder). DuckDB removes its files when it closes."""
+    folder), a folder for each instance (``who``) so that one closing, which removes its files,
+    never touches another's. DuckDB removes its files when it closes."""
     import tempfile
 
-    return os.path.join(tempfile.gettempdir(), f"bt-duckdb-{os.getpid()}")
+    return os.path.join(tempfile.gettempdir(), f"bt-duckdb-{os.getpid()}-{who}")
+
+
+def remove_spill_folders() -> None:
+    """Remove this process's spill folders: a process that ends with ``os._exit`` never closes
+    its DuckDB instances, which would remove them."""
+    import glob
+    import shutil
+    import tempfile
+
+    for folder in glob.glob(os.path.join(tempfile.gettempdir(), f"bt-duckdb-{os.getpid()}-*")):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class _Writer:
@@ -119,7 +131,7 @@ class _Writer:
             if self._con is None or self._pid != os.getpid() or self._driver is not driver:
                 # (a forked child makes its own)
                 self._con = driver.connect(":memory:", config={"threads": 1, "memory_limit": WRITER_MEMORY,
-                                                               "temp_directory": spill_folder()})
+                                                               "temp_directory": spill_folder("writer")})
                 self._pid, self._driver = os.getpid(), driver
             con = self._con
             quoted = str(path).replace("'", "''")
