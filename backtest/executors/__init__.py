@@ -43,17 +43,17 @@ class Target(NamedTuple):
     rest: str
     capacity: int
 
-    @property
-    def workers_read_here(self) -> bool:
-        """Whether its workers read the bars through this machine's data root and bars cache
-        (local, inline; Dask's workers see the same path): with bars on an object store, the
-        coordinator fetches what they will read before they start. SSH hosts keep a cache of
-        their own, which the executor fills (``executors.ssh.ship``)."""
-        return self.scheme not in _OWN_DATA
-
 
 #: schemes whose workers do not read this machine's data root
 _OWN_DATA = {"ssh"}
+
+
+def workers_read_here(url: str) -> bool:
+    """Whether the workers of the executor ``url`` names (checked by ``parse_url``) read the bars
+    through this machine's data root and bars cache (local, inline; Dask's workers see the same
+    path): with bars on an object store, the coordinator fetches what they will read before they
+    start. SSH hosts keep a cache of their own, which the executor fills (``executors.ssh.ship``)."""
+    return url.partition("://")[0] not in _OWN_DATA
 
 
 def cores() -> int:

@@ -214,12 +214,12 @@ def fetch_data(prep: Prepared) -> None:
     """With the bars on an object store: fetch the partitions the run's workers will read into the
     bars cache (verified by content hash) before they start. Walk-forward runs plan tasks as they
     go, so all their partitions are fetched. Executors whose workers keep their own copies
-    (``Target.workers_read_here``: SSH hosts) fill them themselves."""
+    (``executors.workers_read_here``: SSH hosts) fill them themselves."""
     from backtest.data import Store
-    from backtest.executors import parse_url
+    from backtest.executors import workers_read_here
 
     store = Store(prep.root)
-    if not store.remote or not (prep.shards or prep.pending) or not parse_url(prep.executor_url).workers_read_here:
+    if not store.remote or not (prep.shards or prep.pending) or not workers_read_here(prep.executor_url):
         return
     files: set[tuple[str, str]] = set()
     if prep.pending:
