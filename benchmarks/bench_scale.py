@@ -181,7 +181,6 @@ def _table_bytes(path: Path, table: str) -> tuple[int, int]:
     (The file's size says little: DuckDB reuses the blocks a checkpoint frees.)"""
     import duckdb
 
-    block = 262_144
     with duckdb.connect(str(path), read_only=True) as con:
         (block,) = con.execute("SELECT block_size FROM pragma_database_size()").fetchone()
         starts: dict[int, list[tuple[int, bool]]] = {}

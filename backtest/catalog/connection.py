@@ -102,9 +102,8 @@ def remove_spill_folders() -> None:
     its DuckDB instances, which would remove them."""
     import glob
     import shutil
-    import tempfile
 
-    for folder in glob.glob(os.path.join(tempfile.gettempdir(), f"bt-duckdb-{os.getpid()}-*")):
+    for folder in glob.glob(spill_folder("*")):
         shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -195,10 +195,10 @@ def _metric_text(names: tuple[str, ...], optional: bool) -> str:
     optional metric only appears where a task has it."""
     parts = []
     for i, m in enumerate(names):
-        value = f'CASE WHEN isfinite("{m}") THEN CAST("{m}" AS VARCHAR) ELSE \'null\' END'
         name = ("" if i == 0 and not optional else ", ") + f'"{m}": '
-        parts.append(f"(CASE WHEN isfinite(\"{m}\") THEN '{name}' || CAST(\"{m}\" AS VARCHAR) ELSE '' END)"
-                     if optional else f"'{name}' || {value}")
+        text = f'CAST("{m}" AS VARCHAR)'
+        parts.append(f"""(CASE WHEN isfinite("{m}") THEN '{name}' || {text} ELSE '' END)""" if optional
+                     else f"""'{name}' || CASE WHEN isfinite("{m}") THEN {text} ELSE 'null' END""")
     return " || ".join(parts)
 
 
