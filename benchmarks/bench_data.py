@@ -4,6 +4,7 @@
     python benchmarks/bench_data.py --rows 500000 --repeat 3
     python benchmarks/bench_data.py --only store    # one year of minute bars: object store cold vs local cache
     python benchmarks/bench_data.py --only store --store s3://bucket/prefix   # a real store (else moto's server)
+    python benchmarks/bench_data.py --only remote   # the shared result cache: a grid fetched vs computed
 
 Targets: CSV import >= 50 MB/s; reading ~1 M minute bars (resolve + read_bars) <= 0.1 s.
 Files go to benchmarks/.work/data (git-ignored) unless --work is given; --keep leaves them there.
@@ -17,6 +18,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -102,33 +104,90 @@ def bench_read(work: Path, repeat: int) -> float:
     return best
 
 
+def moto_bucket() -> tuple[Any, str]:
+    """moto's S3 server on loopback (pip install 'moto[server]') and the URI of a fresh bucket on it
+    (the environment gets made-up keys)."""
+    import os
+    import re
+    import subprocess
+    import uuid
+
+    import pyarrow.fs as pafs
+
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert server.stdout is not None
+    port = next(m.group(1) for m in map(re.compile(r"Running on http://127.0.0.1:(\d+)").search, server.stdout) if m)
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_EC2_METADATA_DISABLED="true")
+    bucket = f"bench-{uuid.uuid4().hex[:8]}"
+    fs = pafs.S3FileSystem(endpoint_override=f"http://127.0.0.1:{port}", region="us-east-1", allow_bucket_creation=True)
+    fs.create_dir(bucket)
+    return server, f"s3://{bucket}/bench?endpoint_override=http://127.0.0.1:{port}"
+
+
+def _stop(server: Any) -> None:
+    if server is not None:
+        server.terminate()
+        server.wait()
+        if server.stdout is not None:
+            server.stdout.close()
+
+
+def bench_remote(work: Path, repeat: int, uri: str | None) -> None:
+    """The shared result cache: a daily grid on the demo (20 symbols) computed by one data root
+    and uploaded, then run by fresh data roots that fetch every result, against fresh roots that
+    compute it all without a cache. Each run is a ``bt run`` process."""
+    import json
+    import os
+    import subprocess
+
+    server = None
+    if uri is None:
+        server, uri = moto_bucket()
+    strategy = Path(__file__).resolve().parents[1] / "strategies" / "sma_cross.py"
+    grid = ["--from", "2020", "--to", "2024", "--param", "fast=2:60:2", "--param", "slow=65:300:5"]
+
+    def run(root: Path, *extra: str) -> tuple[float, dict[str, Any]]:
+        if not (root / "manifest.json").exists():
+            subprocess.run([sys.executable, "-m", "backtest", "--data", str(root), "data", "demo"], check=True,
+                           capture_output=True)
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "backtest", "--data", str(root), "run", str(strategy), *grid,
+                              "--json", "--yes", *extra], check=True, capture_output=True, text=True,
+                             env={**os.environ, "BT_REMOTE_CACHE": ""})
+        return time.perf_counter() - t0, json.loads(out.stdout.strip().splitlines()[-1])
+
+    try:
+        first, got = run(work / "remote-first", "--remote-cache", uri)
+        tasks = got["tasks"]
+        print(f"remote cache: first run {tasks:,} tasks computed and {got['remote_cache']['uploaded']} packs "
+              f"({got['remote_cache']['uploaded_bytes'] / 1e6:.1f} MB) uploaded in {first:.2f} s")
+        fetched, computed = [], []
+        for i in range(repeat):
+            t, got = run(work / f"remote-fetch-{i}", "--remote-cache", uri)
+            assert got["computed"] == 0 and got["remote_cache"]["fetched"] == tasks, got
+            fetched.append(t)
+            t, got = run(work / f"remote-none-{i}")
+            assert got["computed"] == tasks, got
+            computed.append(t)
+        print(f"remote cache: a fresh data root fetching all {tasks:,} results best {min(fetched):.2f} s, median "
+              f"{statistics.median(fetched):.2f} s; computing them without the cache best {min(computed):.2f} s, "
+              f"median {statistics.median(computed):.2f} s (fetch/compute {min(fetched) / min(computed):.2f}x, "
+              f"{repeat} of each, {uri.split('?')[0]})")
+    finally:
+        _stop(server)
+
+
 def bench_store(work: Path, repeat: int, uri: str | None) -> None:
     """One year of minute bars (98 280, one partition) read by a run's way: fetched from the object
     store into an empty bars cache and read (cold), then read from the local cache (warm)."""
-    import os
-    import subprocess
 
     from backtest.data import bars_cache
 
     server = None
-    if uri is None:  # moto's S3 server on loopback (pip install 'moto[server]')
-        import re
-        import uuid
-
-        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert server.stdout is not None
-        port = next(m.group(1) for m in map(re.compile(r"Running on http://127.0.0.1:(\d+)").search, server.stdout)
-                    if m)
-        os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
-                          AWS_EC2_METADATA_DISABLED="true")
-        bucket = f"bench-{uuid.uuid4().hex[:8]}"
-        import pyarrow.fs as pafs
-
-        fs = pafs.S3FileSystem(endpoint_override=f"http://127.0.0.1:{port}", region="us-east-1",
-                               allow_bucket_creation=True)
-        fs.create_dir(bucket)
-        uri = f"s3://{bucket}/bench?endpoint_override=http://127.0.0.1:{port}"
+    if uri is None:
+        server, uri = moto_bucket()
     try:
         store = Store(work / "store-writer", uri=uri)
         [sym] = write_demo(store, symbols=1, freq="1min", start_year=2023, days=252)
@@ -153,11 +212,7 @@ def bench_store(work: Path, repeat: int, uri: str | None) -> None:
               f"{statistics.median(cold) * 1000:.0f} ms; from the local cache best {min(warm) * 1000:.1f} ms = "
               f"{mb / min(warm):.0f} MB/s, median {statistics.median(warm) * 1000:.1f} ms (of {repeat})")
     finally:
-        if server is not None:
-            server.terminate()
-            server.wait()
-            if server.stdout is not None:
-                server.stdout.close()
+        _stop(server)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,15 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=5, help="repetitions (the best is reported)")
     ap.add_argument("--work", type=Path, default=Path(__file__).parent / ".work" / "data")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
-    ap.add_argument("--only", choices=["store"], help="only this benchmark")
+    ap.add_argument("--only", choices=["store", "remote"], help="only this benchmark")
     ap.add_argument("--store", help="object store URI for the store benchmark (default: moto's server on loopback)")
     args = ap.parse_args(argv)
     if args.work.exists():
         shutil.rmtree(args.work)
     args.work.mkdir(parents=True)
-    if args.only == "store":
+    if args.only is not None:
         try:
-            bench_store(args.work, args.repeat, args.store)
+            (bench_store if args.only == "store" else bench_remote)(args.work, args.repeat, args.store)
         finally:
             if not args.keep:
                 shutil.rmtree(args.work, ignore_errors=True)

@@ -5,11 +5,19 @@ other test folders' conftest files)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 from helpers import FAULTY, SYMBOLS, synth_daily, write_strategy
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A user's own data store and shared result cache stay out of the tests (a test that wants
+    one sets it)."""
+    for name in ("BT_STORE", "BT_REMOTE_CACHE", "BT_REMOTE_CACHE_READ_ONLY"):
+        os.environ.pop(name, None)
 
 
 @pytest.fixture(scope="session")

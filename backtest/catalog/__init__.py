@@ -397,6 +397,12 @@ class Catalog:
             [run_id],
         )
 
+    def done_keys(self, run_id: str) -> list[str]:
+        """The keys of a run's tasks that are done (computed or cached)."""
+        with self.connect(read_only=True) as con:
+            return [k for (k,) in con.execute("SELECT key FROM run_tasks WHERE run_id = ? AND status = 'done'",
+                                              [run_id]).fetchall()]
+
     def failures(self, run_id: str) -> list[dict[str, Any]]:
         return self._read(
             "SELECT key, symbol, params, attempts, error, details, worker FROM run_tasks "

@@ -103,6 +103,7 @@ def _root(
 
 
 def _register() -> None:
+    from backtest.cli import cache as cache_cli
     from backtest.cli import data as data_cli
     from backtest.cli import export as export_cli
     from backtest.cli import hosts as hosts_cli
@@ -114,6 +115,7 @@ def _register() -> None:
     jobs_cli.register(app)
     runs_cli.register(app)
     export_cli.register(app)
+    cache_cli.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:

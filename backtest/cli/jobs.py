@@ -107,6 +107,8 @@ def run(
     select: Annotated[str | None, typer.Option("--select", help="Walk-forward: the in-sample metric that picks each fold's set (default sharpe; highest wins; lowest for volatility and the drawdown-duration, losing-streak and tracking-error metrics).", show_default=False)] = None,
     min_trades: Annotated[int | None, typer.Option("--min-trades", help="Walk-forward: sets with fewer in-sample trades are not eligible.", show_default=False)] = None,
     benchmark: Annotated[str | None, typer.Option("--benchmark", metavar="SYMBOL", help="A symbol of the store to compare every task with (alpha, beta, information ratio, tracking error, its return over the same bars); the HTML report draws it beside the equity.", show_default=False)] = None,
+    remote_cache: Annotated[str | None, typer.Option("--remote-cache", envvar="BT_REMOTE_CACHE", metavar="URI", help="A result cache shared on object storage (s3://bucket/prefix, or another URI pyarrow.fs opens): results it holds are fetched instead of computed, what this run computes is uploaded. Endpoint, region and credentials as for --store.", show_default=False)] = None,
+    remote_read_only: Annotated[bool, typer.Option("--remote-cache-read-only", envvar="BT_REMOTE_CACHE_READ_ONLY", help="Only fetch from the remote cache; upload nothing (for credentials that may only read).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Recompute tasks even when their results are stored.")] = False,
     accept_new_hosts: Annotated[bool, typer.Option("--accept-new-hosts", help="Record unknown SSH host keys on first contact.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object at the end instead of the live display.")] = False,
@@ -150,7 +152,7 @@ def run(
                   "leverage": leverage, **_setting_values(commission=commission, slippage=slippage, stop_loss=stop_loss,
                                                           take_profit=take_profit, trailing_stop=trailing_stop)},
         walk_forward=walk_forward, holdout=holdout, anchored=anchored, select=select, min_trades=min_trades,
-        benchmark=benchmark,
+        benchmark=benchmark, remote_cache=remote_cache, remote_read_only=remote_read_only,
     )
     if workers is not None and workers < 1:
         raise UsageError("--workers must be at least 1")
@@ -162,7 +164,7 @@ def run(
     if dry_run:
         from backtest.run import prepare
 
-        _print_plan(prepare(req), as_json)
+        _print_plan(prepare(req, fetch=False), as_json)
         raise typer.Exit(0)
     with objects_that_stay():
         prep, ex = prepare_started(req)
@@ -176,7 +178,7 @@ def run(
 
     for s in prep.skipped_symbols:
         warn_line(f"{s}: no data in the date range; skipped")
-    for note in prep.notes:
+    for note in prep.notes + (prep.remote.new_warnings() if prep.remote is not None else []):
         warn_line(note)
     if as_json:
         from backtest.run import execute
@@ -220,7 +222,8 @@ def _plan_facts(prep: Any) -> dict[str, Any]:
             "estimated_bytes": todo * BYTES_PER_RESULT,
             **({"grid_axes": {a: len({p[a] for p in prep.job.params_list}) for a in prep.job.axes}}
                if prep.job.axes else {}),
-            **({"folds": len(prep.wfo.folds), "out_of_sample_later": prep.pending} if prep.wfo is not None else {})}
+            **({"folds": len(prep.wfo.folds), "out_of_sample_later": prep.pending} if prep.wfo is not None else {}),
+            **({"in_remote_cache": prep.remote_hits} if prep.remote is not None else {})}
 
 
 def _print_plan(prep: Any, as_json: bool) -> None:
@@ -230,10 +233,13 @@ def _print_plan(prep: Any, as_json: bool) -> None:
     if as_json:
         print(json.dumps({"dry_run": True, **facts}))
         return
-    for note in prep.notes:
+    for note in prep.notes + (prep.remote.new_warnings() if prep.remote is not None else []):
         warn_line(note)
     console.print(f"plan: {facts['tasks']:,} tasks ({facts['cached']:,} cached, {facts['to_compute']:,} to compute) "
                   f"in {facts['shards']:,} shards on {facts['executor']}")
+    if "in_remote_cache" in facts:
+        console.print(f"  {facts['in_remote_cache']:,} of the tasks to compute are in the remote cache "
+                      f"{prep.remote.where}: a run fetches them instead")
     axes = ""
     if "grid_axes" in facts:
         combos = math.prod(facts["grid_axes"].values())
@@ -300,10 +306,15 @@ def _execute_live(prep: Any, ex: Any) -> Any:
         f"{summary.computed} computed, {summary.cached} cached, {summary.failed} failed in {summary.seconds:.2f}s"
         + (f" — {summary.message}" if summary.message else "")
     )
-    for note in summary.set_aside:
-        from backtest.cli.render import warn_line as warn
+    from backtest.cli.render import warn_line as warn
 
+    for note in summary.set_aside:
         warn(note)
+    if prep.remote is not None:
+        for note in prep.remote.new_warnings():
+            warn(note)
+        if prep.remote.summary():
+            err_console.print(prep.remote.summary(), style="dim", highlight=False)
     if prep.shards:
         for line in summary.sandbox_lines(prep.executor_url):
             err_console.print(line, style="yellow" if "NOT" in line or "sandbox off" in line else "dim",

@@ -103,8 +103,10 @@ def _with_env(uri: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query, safe=":/"), ""))
 
 
-def describe(exc: BaseException, where: str, action: str) -> DataError:
-    """An error of the object store as one line that says what to do."""
+def describe(exc: BaseException, where: str, action: str, kind: str = "data store",
+             option: str = "--store / BT_STORE") -> DataError:
+    """An error of the object store as one line that says what to do (``kind``: what the store
+    is to bt, ``option``: where its URI comes from)."""
     text = str(exc)
     low = text.lower()
     aws = re.search(r"AWS Error ([A-Z_]+)(?: during (\w+) operation)?(?::\s*([^(\n]*))?", text)
@@ -112,29 +114,30 @@ def describe(exc: BaseException, where: str, action: str) -> DataError:
               if aws else text.splitlines()[0][:200] if text else type(exc).__name__)
     if any(s in low for s in ("network_connection", "curlcode", "could not connect", "couldn't connect",
                               "timed out", "timeout", "resolve host", "connection refused")):
-        return DataError(f"the data store {where} cannot be reached while {action} ({detail}); check the "
+        return DataError(f"the {kind} {where} cannot be reached while {action} ({detail}); check the "
                          "endpoint (BT_S3_ENDPOINT or ?endpoint_override=) and the network")
     if any(s in low for s in ("invalidaccesskeyid", "invalid_access_key_id", "signaturedoesnotmatch",
                               "signature_does_not_match", "invalidtoken", "invalid_token", "expiredtoken",
                               "unrecognizedclient", "no credentials", "missing_authentication_token",
                               "invalidclienttokenid")):
-        return DataError(f"the data store {where} refused the credentials while {action} ({detail}); check "
+        return DataError(f"the {kind} {where} refused the credentials while {action} ({detail}); check "
                          "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws/credentials")
     if "no_such_bucket" in low or "nosuchbucket" in low or "bucket does not exist" in low:
-        return DataError(f"the data store {where}: the bucket does not exist ({detail}); create it or fix "
-                         "--store / BT_STORE")
+        return DataError(f"the {kind} {where}: the bucket does not exist ({detail}); create it or fix "
+                         f"{option}")
     if "access_denied" in low or "accessdenied" in low or "forbidden" in low or "permission denied" in low:
-        return DataError(f"the data store {where} denied permission while {action} ({detail}); these "
+        return DataError(f"the {kind} {where} denied permission while {action} ({detail}); these "
                          "credentials may not do that (writing needs s3:PutObject and s3:DeleteObject)")
-    return DataError(f"the data store {where} failed while {action} ({detail})")
+    return DataError(f"the {kind} {where} failed while {action} ({detail})")
 
 
 class Objects:
     """One store's objects through ``pyarrow.fs``; every failure is a one-line DataError."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, kind: str = "data store", option: str = "--store / BT_STORE") -> None:
         self.uri = uri
         self.where = display_uri(uri)
+        self.kind, self.option = kind, option
         self._fs: Any = None
         self.base = ""
         self._lock = threading.Lock()
@@ -153,8 +156,8 @@ class Objects:
             fs, base = pafs.FileSystem.from_uri(_with_env(self.uri))
         except (OSError, ValueError, TypeError) as exc:
             if isinstance(exc, OSError) and ("AWS" in str(exc) or "curl" in str(exc)):
-                raise describe(exc, self.where, "connecting") from None
-            raise DataError(f"--store {self.where}: {str(exc).splitlines()[0]}; give s3://bucket/prefix "
+                raise describe(exc, self.where, "connecting", self.kind, self.option) from None
+            raise DataError(f"{self.option.split(' ')[0]} {self.where}: {str(exc).splitlines()[0]}; give s3://bucket/prefix "
                             "(or another URI pyarrow.fs opens, e.g. file:///folder)") from None
         base = base.rstrip("/")
         if type(fs).__name__ == "S3FileSystem":
@@ -162,10 +165,10 @@ class Objects:
             try:
                 info = fs.get_file_info(bucket)
             except OSError as exc:
-                raise describe(exc, self.where, "opening the bucket") from None
+                raise describe(exc, self.where, "opening the bucket", self.kind, self.option) from None
             if info.type == pafs.FileType.NotFound:
-                raise DataError(f"the data store {self.where}: the bucket {bucket} does not exist; create it or "
-                                "fix --store / BT_STORE")
+                raise DataError(f"the {self.kind} {self.where}: the bucket {bucket} does not exist; create it or "
+                                f"fix {self.option}")
         return fs, base
 
     def key(self, rel: str) -> str:
@@ -180,7 +183,7 @@ class Objects:
         except FileNotFoundError:
             raise
         except OSError as exc:
-            raise describe(exc, self.where, f"{action} {rel}") from None
+            raise describe(exc, self.where, f"{action} {rel}", self.kind, self.option) from None
 
     def put(self, rel: str, data: bytes) -> None:
         try:
@@ -189,7 +192,7 @@ class Objects:
             with self.fs.open_output_stream(self.key(rel)) as f:
                 f.write(data)
         except OSError as exc:
-            raise describe(exc, self.where, f"writing {rel}") from None
+            raise describe(exc, self.where, f"writing {rel}", self.kind, self.option) from None
 
     def size(self, rel: str) -> int | None:
         """The object's size, or None when there is none."""
@@ -198,7 +201,7 @@ class Objects:
         try:
             info = self.fs.get_file_info(self.key(rel))
         except OSError as exc:
-            raise describe(exc, self.where, f"looking up {rel}") from None
+            raise describe(exc, self.where, f"looking up {rel}", self.kind, self.option) from None
         return None if info.type == pafs.FileType.NotFound else int(info.size or 0)
 
     def names(self, rel_dir: str) -> list[str]:
@@ -208,8 +211,29 @@ class Objects:
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(self.key(rel_dir), allow_not_found=True))
         except OSError as exc:
-            raise describe(exc, self.where, f"listing {rel_dir}") from None
+            raise describe(exc, self.where, f"listing {rel_dir}", self.kind, self.option) from None
         return sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+
+    def sizes(self, rel_dir: str) -> dict[str, int]:
+        """{name: size} of the objects directly in ``rel_dir`` (empty when there are none)."""
+        import pyarrow.fs as pafs
+
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.key(rel_dir), allow_not_found=True))
+        except OSError as exc:
+            raise describe(exc, self.where, f"listing {rel_dir}", self.kind, self.option) from None
+        return {i.base_name: int(i.size or 0) for i in infos if i.type == pafs.FileType.File}
+
+    def get_ranges(self, rel: str, size: int, spans: list[tuple[int, int]]) -> list[bytes]:
+        """The bytes of each (offset, length) of the object ``rel`` of ``size`` bytes (ranged
+        reads: one request each, after the one that opens it)."""
+        try:
+            with self.fs.open_input_file(self.key(rel)) as f:
+                return [f.read_at(length, offset) for offset, length in spans]
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise describe(exc, self.where, f"reading {rel}", self.kind, self.option) from None
 
     def delete(self, rel: str) -> None:
         try:
@@ -217,7 +241,7 @@ class Objects:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise describe(exc, self.where, f"deleting {rel}") from None
+            raise describe(exc, self.where, f"deleting {rel}", self.kind, self.option) from None
 
     # ---- the manifest's versions -----------------------------------------------------------
     def versions(self) -> list[tuple[int, str]]:

@@ -98,6 +98,7 @@ class _Followup:
         self.progress = progress
         self.store = ResultStore(prep.root)
         self.fresh: list[Task] = []
+        self.submitted: list[str] = []  # keys of the out-of-sample tasks sent to be computed
 
     def outcome(self, ev: Any) -> None:
         from backtest.store.results import decode_metrics
@@ -128,6 +129,9 @@ class _Followup:
         for t in fresh:
             self.recorder.by_key[t.key] = t
         have = set() if self.prep.request.force else self.store.intact([t.key for t in fresh])[0]
+        remote = self.prep.remote
+        if remote is not None and not self.prep.request.force and len(have) < len(fresh):
+            have |= self.store.intact(remote.pull([t.key for t in fresh if t.key not in have], self.store))[0]
         found = [t for t in fresh if t.key in have]
         tasks, results = self.recorder.cached_rows({t.key for t in found}, found, now)
         self.recorder.task_rows += tasks
@@ -139,6 +143,7 @@ class _Followup:
             w = plan.test[fold]
             mine = [t for t in fresh if t.key not in have and fold_of[t.key] == fold]
             shards += make_shards(w.job, mine, w.parts, 1)
+        self.submitted += [k for shard in shards for k in shard.keys]
         if shards:
             mark(f"submitting {len(shards)} out-of-sample shards")
             ex.submit(shards)
@@ -168,7 +173,8 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
     unindexed = catalog.start_run(_run_row(prep, run_id), [t.key for t in prep.cached], coordinator_alive,
                               then=None if prep.shards else all_cached)
     if not prep.shards:  # nothing to compute: the whole run was recorded in that one transaction
-        summary = RunSummary(run_id, "done", len(prep.tasks), 0, len(prep.cached), 0, time.monotonic() - t0, "")
+        summary = RunSummary(run_id, "done", len(prep.tasks), 0, len(prep.cached), 0, time.monotonic() - t0, "",
+                             remote=remote_record(prep.remote))
         mark("recorded")
         if on_progress:
             on_progress(progress)
@@ -244,6 +250,10 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
         recorder.stop_writer()
     set_aside = [n for n in progress.notes if ": set aside" in n]
     recorder.flush(final_update)
+    if prep.remote is not None and status != "interrupted":
+        mark("uploading to the remote cache")
+        prep.remote.push([k for shard in prep.shards for k in shard.keys] + (followup.submitted if followup else []),
+                         recorder.store)
     differs = _differs(recorder, prep)
     if differs and status == "done":  # known only once every file is written: recorded as failed now
         status = "failed"
@@ -253,11 +263,19 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
         catalog.record(run_id, logs=[{"shard": None, "worker": "bt", "text": f"{message}\n" + "\n".join(differs),
                                       "at_time": time.time()}], run_update={"status": status})
     summary = RunSummary(run_id, status, progress.total, progress.computed, progress.cached, progress.failed,
-                         seconds, message, set_aside, differs, sandbox)
+                         seconds, message, set_aside, differs, sandbox, remote_record(prep.remote))
     mark("recorded")
     if on_progress:
         on_progress(progress)
     return summary
+
+
+def remote_record(remote: Any) -> dict[str, Any]:
+    """What the shared result cache did for a run ({} without one)."""
+    if remote is None:
+        return {}
+    return {"uri": remote.where, "read_only": remote.read_only, "fetched": remote.fetched,
+            "uploaded": remote.uploaded, "uploaded_bytes": remote.uploaded_bytes, "warnings": remote.warnings()}
 
 
 def sandbox_record(on: bool, workers: list[Any]) -> dict[str, Any]:

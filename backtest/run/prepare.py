@@ -43,9 +43,22 @@ def start_early(req: RunRequest, root: Path, text: str | None) -> Executor | Non
     return ex
 
 
-def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) -> Prepared:
+def remote_cache(req: RunRequest, root: Path) -> Any:
+    """The shared result cache this run uses (``store.remote.RemoteCache``), or None."""
+    from backtest.store.remote import RemoteCache, check_uri, configured
+
+    uri, read_only = configured(req.remote_cache, req.remote_read_only)
+    if uri is None:
+        return None
+    check_uri(uri)
+    return RemoteCache(uri, root, read_only)
+
+
+def prepare(req: RunRequest, root: Path | None = None, text: str | None = None, fetch: bool = True) -> Prepared:
     """Check everything and plan; raises a BtError (exit 2) on bad input, records nothing.
-    ``text``: the strategy file as already read for this run (else it is read here)."""
+    ``text``: the strategy file as already read for this run (else it is read here). With a
+    shared result cache, the results it holds of the tasks to compute are fetched into the local
+    store (``fetch``; else, for ``--dry-run``, only counted)."""
     from backtest.catalog.schema import METRICS, OPTIONAL_METRICS
     from backtest.data import Store
     from backtest.data.bars_cache import limit_bytes
@@ -109,15 +122,21 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) 
               benchmark_parts=bench_parts)
     if wf is not None:
         return _prepare_walk_forward(req, root, text, job, parts, wf, store, target.capacity, target.url,
-                                     skipped, portfolio, (strategy_params, strategy_warmups))
+                                     skipped, portfolio, (strategy_params, strategy_warmups), fetch)
     tasks = make_tasks(job, parts)
     mark(f"{len(tasks)} tasks planned")
     damaged: dict[str, str] = {}
+    remote = remote_cache(req, root)
+    hits = 0
     if req.force:
         have: set[str] = set()
     else:
-        have, damaged = ResultStore(root).intact([t.key for t in tasks])
-    mark("results store checked")
+        results = ResultStore(root)
+        have, damaged = results.intact([t.key for t in tasks])
+        mark("results store checked")
+        if remote is not None:
+            hits, got = _from_remote(remote, [t.key for t in tasks if t.key not in have], results, fetch)
+            have |= got
     todo = [t for t in tasks if t.key not in have]
     cached = [t for t in tasks if t.key in have]
     shards = make_shards(job, todo, parts, target.capacity)
@@ -128,12 +147,25 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None) 
     for sym, (first, last) in ({} if portfolio else store.short_spans(job.symbols, start_ns, end_ns)).items():
         notes.append(f"{sym} has bars only from {fmt_ts(first)} to {fmt_ts(last)}, part of the range: "
                      "rank its results with care")
-    return Prepared(req, job, tasks, cached, shards, skipped, target.url, root, parts, notes)
+    return Prepared(req, job, tasks, cached, shards, skipped, target.url, root, parts, notes, remote=remote,
+                    remote_hits=hits)
+
+
+def _from_remote(remote: Any, missing: list[str], results: Any, fetch: bool) -> tuple[int, set[str]]:
+    """(how many of ``missing`` the shared cache holds, the keys fetched from it into ``results``
+    and found whole there): only counted unless ``fetch``."""
+    if not missing:
+        return 0, set()
+    if not fetch:
+        return sum(len(ks) for ks in remote.find(missing).values()), set()
+    got, _ = results.intact(remote.pull(missing, results))
+    mark(f"{len(got)} results fetched from the remote cache")
+    return len(got), got
 
 
 def _prepare_walk_forward(req: RunRequest, root: Path, text: str | None, job: Job, parts: dict[Any, Any], wf: Any,
                           store: Any, capacity: int, url: str, skipped: list[str], portfolio: bool,
-                          grid: tuple[list[dict[str, Any]], list[int]]) -> Prepared:
+                          grid: tuple[list[dict[str, Any]], list[int]], fetch: bool = True) -> Prepared:
     """``prepare`` for ``--walk-forward``/``--holdout``: every fold's in-sample tasks and the
     out-of-sample tasks of the folds whose in-sample results are stored; the rest of the
     out-of-sample tasks come during the run."""
@@ -142,6 +174,15 @@ def _prepare_walk_forward(req: RunRequest, root: Path, text: str | None, job: Jo
 
     results = ResultStore(root)
     plan = plan_walk_forward(job, wf, store, results)
+    remote = remote_cache(req, root)
+    hits = 0
+    if remote is not None and not req.force:
+        # in-sample results fetched from the shared cache decide folds as stored ones do: plan again
+        missing = [t.key for ts in plan.cells.values() for t in ts if t.key not in plan.stored]
+        hits, got = _from_remote(remote, missing, results, fetch)
+        if got:
+            results = ResultStore(root)
+            plan = plan_walk_forward(job, wf, store, results)
     tasks: dict[str, Task] = {}
     window_of: dict[str, Any] = {}
     windows = plan.train
@@ -162,6 +203,10 @@ def _prepare_walk_forward(req: RunRequest, root: Path, text: str | None, job: Jo
         have, damaged = results.intact([k for k in tasks if k not in in_cells])
         have |= set(plan.stored) & set(tasks)
         damaged.update(plan.damaged)
+        if remote is not None:  # out-of-sample tasks of the folds decided already
+            more, got = _from_remote(remote, [k for k in tasks if k not in have and k not in in_cells], results, fetch)
+            hits += more
+            have |= got
     todo = [t for t in tasks.values() if t.key not in have]
     cached = [t for t in tasks.values() if t.key in have]
     shards = []
@@ -172,7 +217,8 @@ def _prepare_walk_forward(req: RunRequest, root: Path, text: str | None, job: Jo
     remember_grid(req, root, text, job.strategy, *grid, portfolio)
     notes = [f"result {k[:12]} {why}: set aside, computed again" for k, why in sorted(damaged.items())]
     notes += plan.notes
-    prep = Prepared(req, job, list(tasks.values()), cached, shards, skipped, url, root, parts, notes)
+    prep = Prepared(req, job, list(tasks.values()), cached, shards, skipped, url, root, parts, notes, remote=remote,
+                    remote_hits=hits)
     prep.wfo = plan
     prep.stage2 = stage2(plan, have)
     prep.pending = plan.pending()

@@ -105,10 +105,10 @@ class Recorder:
         else:
             tasks = [self.row(t, "done", True, 0, None, None, None, now) for t in cached]
         results = []
-        for t in cached if unindexed else ():
-            if t.key in unindexed:
-                header, metrics = decode_metrics(self.store.read_bytes(t.key))
-                results.append(result_row(header, metrics, now))
+        wanted = [t.key for t in cached if t.key in unindexed] if unindexed else []
+        for _, data in self.store.read_many(wanted):
+            header, metrics = decode_metrics(data)
+            results.append(result_row(header, metrics, now))
         return tasks, results
 
     def start(self, unindexed: set[str]) -> None:

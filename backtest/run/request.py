@@ -41,6 +41,10 @@ class RunRequest:
     min_trades: int | None = None
     #: a symbol of the store every task is compared with (``--benchmark``)
     benchmark: str | None = None
+    #: a result cache shared on object storage (``--remote-cache``; None: ``BT_REMOTE_CACHE``; "":
+    #: none), and whether this run only reads it (None: ``BT_REMOTE_CACHE_READ_ONLY``)
+    remote_cache: str | None = None
+    remote_read_only: bool | None = None
 
     def executor_url(self) -> str:
         """The executor URL that ``--executor``, ``--hosts`` and ``--workers`` name."""
@@ -77,6 +81,10 @@ class Prepared:
     stage2: Any = None
     #: tasks still to be planned during the run (a walk-forward's out-of-sample tasks)
     pending: int = 0
+    #: the shared result cache (``store.remote.RemoteCache``) or None; with ``--dry-run``, how many
+    #: of the tasks to compute it holds
+    remote: Any = None
+    remote_hits: int = 0
 
 
 @dataclass
@@ -112,6 +120,8 @@ class RunSummary:
     differs: list[str] = field(default_factory=list)
     #: the sandbox the workers ran strategies in: {"mode": "on"|"off", "hosts": {host: protections}}
     sandbox: dict[str, Any] = field(default_factory=dict)
+    #: what the shared result cache did: {"uri", "fetched", "uploaded", "uploaded_bytes", "warnings"}
+    remote: dict[str, Any] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -129,6 +139,8 @@ class RunSummary:
             out["differs"] = self.differs
         if self.sandbox:
             out["sandbox"] = self.sandbox
+        if self.remote:
+            out["remote_cache"] = self.remote
         return out
 
     def sandbox_lines(self, executor: str) -> list[str]:

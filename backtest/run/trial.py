@@ -50,7 +50,8 @@ def _job(folder: Path) -> Any:
     Store(root).import_arrays("TRIAL", ts, close, close * 1.01, close * 0.99, close, np.full(len(ts), 1000.0))
     path = folder / "trial.py"
     path.write_text(TRIAL_STRATEGY)
-    return prepare(RunRequest(strategy=path, symbols=["TRIAL"], executor="inline://"), root)
+    # no shared result cache (BT_REMOTE_CACHE): the trial's task must be computed, on each host
+    return prepare(RunRequest(strategy=path, symbols=["TRIAL"], executor="inline://", remote_cache=""), root)
 
 
 def _run(ex: Any, prep: Any, seconds: float, sandbox: list[Any] | None = None) -> tuple[dict[str, bytes], list[str]]:

@@ -26,7 +26,8 @@ import json
 import os
 import re
 import struct
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -360,6 +361,8 @@ FIND_MAP = 64
 
 #: key sets from which ``ResultStore`` looks keys up in packs with NumPy (``_packed_many``)
 MANY_KEYS = 50_000
+#: packs a store keeps open for reading
+OPEN_PACKS = 32
 
 
 class ResultStore:
@@ -378,6 +381,8 @@ class ResultStore:
         self._stamp = -1  # the packs folder's mtime when they were read
         self._map: dict[bytes, tuple[Pack, int]] | None = None  # every key's entry (``_find``)
         self._finds = 0
+        self._fds: dict[str, int] = {}  # open packs (``_fd``)
+        self._fd_lock = threading.Lock()
 
     # where results are ----------------------------------------------------------------------------
     def path(self, key: str) -> Path:
@@ -434,11 +439,12 @@ class ResultStore:
         except (OSError, ValueError):
             return set()
 
-    def _find(self, key: str) -> tuple[Pack, int] | None:
+    def _find(self, key: str, packs: list[Pack] | None = None) -> tuple[Pack, int] | None:
         """(pack, row) of ``key``'s newest pack entry, or None. A few lookups search each pack's
-        index; from the ``FIND_MAP``-th on (``bt verify``, reading a run), one map of every key."""
+        index; from the ``FIND_MAP``-th on (``bt verify``, reading a run), one map of every key.
+        ``packs``: ``self.packs()`` as just read (else it is read again, which looks at the folder)."""
         raw = bytes.fromhex(key)
-        packs = self.packs()
+        packs = self.packs() if packs is None else packs
         if self._map is None:
             self._finds += 1
             if self._finds < FIND_MAP or len(packs) < 2:
@@ -590,13 +596,30 @@ class ResultStore:
         self.refresh()
 
     # reading ---------------------------------------------------------------------------------------
+    def _entry(self, pack: Pack, row: int) -> bytes:
+        """The checked result file of ``pack``'s index ``row``, read through a kept descriptor."""
+        with self._fd_lock:  # another thread must not close the descriptor while it is read
+            return pack.entry(row, self._fd(pack.path))
+
+    def _fd(self, path: str) -> int:
+        """An open descriptor of the pack at ``path``, kept for the next reads (the last
+        ``OPEN_PACKS``): reading a run's results opens each pack once, not once a result. A pack
+        is never changed in place, so a descriptor stays true even when ``bt gc`` replaces it."""
+        fd = self._fds.pop(path, None)
+        if fd is None:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            while len(self._fds) >= OPEN_PACKS:
+                os.close(self._fds.pop(next(iter(self._fds))))
+        self._fds[path] = fd  # the most recently used last
+        return fd
+
     def stored_bytes(self, key: str) -> bytes | None:
         """The bytes stored for ``key`` (the newest pack's entry, else its file), or None: unchecked
         for a file, checked for a pack entry (None when it is damaged)."""
         found = self._find(key)
         if found is not None:
             try:
-                return found[0].entry(found[1])
+                return self._entry(*found)
             except (ResultError, OSError):
                 return None
         return _read_file(str(self.path(key)))
@@ -624,7 +647,7 @@ class ResultStore:
         if found is not None:
             pack, row = found
             try:
-                return pack.entry(row)
+                return self._entry(pack, row)
             except OSError as exc:
                 raise ResultError(f"result {key[:12]} cannot be read ({exc.strerror or exc})") from None
             except ResultError as exc:
@@ -634,6 +657,20 @@ class ResultStore:
             return self.path(key).read_bytes()
         except FileNotFoundError as exc:
             raise ResultError(f"no stored result for task {key[:12]}; rerun the job to compute it") from exc
+
+    def read_many(self, keys: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+        """(key, result file) of each of ``keys``, as ``read_bytes`` reads them, with the packs
+        looked at once for all of them (many results: a catalog indexing a run's results)."""
+        packs = self.packs()
+        for key in keys:
+            found = self._find(key, packs)
+            if found is None:
+                yield key, self.read_bytes(key)  # a single file, or the error saying it is missing
+                continue
+            try:
+                yield key, self._entry(*found)
+            except (ResultError, OSError):
+                yield key, self.read_bytes(key)  # says what is wrong, as one read would
 
     def read(self, key: str) -> ResultRecord:
         """The result of ``key``, checked; a result that fails the check is set aside (the next
@@ -784,6 +821,38 @@ class ResultStore:
                 pass
         self.refresh()
         return freed
+
+    def pack_paths(self, keys: Iterable[str]) -> dict[str, str]:
+        """{pack name: path} of the packs that serve the results of ``keys`` (the newest pack of
+        each key). Results of ``keys`` kept as single files are packed first, into one new pack;
+        a key with no result is left out."""
+        from backtest.store.packs import PackWriter
+
+        keys = list(keys)
+        loose = self._loose(keys) - self._stored_packed(keys) if self._has_loose() else set()
+        if loose:
+            pack = PackWriter()
+            for key in sorted(loose):
+                data = _read_file(str(self.path(key)))
+                try:
+                    decode(data or b"", f"result {key[:12]}", key)  # checked: a damaged one is not shared
+                except (ResultError, ValueError, KeyError, struct.error):
+                    continue
+                pack.add_file(data or b"")
+            if len(pack):
+                pack.write(self.packs_dir)
+                self.refresh()
+        out: dict[str, str] = {}
+        for key in keys:
+            found = self._find(key)
+            if found is not None:
+                path = found[0].path
+                out.setdefault(os.path.basename(path)[:-5], path)
+        return out
+
+    def _stored_packed(self, keys: list[str]) -> set[str]:
+        stored = self._pack_keys()
+        return {k for k in keys if bytes.fromhex(k) in stored}
 
     def pack_files(self, batch: int = 100_000) -> tuple[int, int, list[str]]:
         """Pack the single files of a store made before packs (``batch`` results a pack), each
