@@ -248,3 +248,24 @@ def test_a_walk_forward_run_decides_its_folds_from_fetched_results(cache: str, m
     reports = [bt_in(r, "report", run["run_id"], "--format", "json")[1] for r, run in ((a, first), (b, second))]
     folds = [json.loads(r) for r in reports]
     assert folds[0] == folds[1] and len(folds[0]) == 3 * len({f["fold"] for f in folds[0]})
+
+
+def test_no_secret_is_shown_or_kept(cache: str, market: Path, tmp_path: Path, sma_path: Path,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials written into the cache's URI reach the server but no output and no file."""
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    uri = cache.replace("s3://", "s3://testing:S3KR1T-VALUE@")
+    root = _copy(market, tmp_path / "a")
+    code, out, err = bt_in(root, "run", sma_path, *GRID, "--remote-cache", uri, "--json")
+    assert code == 0 and "S3KR1T" not in out + err, err
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["remote_cache"]["uploaded"] >= 1 and got["remote_cache"]["uri"] == cache
+    code, out, err = bt_in(root, "cache", "push", "latest", "--remote-cache", uri)
+    assert code == 0 and "S3KR1T" not in out + err, err
+    code, out, err = bt_in(root, "cache", "push", "latest", "--remote-cache", uri + "?endpoint_override=http://127.0.0.1:9")
+    assert code == 2 and "S3KR1T" not in out + err and "cannot be reached" in err, err
+    for f in root.rglob("*"):
+        if f.is_file():
+            assert b"S3KR1T" not in f.read_bytes(), f
+    assert b"S3KR1T" not in Objects(uri).get(f"runs/{got['run_id']}.json")
