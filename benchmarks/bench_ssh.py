@@ -3,6 +3,7 @@
     python benchmarks/bench_ssh.py                       # 20 symbols x 1-minute bars x 252 days
     python benchmarks/bench_ssh.py --cores 1 --repeat 3 --grid "fast=5:50:5" --grid "slow=20:400:20"
     python benchmarks/bench_ssh.py --coordinator         # can one coordinator feed a large farm? (8 hosts x 8)
+    python benchmarks/bench_ssh.py --store               # coordinator CPU: hosts fetching the bars from S3, or shipped them
 
 Needs root, sshd and iproute2 (the test farm of ``tests/executors/ssh/netns_farm.py``). Every host runs in a
 namespace of this same machine, so the farm and the local executor share the same CPUs: the
@@ -39,6 +40,19 @@ rates understate). Printed:
 - for sma_grid's shards as a farm plans them (compute a shard measured on ``local://2``): how many
   worker cores one coordinator core keeps busy (target >= 500), and what limits it first —
   the coordinator's CPU, a 1 or 10 Gb/s link, heartbeats.
+
+``--store`` (``store_or_shipped``) asks what the coordinator saves when the hosts fetch the bars
+from an object store themselves instead of being shipped them. With ``--hosts`` namespace hosts of
+``cores=--cores`` workers each (default 8 x 1), one job (``--symbols`` symbols of one-minute bars x
+``--days`` days; ``--grid``, default two combos a symbol, so that the bars, not the results, are most
+of what moves) runs alternately with the bars on moto's S3 server on the farm's bridge, which the
+hosts reach with keys of their own, and with the same bars in a local store whose partitions the
+coordinator ships; ``--repeat`` rounds of both, every host's cache emptied before each run and a
+new executor each time (the coordinator's memory of file hashes too: a ``bt run`` is a new process).
+Printed per run and as the mean of the rounds: the coordinator's CPU for the job (from submitting
+to the last result, less its idle rate with every worker up), per shard and per MB of bars the
+hosts received (shipped, or fetched by them), and the ratio of shipping to fetching; result files
+checked byte-identical.
 
 Hosts run the coordinator's exact Python with bt's environment pre-built (``tests/executors/ssh/farmenv``),
 so no host bootstraps inside a timed run.
@@ -158,14 +172,20 @@ def main() -> None:
                     help='a --param of the job (default: "fast=5:50:5" "slow=20:200:20", sma_cross\'s grid)')
     ap.add_argument("--cores", type=int, default=None, help="workers per host (default: what each reports)")
     ap.add_argument("--local", type=int, default=None, help="local workers (default: one per core)")
-    ap.add_argument("--repeat", type=int, default=2, help="timed warm runs of each (the best is kept)")
+    ap.add_argument("--repeat", type=int, default=2, help="timed warm runs of each (the best is kept); --coordinator, --store: rounds")
     ap.add_argument("--warm-only", action="store_true", help="only the first-result times of fresh and warm hosts")
     ap.add_argument("--coordinator", action="store_true",
                     help="only how many worker cores one coordinator can feed (--hosts hosts, --cores each, default 8)")
-    ap.add_argument("--hosts", type=int, default=8, help="namespace hosts of --coordinator")
+    ap.add_argument("--store", action="store_true",
+                    help="only the coordinator's CPU with hosts fetching the bars from S3 against shipped them "
+                         "(--hosts hosts, --cores each, default 1)")
+    ap.add_argument("--hosts", type=int, default=8, help="namespace hosts of --coordinator and --store")
     args = ap.parse_args()
     if args.coordinator:
         coordinator_scale(args)
+        return
+    if args.store:
+        store_or_shipped(args)
         return
 
     import farmenv
@@ -663,11 +683,7 @@ def coordinator_scale(args: Any) -> None:
         ex.start(plan(shapes[0]).job.strategy)
         close = _keep_open(ex)
         want = n_hosts * host_cores
-        while not (len(ex._slots) == want and all(s.state == "idle" for s in ex._slots)):
-            notes = [e for e in ex.poll(0.2) if "set aside" in getattr(e, "message", "")]
-            if notes or time.perf_counter() - t0 > 600:
-                close()
-                sys.exit(f"bench_ssh: the farm did not come up: {notes or [s.state for s in ex._slots]}")
+        _until_up(ex, want, close)
         up_cpu, up_wall = _cpu() - cpu0, time.perf_counter() - t0
         used = (avail0 - _mem_available()) / 2**20
         print(f"load {_load()}; farm: {n_hosts} hosts x cores={host_cores} = {len(ex._slots)} workers up in {up_wall:.1f} s "
@@ -681,15 +697,7 @@ def coordinator_scale(args: Any) -> None:
         for h in ex.hosts:
             h.objects.ensure(files)
 
-        def idle(seconds: float) -> float:
-            """Coordinator CPU a second with every worker idle, polled as ``execute`` polls."""
-            cpu0, t0 = _cpu(), time.perf_counter()
-            while time.perf_counter() - t0 < seconds:
-                ex.poll(0.1)
-                ex.status()
-            return (_cpu() - cpu0) / (time.perf_counter() - t0)
-
-        idle_rate = idle(5.0)
+        idle_rate = _idle_rate(ex, 5.0)
         print(f"coordinator idle with {want} workers: {idle_rate * 1000:.0f} ms CPU a second "
               f"({idle_rate / want * 1e6:.0f} µs per worker-second: a heartbeat a second from each, a ping every "
               f"2 s to each)")
@@ -709,7 +717,7 @@ def coordinator_scale(args: Any) -> None:
 
         # where the coordinator's CPU goes: idle, and the two extremes ------------------------------
         threads.start()
-        rate = idle(5.0)
+        rate = _idle_rate(ex, 5.0)
         profiles: list[tuple[str, list[tuple[str, float]], int, list[str]]]
         profiles = [(f"idle, {want} workers (5 s, {rate * 1000:.0f} ms CPU a second)", threads.stop(), 0, [])]
         for shape in (shapes[1], shapes[-1]):  # each twice in a row, for more samples
@@ -793,6 +801,133 @@ def coordinator_scale(args: Any) -> None:
           f"({TARGET_CORES * model / compute_per_shard:.0f}x sma_grid's); and a job planned for "
           f"{REMOTE_PLANNED_WORKERS} workers (sma_grid: {shards} shards) occupies at most {shards} workers anyway")
     shutil.rmtree(work, ignore_errors=True)
+
+
+# hosts fetching from an object store, or shipped the bars (--store) ---------------------------------
+def store_or_shipped(args: Any) -> None:
+    """The coordinator's CPU a shard and a MB of bars when the hosts fetch the bars from an object
+    store themselves, against when it ships them from a local store (see the module docstring)."""
+    import farmenv
+    from netns_farm import SUBNET_PREFIX, Farm, missing_requirements
+    from s3server import S3Server
+
+    from backtest import paths
+    from backtest.data import Store
+    from backtest.data.demo import write_demo
+    from backtest.executors.base import ExecutorOptions
+    from backtest.executors.ssh import ship
+    from backtest.executors.ssh.connect import SSHSettings
+    from backtest.executors.ssh.executor import SSHExecutor
+    from backtest.executors.ssh.hostsfile import parse_hosts
+    from backtest.run import RunRequest, execute, prepare
+
+    reason = missing_requirements()
+    if reason:
+        sys.exit(f"bench_ssh: {reason}")
+    n_hosts, host_cores = args.hosts, args.cores or 1
+    grid = args.grid or ["fast=10,20", "slow=100"]
+    sma = HERE.parent / "strategies" / "sma_cross.py"
+    work = Path(tempfile.mkdtemp(prefix="bt-bench-store-"))
+    roots = {"shipped": work / "local", "fetched": work / "store"}
+    write_demo(Store(roots["shipped"], uri=None), symbols=args.symbols, freq="1min", days=args.days)
+    python = farmenv.shared_python()
+    env_dirs = farmenv.prebuilt(python)
+    aside = itertools.count()
+    with Farm.start(n_hosts) as farm:
+        for host in farm.hosts:
+            farmenv.provision(host, *env_dirs)
+        farmenv.aws_credentials(farm)
+        hosts_file = farm.hosts_file([h.line(key=farm.client_key, python=python, cores=host_cores)
+                                      for h in farm.hosts])
+        server = S3Server(f"{SUBNET_PREFIX}.{farm.octet}.1")
+        try:
+            os.environ.update(server.env())  # the coordinator's keys and the endpoint
+            uri = f"s3://{server.bucket()}/bench"
+            paths.set_root(roots["fetched"])  # the store is configured for this data root only
+            paths.set_store(uri)
+            store = Store(roots["fetched"])
+            write_demo(store, symbols=args.symbols, freq="1min", days=args.days)
+            size = {p.sha256: p.size for sym in store.symbols() for p in store.partitions(sym)}
+            print(f"machine: {os.cpu_count()} cores, load {_load()}; data: {args.symbols} symbols x 1-minute bars x "
+                  f"{args.days} days ({sum(size.values()) / 1e6:.1f} MB of partitions); grid {' '.join(grid)}; "
+                  f"farm: {n_hosts} hosts x cores={host_cores}; S3: moto on {server.endpoint}")
+
+            def one(how: str) -> dict[str, Any]:
+                root = roots[how]
+                if (root / "results").exists():  # every result file written anew
+                    os.rename(root / "results", work / f"old-results-{next(aside)}")
+                for host in farm.hosts:  # nothing fetched or shipped before
+                    shutil.rmtree(host.home / ".cache" / "bt" / "objects", ignore_errors=True)
+                ship._SHA_CACHE.clear()
+                prep = prepare(RunRequest(strategy=sma, params=grid, hosts=hosts_file, force=True), root)
+                ex = SSHExecutor(parse_hosts(hosts_file.read_text()), ExecutorOptions(data_root=root),
+                                 settings=SSHSettings(known_hosts=farm.known_hosts))
+                ex.start(prep.job.strategy)
+                close = _keep_open(ex)
+                try:
+                    _until_up(ex, n_hosts * host_cores, close)
+                    idle = _idle_rate(ex, 2.0)
+                    ru0, t0 = _rusage(), time.perf_counter()
+                    summary = execute(prep, None, ex)
+                    wall, ru = time.perf_counter() - t0, _rusage()
+                finally:
+                    close()
+                assert summary.status == "done" and summary.failed == 0, summary
+                if how == "fetched" and not all(h.objects.direct for h in ex.hosts):
+                    sys.exit("bench_ssh: a host did not fetch from the store: "
+                             + "; ".join(f"{h.name}: {h.objects.direct_reason}" for h in ex.hosts))
+                shipped = sum(r.bytes_raw for h in ex.hosts for r in h.objects.reports)
+                fetched = sum(size[sha] for h in ex.hosts for sha in h.objects.fetched)
+                cpu = ru[0] - ru0[0] + ru[1] - ru0[1]
+                return {"shards": len(prep.shards), "tasks": len(prep.tasks), "wall": wall, "cpu": cpu,
+                        "net": cpu - idle * wall, "mb": (shipped + fetched) / 1e6, "shipped": shipped / 1e6,
+                        "fetched": fetched / 1e6, "wire": sum(r.bytes_wire for h in ex.hosts
+                                                              for r in h.objects.reports) / 1e6}
+
+            runs: dict[str, list[dict[str, Any]]] = {"fetched": [], "shipped": []}
+            for i in range(args.repeat):
+                print(f"round {i + 1}, load {_load()}")
+                for how in runs:
+                    r = one(how)
+                    runs[how].append(r)
+                    moved = (f"hosts fetched {r['fetched']:.1f} MB" if how == "fetched" else
+                             f"shipped {r['shipped']:.1f} MB ({r['wire']:.1f} MB on the wire)")
+                    print(f"  {how:7}: {r['shards']} shards, {r['tasks']} tasks, {moved}; {r['wall']:.2f} s; "
+                          f"coordinator CPU {r['cpu']:.2f} s, {r['net']:.2f} s less idle = "
+                          f"{r['net'] / r['shards'] * 1000:.1f} ms a shard, {r['net'] / r['mb'] * 1000:.1f} ms a MB")
+                if i == 0:
+                    assert results(roots["fetched"]) == results(roots["shipped"]), "results differ"
+                    print("  result files: byte-identical")
+        finally:
+            server.stop()
+    mean = {how: {k: statistics.mean(r[k] for r in rs) for k in ("net", "mb", "shards")} for how, rs in runs.items()}
+    print(f"\nmean of {args.repeat} rounds (coordinator CPU less idle):")
+    for how, m in mean.items():
+        print(f"  {how:7}: {m['net'] / m['shards'] * 1000:.1f} ms a shard, {m['net'] / m['mb'] * 1000:.1f} ms a MB "
+              f"of bars ({m['net']:.2f} s for {m['shards']:.0f} shards, {m['mb']:.1f} MB)")
+    fetch, shipped = mean["fetched"], mean["shipped"]
+    print(f"  shipped / fetched: {shipped['net'] / fetch['net']:.1f}x the coordinator's CPU; shipping itself costs "
+          f"{(shipped['net'] - fetch['net']) / shipped['mb'] * 1000:.1f} ms a MB shipped")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _until_up(ex: Any, want: int, close: Any) -> None:
+    """Poll a started SSH executor until its ``want`` workers are all up and idle."""
+    t0 = time.perf_counter()
+    while not (len(ex._slots) == want and all(s.state == "idle" for s in ex._slots)):
+        notes = [e for e in ex.poll(0.2) if "set aside" in getattr(e, "message", "")]
+        if notes or time.perf_counter() - t0 > 600:
+            close()
+            sys.exit(f"bench_ssh: the farm did not come up: {notes or [s.state for s in ex._slots]}")
+
+
+def _idle_rate(ex: Any, seconds: float) -> float:
+    """Coordinator CPU a second with every worker idle, polled as ``execute`` polls."""
+    cpu0, t0 = _cpu(), time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        ex.poll(0.1)
+        ex.status()
+    return (_cpu() - cpu0) / (time.perf_counter() - t0)
 
 
 def _load() -> str:

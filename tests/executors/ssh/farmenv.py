@@ -205,5 +205,17 @@ def provision(host: Host, env_dir: Path, code_dir: Path) -> None:
     subprocess.run(["chown", "-R", f"{host.user}:", str(host.home / ".cache")], check=True)
 
 
+def aws_credentials(farm: Farm) -> None:
+    """Each host's user gets keys of its own in ``~/.aws`` (moto's server accepts any), as a real
+    host reading an object store would."""
+    for host in farm.hosts:
+        aws = host.home / ".aws"
+        aws.mkdir(exist_ok=True)
+        (aws / "credentials").write_text(f"[default]\naws_access_key_id = host-{host.user}\n"
+                                         "aws_secret_access_key = its-own-secret\n")
+        (aws / "config").write_text("[default]\nregion = us-east-1\n")
+        subprocess.run(["chown", "-R", f"{host.user}:", str(aws)], check=True)
+
+
 def hosts_lines(farm: Farm, python: str, cores: int = 1, hosts: list[Host] | None = None) -> list[str]:
     return [h.line(key=farm.client_key, python=python, cores=cores) for h in (hosts or farm.hosts)]
