@@ -3,9 +3,14 @@
 ``S3Server(host)`` starts ``python -m moto.server`` on ``host`` and a free port. ``bucket()``
 makes a fresh bucket; ``env()`` is the environment a client needs (keys, endpoint, region).
 
-moto's server checks no credentials unless its IAM authentication is turned on, and with it on
-(moto 5.2.1) it refuses even correctly signed ListObjectsV2 and PutObject requests of boto3 and
-pyarrow alike; so the server runs without it and wrong keys are not refused here.
+moto's server checks no credentials unless its IAM authentication is turned on
+(``S3Server(auth=True)``: an IAM user ``writer`` with every S3 permission, and ``wrong`` keys it
+never issued, which it refuses with InvalidAccessKeyId). With authentication on, moto 5.2.1 also
+refuses correctly signed requests whose query holds a ``/`` (``SignatureDoesNotMatch``: every
+listing of a prefix, by boto3 and pyarrow alike), so a signed-in user cannot list anything and
+the other tests use a server without it; and a user whose policy denies an action cannot be
+reached through bt's commands, which list first. ``ReadOnlyS3`` stands in for that one case: an
+endpoint that answers as S3 answers a user who may read but not write (403 AccessDenied).
 """
 
 from __future__ import annotations
@@ -27,11 +32,17 @@ class Keys:
     secret_key: str
 
 
+#: the IAM requests ``S3Server(auth=True)`` makes before moto starts checking every request
+_BOOTSTRAP = 4
+
+
 class S3Server:
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", auth: bool = False) -> None:
         self.host = host
         env = {**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"}
         env.pop("INITIAL_NO_AUTH_ACTION_COUNT", None)
+        if auth:
+            env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(_BOOTSTRAP)
         self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", host, "-p", "0"],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                      start_new_session=True)
@@ -55,6 +66,22 @@ class S3Server:
 
         threading.Thread(target=self._drain, daemon=True).start()
         self.keys = {"writer": Keys("testing", "testing")}
+        if auth:
+            self._users()
+
+    def _users(self) -> None:
+        """With authentication on: a ``writer`` with every S3 permission (an IAM user of its own),
+        and ``wrong`` keys the server never issued."""
+        import json
+
+        iam = self._client("iam")
+        iam.create_user(UserName="writer")
+        made = iam.create_access_key(UserName="writer")["AccessKey"]
+        policy = iam.create_policy(PolicyName="s3-all", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        iam.attach_user_policy(UserName="writer", PolicyArn=policy["Policy"]["Arn"])  # the last free request
+        self.keys = {"writer": Keys(made["AccessKeyId"], made["SecretAccessKey"]),
+                     "wrong": Keys("AKIAWRONGWRONGWRONG0", "not-a-secret-this-server-issued")}
 
     def _drain(self) -> None:
         assert self.proc.stdout is not None
@@ -98,3 +125,69 @@ class S3Server:
                 self.proc.wait()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+class ReadOnlyS3:
+    """An S3 endpoint on ``host`` that answers as S3 answers a user who may read an empty bucket
+    but not write (moto cannot be brought to: see above): every bucket exists and lists nothing,
+    every object is missing, and every write is 403 AccessDenied."""
+
+    DENIED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+              b"<Message>Access Denied</Message><RequestId>bt-test</RequestId></Error>")
+    MISSING = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NoSuchKey</Code>'
+               b"<Message>The specified key does not exist.</Message><RequestId>bt-test</RequestId></Error>")
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qs, urlsplit
+
+        denied, missing = self.DENIED, self.MISSING
+        self.writes = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _answer(self, status: int, body: bytes) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            def do_HEAD(self) -> None:  # noqa: N802 - http.server's names
+                bucket_only = "/" not in urlsplit(self.path).path.strip("/")
+                self._answer(200 if bucket_only else 404, b"")
+
+            def do_GET(self) -> None:  # noqa: N802
+                url = urlsplit(self.path)
+                if "/" in url.path.strip("/"):
+                    self._answer(404, missing)
+                    return
+                prefix = parse_qs(url.query).get("prefix", [""])[0]
+                self._answer(200, ('<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult '
+                                   'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>'
+                                   f"{url.path.strip('/')}</Name><Prefix>{prefix}</Prefix><KeyCount>0</KeyCount>"
+                                   "<MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated></ListBucketResult>").encode())
+
+            def _deny(self) -> None:
+                outer.writes += 1
+                self._answer(403, denied)
+
+            do_PUT = do_POST = do_DELETE = _deny  # noqa: N815
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((host, 0), Handler)
+        self.endpoint = f"http://{host}:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -125,6 +125,12 @@ def describe(exc: BaseException, where: str, action: str, kind: str = "data stor
     if "no_such_bucket" in low or "nosuchbucket" in low or "bucket does not exist" in low:
         return DataError(f"the {kind} {where}: the bucket does not exist ({detail}); create it or fix "
                          f"{option}")
+    if ("access_denied" in low or "forbidden" in low) and "no response body" in low:
+        # a HEAD request's 403 has no body to say why: S3 answers refused keys and a missing
+        # permission alike there
+        return DataError(f"the {kind} {where} refused access while {action}: the credentials are not accepted "
+                         "or may not read it; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE or "
+                         "~/.aws/credentials, and the bucket's permissions")
     if "access_denied" in low or "accessdenied" in low or "forbidden" in low or "permission denied" in low:
         return DataError(f"the {kind} {where} denied permission while {action} ({detail}); these "
                          "credentials may not do that (writing needs s3:PutObject and s3:DeleteObject)")
