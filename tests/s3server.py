@@ -1,11 +1,27 @@
 """A real S3 API for the tests: moto's standalone server in a subprocess.
 
 ``S3Server(host)`` starts ``python -m moto.server`` on ``host`` and a free port. ``bucket()``
-makes a fresh bucket; ``env()`` is the environment a client needs (keys, endpoint, region).
+makes a fresh bucket; ``env(who)`` is the environment a client needs (keys, endpoint, region).
 
-moto's server checks no credentials unless its IAM authentication is turned on, and with it on
-(moto 5.2.1) it refuses even correctly signed ListObjectsV2 and PutObject requests of boto3 and
-pyarrow alike; so the server runs without it and wrong keys are not refused here.
+Without ``auth`` the server checks no credentials (any keys do). ``S3Server(host, auth=True)``
+checks them as S3 does: before turning moto's IAM authentication on (``/moto-api/reset-auth``,
+so the setup's own requests are not counted against ``INITIAL_NO_AUTH_ACTION_COUNT``) it creates
+IAM users through the server's IAM API, each with an access key and an inline policy. From then
+on every request's signature V4 is verified against the user's secret and its action against the
+user's policy. The key pairs (``keys``):
+
+- ``writer``: full S3 access;
+- ``reader``: ``s3:GetObject`` and ``s3:ListBucket`` only (reads and lists, cannot write or delete;
+  moto checks HeadBucket against an action ``s3:HeadBucket`` where S3 checks ``s3:ListBucket``, so
+  its HEAD of the bucket is denied: bt then lists the store's prefix instead, as for a key that may
+  list only there);
+- ``nobody``: a user without a policy (every request is denied);
+- ``wrong``: a made-up pair the server does not know (``InvalidAccessKeyId``).
+
+moto 5.2.4 is the first that verifies signatures of the requests boto3 and pyarrow send: before
+it, the server computed the signature over the URL as werkzeug rebuilt it, percent-decoded
+(``prefix=team%2Fbars%2F`` became ``prefix=team/bars/``, ``symbol%3DAAPL`` in a key
+``symbol=AAPL``), and refused every listing with a prefix and every write of a partition's key.
 """
 
 from __future__ import annotations
@@ -16,10 +32,27 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 
 REGION = "us-east-1"
+
+#: the inline IAM policy of each user of an ``auth`` server (``nobody`` has none)
+POLICIES = {
+    "writer": ["s3:*"],
+    "reader": ["s3:GetObject", "s3:ListBucket"],
+    "nobody": None,
+}
+#: a key pair no server knows
+WRONG = ("AKIAWRONGKEY0000TEST", "wrong-secret-not-known-to-the-server/0000")
+#: the first moto whose server verifies the signatures of boto3's and pyarrow's requests
+AUTH_MOTO = "5.2.4"
+
+
+def _version(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", v)[:3])
+
 
 @dataclass(frozen=True)
 class Keys:
@@ -28,8 +61,15 @@ class Keys:
 
 
 class S3Server:
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", auth: bool = False) -> None:
         self.host = host
+        self.auth = auth
+        if auth:
+            from importlib.metadata import version
+
+            if _version(version("moto")) < _version(AUTH_MOTO):
+                raise RuntimeError(f"S3Server(auth=True) needs moto >= {AUTH_MOTO} (this is moto {version('moto')}, "
+                                   "which refuses correctly signed requests): pip install -e '.[test]'")
         env = {**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"}
         env.pop("INITIAL_NO_AUTH_ACTION_COUNT", None)
         self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", host, "-p", "0"],
@@ -54,7 +94,38 @@ class S3Server:
         import threading
 
         threading.Thread(target=self._drain, daemon=True).start()
-        self.keys = {"writer": Keys("testing", "testing")}
+        if auth:
+            try:
+                self.keys = self._users()
+                self._moto_api("reset-auth", b"0")  # authentication on from the next request
+            except BaseException:
+                self.stop()
+                raise
+        else:
+            self.keys = {"writer": Keys("testing", "testing")}
+
+    def _users(self) -> dict[str, Keys]:
+        """Create an IAM user (an access key, an inline policy) for each of ``POLICIES``."""
+        import json
+
+        iam = self._client("iam")
+        keys = {}
+        for who, actions in POLICIES.items():
+            iam.create_user(UserName=who)
+            if actions:
+                doc = {"Version": "2012-10-17",
+                       "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}
+                iam.put_user_policy(UserName=who, PolicyName=f"{who}-s3", PolicyDocument=json.dumps(doc))
+            k = iam.create_access_key(UserName=who)["AccessKey"]
+            keys[who] = Keys(k["AccessKeyId"], k["SecretAccessKey"])
+        keys["wrong"] = Keys(*WRONG)
+        return keys
+
+    def _moto_api(self, what: str, data: bytes) -> None:
+        req = urllib.request.Request(f"{self.endpoint}/moto-api/{what}", data=data, method="POST",
+                                     headers={"Content-Type": "text/plain"})  # read as bytes, not a form
+        with urllib.request.urlopen(req, timeout=30) as r:
+            r.read()
 
     def _drain(self) -> None:
         assert self.proc.stdout is not None
