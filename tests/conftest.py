@@ -61,6 +61,19 @@ def s3server():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def s3auth():
+    """moto's server as s3server, with its IAM authentication on: every request's signature and
+    permission are checked, for the key pairs ``writer``, ``reader``, ``nobody`` and ``wrong``
+    (tests/s3server.py). ``env(who)`` is a client's environment with one of them."""
+    pytest.importorskip("moto.server", reason="moto[server] is in the test extra")
+    from s3server import S3Server
+
+    server = S3Server("127.0.0.1", auth=True)
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def s3env(s3server, monkeypatch: pytest.MonkeyPatch):
     """This test's environment for the S3 server (its keys, endpoint and region) and a fresh bucket:

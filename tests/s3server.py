@@ -1,16 +1,27 @@
 """A real S3 API for the tests: moto's standalone server in a subprocess.
 
 ``S3Server(host)`` starts ``python -m moto.server`` on ``host`` and a free port. ``bucket()``
-makes a fresh bucket; ``env()`` is the environment a client needs (keys, endpoint, region).
+makes a fresh bucket; ``env(who)`` is the environment a client needs (keys, endpoint, region).
 
-moto's server checks no credentials unless its IAM authentication is turned on
-(``S3Server(auth=True)``: an IAM user ``writer`` with every S3 permission, and ``wrong`` keys it
-never issued, which it refuses with InvalidAccessKeyId). With authentication on, moto 5.2.1 also
-refuses correctly signed requests whose query holds a ``/`` (``SignatureDoesNotMatch``: every
-listing of a prefix, by boto3 and pyarrow alike), so a signed-in user cannot list anything and
-the other tests use a server without it; and a user whose policy denies an action cannot be
-reached through bt's commands, which list first. ``ReadOnlyS3`` stands in for that one case: an
-endpoint that answers as S3 answers a user who may read but not write (403 AccessDenied).
+Without ``auth`` the server checks no credentials (any keys do). ``S3Server(host, auth=True)``
+checks them as S3 does: before turning moto's IAM authentication on (``/moto-api/reset-auth``,
+so the setup's own requests are not counted against ``INITIAL_NO_AUTH_ACTION_COUNT``) it creates
+IAM users through the server's IAM API, each with an access key and an inline policy. From then
+on every request's signature V4 is verified against the user's secret and its action against the
+user's policy. The key pairs (``keys``):
+
+- ``writer``: full S3 access;
+- ``reader``: ``s3:GetObject`` and ``s3:ListBucket`` only (reads and lists, cannot write or delete;
+  moto checks HeadBucket against an action ``s3:HeadBucket`` where S3 checks ``s3:ListBucket``, so
+  its HEAD of the bucket is denied: bt then lists the store's prefix instead, as for a key that may
+  list only there);
+- ``nobody``: a user without a policy (every request is denied);
+- ``wrong``: a made-up pair the server does not know (``InvalidAccessKeyId``).
+
+moto 5.2.4 is the first that verifies signatures of the requests boto3 and pyarrow send: before
+it, the server computed the signature over the URL as werkzeug rebuilt it, percent-decoded
+(``prefix=team%2Fbars%2F`` became ``prefix=team/bars/``, ``symbol%3DAAPL`` in a key
+``symbol=AAPL``), and refused every listing with a prefix and every write of a partition's key.
 """
 
 from __future__ import annotations
@@ -21,10 +32,27 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass
 
 REGION = "us-east-1"
+
+#: the inline IAM policy of each user of an ``auth`` server (``nobody`` has none)
+POLICIES = {
+    "writer": ["s3:*"],
+    "reader": ["s3:GetObject", "s3:ListBucket"],
+    "nobody": None,
+}
+#: a key pair no server knows
+WRONG = ("AKIAWRONGKEY0000TEST", "wrong-secret-not-known-to-the-server/0000")
+#: the first moto whose server verifies the signatures of boto3's and pyarrow's requests
+AUTH_MOTO = "5.2.4"
+
+
+def _version(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", v)[:3])
+
 
 @dataclass(frozen=True)
 class Keys:
@@ -32,17 +60,18 @@ class Keys:
     secret_key: str
 
 
-#: the IAM requests ``S3Server(auth=True)`` makes before moto starts checking every request
-_BOOTSTRAP = 4
-
-
 class S3Server:
     def __init__(self, host: str = "127.0.0.1", auth: bool = False) -> None:
         self.host = host
+        self.auth = auth
+        if auth:
+            from importlib.metadata import version
+
+            if _version(version("moto")) < _version(AUTH_MOTO):
+                raise RuntimeError(f"S3Server(auth=True) needs moto >= {AUTH_MOTO} (this is moto {version('moto')}, "
+                                   "which refuses correctly signed requests): pip install -e '.[test]'")
         env = {**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"}
         env.pop("INITIAL_NO_AUTH_ACTION_COUNT", None)
-        if auth:
-            env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(_BOOTSTRAP)
         self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", host, "-p", "0"],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                      start_new_session=True)
@@ -65,23 +94,38 @@ class S3Server:
         import threading
 
         threading.Thread(target=self._drain, daemon=True).start()
-        self.keys = {"writer": Keys("testing", "testing")}
         if auth:
-            self._users()
+            try:
+                self.keys = self._users()
+                self._moto_api("reset-auth", b"0")  # authentication on from the next request
+            except BaseException:
+                self.stop()
+                raise
+        else:
+            self.keys = {"writer": Keys("testing", "testing")}
 
-    def _users(self) -> None:
-        """With authentication on: a ``writer`` with every S3 permission (an IAM user of its own),
-        and ``wrong`` keys the server never issued."""
+    def _users(self) -> dict[str, Keys]:
+        """Create an IAM user (an access key, an inline policy) for each of ``POLICIES``."""
         import json
 
         iam = self._client("iam")
-        iam.create_user(UserName="writer")
-        made = iam.create_access_key(UserName="writer")["AccessKey"]
-        policy = iam.create_policy(PolicyName="s3-all", PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
-        iam.attach_user_policy(UserName="writer", PolicyArn=policy["Policy"]["Arn"])  # the last free request
-        self.keys = {"writer": Keys(made["AccessKeyId"], made["SecretAccessKey"]),
-                     "wrong": Keys("AKIAWRONGWRONGWRONG0", "not-a-secret-this-server-issued")}
+        keys = {}
+        for who, actions in POLICIES.items():
+            iam.create_user(UserName=who)
+            if actions:
+                doc = {"Version": "2012-10-17",
+                       "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}
+                iam.put_user_policy(UserName=who, PolicyName=f"{who}-s3", PolicyDocument=json.dumps(doc))
+            k = iam.create_access_key(UserName=who)["AccessKey"]
+            keys[who] = Keys(k["AccessKeyId"], k["SecretAccessKey"])
+        keys["wrong"] = Keys(*WRONG)
+        return keys
+
+    def _moto_api(self, what: str, data: bytes) -> None:
+        req = urllib.request.Request(f"{self.endpoint}/moto-api/{what}", data=data, method="POST",
+                                     headers={"Content-Type": "text/plain"})  # read as bytes, not a form
+        with urllib.request.urlopen(req, timeout=30) as r:
+            r.read()
 
     def _drain(self) -> None:
         assert self.proc.stdout is not None
@@ -125,69 +169,3 @@ class S3Server:
                 self.proc.wait()
         if self.proc.stdout is not None:
             self.proc.stdout.close()
-
-
-class ReadOnlyS3:
-    """An S3 endpoint on ``host`` that answers as S3 answers a user who may read an empty bucket
-    but not write (moto cannot be brought to: see above): every bucket exists and lists nothing,
-    every object is missing, and every write is 403 AccessDenied."""
-
-    DENIED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
-              b"<Message>Access Denied</Message><RequestId>bt-test</RequestId></Error>")
-    MISSING = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NoSuchKey</Code>'
-               b"<Message>The specified key does not exist.</Message><RequestId>bt-test</RequestId></Error>")
-
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-        from urllib.parse import parse_qs, urlsplit
-
-        denied, missing = self.DENIED, self.MISSING
-        self.writes = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _answer(self, status: int, body: bytes) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/xml")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-
-            def do_HEAD(self) -> None:  # noqa: N802 - http.server's names
-                bucket_only = "/" not in urlsplit(self.path).path.strip("/")
-                self._answer(200 if bucket_only else 404, b"")
-
-            def do_GET(self) -> None:  # noqa: N802
-                url = urlsplit(self.path)
-                if "/" in url.path.strip("/"):
-                    self._answer(404, missing)
-                    return
-                prefix = parse_qs(url.query).get("prefix", [""])[0]
-                self._answer(200, ('<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult '
-                                   'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>'
-                                   f"{url.path.strip('/')}</Name><Prefix>{prefix}</Prefix><KeyCount>0</KeyCount>"
-                                   "<MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated></ListBucketResult>").encode())
-
-            def _deny(self) -> None:
-                outer.writes += 1
-                self._answer(403, denied)
-
-            do_PUT = do_POST = do_DELETE = _deny  # noqa: N815
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer((host, 0), Handler)
-        self.endpoint = f"http://{host}:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()

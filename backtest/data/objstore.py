@@ -132,8 +132,10 @@ def describe(exc: BaseException, where: str, action: str, kind: str = "data stor
                          "or may not read it; check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE or "
                          "~/.aws/credentials, and the bucket's permissions")
     if "access_denied" in low or "accessdenied" in low or "forbidden" in low or "permission denied" in low:
+        need = ("writing needs s3:PutObject and s3:DeleteObject" if action.startswith(("writing", "deleting"))
+                else "reading needs s3:ListBucket and s3:GetObject")
         return DataError(f"the {kind} {where} denied permission while {action} ({detail}); these "
-                         "credentials may not do that (writing needs s3:PutObject and s3:DeleteObject)")
+                         f"credentials may not do that ({need})")
     return DataError(f"the {kind} {where} failed while {action} ({detail})")
 
 
@@ -171,7 +173,15 @@ class Objects:
             try:
                 info = fs.get_file_info(bucket)
             except OSError as exc:
-                raise describe(exc, self.where, "opening the bucket", self.kind, self.option) from None
+                if "access_denied" not in str(exc).lower():
+                    raise describe(exc, self.where, "opening the bucket", self.kind, self.option) from None
+                # HeadBucket's 403 has no body: refused credentials and a denied permission look the same.
+                # A listing of the store's prefix says which, and works for keys that may list only there
+                try:
+                    fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+                except OSError as listed:
+                    raise describe(listed, self.where, "opening the bucket", self.kind, self.option) from None
+                return fs, base
             if info.type == pafs.FileType.NotFound:
                 raise DataError(f"the {self.kind} {self.where}: the bucket {bucket} does not exist; create it or "
                                 f"fix {self.option}")

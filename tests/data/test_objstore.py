@@ -157,6 +157,16 @@ def test_store_failures_are_one_line(s3env: str, tmp_path: Path, monkeypatch: py
     assert "--store" in line
 
 
+def _nothing_under(root: Path, *secrets: str) -> None:
+    """No file under ``root`` holds any of ``secrets``."""
+    files = [f for f in root.rglob("*") if f.is_file()]
+    assert files
+    for f in files:
+        data = f.read_bytes()
+        for secret in secrets:
+            assert secret.encode() not in data, f
+
+
 def test_no_secret_is_shown_or_kept(s3env: str, s3server, tmp_path: Path, sma_path: Path,  # noqa: ANN001
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
@@ -170,9 +180,7 @@ def test_no_secret_is_shown_or_kept(s3env: str, s3server, tmp_path: Path, sma_pa
     assert code == 0 and "S3KR1T" not in out + err
     code, out, err = bt_in(root, "--store", uri, "run", sma_path, "--from", "2020", "--workers", "1")
     assert code == 0 and "S3KR1T" not in out + err, err
-    for f in root.rglob("*"):
-        if f.is_file():
-            assert b"S3KR1T" not in f.read_bytes(), f
+    _nothing_under(root, "S3KR1T")
     line = _one_line(*bt_in(root, "--store", uri + "?endpoint_override=http://127.0.0.1:9", "data", "ls"))
     assert "S3KR1T" not in line
 
@@ -209,3 +217,79 @@ def test_manifest_versions_name_objects_by_content(s3env: str, tmp_path: Path) -
     assert store.objects.size(object_key(p))
     with pytest.raises(DataError, match="unknown symbol"):
         store.partitions("NOPE")
+
+
+# ---- a server that checks credentials and permissions (moto's IAM authentication on) -----------------
+
+def _as(server, who: str, monkeypatch: pytest.MonkeyPatch, **changes: str) -> None:  # noqa: ANN001
+    """This process's environment: the server's endpoint with the key pair ``who``."""
+    for k, v in {**server.env(who), **changes}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("BT_STORE", raising=False)
+
+
+def _stored(server, bucket: str) -> dict[str, str]:  # noqa: ANN001
+    """Every object in ``bucket`` and its ETag (listed with the writer's keys)."""
+    pages = server.client("writer").get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return {o["Key"]: o["ETag"] for page in pages for o in page.get("Contents", [])}
+
+
+def test_refused_credentials_are_one_line(s3auth, tmp_path: Path, sma_path: Path,  # noqa: ANN001
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    bucket = s3auth.bucket()
+    uri = f"s3://{bucket}/team"
+    _as(s3auth, "writer", monkeypatch)
+    root = tmp_path / "bt"
+    _fill(root, uri)
+    stored = _stored(s3auth, bucket)
+    wrong = s3auth.keys["wrong"]
+    bad_secret = "not-the-writers-secret-" + wrong.secret_key[::-1]
+    # a key the server does not know (bt run too: it fails before its workers get anything); the writer's
+    # key with another secret (a signature that does not match)
+    run = ["run", sma_path, "--from", "2020", "--to", "2021", "--workers", "1"]
+    for who, changes, code_name, commands in [
+            ("wrong", {}, "INVALID_ACCESS_KEY_ID", [["data", "ls"], run]),
+            ("writer", {"AWS_SECRET_ACCESS_KEY": bad_secret}, "SIGNATURE_DOES_NOT_MATCH", [["data", "ls"]])]:
+        _as(s3auth, who, monkeypatch, **changes)
+        for args in commands:
+            code, out, err = bt_in(root, "--store", uri, *args)
+            line = _one_line(code, out, err)
+            assert code == 2, line
+            assert "refused the credentials" in line and code_name in line and "AWS_ACCESS_KEY_ID" in line, line
+            assert display_uri(uri) in line and wrong.secret_key not in line and bad_secret not in line
+    assert not list(ResultStore(root).keys())  # nothing computed
+    assert _stored(s3auth, bucket) == stored
+    _nothing_under(root, wrong.secret_key, bad_secret, s3auth.keys["writer"].secret_key)
+
+
+def test_a_reader_reads_and_cannot_write(s3auth, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    bucket = s3auth.bucket()
+    uri = f"s3://{bucket}/team"
+    csv = tmp_path / "ABC.csv"
+    csv.write_text("date,open,high,low,close,volume\n2020-01-02,10,11,9,10.5,100\n2020-01-03,10.5,12,10,11,200\n")
+    _as(s3auth, "writer", monkeypatch)
+    code, out, err = bt_in(tmp_path / "w", "--store", uri, "data", "import", csv)
+    assert code == 0, err
+    stored = _stored(s3auth, bucket)
+    assert stored
+    root = tmp_path / "r"
+    _as(s3auth, "reader", monkeypatch)
+    code, out, err = bt_in(root, "--store", uri, "data", "ls")
+    assert code == 0 and "ABC" in out, out + err
+    code, out, err = bt_in(root, "--store", uri, "data", "show", "ABC")
+    assert code == 0 and "2020-01-03" in out, out + err
+    csv.write_text(csv.read_text() + "2021-01-04,11,12,10,11.5,300\n")  # a new year: a new partition to write
+    code, out, err = bt_in(root, "--store", uri, "data", "import", csv)
+    line = _one_line(code, out, err)
+    assert code == 2 and "denied permission while writing bars/" in line and "s3:PutObject" in line, line
+    code, out, err = bt_in(root, "--store", uri, "data", "rm", "ABC", "--yes")
+    line = _one_line(code, out, err)
+    assert code == 2 and "denied permission while writing bars/manifest/" in line, line
+    assert _stored(s3auth, bucket) == stored  # nothing written, nothing deleted
+    # a user whose policy allows nothing: denied at the first request
+    _as(s3auth, "nobody", monkeypatch)
+    code, out, err = bt_in(tmp_path / "n", "--store", uri, "data", "ls")
+    line = _one_line(code, out, err)
+    assert code == 2 and "denied permission while opening the bucket" in line and "s3:ListBucket" in line, line
+    for r in (tmp_path / "w", root):
+        _nothing_under(r, *(k.secret_key for k in s3auth.keys.values()))
