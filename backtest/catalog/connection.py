@@ -12,6 +12,8 @@ turnstile here), which a stream of ``bt report`` s during a run needs."""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import random
 import threading
@@ -91,15 +93,23 @@ def spill_folder(who: str) -> str:
     """Where DuckDB spills what does not fit its memory limit: the system's temporary folder (the
     data root may be read only; an in-memory instance would spill to ``.tmp`` in the working
     folder), a folder for each instance (``who``) so that one closing, which removes its files,
-    never touches another's. DuckDB removes its files when it closes."""
+    never touches another's. DuckDB removes its files when it closes; the process removes its
+    folders as it exits (``remove_spill_folders``, an ``atexit`` handler)."""
     import tempfile
 
+    _remove_at_exit()
     return os.path.join(tempfile.gettempdir(), f"bt-duckdb-{os.getpid()}-{who}")
 
 
+@functools.cache
+def _remove_at_exit() -> None:
+    atexit.register(remove_spill_folders)
+
+
 def remove_spill_folders() -> None:
-    """Remove this process's spill folders: a process that ends with ``os._exit`` never closes
-    its DuckDB instances, which would remove them."""
+    """Remove this process's spill folders (a forked child's are its own): the ``bt`` console
+    script leaves with ``os._exit`` after the ``atexit`` handlers, so its DuckDB instances never
+    close, which would remove them."""
     import glob
     import shutil
 

@@ -140,6 +140,8 @@ def run(
 
     BT_TRACE=1 prints a timeline of the run on stderr; BT_NO_FORK_SERVER=1 starts each local worker from scratch instead of forking it from one warm process.
     """
+    if force and not dry_run:  # first, while nothing else runs: there surely is work
+        _preload_workers(executor, hosts, workers, sandbox is Switch.on)
     from backtest.run import RunRequest, prepare_started
     from backtest.run.prepare import objects_that_stay
 
@@ -188,6 +190,21 @@ def run(
     else:
         summary = _execute_live(prep, ex)
     raise typer.Exit(summary.exit_code)
+
+
+def _preload_workers(executor: str | None, hosts: Path | None, workers: int | None, sandbox: bool) -> None:
+    """For a run on this machine, start the local workers' fork server now, so that its warm-up
+    (numpy, numba) overlaps the rest of the start-up and the planning (``executors.preload``);
+    planning adopts it, or stops it if the input is bad. Options that name no executor start
+    nothing: planning says what is wrong with them."""
+    from backtest.errors import BtError
+    from backtest.executors import preload, resolve
+
+    try:
+        url = resolve(executor, hosts, workers)
+    except BtError:
+        return
+    preload(url, sandbox)
 
 
 #: a plan of more tasks than this asks before it runs (``BT_CONFIRM_TASKS``; ``--yes`` skips it)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from backtest.errors import UsageError
 
-if TYPE_CHECKING:  # this module stays light: the console script imports the fork server (below) first
+if TYPE_CHECKING:  # this module stays light: `bt run --force` starts the fork server (below) from it first
     from pathlib import Path
 
     from backtest.executors.base import Executor, ExecutorOptions
@@ -121,9 +121,24 @@ def resolve(executor: str | None, hosts: Path | None, workers: int | None) -> st
     return f"local://{workers}" if workers is not None else "local://"
 
 
+def preload(url: str, sandbox: bool) -> None:
+    """When ``url`` names this machine's executor, start its workers' fork server now
+    (``forkserver.preload``), for a run that is sure to have work (``bt run --force``): the
+    local executor adopts it; ``discard_preloaded`` stops it if the run needs none after all."""
+    if url.partition("://")[0] != "local":
+        return
+    try:
+        parse_url(url)
+    except UsageError:
+        return  # planning reports it
+    from backtest.executors import forkserver
+
+    forkserver.preload(sandbox)
+
+
 def discard_preloaded() -> None:
-    """Stop a local fork server that the console script started before planning (for
-    ``bt run --force``), when the run turns out to need none: bad input, or nothing to compute."""
+    """Stop a local fork server that ``bt run --force`` started before planning (``preload``),
+    when the run turns out to need none: bad input, or nothing to compute."""
     import sys
 
     forkserver = sys.modules.get("backtest.executors.forkserver")

@@ -16,13 +16,12 @@ worker's end as ``{"exit": N, "status": S}`` (``S`` as ``Popen.returncode``: ``-
 exit code). The server is single-threaded (forking a process with threads risks copying a held
 lock) and exits when its control socket closes, e.g. when the coordinator dies.
 
-Starting a server is cheap (a Popen, or a fork of the console script itself while that is still
-single-threaded); the console script starts one as its very first action for
-``bt run --force`` on this machine (``preload``, see ``backtest.launch``), so that it warms up
-while the command line is still being parsed and the job planned; ``adopt`` hands it to the
-local executor, which otherwise starts its own. Where there is no ``fork`` or ``SOCK_SEQPACKET``
-(not Linux), with ``BT_NO_FORK_SERVER=1``, or when the server fails, workers start the ordinary
-way (``enabled``).
+Starting a server is cheap (a Popen, or, for workers without the sandbox, a fork of the
+coordinator while that is still single-threaded). ``bt run --force`` on this machine starts one
+first of all, as soon as its options are parsed (``preload``, through ``executors.preload``), so
+that it warms up while the job is planned; ``adopt`` hands it to the local executor, which
+otherwise starts its own. Where there is no ``fork`` or ``SOCK_SEQPACKET`` (not Linux), with
+``BT_NO_FORK_SERVER=1``, or when the server fails, workers start the ordinary way (``enabled``).
 """
 
 from __future__ import annotations
@@ -65,19 +64,18 @@ class ForkServer:
 
     ``forked=True`` makes the server a fork of this process instead of a new interpreter: it
     saves the interpreter's start (~50 ms on the way to the first result). Only safe while this
-    process has a single thread and has imported little, as at the very start of the console
-    script (``preload``); otherwise the server is started with Popen. A forked server for
-    sandboxed workers (``sandbox``) scrubs the environment it inherited, and the memory that held
-    it, before anything else (``sandbox.scrub_environment``); a Popen'd one is started with the
-    sandbox's environment only."""
+    process has a single thread (``preload`` checks), and only for workers without the sandbox
+    (``sandbox``): a fork has all this process holds, such as a secret that its command line read
+    from the environment (``--remote-cache`` from BT_REMOTE_CACHE), where a sandboxed worker must
+    find none; a server for sandboxed workers is a new interpreter started with the sandbox's
+    environment only."""
 
     def __init__(self, python: str = sys.executable, *, forked: bool = False, sandbox: bool = False) -> None:
         self.sandbox = sandbox
         self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            if forked:
-                self.proc: subprocess.Popen[bytes] | _Forked = _Forked(_fork_server(theirs.fileno(), self._sock,
-                                                                                    sandbox))
+            if forked and not sandbox:
+                self.proc: subprocess.Popen[bytes] | _Forked = _Forked(_fork_server(theirs.fileno(), self._sock))
             else:
                 self.proc = subprocess.Popen(
                     [python, "-m", "backtest.worker", "--fork-server", str(theirs.fileno()),
@@ -154,7 +152,8 @@ _PRELOADED: ForkServer | None = None
 
 
 def preload(sandbox: bool = True) -> None:
-    """Start a fork server now, for the local executor of this process to ``adopt`` later."""
+    """Start a fork server now, for the local executor of this process to ``adopt`` later; an
+    ``atexit`` handler stops it if nobody did (``discard``)."""
     global _PRELOADED
     if enabled() and _PRELOADED is None:
         import atexit
@@ -209,11 +208,10 @@ class _Forked:
         return self.returncode
 
 
-def _fork_server(fd: int, ours: socket.socket, sandbox: bool = False) -> int:
-    """Fork this (single-threaded) process into a fork server on control socket ``fd``; the
-    child is set up as ``ForkServer``'s Popen would set a new interpreter up. For sandboxed
-    workers it first scrubs its environment, the memory that held it included
-    (``sandbox.scrub_environment``): this process has read nothing else yet."""
+def _fork_server(fd: int, ours: socket.socket) -> int:
+    """Fork this (single-threaded) process into a fork server on control socket ``fd`` for
+    workers without the sandbox; the child is set up as ``ForkServer``'s Popen would set a new
+    interpreter up."""
     pid = os.fork()
     if pid:
         return pid
@@ -225,17 +223,13 @@ def _fork_server(fd: int, ours: socket.socket, sandbox: bool = False) -> int:
         for target in (0, 1) if os.environ.get("BT_TRACE") else (0, 1, 2):
             os.dup2(null, target)
         os.close(null)
-        if sandbox:
-            from backtest.worker.sandbox import scrub_environment
-
-            scrub_environment()
-        os.environ.update(worker_env(sandbox))
+        os.environ.update(worker_env())
         import faulthandler
 
         faulthandler.enable()
         from backtest.worker.main import main
 
-        main(["--fork-server", str(fd), *(["--sandbox"] if sandbox else [])])
+        main(["--fork-server", str(fd)])
         code = 0
     except BaseException:  # noqa: S110 - nothing to report to: the coordinator sees the socket close
         pass

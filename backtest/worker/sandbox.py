@@ -81,40 +81,6 @@ def clean_env(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k in keep or k.startswith(ENV_KEEP_PREFIXES)}
 
 
-def scrub_environment() -> None:
-    """Bring this process's environment down to the allow-list and overwrite the memory that held
-    the rest: for a process forked from one that had secrets (the fork server the console script
-    forks from itself at its start, before it has read anything but its environment). The copies
-    are the C environment block the process started with (``/proc/self/stat``'s env_start..env_end)
-    and the bytes objects of ``os.environ``; their memory is zeroed before the variables are
-    dropped, then the kept ones are set again (as new copies)."""
-    data: dict[bytes, bytes] = os.environ._data  # type: ignore[attr-defined]  # the bytes behind os.environ
-    names = _kept({KEEP_ENV: os.environ.get(KEEP_ENV, "")})
-    keep = {}
-    for key in list(data):  # decoding only what is kept: a str made of a secret would be a copy too
-        name = key.decode(errors="replace")
-        if name in names or name.startswith(ENV_KEEP_PREFIXES):
-            keep[name] = data[key].decode(errors="surrogateescape")
-    offset = bytes.__basicsize__ - 1  # where a bytes object's characters start
-    for key in list(data):
-        value = data[key]
-        # only a value nothing else refers to (the dict, ``value`` and getrefcount's argument):
-        # zeroing a shared bytes object would change it everywhere
-        if key.decode(errors="replace") not in keep and len(value) > 1 and sys.getrefcount(value) <= 3:
-            ctypes.memset(id(value) + offset, 0, len(value))
-        del value
-    os.environ.clear()
-    try:
-        with open("/proc/self/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        start, end = int(fields[47]), int(fields[48])  # env_start, env_end: fields 50 and 51
-    except (OSError, ValueError, IndexError):
-        start = end = 0
-    if 0 < start < end:
-        ctypes.memset(start, 0, end - start)
-    os.environ.update(keep)
-
-
 @dataclass
 class Protections:
     """What a worker's sandbox actually has (None: not available on this host)."""

@@ -1,6 +1,7 @@
 """DuckDB spills what does not fit its memory limit to a folder per instance in the system's
 temporary folder; a bt process ends with ``os._exit`` (its instances never close, which would
-remove them), so it removes its own folders as it leaves, and only its own."""
+remove them), so an ``atexit`` handler, registered with the first folder named, removes its own
+folders as it leaves, and only its own."""
 
 from __future__ import annotations
 

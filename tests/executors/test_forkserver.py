@@ -167,29 +167,42 @@ def test_bt_run_force_with_bad_input_leaves_no_fork_server(root: Path, faulty: P
 
 
 @pytest.mark.parametrize(("args", "expected"), [
-    (["run", "s.py", "--force"], True),
-    (["--data", "/x", "run", "s.py", "--force"], True),
-    (["run", "s.py"], False),  # a rerun may have nothing to compute: no server before the plan
-    (["run", "s.py", "--force", "--hosts", "farm.txt"], False),
-    (["run", "s.py", "--force", "--executor", "ssh://a"], False),
-    (["run", "s.py", "--force", "--executor=local://3"], True),
-    (["run", "--help", "--force"], False),
-    (["report", "x", "--force"], False),
+    (["run", "{s}", "--force"], [True]),
+    (["run", "{s}", "--force", "--sandbox", "off"], [False]),
+    (["run", "{s}", "--force", "--executor=local://3"], [True]),
+    (["run", "{s}", "--force", "-w", "2", "--accept-new-hosts"], [True]),
+    (["run", "{s}"], []),  # a rerun may have nothing to compute: no server before the plan
+    (["run", "{s}", "--force", "--dry-run"], []),
+    (["run", "{s}", "--force", "--hosts", "farm.txt"], []),
+    (["run", "{s}", "--force", "--executor", "ssh://a"], []),
+    (["run", "{s}", "--force", "--executor", "inline://"], []),
+    (["run", "{s}", "--force", "--executor", "local://x"], []),  # bad options: planning says why
+    (["run", "{s}", "--force", "--executor", "local://", "--hosts", "farm.txt"], []),
+    (["run", "--help", "--force"], []),
+    (["report", "x", "--force"], []),
 ])
-def test_the_console_script_preloads_only_for_forced_local_runs(args: list[str], expected: bool,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from backtest.launch import _forced_local_run
+def test_bt_run_preloads_its_server_only_for_forced_local_runs(root: Path, tmp_path: Path, args: list[str],
+                                                              expected: list[bool],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command line, once parsed, decides: ``bt run --force`` on this machine starts the
+    workers' server before it plans (for the sandbox or not, as the run asks)."""
+    from helpers import bt
 
-    monkeypatch.delenv("BT_NO_FORK_SERVER", raising=False)
-    assert _forced_local_run(args) is expected
+    from backtest.executors import forkserver
+
+    started: list[bool] = []
+    monkeypatch.setattr(forkserver, "preload", lambda sandbox=True: started.append(sandbox))
+    missing = tmp_path / "missing.py"  # the run stops at planning: no strategy
+    bt("--data", root, *(a.format(s=missing) for a in args))
+    assert started == expected
 
 
 @pytest.mark.parametrize("sandbox", [False, True])
-def test_the_console_script_forks_its_server_from_itself(tmp_path: Path, sandbox: bool) -> None:
-    """``preload`` at the start of ``bt`` forks the server from the (still single-threaded)
-    process instead of starting an interpreter; it forks workers like the Popen'd one. The server
-    of sandboxed workers scrubs the environment it inherited, the memory that held it included:
-    its /proc/PID/environ (that memory) no longer shows a secret of the coordinator's."""
+def test_a_preloaded_server_is_a_fork_only_without_the_sandbox(tmp_path: Path, sandbox: bool) -> None:
+    """``preload`` from a single-threaded process forks the server from it instead of starting an
+    interpreter, for workers without the sandbox; it forks workers like the Popen'd one. For
+    sandboxed workers it starts a new interpreter with the sandbox's environment: a fork would have
+    whatever this process read (a secret in an option's environment variable, say)."""
     script = tmp_path / "preload.py"
     script.write_text(textwrap.dedent(f"""
         import json, os, sys, tempfile
@@ -223,7 +236,9 @@ def test_the_console_script_forks_its_server_from_itself(tmp_path: Path, sandbox
     res = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    assert out["kind"] == "_Forked" and out["same_cmdline"]  # a fork of the script, not `python -m ...`
-    assert out["secret_seen"] is not sandbox
+    if sandbox:  # `python -m backtest.worker --fork-server FD --sandbox`, without the secret
+        assert out["kind"] == "Popen" and not out["same_cmdline"] and not out["secret_seen"]
+    else:  # a fork of the script
+        assert out["kind"] == "_Forked" and out["same_cmdline"] and out["secret_seen"]
     assert out["hello"]["t"] == "hello" and out["hello"]["pid"] == out["pid"] and out["parent"] == out["server"]
     assert out["status"] == 0 and out["server_exit"] is not None

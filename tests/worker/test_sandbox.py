@@ -179,15 +179,18 @@ def test_environment_has_no_secrets(root: Path, escape: Path, tmp_path: Path, mo
     nothing_left(tmp_path)
 
 
-def test_no_secret_in_a_worker_s_memory(root: Path, escape: Path, tmp_path: Path) -> None:
-    """The console script forks its workers' server from itself at its start (``bt run --force``):
-    the server scrubs the environment it inherited and the memory that held it, so a strategy that
-    reads all of its own memory finds no trace of the coordinator's secrets."""
+@pytest.mark.parametrize("where", ["AWS_SECRET_ACCESS_KEY", "BT_REMOTE_CACHE"])
+def test_no_secret_in_a_worker_s_memory(root: Path, escape: Path, tmp_path: Path, where: str) -> None:
+    """``bt run --force`` starts its workers' server before it plans: a strategy that reads all of
+    its own memory finds no trace of the coordinator's secrets, neither one it never read nor one
+    that its command line read (``--remote-cache`` from BT_REMOTE_CACHE: a URI may hold a key)."""
     import subprocess
     import sys
 
     tail = f"memory-{uuid.uuid4().hex}"
-    env = dict(os.environ, AWS_SECRET_ACCESS_KEY=f"s3cr3t-{tail}")
+    secret = f"s3cr3t-{tail}"
+    value = (tmp_path / "shared" / secret).as_uri() if where == "BT_REMOTE_CACHE" else secret
+    env = dict(os.environ, **{where: value})
 
     def hits(*extra: str) -> str:
         done = subprocess.run([sys.executable, "-m", "backtest", "--data", str(root), "run", str(escape), "--from",
