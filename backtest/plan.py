@@ -23,7 +23,7 @@ from typing import Any
 
 from backtest.errors import UsageError
 from backtest.hashing import canonical_json, token
-from backtest.spec import Job, PartsFor, Shard, Task
+from backtest.spec import Job, PartsFor, Shard, ShardGroup, ShardSpec, Task
 from backtest.version import ENGINE_VERSION
 
 OPEN_START = 0
@@ -149,27 +149,15 @@ def _shard(job: Job, symbol: str, tasks: Sequence[Task], parts: PartsFor) -> Sha
     files = [[p, h] for p, h in job.files(parts, symbol, widest) or []]
     keys = [t.key for t in tasks]
     shard_id = token(keys)[:16]
-    spec: dict[str, Any] = {
-        "id": shard_id,
-        "symbol": symbol,
-        "strategy": job.strategy.hash,
-        "start_ns": job.start_ns,
-        "end_ns": job.end_ns,
-        "settings": job.settings,
-        **({"axes": list(job.axes)} if job.axes else {}),
-        **({"benchmark": [job.benchmark, [list(p) for p in job.benchmark_parts]]} if job.benchmark else {}),
-        "files": files,
-        "groups": [
-            {
-                "warmup": w,
-                "parts": [h for _, h in job.files(parts, symbol, w) or []],
-                "tasks": [[t.key, t.params] for t in gtasks],
-            }
-            for w, gtasks in sorted(groups.items())
-        ],
-    }
-    if job.universe:  # how many of ``files`` each member has, in member order
-        spec["members"] = [[m, len(parts[(m, widest)])] for m in job.symbols]
+    spec = ShardSpec(
+        shard_id, symbol, job.strategy.hash, job.start_ns, job.end_ns, job.settings, files,
+        [ShardGroup(w, [h for _, h in job.files(parts, symbol, w) or []], [[t.key, t.params] for t in gtasks])
+         for w, gtasks in sorted(groups.items())],
+        axes=list(job.axes) if job.axes else None,
+        benchmark=[job.benchmark, [list(p) for p in job.benchmark_parts]] if job.benchmark else None,
+        # a portfolio's members: how many of ``files`` each has, in member order
+        members=[[m, len(parts[(m, widest)])] for m in job.symbols] if job.universe else None,
+    )
     return Shard(shard_id, spec, keys)
 
 

@@ -6,8 +6,9 @@
 - ``Task``: one (symbol, parameter set), named by its content key. With settings axes a
   "parameter set" also holds the axes' values (shown like parameters; keyed as settings).
 - ``Shard``: some of one symbol's tasks (or of one universe's, for a portfolio strategy), the unit
-  handed to a worker. ``Shard.spec`` is what
-  travels to the worker (plain JSON: the partitions to read, the settings, the task groups).
+  handed to a worker. ``Shard.spec`` (a ``ShardSpec``) is what the worker needs: the partitions
+  to read, the settings, the task groups; ``ShardSpec.wire()`` is the plain JSON object that
+  travels to it (what ``worker.shard`` reads).
 
 A task's key is the sha256 of the canonical JSON of: engine version, strategy source hash and
 class, parameters, symbol, the content hashes of the partitions the task reads, the date range,
@@ -63,15 +64,83 @@ def code_hash(source_sha256: str, modules: Mapping[str, str], packages: Mapping[
                   "packages": dict(sorted(packages.items()))})
 
 
+@dataclass(frozen=True, slots=True)
+class ShardGroup:
+    """A shard's tasks that read the same bars: those of one warm-up."""
+
+    warmup: int  # bars read before the range's first bar
+    parts: list[str]  # content hashes of the partitions these tasks read (their keys name them)
+    tasks: list[list[Any]]  # [key, parameter set] of each task
+
+    def wire(self) -> dict[str, Any]:
+        return {"warmup": self.warmup, "parts": self.parts, "tasks": self.tasks}
+
+
+@dataclass(frozen=True, slots=True)
+class ShardSpec:
+    """What a worker needs to run a shard: everything its tasks' keys name, and nothing else."""
+
+    id: str
+    symbol: str  # the symbol, or a portfolio's universe name
+    strategy: str  # the strategy source's hash (workers hold the sources by hash)
+    start_ns: int
+    end_ns: int
+    settings: dict[str, Any]  # the execution settings (with axes: the shared ones)
+    files: list[list[str]]  # [path relative to the data root, content hash] of the widest warm-up
+    groups: list[ShardGroup]
+    axes: list[str] | None = None  # settings that are axes of the grid: each task's own, in its params
+    benchmark: list[Any] | None = None  # [symbol, [[path, hash], ...]] with --benchmark
+    members: list[list[Any]] | None = None  # a portfolio's [symbol, how many of ``files``] in order
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON object a worker reads (``worker.shard``); optional fields only when set."""
+        out: dict[str, Any] = {"id": self.id, "symbol": self.symbol, "strategy": self.strategy,
+                               "start_ns": self.start_ns, "end_ns": self.end_ns, "settings": self.settings}
+        if self.axes:
+            out["axes"] = self.axes
+        if self.benchmark:
+            out["benchmark"] = self.benchmark
+        out["files"] = self.files
+        out["groups"] = [g.wire() for g in self.groups]
+        if self.members is not None:
+            out["members"] = self.members
+        return out
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> ShardSpec:
+        return cls(d["id"], d["symbol"], d["strategy"], d["start_ns"], d["end_ns"], d["settings"], d["files"],
+                   [ShardGroup(g["warmup"], g["parts"], g["tasks"]) for g in d["groups"]], d.get("axes"),
+                   d.get("benchmark"), d.get("members"))
+
+    def narrowed(self, keys: set[str]) -> ShardSpec:
+        """This spec with only the tasks of ``keys`` (those still without an outcome)."""
+        groups = []
+        for g in self.groups:
+            tasks = [t for t in g.tasks if t[0] in keys]
+            if tasks:
+                groups.append(ShardGroup(g.warmup, g.parts, tasks))
+        return ShardSpec(self.id, self.symbol, self.strategy, self.start_ns, self.end_ns, self.settings, self.files,
+                         groups, self.axes, self.benchmark, self.members)
+
+    def partitions(self) -> list[tuple[str, str]]:
+        """(path relative to the data root, content hash) of every partition the shard reads,
+        the benchmark's included."""
+        out = [(p, h) for p, h in self.files]
+        if self.benchmark:
+            out += [(p, h) for p, h in self.benchmark[1]]
+        return out
+
+
 @dataclass
 class Shard:
     id: str
-    spec: dict[str, Any]
+    spec: ShardSpec
     keys: list[str]
 
     def partitions(self) -> list[tuple[str, str]]:
-        """(path relative to the data root, data sha256) of every partition the shard reads."""
-        return [(p, h) for p, h in self.spec["files"]]
+        """(path relative to the data root, data sha256) of every partition the shard's own
+        symbol (or universe) reads."""
+        return [(p, h) for p, h in self.spec.files]
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 
 from backtest.errors import UsageError
 from backtest.plan import OPEN_END, make_shards, make_tasks, parse_range
-from backtest.spec import Job, StrategySource
+from backtest.spec import Job, ShardSpec, StrategySource
 
 SRC = StrategySource("h" * 64, "class S: pass", "s.py", "S")
 
@@ -91,8 +92,9 @@ def test_shards_group_by_symbol_and_warmup():
     assert len(shards) == 10
     assert sorted(k for s in shards for k in s.keys) == sorted(t.key for t in tasks)
     spec = shards[0].spec
-    assert [g["warmup"] for g in spec["groups"]] == [20, 40]
-    assert all(len(g["tasks"]) == 2 for g in spec["groups"])
+    assert [g.warmup for g in spec.groups] == [20, 40]
+    assert all(len(g.tasks) == 2 for g in spec.groups)
+    assert ShardSpec.from_wire(json.loads(json.dumps(spec.wire()))) == spec  # what travels is all of it
 
 
 def test_few_symbols_are_split_for_load_balance():

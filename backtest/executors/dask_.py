@@ -86,7 +86,7 @@ class DaskExecutor(Executor):
         assert self.strategy is not None
         msg = self.strategy.message()
         for shard in shards:
-            fut = self._client.submit(run_shard_task, shard.spec, msg, str(self.options.data_root), pure=False,
+            fut = self._client.submit(run_shard_task, shard.spec.wire(), msg, str(self.options.data_root), pure=False,
                                       retries=self.options.max_attempts - 1, key=f"bt-shard-{shard.id}")
             self._futures[fut] = shard
 

@@ -74,16 +74,9 @@ class _Pending:
     errors: list[str] = field(default_factory=list)
 
     def spec(self) -> dict[str, Any]:
-        """The shard's spec narrowed to the tasks that still have no outcome."""
-        left = set(self.remaining)
-        spec = dict(self.shard.spec)
-        groups = []
-        for g in spec["groups"]:
-            tasks = [t for t in g["tasks"] if t[0] in left]
-            if tasks:
-                groups.append({**g, "tasks": tasks})
-        spec["groups"] = groups
-        return spec
+        """What a worker is sent: the shard's spec narrowed to the tasks that still have no
+        outcome, as the JSON object the worker reads."""
+        return self.shard.spec.narrowed(set(self.remaining)).wire()
 
 
 @dataclass

@@ -271,9 +271,7 @@ def fetch_data(prep: Prepared) -> None:
     if prep.pending:
         files.update((p, h) for fs in prep.parts.values() for p, h in fs)
     for shard in prep.shards:
-        files.update((p, h) for p, h in shard.spec["files"])
-        if "benchmark" in shard.spec:
-            files.update((p, h) for p, h in shard.spec["benchmark"][1])
+        files.update(shard.spec.partitions())
     mark("fetching data")
     store.fetch(sorted(files))
 

@@ -22,6 +22,12 @@ from backtest.executors.local import LocalExecutor
 from backtest.run import RunRequest, prepare
 
 
+def _spec(shard_id: str, keys: list[str]) -> Any:
+    """A shard spec of these task keys (nothing here reads bars)."""
+    from backtest.spec import ShardGroup, ShardSpec
+
+    return ShardSpec(shard_id, "S", "strategy", 0, 1, {}, [], [ShardGroup(0, [], [[k, {}] for k in keys])])
+
 def plan(root: Path, strategy: Path, params: list[str], **kw: Any) -> Any:
     return prepare(RunRequest(strategy=strategy, params=params, start="2020", end="2021", **kw), root)
 
@@ -94,7 +100,7 @@ def test_next_shards_go_out_early_only_while_there_is_more_work_than_workers() -
         s.channel = _Recorder()  # type: ignore[assignment]
         s.state = "idle"
         s.gen = gen
-    shards = [Shard(f"s{i}", {"id": f"s{i}", "groups": [{"tasks": [[f"k{i}", {}]]}]}, [f"k{i}"]) for i in range(5)]
+    shards = [Shard(f"s{i}", _spec(f"s{i}", [f"k{i}"]), [f"k{i}"]) for i in range(5)]
     pool.submit(shards)
     sent = {s.label: list(s.channel.shards) for s in pool._slots}  # type: ignore[union-attr]
     # one each, then a second each while ≥ 2 shards were left: s0 s2 / s1 s3; s4 waits
@@ -140,7 +146,7 @@ def test_results_frames_are_taken_only_from_workers_that_store_results_themselve
         slot.channel, slot.state, slot.gen = _Recorder(), "idle", 1  # type: ignore[assignment]
         slot.env = {"env": {"bt": "x"}}
         pool._slots = [slot]
-        pool.submit([Shard("s0", {"id": "s0", "groups": [{"tasks": [["k0", {}], ["k1", {}]]}]}, ["k0", "k1"])])
+        pool.submit([Shard("s0", _spec("s0", ["k0", "k1"]), ["k0", "k1"])])
         return pool
 
     def frame(keys: list[str], values: list[float]) -> tuple[dict[str, Any], bytes]:
