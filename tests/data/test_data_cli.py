@@ -70,7 +70,7 @@ def test_import_ls_show_verify_rm(bt, write):
     assert "kept AAPL" in kept.output
     removed = bt("data", "rm", "AAPL", "--yes")
     assert "removed AAPL" in removed.output
-    assert "is empty" in bt("data", "ls").output
+    assert "is empty" in " ".join(bt("data", "ls").output.split())  # the console wraps long paths
 
 
 def test_import_options_reach_the_library(bt, write):
