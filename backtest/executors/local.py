@@ -45,7 +45,12 @@ class _LocalChannel(Channel):
         if self.pid > 0:
             try:
                 os.killpg(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
+            except ProcessLookupError:
+                try:  # no such group yet: a worker forked a moment ago, before its setsid
+                    os.kill(self.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            except PermissionError:
                 pass
 
     @abstractmethod

@@ -45,6 +45,20 @@ class TestLocal(WorkerProcessContract):
         assert not set(pids) & set(processes_with("backtest.worker"))
 
 
+    def test_workers_closed_as_they_start_die_at_once(self, root: Path, faulty: Path) -> None:
+        """Closing right after the start (bad input found while workers start) kills workers the
+        server forks at that very moment, before they are a process group of their own: closing
+        waited 5 s for such a worker's exit. Five times, as the moment varies."""
+        prep = self.plan(root, faulty, ["n=3:8", "mode=slow"])
+        for _ in range(5):
+            ex = LocalExecutor(ExecutorOptions(data_root=root, workers=2))
+            ex.start(prep.job.strategy)
+            ex.submit(prep.shards)
+            t0 = time.monotonic()
+            ex.close(cancel=True)
+            assert time.monotonic() - t0 < 4, "closing waited for a worker it had not killed"
+
+
 class TestInline(ExecutorContract):
     __test__ = True
 
