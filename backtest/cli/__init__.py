@@ -33,6 +33,16 @@ class _Group(TyperGroup):
 
             error_line("interrupted")
             raise typer.Exit(130) from None
+        except BrokenPipeError:
+            # whoever read the output has gone (bt ... | head): nothing to say, nowhere to say it;
+            # what is still buffered goes nowhere. Exit 1, as click does when its own writes fail
+            import os
+            import sys
+
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, sys.stdout.fileno())
+            os.close(null)
+            raise typer.Exit(1) from None
         except Exception as exc:  # a full disk, a refused path, a bug: one line, not a traceback
             import os
 
