@@ -45,13 +45,11 @@ class _LocalChannel(Channel):
         if self.pid > 0:
             try:
                 os.killpg(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                try:  # no such group yet: a worker forked a moment ago, before its setsid
-                    os.kill(self.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            except PermissionError:
-                pass
+            except (ProcessLookupError, PermissionError):
+                self._kill_unled()
+
+    def _kill_unled(self) -> None:
+        """A worker that is not yet the leader of its own process group (see ``ForkedChannel``)."""
 
     @abstractmethod
     def exit_status(self, timeout: float) -> int | None:
@@ -142,6 +140,15 @@ class ForkedChannel(_LocalChannel):
     def pid(self) -> int:
         self._forked.wait(60)
         return self._pid
+
+    def _kill_unled(self) -> None:
+        """A worker forked a moment ago, before its ``setsid``, is still in the fork server's
+        process group: kill it by its pid (only then: a pid that ended may name another process)."""
+        try:
+            if os.getpgid(self._pid) == self._server.proc.pid:
+                os.kill(self._pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     def kill(self) -> None:
         self.signal_kill()
