@@ -146,17 +146,26 @@ def _shard(job: Job, symbol: str, tasks: Sequence[Task], parts: PartsFor) -> Sha
     for t in tasks:
         groups.setdefault(t.warmup, []).append(t)
     widest = max(groups)
-    files = [[p, h] for p, h in job.files(parts, symbol, widest) or []]
     keys = [t.key for t in tasks]
     shard_id = token(keys)[:16]
     spec = ShardSpec(
-        shard_id, symbol, job.strategy.hash, job.start_ns, job.end_ns, job.settings, files,
-        [ShardGroup(w, [h for _, h in job.files(parts, symbol, w) or []], [[t.key, t.params] for t in gtasks])
-         for w, gtasks in sorted(groups.items())],
-        axes=list(job.axes) if job.axes else None,
-        benchmark=[job.benchmark, [list(p) for p in job.benchmark_parts]] if job.benchmark else None,
-        # a portfolio's members: how many of ``files`` each has, in member order
-        members=[[m, len(parts[(m, widest)])] for m in job.symbols] if job.universe else None,
+        id=shard_id,
+        symbol=symbol,
+        strategy_hash=job.strategy.hash,
+        start_ns=job.start_ns,
+        end_ns=job.end_ns,
+        settings=job.settings,
+        files=tuple(job.files(parts, symbol, widest) or ()),
+        groups=tuple(
+            ShardGroup(w, tuple([h for _, h in job.files(parts, symbol, w) or ()]),
+                       tuple([(t.key, t.params) for t in gtasks]))
+            for w, gtasks in sorted(groups.items())
+        ),
+        axes=job.axes,
+        benchmark=job.benchmark,
+        benchmark_files=job.benchmark_parts,
+        # a universe's members, each with how many of ``files`` it has, in member order
+        members=tuple((m, len(parts[(m, widest)])) for m in job.symbols) if job.universe else (),
     )
     return Shard(shard_id, spec, keys)
 
