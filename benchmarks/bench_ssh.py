@@ -693,7 +693,7 @@ def coordinator_scale(args: Any) -> None:
 
         # every host holds every partition (shipping is not what is measured here)
         files = list(dict.fromkeys(f for s in (plan(sh) for sh in shapes) for sh_ in s.shards
-                                   for f in sh_.spec.files))
+                                   for f in sh_.spec.partitions()))
         for h in ex.hosts:
             h.objects.ensure(files)
 

@@ -10,8 +10,8 @@ killing (a remote command). So:
   could not be opened, which the pool treats like a worker that died before saying hello;
 - ``send`` only queues: a writer thread writes frames in order;
 - ``send_shard`` queues a shard for a shipper thread, which first makes the host hold the shard's
-  partitions (``HostObjects.ensure``), rewrites the spec to the host's copies, and then queues
-  the frame; pings keep flowing while data ships;
+  partitions and its benchmark's (``HostObjects.ensure``), rewrites the spec to the host's copies,
+  and then queues the frame; pings keep flowing while data ships;
 - ``kill`` closes the channel (the host-side launcher then kills the worker's process group) and
   kills the group explicitly, in a thread; ``wait_killed`` lets ``close`` wait a bounded time.
 """
@@ -188,7 +188,7 @@ class WorkerChannel(Channel):
             if spec is None or self._killed:
                 return
             try:
-                spec = replace(spec, files=tuple(self._objects.ensure(spec.files)))
+                spec = self._on_host(spec)
             except Exception as exc:  # noqa: BLE001 - whatever went wrong is reported for this shard
                 transport = self._objects.conn.transport
                 if transport is None or not transport.is_active():
@@ -203,6 +203,13 @@ class WorkerChannel(Channel):
                 self._report({"t": "shard_error", "shard": spec.id, "error": error, "details": ""})
                 continue
             self.send(encode({"t": "shard", "shard": spec.to_wire()}))
+
+    def _on_host(self, spec: ShardSpec) -> ShardSpec:
+        """``spec`` naming the host's copies of its partitions (the benchmark's too), shipped first
+        where the host lacks them."""
+        n = len(spec.files)
+        there = tuple(self._objects.ensure(spec.partitions()))
+        return replace(spec, files=there[:n], benchmark_files=there[n:])
 
     def _kill_now(self, proc: RemoteProcess) -> None:
         with contextlib.suppress(Exception):

@@ -153,7 +153,7 @@ class SSHExecutor(StreamPool):
 
     def _prime(self, host: _Host, shards: list[Shard]) -> None:
         """Ask a ready host, in one call and off the loop, which of these shards' files it has."""
-        files = list(dict.fromkeys(f for s in shards for f in s.spec.files))
+        files = list(dict.fromkeys(f for s in shards for f in s.spec.partitions()))
         if files:
             self._thread(self._prime_files, host.objects, files, name=f"bt-ssh-prime-{host.name}")
 
