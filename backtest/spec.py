@@ -7,8 +7,8 @@
   "parameter set" also holds the axes' values (shown like parameters; keyed as settings).
 - ``Shard``: some of one symbol's tasks (or of one universe's, for a portfolio strategy), the unit
   handed to a worker. ``Shard.spec`` (a ``ShardSpec``) is what the worker needs: the partitions
-  to read, the settings, the task groups; ``ShardSpec.wire()`` is the plain JSON object that
-  travels to it (what ``worker.shard`` reads).
+  to read, the settings, the task groups; ``ShardSpec.to_wire()`` is the plain JSON object that
+  travels to it, and the worker reads it back with ``ShardSpec.from_wire``.
 
 A task's key is the sha256 of the canonical JSON of: engine version, strategy source hash and
 class, parameters, symbol, the content hashes of the partitions the task reads, the date range,
@@ -22,8 +22,8 @@ This module imports nothing of bt but its hashing and errors.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Container, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from backtest.errors import UsageError
@@ -64,75 +64,131 @@ def code_hash(source_sha256: str, modules: Mapping[str, str], packages: Mapping[
                   "packages": dict(sorted(packages.items()))})
 
 
+Files = tuple[tuple[str, str], ...]
+"""(partition path relative to the data root, data sha256) of each partition read, in year order."""
+
+
 @dataclass(frozen=True, slots=True)
 class ShardGroup:
-    """A shard's tasks that read the same bars: those of one warm-up."""
+    """Those of a shard's tasks that have one warm-up: they see the same bars, so they run together
+    and share the strategy's indicators."""
 
-    warmup: int  # bars read before the range's first bar
-    parts: list[str]  # content hashes of the partitions these tasks read (their keys name them)
-    tasks: list[list[Any]]  # [key, parameter set] of each task
-
-    def wire(self) -> dict[str, Any]:
-        return {"warmup": self.warmup, "parts": self.parts, "tasks": self.tasks}
+    #: bars the tasks see before the range's first bar
+    warmup: int
+    #: data sha256 of the partitions these tasks read (what their keys name), in year order
+    part_hashes: tuple[str, ...]
+    #: (key, parameter set) of each task, in grid order; with settings axes a parameter set also
+    #: holds the axes' values
+    tasks: tuple[tuple[str, dict[str, Any]], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class ShardSpec:
-    """What a worker needs to run a shard: everything its tasks' keys name, and nothing else."""
+    """What a worker needs to run a shard: everything its tasks' keys name, and nothing else.
 
+    ``to_wire()`` is what travels to a worker (a JSON object in a ``shard`` frame, or a Dask
+    task's argument) and ``from_wire`` reads it back; its keys, in order::
+
+        {"id", "symbol", "strategy": <strategy_hash>, "start_ns", "end_ns", "settings": {...},
+         "axes": [setting name, ...],                        # settings axes only
+         "benchmark": [symbol, [[path, data_sha256], ...]],  # --benchmark only
+         "files": [[path, data_sha256], ...],
+         "groups": [{"warmup": w, "parts": [data_sha256, ...], "tasks": [[key, params], ...]}, ...],
+         "members": [[symbol, n_files], ...]}                # a portfolio's universe only
+
+    Workers, task keys and result bytes depend on exactly that text, so the names on the wire stay
+    as they are whatever the fields are called here."""
+
+    #: the shard's name: the first 16 hex digits of the token of its task keys
     id: str
-    symbol: str  # the symbol, or a portfolio's universe name
-    strategy: str  # the strategy source's hash (workers hold the sources by hash)
+    #: the symbol the tasks run on, or a portfolio's universe name
+    symbol: str
+    #: the hash of the strategy's code (workers hold the strategies they were sent by it)
+    strategy_hash: str
+    #: the date range in UTC ns, both ends included
     start_ns: int
     end_ns: int
-    settings: dict[str, Any]  # the execution settings (with axes: the shared ones)
-    files: list[list[str]]  # [path relative to the data root, content hash] of the widest warm-up
-    groups: list[ShardGroup]
-    axes: list[str] | None = None  # settings that are axes of the grid: each task's own, in its params
-    benchmark: list[Any] | None = None  # [symbol, [[path, hash], ...]] with --benchmark
-    members: list[list[Any]] | None = None  # a portfolio's [symbol, how many of ``files``] in order
+    #: the execution settings (``engine.SimSettings``'s fields); with axes, those shared by all tasks
+    settings: dict[str, Any]
+    #: every partition the shard's symbol (each member's, for a universe) reads: enough for the
+    #: widest warm-up
+    files: Files
+    #: the tasks by warm-up, narrowest first
+    groups: tuple[ShardGroup, ...]
+    #: settings that are axes of the grid: each task's parameter set holds its own values of them
+    axes: tuple[str, ...] = ()
+    #: the symbol every task is compared with ("" for none) and its partitions over the range
+    benchmark: str = ""
+    benchmark_files: Files = ()
+    #: a portfolio's members in order, each with how many of ``files`` are its own; () for one symbol
+    members: tuple[tuple[str, int], ...] = ()
 
-    def wire(self) -> dict[str, Any]:
-        """The JSON object a worker reads (``worker.shard``); optional fields only when set."""
-        out: dict[str, Any] = {"id": self.id, "symbol": self.symbol, "strategy": self.strategy,
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON object a worker is sent (the class docstring's). It holds the spec's own tuples
+        (JSON arrays), nothing copied: as fast to make and encode as a dict planned in that shape."""
+        out: dict[str, Any] = {"id": self.id, "symbol": self.symbol, "strategy": self.strategy_hash,
                                "start_ns": self.start_ns, "end_ns": self.end_ns, "settings": self.settings}
         if self.axes:
             out["axes"] = self.axes
         if self.benchmark:
-            out["benchmark"] = self.benchmark
+            out["benchmark"] = (self.benchmark, self.benchmark_files)
         out["files"] = self.files
-        out["groups"] = [g.wire() for g in self.groups]
-        if self.members is not None:
+        out["groups"] = [{"warmup": g.warmup, "parts": g.part_hashes, "tasks": g.tasks} for g in self.groups]
+        if self.members:
             out["members"] = self.members
         return out
 
     @classmethod
-    def from_wire(cls, d: Mapping[str, Any]) -> ShardSpec:
-        return cls(d["id"], d["symbol"], d["strategy"], d["start_ns"], d["end_ns"], d["settings"], d["files"],
-                   [ShardGroup(g["warmup"], g["parts"], g["tasks"]) for g in d["groups"]], d.get("axes"),
-                   d.get("benchmark"), d.get("members"))
+    def from_wire(cls, wire: Mapping[str, Any]) -> ShardSpec:
+        """The spec that ``to_wire`` gave ``wire`` (e.g. decoded from JSON by a worker)."""
+        benchmark, benchmark_files = wire.get("benchmark") or ("", ())
+        return cls(
+            id=wire["id"],
+            symbol=wire["symbol"],
+            strategy_hash=wire["strategy"],
+            start_ns=wire["start_ns"],
+            end_ns=wire["end_ns"],
+            settings=wire["settings"],
+            files=_files(wire["files"]),
+            groups=tuple(ShardGroup(g["warmup"], tuple(g["parts"]), tuple(map(tuple, g["tasks"])))
+                         for g in wire["groups"]),
+            axes=tuple(wire.get("axes", ())),
+            benchmark=benchmark,
+            benchmark_files=_files(benchmark_files),
+            members=tuple((m, n) for m, n in wire.get("members", ())),
+        )
 
-    def narrowed(self, keys: set[str]) -> ShardSpec:
-        """This spec with only the tasks of ``keys`` (those still without an outcome)."""
+    def narrowed(self, keys: Container[str]) -> ShardSpec:
+        """This spec with only the tasks of ``keys`` (what a retry sends: those still without an
+        outcome); groups left with no task are dropped."""
         groups = []
         for g in self.groups:
-            tasks = [t for t in g.tasks if t[0] in keys]
-            if tasks:
-                groups.append(ShardGroup(g.warmup, g.parts, tasks))
-        return ShardSpec(self.id, self.symbol, self.strategy, self.start_ns, self.end_ns, self.settings, self.files,
-                         groups, self.axes, self.benchmark, self.members)
+            tasks = tuple(t for t in g.tasks if t[0] in keys)
+            if len(tasks) == len(g.tasks):
+                groups.append(g)
+            elif tasks:
+                groups.append(replace(g, tasks=tasks))
+        return replace(self, groups=tuple(groups))
+
+    def max_warmup(self) -> int:
+        """The widest warm-up of the shard's tasks: how many bars before the range to read."""
+        return max(g.warmup for g in self.groups)
 
     def partitions(self) -> list[tuple[str, str]]:
-        """(path relative to the data root, content hash) of every partition the shard reads,
+        """(path relative to the data root, data sha256) of every partition the shard reads,
         the benchmark's included."""
-        out = [(p, h) for p, h in self.files]
-        if self.benchmark:
-            out += [(p, h) for p, h in self.benchmark[1]]
-        return out
+        return [*self.files, *self.benchmark_files]
+
+
+def _files(pairs: Iterable[Sequence[str]]) -> Files:
+    return tuple((p, h) for p, h in pairs)
 
 
 @dataclass
 class Shard:
+    """A unit of work for one worker: its id (``spec.id``), what the worker is sent, and its
+    tasks' keys (in the spec's order)."""
+
     id: str
     spec: ShardSpec
     keys: list[str]

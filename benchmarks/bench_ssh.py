@@ -92,7 +92,7 @@ class ShardTimes:
         self.coordinator_cpu = 0.0
         orig_send, orig_handle = ex.send_shard, ex._handle
 
-        def send_shard(slot: Any, spec: dict[str, Any]) -> None:
+        def send_shard(slot: Any, spec: Any) -> None:
             self.sent.setdefault(slot.label, time.perf_counter())
             orig_send(slot, spec)
 
@@ -373,7 +373,7 @@ class Tally:
         self.last_done: float | None = None
         orig_send, orig_handle = ex.send_shard, ex._handle
 
-        def send_shard(slot: Any, spec: dict[str, Any]) -> None:
+        def send_shard(slot: Any, spec: Any) -> None:
             if self.first_sent is None:
                 self.first_sent = time.perf_counter()
             self.sent += 1
@@ -692,8 +692,8 @@ def coordinator_scale(args: Any) -> None:
               f"memory {used / 1024:.1f} GiB ({used / want:.0f} MiB a worker with its sshd and launcher)")
 
         # every host holds every partition (shipping is not what is measured here)
-        files = list({tuple(f): f for s in (plan(sh) for sh in shapes) for sh_ in s.shards
-                      for f in sh_.spec.files}.values())
+        files = list(dict.fromkeys(f for s in (plan(sh) for sh in shapes) for sh_ in s.shards
+                                   for f in sh_.spec.partitions()))
         for h in ex.hosts:
             h.objects.ensure(files)
 

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from backtest.errors import UsageError
+from backtest.hashing import token
 from backtest.plan import OPEN_END, make_shards, make_tasks, parse_range
 from backtest.spec import Job, ShardSpec, StrategySource
 
@@ -91,10 +92,11 @@ def test_shards_group_by_symbol_and_warmup():
     shards = make_shards(j, tasks, parts, workers=2)  # 10 symbols ≥ 8: one shard per symbol
     assert len(shards) == 10
     assert sorted(k for s in shards for k in s.keys) == sorted(t.key for t in tasks)
+    assert all(s.id == s.spec.id == token(s.keys)[:16] for s in shards)
     spec = shards[0].spec
     assert [g.warmup for g in spec.groups] == [20, 40]
     assert all(len(g.tasks) == 2 for g in spec.groups)
-    assert ShardSpec.from_wire(json.loads(json.dumps(spec.wire()))) == spec  # what travels is all of it
+    assert ShardSpec.from_wire(json.loads(json.dumps(spec.to_wire()))) == spec  # what travels is all of it
 
 
 def test_few_symbols_are_split_for_load_balance():
@@ -104,3 +106,42 @@ def test_few_symbols_are_split_for_load_balance():
     shards = make_shards(j, make_tasks(j, parts), parts, workers=2)
     assert len(shards) == 8 and {len(s.keys) for s in shards} == {5}
     assert len({s.id for s in shards}) == 8
+
+
+def test_what_a_worker_is_sent_is_the_same_json_whatever_the_fields_are_called():
+    """The shard frame's text, key by key and in order, as workers (and the hosts' bt) read it."""
+    from dataclasses import replace
+
+    j = job([{"fast": 5, "slow": 20, "stop_loss": 0.05}], symbols=["AAA"])
+    parts = parts_for(j)
+    plain = make_shards(j, make_tasks(j, parts), parts, workers=1)[0]
+    key = plain.keys[0]
+    files = [["bars/symbol=AAA/year=2019.parquet", "AAA-p1"], ["bars/symbol=AAA/year=2020.parquet", "AAA-p2"]]
+    head = {"id": plain.id, "symbol": "AAA", "strategy": "h" * 64, "start_ns": j.start_ns, "end_ns": j.end_ns,
+            "settings": {"cash": 100000.0}}
+    groups = [{"warmup": 20, "parts": ["AAA-p1", "AAA-p2"], "tasks": [[key, j.params_list[0]]]}]
+
+    def text(spec: ShardSpec) -> str:
+        return json.dumps(spec.to_wire(), separators=(",", ":"))
+
+    assert text(plain.spec) == json.dumps({**head, "files": files, "groups": groups}, separators=(",", ":"))
+    bench = [["bars/symbol=SPY/year=2020.parquet", "SPY-p1"]]
+    extra = replace(plain.spec, axes=("stop_loss",), benchmark="SPY",
+                    benchmark_files=tuple(map(tuple, bench)), members=(("AAA", 2),))
+    assert text(extra) == json.dumps({**head, "axes": ["stop_loss"], "benchmark": ["SPY", bench],
+                                      "files": files, "groups": groups, "members": [["AAA", 2]]},
+                                     separators=(",", ":"))
+    assert ShardSpec.from_wire(json.loads(text(extra))) == extra
+    assert extra.partitions() == [*map(tuple, files), *map(tuple, bench)]
+
+
+def test_a_narrowed_spec_keeps_the_tasks_asked_for_and_drops_empty_groups():
+    params = [{"fast": f, "slow": s} for s in (20, 40) for f in (5, 10)]
+    j = job(params, symbols=["AAA", "BBB", "CCC", "DDD"])
+    parts = parts_for(j)
+    spec = make_shards(j, make_tasks(j, parts), parts, workers=1)[0].spec  # one shard a symbol
+    first, second = spec.groups
+    narrow = spec.narrowed({first.tasks[1][0], *(k for k, _ in second.tasks)})
+    assert narrow.groups[0].tasks == first.tasks[1:] and narrow.groups[1] is second
+    assert [g.warmup for g in spec.narrowed({second.tasks[0][0]}).groups] == [40]
+    assert narrow.files == spec.files and narrow.id == spec.id

@@ -21,13 +21,14 @@ from backtest.executors.base import (
     WorkerStatus,
     frames_to_events,
 )
-from backtest.spec import Shard, StrategySource
+from backtest.spec import Shard, ShardSpec, StrategySource
 
 _RUNNERS: dict[tuple[str, str], Any] = {}  # per Dask worker process: numba compiles once per strategy
 
 
-def run_shard_task(spec: dict[str, Any], strategy: dict[str, str], data_root: str) -> list[tuple[dict[str, Any], bytes]]:
-    """The function Dask runs: one shard, every outcome as (header, body) frames."""
+def run_shard_task(spec: ShardSpec, strategy: dict[str, str], data_root: str) -> list[tuple[dict[str, Any], bytes]]:
+    """The function Dask runs (the spec travels pickled): one shard, every outcome as (header, body)
+    frames."""
     from pathlib import Path
 
     from backtest.worker.shard import Runner
@@ -86,7 +87,7 @@ class DaskExecutor(Executor):
         assert self.strategy is not None
         msg = self.strategy.message()
         for shard in shards:
-            fut = self._client.submit(run_shard_task, shard.spec.wire(), msg, str(self.options.data_root), pure=False,
+            fut = self._client.submit(run_shard_task, shard.spec, msg, str(self.options.data_root), pure=False,
                                       retries=self.options.max_attempts - 1, key=f"bt-shard-{shard.id}")
             self._futures[fut] = shard
 

@@ -31,7 +31,7 @@ class InlineExecutor(Executor):
             return []
         shard = self._queue.pop(0)
         frames: list[tuple[dict[str, Any], bytes]] = []
-        self._runner.run_shard(shard.spec.wire(), lambda h, b=b"": frames.append((h, b)))
+        self._runner.run_shard(shard.spec, lambda h, b=b"": frames.append((h, b)))
         self._done += 1
         return frames_to_events(shard, frames, "inline")
 

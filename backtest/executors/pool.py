@@ -37,7 +37,7 @@ from backtest.executors.base import (
     WorkerNote,
     WorkerStatus,
 )
-from backtest.spec import Shard, StrategySource
+from backtest.spec import Shard, ShardSpec, StrategySource
 from backtest.trace import mark
 from backtest.worker.protocol import ProtocolError, encode, read_frame
 
@@ -73,10 +73,12 @@ class _Pending:
     attempts: int = 0
     errors: list[str] = field(default_factory=list)
 
-    def spec(self) -> dict[str, Any]:
+    def spec(self) -> ShardSpec:
         """What a worker is sent: the shard's spec narrowed to the tasks that still have no
-        outcome, as the JSON object the worker reads."""
-        return self.shard.spec.narrowed(set(self.remaining)).wire()
+        outcome (the spec itself while none has one)."""
+        if len(self.remaining) == len(self.shard.keys):
+            return self.shard.spec
+        return self.shard.spec.narrowed(set(self.remaining))
 
 
 @dataclass
@@ -136,11 +138,11 @@ class StreamPool(Executor):
     def spawn(self, label: str, host: str) -> Channel:
         """Start one worker process; raise ExecutorError if it cannot be started."""
 
-    def send_shard(self, slot: _Slot, spec: dict[str, Any]) -> None:
+    def send_shard(self, slot: _Slot, spec: ShardSpec) -> None:
         """Hand a shard to the slot's worker. A transport may override this, e.g. to ship the
         shard's data first; it must not block this loop for long (do slow work in a thread)."""
         assert slot.channel is not None
-        slot.channel.send(encode({"t": "shard", "shard": spec}))
+        slot.channel.send(encode({"t": "shard", "shard": spec.to_wire()}))
 
     def on_slot_failure(self, slot: _Slot, reason: str) -> None:
         """Hook for transports that track host health (SSH backoff); the default does nothing."""

@@ -145,7 +145,7 @@ def curves(run: str | dict[str, Any], keys: Sequence[str], root: Path | None = N
         params = r["params"]
         wjob, wparts, task = index[k]
         shard = _shard(wjob, r["symbol"], [task], wparts)
-        ((key, bars, res),) = runner.replay(shard.spec.wire())
+        ((key, bars, res),) = runner.replay(shard.spec)
         if isinstance(res, BaseException):
             raise ReproducibilityError(f"task {k[:12]} ({r['symbol']} {json.dumps(params)}) failed when computed again: {res}")
         want = store.read(k).metrics["final_equity"]

@@ -10,6 +10,7 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from backtest.spec import ShardSpec
 from backtest.worker.protocol import FrameWriter, read_frame
 from backtest.worker.shard import Runner
 from backtest.worker.tuning import cores, warm_up
@@ -88,7 +89,7 @@ def serve(stdin: Any, writer: FrameWriter, data_root: Path | None, heartbeat: fl
                 except Exception as exc:
                     writer.send({"t": "fatal", "error": str(exc), "details": traceback.format_exc()})
             elif kind == "shard":
-                runner.run_shard(msg["shard"], writer.send)
+                runner.run_shard(ShardSpec.from_wire(msg["shard"]), writer.send)
                 if box is not None:
                     box.after_shard()
     finally:

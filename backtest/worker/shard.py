@@ -1,16 +1,11 @@
 """A shard spec becomes outcomes: read the bars, run the strategy's grid, encode the results.
 
-A shard spec (JSON)::
-
-    {"id", "symbol", "strategy": <source hash>, "start_ns", "end_ns", "settings": {...},
-     "axes": [setting name, ...],                  # settings axes only: each task's params hold their values
-     "benchmark": [symbol, [[path, data_sha256], ...]],  # --benchmark only: its bars over the range
-     "files": [[path, data_sha256], ...],          # in year order, enough for the largest warm-up
-     "groups": [{"warmup": w, "parts": [sha256, ...], "tasks": [[key, params], ...]}, ...],
-     "members": [[symbol, n_files], ...]}          # a portfolio's universe only: whose ``files`` are whose
-
-A portfolio shard's ``symbol`` is its universe's name; its members' bars are read from their own
-files and aligned on one timeline (``engine.universe.align``), warm-up counted on that timeline.
+A shard spec is a ``backtest.spec.ShardSpec`` (a worker program reads it from its ``shard`` frame
+with ``ShardSpec.from_wire``): the partitions to read (``files``, in year order, enough for the
+widest warm-up), the settings, the benchmark's partitions (``--benchmark``), and the tasks in
+groups by warm-up. A portfolio shard's ``symbol`` is its universe's name and ``members`` says whose
+``files`` are whose; its members' bars are read from their own files and aligned on one timeline
+(``engine.universe.align``), warm-up counted on that timeline.
 
 Relative paths are resolved under the data root. Each group's tasks see exactly ``warmup`` bars
 before the start, so a task's result depends only on what its key names; groups that see the same
@@ -24,7 +19,7 @@ import io
 import time
 import traceback
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,10 +27,11 @@ from typing import TYPE_CHECKING, Any
 Emit = Callable[..., None]
 
 if TYPE_CHECKING:
+    from backtest.spec import ShardGroup, ShardSpec
     from backtest.store.packs import Variant
 
 
-def slice_bars(bars: Any, warmup: int, parts: list[str]) -> Any:
+def slice_bars(bars: Any, warmup: int, parts: Sequence[str]) -> Any:
     """The bars (or universe) a group of tasks with ``warmup`` bars of warm-up sees, cut from a
     longer read."""
     from backtest.engine.bars import Bars
@@ -59,10 +55,11 @@ def slice_bars(bars: Any, warmup: int, parts: list[str]) -> Any:
     )
 
 
-def split_axes(spec: dict[str, Any], settings: Any, tasks: list[Any]) -> tuple[list[dict[str, Any]], Any]:
-    """The strategy's parameters of each ``[key, params]`` task, and the settings to run them
-    with: the shard's, or (with settings axes, ``spec["axes"]``) each task's own."""
-    axes = spec.get("axes")
+def split_axes(spec: ShardSpec, settings: Any, tasks: list[tuple[str, dict[str, Any]]]
+               ) -> tuple[list[dict[str, Any]], Any]:
+    """The strategy's parameters of each ``(key, params)`` task, and the settings to run them
+    with: the shard's, or (with settings axes, ``spec.axes``) each task's own."""
+    axes = spec.axes
     if not axes:
         return [p for _, p in tasks], settings
     from dataclasses import replace
@@ -82,16 +79,16 @@ def split_axes(spec: dict[str, Any], settings: Any, tasks: list[Any]) -> tuple[l
     return params, each
 
 
-def _by_slice(bars: Any, groups: list[dict[str, Any]]) -> list[tuple[Any, list[Any]]]:
+def _by_slice(bars: Any, groups: Sequence[ShardGroup]) -> list[tuple[Any, list[tuple[str, dict[str, Any]]]]]:
     """The shard's tasks by the bars they see: groups whose warm-ups reach back to the same bar
     (e.g. every group when the data starts after the range's start minus the warm-up) run as one,
     on one slice, so they share its indicators."""
-    merged: dict[int, tuple[Any, list[Any]]] = {}
+    merged: dict[int, tuple[Any, list[tuple[str, dict[str, Any]]]]] = {}
     for group in groups:
-        offset = max(0, bars.start - group["warmup"])
+        offset = max(0, bars.start - group.warmup)
         if offset not in merged:
-            merged[offset] = (slice_bars(bars, group["warmup"], group["parts"]), [])
-        merged[offset][1].extend(group["tasks"])
+            merged[offset] = (slice_bars(bars, group.warmup, group.part_hashes), [])
+        merged[offset][1].extend(group.tasks)
     return list(merged.values())
 
 
@@ -215,37 +212,37 @@ class Runner:
             return path
         return self.data_root / path
 
-    def _load(self, spec: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    def _load(self, spec: ShardSpec) -> tuple[Any, Any, Any, Any]:
         """The strategy class, the settings, the bars (enough for the widest warm-up) and the
         benchmark's bars (or None) of a shard."""
         from backtest.data import read_bars
         from backtest.engine import SimSettings
 
-        cls = self.strategies[spec["strategy"]]
-        settings = SimSettings(**spec["settings"])
+        cls = self.strategies[spec.strategy_hash]
+        settings = SimSettings(**spec.settings)
         bench = None
-        if "benchmark" in spec:
-            symbol, bfiles = spec["benchmark"]
-            bench = read_bars(symbol, [(self._path(p), h) for p, h in bfiles], spec["start_ns"], spec["end_ns"], 1,
-                              self.bars_cache)
-        files = [(self._path(p), h) for p, h in spec["files"]]
-        max_warmup = max(g["warmup"] for g in spec["groups"])
-        if "members" not in spec:
-            bars = read_bars(spec["symbol"], files, spec["start_ns"], spec["end_ns"], max_warmup, self.bars_cache)
+        if spec.benchmark:
+            bench_files = [(self._path(p), h) for p, h in spec.benchmark_files]
+            bench = read_bars(spec.benchmark, bench_files, spec.start_ns, spec.end_ns, 1, self.bars_cache)
+        files = [(self._path(p), h) for p, h in spec.files]
+        max_warmup = spec.max_warmup()
+        if not spec.members:
+            bars = read_bars(spec.symbol, files, spec.start_ns, spec.end_ns, max_warmup, self.bars_cache)
             return cls, settings, bars, bench
         # a universe: each member's bars from its own files, aligned on the union of their times
         from backtest.engine.universe import align
 
         members = []
         at = 0
-        for symbol, count in spec["members"]:
-            members.append(read_bars(symbol, files[at:at + count], spec["start_ns"], spec["end_ns"], max_warmup,
+        for symbol, count in spec.members:
+            members.append(read_bars(symbol, files[at:at + count], spec.start_ns, spec.end_ns, max_warmup,
                                      self.bars_cache))
             at += count
-        widest = max(spec["groups"], key=lambda g: g["warmup"])
-        return cls, settings, align(members, spec["start_ns"], max_warmup, spec["symbol"], widest["parts"]), bench
+        widest = max(spec.groups, key=lambda g: g.warmup)
+        universe = align(members, spec.start_ns, max_warmup, spec.symbol, widest.part_hashes)
+        return cls, settings, universe, bench
 
-    def replay(self, spec: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    def replay(self, spec: ShardSpec) -> list[tuple[str, Any, Any]]:
         """Run a shard's tasks again in this process, keeping each one's equity curve: one
         ``(key, bars the task saw, TaskOutput | StrategyError)`` per task, in the shard's order.
         The same bars, slices and settings as ``run_shard``, so the same metrics, bit for bit."""
@@ -254,13 +251,13 @@ class Runner:
         cls, settings, bars, bench = self._load(spec)
         out: list[tuple[str, Any, Any]] = []
         with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
-            for gbars, tasks in _by_slice(bars, spec["groups"]):
+            for gbars, tasks in _by_slice(bars, spec.groups):
                 params, each = split_axes(spec, settings, tasks)
                 outcomes = run_grid(cls, gbars, params, each, want_equity=True, benchmark=bench)
                 out.extend((key, gbars, res) for (key, _), res in zip(tasks, outcomes, strict=True))
         return out
 
-    def run_shard(self, spec: dict[str, Any], emit: Emit) -> None:
+    def run_shard(self, spec: ShardSpec, emit: Emit) -> None:
         """Run every task of ``spec``; ``emit(header, body)`` receives its outcomes as they are made.
 
         A worker that stores results itself (``results``: same machine) gathers them in a pack
@@ -270,7 +267,7 @@ class Runner:
         from backtest.errors import BtError
         from backtest.store.results import Encoder
 
-        sid = spec["id"]
+        sid = spec.id
         t0 = time.perf_counter()
         try:
             cls, settings, bars, bench = self._load(spec)
@@ -283,9 +280,9 @@ class Runner:
             return
         from backtest.engine import run_grid
 
-        encode = Encoder(spec["symbol"], self.env)
+        encode = Encoder(spec.symbol, self.env)
         batch = _Batch(sid, self.results, self.sandbox.staging if self.sandbox is not None else None)
-        for gbars, tasks in _by_slice(bars, spec["groups"]):
+        for gbars, tasks in _by_slice(bars, spec.groups):
             keys = [k for k, _ in tasks]
             params, each = split_axes(spec, settings, tasks)
             out = CappedText(OUTPUT_LIMIT)

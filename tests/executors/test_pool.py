@@ -26,7 +26,8 @@ def _spec(shard_id: str, keys: list[str]) -> Any:
     """A shard spec of these task keys (nothing here reads bars)."""
     from backtest.spec import ShardGroup, ShardSpec
 
-    return ShardSpec(shard_id, "S", "strategy", 0, 1, {}, [], [ShardGroup(0, [], [[k, {}] for k in keys])])
+    return ShardSpec(shard_id, "S", "strategy", 0, 1, {}, (),
+                     (ShardGroup(0, (), tuple((k, {}) for k in keys)),))
 
 def plan(root: Path, strategy: Path, params: list[str], **kw: Any) -> Any:
     return prepare(RunRequest(strategy=strategy, params=params, start="2020", end="2021", **kw), root)
@@ -88,8 +89,8 @@ def test_next_shards_go_out_early_only_while_there_is_more_work_than_workers() -
         def spawn(self, label: str, host: str) -> Any:
             return _Recorder()
 
-        def send_shard(self, slot: Any, spec: dict[str, Any]) -> None:
-            slot.channel.shards.append(spec["id"])
+        def send_shard(self, slot: Any, spec: Any) -> None:
+            slot.channel.shards.append(spec.id)
 
     assert PREFETCH == 2
     pool = Pool(ExecutorOptions(data_root=Path(".")))
@@ -138,7 +139,7 @@ def test_results_frames_are_taken_only_from_workers_that_store_results_themselve
             def spawn(self, label: str, host: str) -> Any:
                 return _Recorder()
 
-            def send_shard(self, slot: Any, spec: dict[str, Any]) -> None:
+            def send_shard(self, slot: Any, spec: Any) -> None:
                 pass
 
         pool = Pool(ExecutorOptions(data_root=Path(".")))

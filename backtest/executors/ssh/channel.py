@@ -10,8 +10,8 @@ killing (a remote command). So:
   could not be opened, which the pool treats like a worker that died before saying hello;
 - ``send`` only queues: a writer thread writes frames in order;
 - ``send_shard`` queues a shard for a shipper thread, which first makes the host hold the shard's
-  partitions (``HostObjects.ensure``), rewrites the spec to the host's copies, and then queues
-  the frame; pings keep flowing while data ships;
+  partitions and its benchmark's (``HostObjects.ensure``), rewrites the spec to the host's copies,
+  and then queues the frame; pings keep flowing while data ships;
 - ``kill`` closes the channel (the host-side launcher then kills the worker's process group) and
   kills the group explicitly, in a thread; ``wait_killed`` lets ``close`` wait a bounded time.
 """
@@ -23,6 +23,7 @@ import queue
 import signal
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import IO, TYPE_CHECKING, Any, cast
 
 from backtest.errors import BtError
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
     from backtest.executors.ssh.ship import HostObjects
     from backtest.executors.ssh.stream import RemoteProcess
+    from backtest.spec import ShardSpec
 
 #: Called with a frame the worker should be thought to have sent (a shard whose data could not
 #: be shipped comes back as a ``shard_error``).
@@ -83,7 +85,7 @@ class WorkerChannel(Channel):
         self._killed = False
         self._error: str | None = None
         self._frames: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
-        self._shards: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._shards: queue.SimpleQueue[ShardSpec | None] = queue.SimpleQueue()
         self._kill_thread: threading.Thread | None = None
         self.stdout = cast(IO[bytes], _Output(self))
         threading.Thread(target=self._write_loop, daemon=True, name=f"bt-ssh-write-{label}").start()
@@ -94,7 +96,7 @@ class WorkerChannel(Channel):
         if not self._killed:
             self._frames.put(data)
 
-    def send_shard(self, spec: dict[str, Any]) -> None:
+    def send_shard(self, spec: ShardSpec) -> None:
         if not self._killed:
             self._shards.put(spec)
 
@@ -186,7 +188,7 @@ class WorkerChannel(Channel):
             if spec is None or self._killed:
                 return
             try:
-                spec = {**spec, "files": self._objects.ensure(spec["files"])}
+                spec = self._on_host(spec)
             except Exception as exc:  # noqa: BLE001 - whatever went wrong is reported for this shard
                 transport = self._objects.conn.transport
                 if transport is None or not transport.is_active():
@@ -198,9 +200,16 @@ class WorkerChannel(Channel):
                             proc.channel.close()
                     return
                 error = str(exc) if isinstance(exc, BtError) else f"shipping data failed: {type(exc).__name__}: {exc}"
-                self._report({"t": "shard_error", "shard": spec["id"], "error": error, "details": ""})
+                self._report({"t": "shard_error", "shard": spec.id, "error": error, "details": ""})
                 continue
-            self.send(encode({"t": "shard", "shard": spec}))
+            self.send(encode({"t": "shard", "shard": spec.to_wire()}))
+
+    def _on_host(self, spec: ShardSpec) -> ShardSpec:
+        """``spec`` naming the host's copies of its partitions (the benchmark's too), shipped first
+        where the host lacks them."""
+        n = len(spec.files)
+        there = tuple(self._objects.ensure(spec.partitions()))
+        return replace(spec, files=there[:n], benchmark_files=there[n:])
 
     def _kill_now(self, proc: RemoteProcess) -> None:
         with contextlib.suppress(Exception):

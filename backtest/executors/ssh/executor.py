@@ -38,7 +38,7 @@ from backtest.errors import BtError, HostError
 from backtest.executors.base import ExecutorOptions, WorkerNote
 from backtest.executors.pool import Channel, StreamPool, _Slot
 from backtest.executors.ssh.hostsfile import HostSpec, parse_ssh_url, read_hosts_file
-from backtest.spec import Shard, StrategySource
+from backtest.spec import Shard, ShardSpec, StrategySource
 
 WORKERS_PER_CONNECTION = 6  # + room for shipping and kill commands within sshd's MaxSessions 10
 MAX_HOST_FAILURES = 4
@@ -153,7 +153,7 @@ class SSHExecutor(StreamPool):
 
     def _prime(self, host: _Host, shards: list[Shard]) -> None:
         """Ask a ready host, in one call and off the loop, which of these shards' files it has."""
-        files = list({tuple(f): f for s in shards for f in s.spec.files}.values())
+        files = list(dict.fromkeys(f for s in shards for f in s.spec.partitions()))
         if files:
             self._thread(self._prime_files, host.objects, files, name=f"bt-ssh-prime-{host.name}")
 
@@ -162,7 +162,7 @@ class SSHExecutor(StreamPool):
         with contextlib.suppress(Exception):  # only an optimisation: ensure() asks when it must
             objects.prime(files)
 
-    def send_shard(self, slot: _Slot, spec: dict[str, Any]) -> None:
+    def send_shard(self, slot: _Slot, spec: ShardSpec) -> None:
         from backtest.executors.ssh.channel import WorkerChannel
 
         assert isinstance(slot.channel, WorkerChannel)

@@ -257,7 +257,7 @@ def remote_fetch(conn: fabric.Connection, command: Sequence[str], uri: str, dest
 class HostObjects:
     """What the coordinator knows of one host's object cache, for shipping data on demand.
 
-    ``ensure(files)`` takes a shard spec's ``[[path, data_sha256], ...]`` (paths relative to
+    ``ensure(files)`` takes a shard's ``[(path, data_sha256), ...]`` (paths relative to
     ``data_root`` or absolute), ships whatever the host lacks (once per host, verified on arrival,
     by the sha256 of the file's bytes) and returns the same list naming the host's copies. Safe to
     call from several threads: a file wanted by two workers at once is sent once.
@@ -330,13 +330,13 @@ class HostObjects:
                     self.direct, self.direct_reason = why is None, why or ""
             return self.direct
 
-    def ensure(self, files: Sequence[Sequence[str]]) -> list[list[str]]:
+    def ensure(self, files: Sequence[Sequence[str]]) -> list[tuple[str, str]]:
         if self.store is not None and any(from_store(f[0]) for f in files):
             stored = [(f[0], f[1]) for f in files if from_store(f[0])]
             if self.can_fetch():
                 self._fetch_on_host(stored)
                 others = iter(self._ship([f for f in files if not from_store(f[0])]))
-                return [[f"{store_dir(self.cache)}/{f[1]}.parquet", f[1]] if from_store(f[0]) else next(others)
+                return [(f"{store_dir(self.cache)}/{f[1]}.parquet", f[1]) if from_store(f[0]) else next(others)
                         for f in files]
             self.store.fetch(stored)  # here first, then shipped as any file
         return self._ship(files)
@@ -363,7 +363,7 @@ class HostObjects:
                     raise DataError(f"{host_label(self.conn)}: fetching bars from the data store failed: {why}")
                 self.fetched.update(sha for _, sha in wanted)
 
-    def _ship(self, files: Sequence[Sequence[str]]) -> list[list[str]]:
+    def _ship(self, files: Sequence[Sequence[str]]) -> list[tuple[str, str]]:
         if not files:
             return []
         local = self._hashed(files)
@@ -376,7 +376,7 @@ class HostObjects:
                     self.have.update(need)
                     self.checked.update(need)
                     self.reports.append(report)
-        return [[object_path(self.cache, sha), data_sha] for _, sha, data_sha in local]
+        return [(object_path(self.cache, sha), data_sha) for _, sha, data_sha in local]
 
 
 def ship(

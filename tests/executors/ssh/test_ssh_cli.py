@@ -207,3 +207,15 @@ def test_a_walk_forward_run_on_the_hosts_gives_the_bits_of_a_local_run(ready_far
         "fast=5,10", "--param", "slow=20,40"])
     assert summary["computed"] == summary["tasks"] == 60
     assert len(files[0]) == 60 and files[0] == files[1]
+
+
+def test_a_benchmark_run_on_the_hosts_gives_the_bits_of_a_local_run(ready_farm: Farm, farm_python: str,
+                                                                    root: Path, sma_path: Path,
+                                                                    tmp_path: Path) -> None:
+    """The benchmark's partitions reach the hosts as the shard's own do; the results are the same
+    bytes as a local run's."""
+    summary, files = remote_and_local(ready_farm, farm_python, root, tmp_path, [
+        "run", sma_path, "--symbols", "AAA,BBB", "--from", "2020", "--to", "2021", "--benchmark", "CCC",
+        "--param", "fast=5,10", "--param", "slow=30"])
+    assert summary["computed"] == summary["tasks"] == 4
+    assert len(files[0]) == 4 and files[0] == files[1]
