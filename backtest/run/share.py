@@ -30,8 +30,8 @@ class Moved:
 
 
 def _raise_if_broken(remote: Any) -> None:
-    if remote.broken is not None:
-        raise DataError(remote.broken.rsplit("; going on without", 1)[0])
+    if remote.failure is not None:
+        raise DataError(str(remote.failure))
 
 
 def push_run(run_id: str, remote: Any, root: Path) -> Moved:

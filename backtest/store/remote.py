@@ -80,6 +80,7 @@ class RemoteCache:
         self.read_only = read_only
         self.root = Path(root)
         self.broken: str | None = None
+        self.failure: BaseException | None = None  # what broke it, as raised
         self._shown: set[str] = set()
         self.indexes = self.root / "cache" / "remote" / hashlib.sha256(self.where.encode()).hexdigest()[:16]
         self._sizes: dict[str, int] | None = None
@@ -92,6 +93,7 @@ class RemoteCache:
     # failures ------------------------------------------------------------------------------------
     def _fail(self, exc: BaseException) -> None:
         if self.broken is None:
+            self.failure = exc
             self.broken = f"{exc}; going on without the remote cache (results are computed here)"
 
     def warnings(self) -> list[str]:
