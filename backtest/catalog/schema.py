@@ -17,8 +17,9 @@ _ADDED_METRICS = (
     "max_consecutive_wins", "max_consecutive_losses", "max_trade_duration", "avg_trade_duration",
     "exposure_adjusted_return",
 )  # fmt: skip
+_TAIL_METRICS = ("tail_ratio",)
 _BENCHMARK_METRICS = ("alpha", "beta", "information_ratio", "tracking_error", "benchmark_return")
-METRICS = (*_FIRST_METRICS, *_ADDED_METRICS)
+METRICS = (*_FIRST_METRICS, *_ADDED_METRICS, *_TAIL_METRICS)
 """The output contract's metric names: the ``results`` table has one DOUBLE column each (NULL for
 the names added later, in the rows of results computed before)."""
 
@@ -73,6 +74,8 @@ MIGRATIONS: list[str | Callable[[Any, Path], None]] = [
     # 7: what a run ran, in a few bytes (JSON: symbols, parameter sets, date range), so that
     # listing runs does not read job files (a million-task grid's is ~10 MB)
     "ALTER TABLE runs ADD COLUMN scope VARCHAR",
+    # 8: the tail ratio
+    ";\n".join(f'ALTER TABLE results ADD COLUMN "{m}" DOUBLE' for m in _TAIL_METRICS),
 ]
 
 #: metrics only some tasks have (a portfolio's ``orders``, those against a ``--benchmark``): a column

@@ -34,6 +34,14 @@ those accumulators and the trade list into the ``METRIC_NAMES`` values. Definiti
   order trades close (the open position last); a trade with pnl = 0 ends both runs.
 - ``max_trade_duration`` / ``avg_trade_duration`` = max / mean of trade ``bars`` (exit bar − entry bar).
 - ``exposure_adjusted_return`` = total_return / exposure.
+- ``tail_ratio`` = |P95(r)| / |P5(r)| over the N daily returns — r the change of the equity at
+  each UTC calendar day's last bar from the previous day's (the starting cash before the first
+  day), so the bar returns for daily or longer bars, as empyrical's ``tail_ratio`` takes daily
+  returns (the 5 % tails of minute returns measure the bid-ask bounce, not the strategy) —, P the percentile with linear
+  interpolation between order statistics (numpy's default: P_q = r₍ᵢ₎ + g·(r₍ᵢ₊₁₎ − r₍ᵢ₎), i + g =
+  (N − 1)·q/100), as empyrical's ``tail_ratio``: computed exactly (``tail_ratio_nb``), bit for bit
+  numpy's value. N = 0 gives NaN, N = 1 gives 1 (0/0 = NaN for a zero return); P5 = 0 gives inf
+  (NaN when P95 is 0 too).
 - A ratio with a zero denominator, or a statistic of too few values, is NaN.
 
 ``bars_per_year``: 252 for daily bars (52 weekly, 12 monthly), judged by the median spacing of
@@ -73,8 +81,22 @@ def bars_per_year(ts: np.ndarray) -> float:
     return 365.25 / spacing_days
 
 
+def day_ends(ts: np.ndarray, start: int) -> np.ndarray:
+    """The index of each UTC calendar day's last bar from ``start`` on (int64, ascending): where the
+    tail ratio reads the equity for its daily returns. Empty when that is every bar from ``start``
+    on (daily or longer bars): the kernel then takes its bar returns, which are those days'."""
+    n = int(ts.shape[0])
+    if n - start <= 0:
+        return np.empty(0, dtype=np.int64)
+    days = ts[start:] // DAY_NS
+    ends = np.flatnonzero(days[1:] != days[:-1]).astype(np.int64)
+    if ends.shape[0] == n - start - 1:
+        return np.empty(0, dtype=np.int64)
+    return np.concatenate([ends + start, np.array([n - 1], dtype=np.int64)])
+
+
 #: ``curve`` layout of ``metrics_nb``: what the equity pass measures beyond mean, variance and drawdown
-CURVE_FIELDS = ("down1", "dd_sum", "dd_count", "dd_bars", "dd_days")
+CURVE_FIELDS = ("down1", "dd_sum", "dd_count", "dd_bars", "dd_days", "tail_ratio")
 N_METRICS = len(METRIC_NAMES)
 
 
@@ -108,11 +130,11 @@ def metrics_nb(
     """The ``METRIC_NAMES`` values, in that order, from the simulation's accumulators:
     ``mean`` and ``m2`` (sum of squared deviations) of the N bar returns, ``down2`` = Σ min(r, 0)²,
     ``curve`` (``CURVE_FIELDS``: Σ min(r, 0), the drawdown periods' summed depth, count, summed
-    bars and longest span in days) and ``trades`` rows as written by
+    bars and longest span in days, the tail ratio) and ``trades`` rows as written by
     ``simulate_nb`` (entry and exit bar in columns 0 and 1, pnl in 7, return in 8).
 
     Reference: ``reference.metrics`` (numpy over the equity curve and trade list); Sharpe,
-    Sortino, max drawdown, CAGR, volatility and omega are also checked against
+    Sortino, max drawdown, CAGR, volatility, omega and the tail ratio are also checked against
     empyrical-reloaded.
     """
     out = np.full(N_METRICS, np.nan)
@@ -150,6 +172,7 @@ def metrics_nb(
         out[19] = curve[1] / curve[2]
         out[20] = curve[3] / curve[2]
     out[21] = curve[4]
+    out[31] = curve[5]
     out[9] = n_trades
     out[26] = 0.0
     out[27] = 0.0
@@ -236,14 +259,23 @@ def equity_stats_nb(
 ) -> tuple[int, float, float, float, float, int, np.ndarray]:
     """(N, mean, Σ(r − mean)², Σ min(r, 0)², max drawdown, longest run below a peak, ``curve``)
     of the bar returns of ``equity``, the starting cash counting as the bar before the first;
-    ``ts`` holds the bars' times (``curve``: see ``metrics_nb``)."""
+    ``ts`` holds the bars' times (``curve``: see ``metrics_nb``; its tail ratio is over the days'
+    returns, the equity at each UTC day's last bar)."""
     n = equity.shape[0]
     total = 0.0
     prev = cash0
+    daily = np.empty(n)  # the days' returns, for the tail ratio (``day_ends``)
+    days = 0
+    day_prev = cash0
     for t in range(n):
         eq = equity[t]
-        total += (eq - prev) / prev if prev > 0.0 else 0.0
+        r = (eq - prev) / prev if prev > 0.0 else 0.0
+        total += r
         prev = eq
+        if t == n - 1 or ts[t] // DAY_NS != ts[t + 1] // DAY_NS:
+            daily[days] = (eq - day_prev) / day_prev if day_prev > 0.0 else 0.0
+            day_prev = eq
+            days += 1
     mean = total / n if n > 0 else 0.0
     m2 = 0.0
     down2 = 0.0
@@ -281,7 +313,8 @@ def equity_stats_nb(
     if trough < peak:
         dd_sum, dd_n, dd_bars, dd_ns = period_end_nb(dd_sum, dd_n, dd_bars, dd_ns, trough / peak - 1.0,
                                                      n - 1 - peak_i, ts[n - 1] - ts[max(peak_i, 0)])
-    curve = np.array([down1, dd_sum, float(dd_n), float(dd_bars), dd_ns / DAY_NS])
+    tail = tail_ratio_nb(daily, days, 0, np.empty(2 * days), np.empty(SAMPLE))
+    curve = np.array([down1, dd_sum, float(dd_n), float(dd_bars), dd_ns / DAY_NS, tail])
     return n, mean, m2, down2, max_dd, max_under, curve
 
 
@@ -299,6 +332,135 @@ def curve_metrics(equity: np.ndarray, cash0: float, trades: np.ndarray, exposed:
     final = float(equity[-1]) if equity.shape[0] else cash0
     return metrics_nb(cash0, final, count, mean, m2, down2, max_dd, max_under, exposed, bars_per_year, rows,
                       trades.shape[0], first_close, last_close, curve)
+
+
+# ------------------------------------------------------------------ the tail ratio's percentiles
+#
+# numpy's percentile partitions a copy of all N returns (introselect: ~10 ns a return, twice a
+# task's simulation for minute bars held half the time). Here the returns the simulation wrote
+# (its flat bars' zero returns only counted) are filtered instead, Floyd–Rivest style: pivots
+# from a strided sample bracket each wanted rank, one branch-free pass counts what lies below the
+# lower pivot and copies what lies between them, and the (much smaller) copy is filtered again
+# until a few dozen values are left to sort. A pivot pair that misses its rank only costs a
+# wider pass: the result is always exactly the order statistic.
+
+#: sample size for the pivots of one filtering pass
+SAMPLE = 128
+#: below this many values, sort
+_SMALL = 64
+
+
+@njit(cache=True, error_model="numpy")
+def _pivots_nb(values: np.ndarray, n: int, rank: int, sample: np.ndarray) -> tuple[float, float]:
+    """Pivots a ≤ b likely to bracket the order statistics ``rank`` and ``rank + 1`` of
+    ``values[:n]``: sample order statistics about 2.5 standard deviations either side of where
+    the rank falls in a strided sample (±inf past its ends)."""
+    s = min(n, sample.shape[0])
+    step = n / s
+    for i in range(s):
+        sample[i] = values[int(i * step)]
+    sample[:s].sort()
+    p = (rank + 1.0) / n
+    centre = p * s
+    spread = 2.5 * np.sqrt(s * p * (1.0 - p)) + 2.0
+    lo = int(np.floor(centre - spread))
+    hi = int(np.ceil(centre + spread))
+    a = -np.inf if lo < 0 else sample[lo]
+    b = np.inf if hi >= s else sample[hi]
+    return a, b
+
+
+@njit(cache=True, error_model="numpy")
+def _filter_nb(values: np.ndarray, n: int, a: float, b: float, out: np.ndarray) -> tuple[int, int]:
+    """(#values < a, j): ``out[:j]`` receives the values of ``values[:n]`` in [a, b]."""
+    below = 0
+    j = 0
+    for i in range(n):
+        x = values[i]
+        below += x < a
+        out[j] = x
+        j += (x >= a) & (x <= b)
+    return below, j
+
+
+@njit(cache=True, error_model="numpy")
+def _order_pair_nb(values: np.ndarray, n: int, rank: int, work: np.ndarray,
+                   sample: np.ndarray) -> tuple[float, float]:
+    """The order statistics ``rank`` and ``rank + 1`` (NaN past the end) of ``values[:n]``
+    (left as they are). ``work`` (at least ``2·n`` long) holds the filtered copies."""
+    half = work.shape[0] // 2
+    src = values
+    flip = 0
+    while n > _SMALL:
+        top = min(rank + 1, n - 1)
+        dst = work[flip * half:(flip + 1) * half]
+        a, b = _pivots_nb(src, n, rank, sample)
+        below, j = _filter_nb(src, n, a, b, dst)
+        if below > rank or below + j <= top:  # a pivot missed: open that side and filter again
+            a = -np.inf if below > rank else a
+            b = np.inf if below + j <= top else b
+            below, j = _filter_nb(src, n, a, b, dst)
+        if j == n:
+            break
+        src = dst
+        flip = 1 - flip
+        n = j
+        rank -= below
+    last = np.sort(src[:n])
+    return last[rank], last[rank + 1] if rank + 1 < n else np.nan
+
+
+@njit(cache=True, error_model="numpy")
+def _lerp_nb(a: float, b: float, g: float) -> float:
+    """numpy's linear interpolation between neighbouring order statistics (its ``_lerp``)."""
+    d = b - a
+    return b - d * (1.0 - g) if g >= 0.5 else a + d * g
+
+
+@njit(cache=True, error_model="numpy")
+def _percentile_nb(rets: np.ndarray, m: int, zeros: int, q: float, work: np.ndarray,
+                   sample: np.ndarray) -> float:
+    """``np.percentile(x, 100·q)`` (linear) of x = ``rets[:m]`` and ``zeros`` more zero returns.
+
+    Sorted, x holds its negative returns, then every zero, then its positive ones: its order
+    statistic t is the statistic t of ``rets[:m]`` when that is negative, else the statistic
+    t − zeros of ``rets[:m]`` when that is positive, else 0."""
+    total = m + zeros
+    v = (total - 1) * q
+    i = int(np.floor(v))
+    g = v - np.floor(v)
+    if v >= total - 1:
+        i = total - 1
+    j = min(i + 1, total - 1)
+    lo_a = lo_b = np.nan  # statistics i and i + 1 of rets[:m]
+    if i < m:
+        lo_a, lo_b = _order_pair_nb(rets, m, i, work, sample)
+        if lo_a < 0.0 and (j == i or lo_b < 0.0):
+            return _lerp_nb(lo_a, lo_a if j == i else lo_b, g)
+    hi_a = hi_b = np.nan  # statistics i − zeros and i + 1 − zeros of rets[:m]
+    if i - zeros >= 0:
+        hi_a, hi_b = _order_pair_nb(rets, m, i - zeros, work, sample)
+    elif j - zeros >= 0:
+        hi_b = _order_pair_nb(rets, m, j - zeros, work, sample)[0]
+    a = lo_a if (i < m and lo_a < 0.0) else (hi_a if hi_a > 0.0 else 0.0)
+    b = a
+    if j != i:
+        b = lo_b if (j < m and lo_b < 0.0) else (hi_b if hi_b > 0.0 else 0.0)
+    return _lerp_nb(a, b, g)
+
+
+@njit(cache=True, error_model="numpy")
+def tail_ratio_nb(rets: np.ndarray, m: int, zeros: int, work: np.ndarray, sample: np.ndarray) -> float:
+    """abs(P95) / abs(P5) of the returns ``rets[:m]`` and ``zeros`` more zero returns, with
+    exactly ``np.percentile``'s values (``empyrical.tail_ratio``); NaN without returns.
+    ``work``: scratch of at least ``2·m`` values; ``sample``: ``SAMPLE`` values."""
+    if m + zeros == 0:
+        return np.nan
+    p95 = _percentile_nb(rets, m, zeros, 0.95, work, sample)
+    p5 = _percentile_nb(rets, m, zeros, 0.05, work, sample)
+    if p5 == 0.0:  # numpy's x / 0, without its warning
+        return np.nan if p95 == 0.0 else np.inf
+    return abs(p95) / abs(p5)
 
 
 #: metrics a task has when it is compared with a benchmark (``--benchmark``)

@@ -42,6 +42,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "max_trade_duration",
     "avg_trade_duration",
     "exposure_adjusted_return",
+    "tail_ratio",
 )
 """The output contract's metric names, in order. Definitions: docs/engine.md and ``backtest.engine.metrics``."""
 

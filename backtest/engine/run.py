@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from backtest.engine.bars import Bars
-from backtest.engine.metrics import BENCHMARK_METRICS, aligned_closes, bars_per_year, benchmark_nb
+from backtest.engine.metrics import BENCHMARK_METRICS, aligned_closes, bars_per_year, benchmark_nb, day_ends
 from backtest.engine.records import METRIC_NAMES, TRADE_DTYPE, TaskOutput
 from backtest.engine.settings import SimSettings
 from backtest.engine.sim import simulate_nb
@@ -57,6 +57,7 @@ def run_grid(
     bars = _normalised(bars)
     cache: dict[Any, Any] = {}
     bpy = bars_per_year(bars.ts)
+    ends = day_ends(bars.ts, bars.start)
     args: dict[SimSettings, tuple[Any, ...]] = {}
     targets: dict[str, Any] | None = {} if len(set(each)) > 1 else None
     bench = None if benchmark is None else aligned_closes(bars.ts, bars.start, benchmark.ts, benchmark.close)
@@ -70,7 +71,7 @@ def run_grid(
             )
         try:
             target = strategy_target(strategy_cls, bars, params, cache, targets)
-            out = _simulate(strategy_cls, bars, params, target, sim_args, want_equity or bench is not None,
+            out = _simulate(strategy_cls, bars, params, target, sim_args, ends, want_equity or bench is not None,
                             want_equity)
             outputs.append(out if bench is None else compared(out, bench, s.cash, bpy, want_equity))
         except StrategyError as exc:
@@ -115,7 +116,7 @@ def warm_up() -> None:
     ts = np.arange(3, dtype=np.int64) * 60_000_000_000
     x = np.ones(3)
     simulate_nb(ts, x, x, x, x, np.zeros(3), 0, 1.0, 0.0, 0.0, 0.0, False, False, 0.0, 0.0, 0.0,
-                bars_per_year(ts), np.empty(0), False, TRADE_DTYPE)
+                bars_per_year(ts), np.empty(0), day_ends(ts, 0), False, TRADE_DTYPE)
 
 
 def warm_up_all(skip: Any = None) -> None:
@@ -173,6 +174,7 @@ def _simulate(
     params: dict[str, Any],
     target: np.ndarray,
     sim_args: tuple[Any, ...],
+    ends: np.ndarray,
     want_equity: bool,
     excursions: bool,
 ) -> TaskOutput:
@@ -182,7 +184,7 @@ def _simulate(
     equity = np.empty(n - bars.start if want_equity else 0)
     simulate: Any = simulate_nb
     bad, trades, metrics = simulate(
-        bars.ts, bars.open, bars.high, bars.low, bars.close, target, *sim_args, equity, excursions, TRADE_DTYPE
+        bars.ts, bars.open, bars.high, bars.low, bars.close, target, *sim_args, equity, ends, excursions, TRADE_DTYPE
     )
     if bad >= 0:
         raise StrategyError(

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from backtest.engine.metrics import DAY_NS, N_METRICS, metrics_nb, period_end_nb
+from backtest.engine.metrics import DAY_NS, N_METRICS, SAMPLE, metrics_nb, period_end_nb, tail_ratio_nb
 from backtest.engine.orders import (
     TRADE_COLUMNS,
     excursions_nb,
@@ -59,14 +59,16 @@ def simulate_nb(
     trailing_stop: float,
     bars_per_year: float,
     equity_out: np.ndarray,
+    day_ends: np.ndarray,
     excursions: bool,
     trade_dtype: np.dtype,
 ) -> tuple[int, np.ndarray, np.ndarray]:
     """Simulate one target series over bars ``start … n−1`` (module docstring: the semantics).
 
     ``stop_loss`` / ``take_profit`` / ``trailing_stop`` of 0 mean off. ``equity_out`` receives
-    E[start …] when its length is ``n − start``; pass an empty array to skip it. ``excursions``:
-    fill the trades' ``mae``/``mfe`` (``orders.excursions_nb``, after the loop: a grid leaves them
+    E[start …] when its length is ``n − start``; pass an empty array to skip it. ``day_ends``: the
+    index of each day's last bar from ``start`` on (``metrics.day_ends``; empty when every bar is a
+    day of its own), for the tail ratio over daily returns. ``excursions``: fill the trades' ``mae``/``mfe`` (``orders.excursions_nb``, after the loop: a grid leaves them
     NaN, and a report that shows them computes its task again), else they are NaN. ``trade_dtype`` is ``TRADE_DTYPE``
     (an argument: kernels use no module globals). Returns ``(bad, trades, metrics)``: ``bad`` is
     −1, or the first bar index ≥ start whose target is not a finite number in [−1, 1] (then the
@@ -84,12 +86,17 @@ def simulate_nb(
     # 117 MB, for very long series). (Counting the changes first to size them exactly was a fifth
     # of the time of the whole simulation.)
     capacity = min(max(close.shape[0] - start, 0) // 4, 1 << 20) + 16
+    # The tail ratio's returns: each bar's with ``day_ends`` empty (kept where the loop computes
+    # one; the bars skipped as flat are zeros, counted), else each day's (equity at its last bar).
+    by_day = day_ends.shape[0] > 0
+    tail_rets = np.empty(day_ends.shape[0] if by_day else max(close.shape[0] - start, 0))
     while True:
         trades = np.empty((capacity, 10))
         lots = np.empty((capacity, 4))
         status, k, acc, curve = _run_nb(
             ts, open_, high, low, close, target, start, cash0, commission, fee, slippage,
             fill_close, integer_units, stop_loss, take_profit, trailing_stop, equity_out, trades, lots,
+            day_ends, tail_rets,
         )
         if status != -2:
             break
@@ -100,7 +107,15 @@ def simulate_nb(
     trade_records_nb(trades, k, ts, records)
     if excursions:
         excursions_nb(records, high, low)
-    final_eq, count, mean, m2, down2, max_dd, max_under, exposed = acc
+    final_eq, count, mean, m2, down2, max_dd, max_under, exposed, n_tail = acc
+    if by_day:  # day-end equities → the days' returns
+        prev = cash0
+        for d in range(n_tail):
+            e = tail_rets[d]
+            tail_rets[d] = (e - prev) / prev if prev > 0.0 else 0.0
+            prev = e
+    zeros = 0 if by_day else count - n_tail
+    curve[5] = tail_ratio_nb(tail_rets, n_tail, zeros, np.empty(2 * n_tail), np.empty(SAMPLE))
     n = close.shape[0]
     first_close = close[start] if start < n else np.nan
     last_close = close[n - 1] if n > 0 else np.nan
@@ -132,9 +147,16 @@ def _run_nb(
     equity_out: np.ndarray,
     trades: np.ndarray,
     lots: np.ndarray,
-) -> tuple[int, int, tuple[float, int, float, float, float, float, int, int], np.ndarray]:
-    """The bar loop. Returns (status, n_trades, accumulators, ``metrics.CURVE_FIELDS`` values);
-    status −1 done, −2 out of room in ``trades``/``lots``, else the index of a bad target.
+    day_ends: np.ndarray,
+    tail_rets: np.ndarray,
+) -> tuple[int, int, tuple[float, int, float, float, float, float, int, int, int], np.ndarray]:
+    """The bar loop. Returns (status, n_trades, accumulators, ``metrics.CURVE_FIELDS`` values
+    but the tail ratio); status −1 done, −2 out of room in ``trades``/``lots``, else the index of
+    a bad target. For the tail ratio ``tail_rets[:m]`` (m the last accumulator) receives, with
+    ``day_ends`` empty, the returns of the bars not skipped as flat (a skipped bar's return is 0),
+    else the equity at each bar of ``day_ends`` (ascending indices ≥ ``start``, the last bar of
+    each day): every path below that settles a bar's equity writes it when the bar is a day end,
+    and the holding loop stops after one so that it can.
 
     ``lots`` rows: units, entry fill price, entry costs not yet attributed to a trade, entry bar
     (live rows head … tail−1); ``trades`` rows follow ``TRADE_COLUMNS``. Everything that touches
@@ -163,7 +185,10 @@ def _run_nb(
     lo = -np.inf  # while holding, a low ≤ lo or a high ≥ hi may trigger a stop
     hi = np.inf
     keep_equity = equity_out.shape[0] > 0
-    no_curve = np.zeros(5)
+    no_curve = np.zeros(6)
+    kept = 0  # returns or day-end equities written to tail_rets
+    by_day = day_ends.shape[0] > 0
+    n_days = day_ends.shape[0]
     down1 = 0.0
     dd_sum = 0.0
     dd_n = 0
@@ -210,13 +235,16 @@ def _run_nb(
                 # A change decided at bar j's close fills at the next open: bar j is flat too.
                 x = target[j]
                 if not (x >= -1.0 and x <= 1.0):
-                    return j, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0), no_curve
+                    return j, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0), no_curve
                 last = x
                 pending = True
                 j += 1
             if j > i:
                 if keep_equity:
                     equity_out[i - start : j - start] = cash
+                while kept < n_days and day_ends[kept] < j:
+                    tail_rets[kept] = cash
+                    kept += 1
                 if cash >= peak:
                     peak_i = j - 1
                 i = j
@@ -231,6 +259,8 @@ def _run_nb(
             i0 = i
             u = np.uint64(i)
             block_end = min(n, i + 4096 - b_n)  # the end of the current block of returns
+            if kept < n_days:  # or of the day, to note its last equity (always past i: no stall)
+                block_end = min(block_end, max(day_ends[kept], i) + 1)
             u_limit = np.uint64(block_end)
             if stops:  # a bar that may fill a stop takes the full path; with a trailing level every
                 v = u  # bar does, the level moving with each (tested here, not before: cheaper)
@@ -249,6 +279,9 @@ def _run_nb(
                 if keep_equity:
                     equity_out[u - u_start] = eq
                 r = (eq - prev_eq) / prev_eq
+                if not by_day:
+                    tail_rets[kept] = r
+                    kept += 1
                 d = r - shift
                 b_s1 += d
                 b_s2 += d * d
@@ -272,11 +305,14 @@ def _run_nb(
                 u += one
                 if changed:  # decided at this close, filled at the next open
                     if not (x >= -1.0 and x <= 1.0):
-                        return int(np.int64(u)) - 1, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0), no_curve
+                        return int(np.int64(u)) - 1, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0), no_curve
                     last = x
                     pending = True
                     break
             i = int(np.int64(u))
+            if i > i0 and kept < n_days and day_ends[kept] == i - 1:
+                tail_rets[kept] = prev_eq
+                kept += 1
             exposed += i - i0
             b_n += i - i0
             if b_n == 4096:
@@ -286,7 +322,7 @@ def _run_nb(
                 b_s1 = 0.0
                 b_s2 = 0.0
             if i == block_end and i < n:
-                continue  # only the block ended: keep holding
+                continue  # only the block (or day) ended: keep holding
             if i >= n:
                 break
         # The full path. Up to four orders in a bar, in this order: the fill at the open of the
@@ -311,7 +347,7 @@ def _run_nb(
                 if x == last:
                     continue
                 if not (x >= -1.0 and x <= 1.0):
-                    return i, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0), no_curve
+                    return i, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0), no_curve
                 last = x
                 if not fill_close:
                     pending = True
@@ -326,7 +362,7 @@ def _run_nb(
             if raw < 0.0 or (side == 0 and tgt == 0.0) or (phase != 3 and bankrupt):
                 continue
             if k + (tail - head) + 2 > trades.shape[0] or tail + 1 >= lots.shape[0]:
-                return -2, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0), no_curve
+                return -2, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0), no_curve
             # The order: at most one close (FIFO over the lots) and one new lot.
             was = side
             c_qty = 0.0
@@ -442,6 +478,12 @@ def _run_nb(
         if keep_equity:
             equity_out[i - start] = eq
         r = (eq - prev_eq) / prev_eq if prev_eq > 0.0 else 0.0
+        if not by_day:
+            tail_rets[kept] = r
+            kept += 1
+        elif kept < n_days and day_ends[kept] == i:
+            tail_rets[kept] = eq
+            kept += 1
         d = r - shift
         b_s1 += d
         b_s2 += d * d
@@ -478,10 +520,10 @@ def _run_nb(
         dd_sum, dd_n, dd_bars, dd_ns = period_end_nb(dd_sum, dd_n, dd_bars, dd_ns, trough / peak - 1.0,
                                                      n - 1 - peak_i, ts[n - 1] - ts[max(peak_i, start)])
     max_under = max(max_under, n - 1 - peak_i)
-    curve = np.array([down1, dd_sum, float(dd_n), float(dd_bars), dd_ns / DAY_NS])
+    curve = np.array([down1, dd_sum, float(dd_n), float(dd_bars), dd_ns / DAY_NS, np.nan])
     if side != 0:  # the open position: marked to the last close, no exit costs
         if k + (tail - head) > trades.shape[0]:
-            return -2, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0), no_curve
+            return -2, k, (0.0, 0, 0.0, 0.0, 0.0, 0.0, 0, 0, 0), no_curve
         last_px = close[n - 1]
         for j in range(head, tail):
             pnl = side * lots[j, 0] * (last_px - lots[j, 1]) - lots[j, 2]
@@ -496,4 +538,4 @@ def _run_nb(
             trades[k, 8] = pnl / (lots[j, 0] * lots[j, 1])
             trades[k, 9] = lots[j, 2]
             k += 1
-    return -1, k, (prev_eq, count, mean, m2, down2, max_dd, max_under, exposed), curve
+    return -1, k, (prev_eq, count, mean, m2, down2, max_dd, max_under, exposed, kept), curve

@@ -332,6 +332,18 @@ def _mean_or_nan(values):
     return float(np.mean(values)) if len(values) else np.nan
 
 
+def daily_returns(equity, cash, ts=None):
+    """The returns of the equity at each UTC calendar day's last bar (the cash before the first day),
+    grouping by day with pandas-free numpy; without ``ts`` each bar is a day."""
+    eq = np.asarray(equity, dtype=float)
+    if ts is not None and len(eq):
+        day = np.asarray(ts, dtype=np.int64) // (86_400 * 10**9)
+        last = [t for t in range(len(eq)) if t == len(eq) - 1 or day[t] != day[t + 1]]
+        eq = eq[last]
+    prev = np.concatenate([[cash], eq[:-1]])
+    return (eq - prev) / prev
+
+
 def metrics(equity, trades, cash, bars_per_year, close_start, close_end, ts=None, exposed=None):
     """The output contract's metrics from an equity list and trade dicts, with numpy, as docs/engine.md states.
 
@@ -402,6 +414,9 @@ def metrics(equity, trades, cash, bars_per_year, close_start, close_end, ts=None
     gains = sum(x for x in r if x > 0)
     losses = sum(-x for x in r if x < 0)
     out["omega"] = gains / losses if losses > 0 else (np.inf if gains > 0 else np.nan)
+    daily = daily_returns(eq, cash, ts)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out["tail_ratio"] = abs(np.percentile(daily, 95)) / abs(np.percentile(daily, 5)) if n else np.nan
     winners = [t for t in trades if t["pnl"] > 0]
     losers = [t for t in trades if t["pnl"] < 0]
     if winners and losers:

@@ -21,9 +21,9 @@ def test_metric_names():
         "avg_trade", "profit_factor", "expectancy", "sqn", "final_equity", "buy_and_hold_return",
         "avg_drawdown", "avg_drawdown_duration", "max_drawdown_days", "omega", "kelly", "avg_win",
         "avg_loss", "max_consecutive_wins", "max_consecutive_losses", "max_trade_duration",
-        "avg_trade_duration", "exposure_adjusted_return",
+        "avg_trade_duration", "exposure_adjusted_return", "tail_ratio",
     )
-    assert len(set(METRIC_NAMES)) == 31
+    assert len(set(METRIC_NAMES)) == 32
 
 
 class Noisy(Strategy):
@@ -58,6 +58,12 @@ def test_equal_empyrical(step_ns, seed):
     assert empyrical.omega_ratio(returns) == empyrical.omega_ratio(returns, 0.0, 0.0, annualization=1)
     assert m["omega"] == pytest.approx(empyrical.omega_ratio(returns), rel=rel)
     assert m["omega"] == pytest.approx(empyrical.omega_ratio(returns, annualization=ann), rel=rel)
+    # the tail ratio bit for bit, over the days' returns (its percentiles are selected exactly, and
+    # interpolated as numpy does); for daily bars those are the bar returns
+    daily = ref.daily_returns(equity, 100_000.0, bars.ts[bars.start:])
+    assert (len(daily) == len(returns)) == (step_ns == DAY_NS) and len(daily) > 5
+    assert m["tail_ratio"] == empyrical.tail_ratio(daily)
+    assert m["tail_ratio"] == abs(np.percentile(daily, 95)) / abs(np.percentile(daily, 5))
     assert m["max_drawdown"] < 0 and 0 < m["exposure"] < 1
 
 
@@ -149,7 +155,7 @@ def test_no_trades():
     assert m["trades"] == 0 and m["max_consecutive_wins"] == 0.0 and m["max_consecutive_losses"] == 0.0
     assert m["max_drawdown_days"] == 0.0
     for name in ("avg_win", "avg_loss", "kelly", "avg_drawdown", "avg_drawdown_duration", "omega",
-                 "max_trade_duration", "avg_trade_duration", "exposure_adjusted_return"):
+                 "max_trade_duration", "avg_trade_duration", "exposure_adjusted_return", "tail_ratio"):
         assert np.isnan(m[name]), name
     assert_metrics_equal(m, reference_metrics(b, np.zeros(200)))
 
@@ -258,3 +264,106 @@ def test_a_zero_pnl_trade_ends_both_streaks():
     m = run(b, target, fill="close").metrics
     assert m["trades"] == 6 and m["max_consecutive_wins"] == 1.0 and m["max_consecutive_losses"] == 1.0
     assert_metrics_equal(m, reference_metrics(b, target, fill="close"))
+
+
+# ------------------------------------------------------------------ the tail ratio's exact percentiles
+
+
+def numpy_tail_ratio(returns):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return abs(np.percentile(returns, 95)) / abs(np.percentile(returns, 5)) if len(returns) else np.nan
+
+
+def same(a, b):
+    return (np.isnan(a) and np.isnan(b)) or a == b
+
+
+def return_sets():
+    """Returns of many shapes: long and short, ties, one sign only, mostly zero, and each with
+    zero returns counted apart (as the simulation counts its flat bars)."""
+    rng = np.random.default_rng(7)
+    for case in range(600):
+        n = int(rng.integers(0, 70)) if case % 3 == 0 else int(rng.integers(70, 6000))
+        r = rng.standard_t(3, n) * 1e-3
+        kind = case % 6
+        if kind == 1:
+            r = np.round(r, 4)  # many ties
+        elif kind == 2:
+            r = np.abs(r)
+        elif kind == 3:
+            r = -np.abs(r)
+        elif kind == 4:
+            r[rng.random(n) < 0.9] = 0.0
+        elif kind == 5:
+            r = np.sort(r)[:: 1 if case % 4 else -1]  # sorted: every strided sample is skewed
+        zeros = int(rng.integers(0, 2 * n + 3)) if case % 2 else 0
+        yield r, zeros
+
+
+def test_tail_ratio_selection_equals_numpy_bit_for_bit():
+    from backtest.engine.metrics import SAMPLE, tail_ratio_nb
+
+    checked = 0
+    for r, zeros in return_sets():
+        m = r.shape[0]
+        everything = np.concatenate([r, np.zeros(zeros)])
+        kept = r.copy()
+        got = tail_ratio_nb(kept, m, zeros, np.empty(2 * m), np.empty(SAMPLE))
+        assert np.array_equal(kept, r)  # the returns are left as they are
+        want = numpy_tail_ratio(everything)
+        assert same(got, want), (m, zeros, got, want)
+        if len(everything):
+            with np.errstate(divide="ignore", invalid="ignore"):
+                assert same(got, empyrical.tail_ratio(everything))
+        checked += 1
+    assert checked == 600
+
+
+def test_tail_ratio_edge_cases():
+    from backtest.engine.metrics import SAMPLE, tail_ratio_nb
+
+    def tail(values, zeros=0):
+        r = np.asarray(values, dtype=float)
+        return tail_ratio_nb(r, r.shape[0], zeros, np.empty(2 * r.shape[0]), np.empty(SAMPLE))
+
+    assert np.isnan(tail([]))  # no returns
+    assert tail([0.01]) == 1.0 and tail([-0.02]) == 1.0  # one return: both percentiles are it
+    assert np.isnan(tail([0.0])) and np.isnan(tail([], zeros=5))  # 0 / 0
+    assert tail([0.03] * 3, zeros=40) == np.inf  # P5 is 0, P95 is not
+    assert tail([-0.03] * 3, zeros=40) == 0.0  # P95 is 0, P5 is not
+    for values, zeros in (([0.01], 40), ([0.01, -0.02], 1), ([0.5, -0.5, 0.25], 17)):
+        everything = np.concatenate([values, np.zeros(zeros)])
+        assert same(tail(values, zeros), numpy_tail_ratio(everything))
+
+
+@pytest.mark.parametrize("fill", ["next_open", "close"])
+def test_tail_ratio_of_a_run_equals_empyrical(fill):
+    b = weekday_bars(3000, 5, start=40)
+    target = random_targets(3000, 5, 40, rate=0.02)
+    out = run(b, target, fill=fill)
+    returns = np.diff(np.concatenate([[100_000.0], out.equity])) / np.concatenate([[100_000.0], out.equity[:-1]])
+    assert 0.0 < out.metrics["exposure"] < 1.0 and np.count_nonzero(returns == 0.0) > 100  # flat stretches
+    assert out.metrics["tail_ratio"] == empyrical.tail_ratio(returns) == numpy_tail_ratio(returns)
+
+
+@pytest.mark.parametrize("fill", ["next_open", "close"])
+@pytest.mark.parametrize("stops", [{}, {"stop_loss": 0.01, "trailing_stop": 0.02}, {"take_profit": 0.01}])
+@pytest.mark.parametrize("rate", [0.03, 0.004])
+def test_tail_ratio_of_intraday_bars_is_over_the_days_returns(fill, stops, rate):
+    """Intraday bars: the equity at each UTC day's last bar makes the returns (days that end while
+    flat, while holding, on a bar with an order or a stop; a first day begun mid-day), equal to
+    numpy's and empyrical's bit for bit, and to the reference simulator's."""
+    from backtest.engine.metrics import day_ends
+
+    n = 6000
+    b = make_bars(n, seed=7, start=37, step_ns=29 * 60 * 10**9, vol=0.004)  # days of 49 or 50 bars
+    target = random_targets(n, 9, 37, rate=rate)
+    out = run(b, target, fill=fill, **stops)
+    ts = b.ts[b.start:]
+    daily = ref.daily_returns(out.equity, 100_000.0, ts)
+    assert 100 < len(daily) < n // 40 and len(day_ends(b.ts, b.start)) == len(daily)
+    with np.errstate(divide="ignore", invalid="ignore"):  # P5 = 0 (take-profits, few changes): inf
+        assert same(out.metrics["tail_ratio"], empyrical.tail_ratio(daily))
+    assert same(out.metrics["tail_ratio"], numpy_tail_ratio(daily))
+    if rate > 0.01:
+        assert np.count_nonzero(daily == 0.0) > 0 and 0.0 < out.metrics["exposure"] < 1.0
