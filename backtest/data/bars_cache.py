@@ -14,6 +14,12 @@ and holds a header (format, that hash, the row count) followed by the raw little
 - The folder is a cache, bounded by ``BT_BARS_CACHE_MB`` (default 2048; 0 keeps no copies): when
   a new copy takes it over the bound, the copies read longest ago go first. Deleting it any time
   loses nothing. ``bt data rm`` deletes the copies of what it removes.
+- Except what a live process has *pinned* (``pin``): the partitions fetched from an object store
+  for a run exist only here, so the run that fetched them pins them (a file under ``pins/`` naming
+  their hashes, on which the process holds an exclusive ``flock``) and eviction passes them over
+  while that lock is held — until the process ends or calls ``release_pins``. A pin whose lock is
+  free (its process died) is deleted by the next eviction. A run whose partitions exceed the bound
+  therefore keeps them all while it runs, and the folder goes back under the bound afterwards.
 - Workers that have a data root keep copies (local, inline, Dask); SSH workers, which read the
   partitions shipped to their host's cache by absolute path, do not (yet).
 - With the bars on an object store (``--store``), the partitions a run reads are fetched into this
@@ -116,12 +122,83 @@ def keep(cache: Path, sha256: str, cols: Columns, offset: int, n: int, limit: in
         pass
 
 
+#: the pins this process holds: open files, each locked (``pin``)
+_PINS: list[Any] = []
+
+
+def pin(cache: Path, sha256s: Any) -> None:
+    """Keep the files of these partitions (``<sha256>.parquet`` and ``.bars``) in ``cache`` while
+    this process lives or until ``release_pins``, whatever the bound. Best effort: a folder that
+    cannot be written only means no pin."""
+    import fcntl
+    import secrets
+
+    names = sorted(set(sha256s))
+    if not names:
+        return
+    target = cache / "pins" / f"{os.getpid()}-{secrets.token_hex(4)}.pin"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(target, "w+", encoding="ascii")  # noqa: SIM115 - held open: the lock is the pin
+    except OSError:
+        return
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        fh.write("\n".join(names))
+        fh.flush()
+    except OSError:
+        fh.close()
+        return
+    _PINS.append(fh)
+
+
+def release_pins() -> None:
+    """Drop every pin this process holds."""
+    while _PINS:
+        fh = _PINS.pop()
+        try:
+            os.unlink(fh.name)
+        except OSError:
+            pass
+        fh.close()
+
+
+def _pinned(cache: Path) -> set[str]:
+    """The hashes live pins name; pins whose lock is free (their process ended) are deleted."""
+    import fcntl
+
+    found: set[str] = set()
+    try:
+        it = os.scandir(cache / "pins")
+    except OSError:
+        return found
+    with it:
+        for e in it:
+            try:
+                fh = open(e.path, encoding="ascii")  # noqa: SIM115 - closed below
+            except OSError:
+                continue
+            with fh:
+                try:
+                    fcntl.flock(fh.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                except OSError:  # held: a live pin
+                    found.update(fh.read().split())
+                    continue
+                try:
+                    os.unlink(e.path)  # free: its process is gone
+                except OSError:
+                    pass
+    return found
+
+
 def _evict(cache: Path, limit: int, keep: str) -> None:
     entries = []
     total = 0
+    pinned: set[str] | None = None
     with os.scandir(cache) as it:
         for e in it:
-            if e.name.endswith((".bars", ".parquet")):  # .parquet: partitions fetched from an object store
+            # .parquet: partitions fetched from an object store; ".tmp-…": a file being written
+            if e.name.endswith((".bars", ".parquet")) and not e.name.startswith("."):
                 try:
                     st = e.stat()
                 except OSError:
@@ -132,6 +209,10 @@ def _evict(cache: Path, limit: int, keep: str) -> None:
         if total <= limit:
             return
         if name == keep:
+            continue
+        if pinned is None:
+            pinned = _pinned(cache)
+        if name.partition(".")[0] in pinned:
             continue
         try:
             os.unlink(os.path.join(cache, name))

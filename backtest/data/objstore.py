@@ -322,15 +322,18 @@ def to_stored(manifest: dict[str, list[Partition]]) -> dict[str, list[Partition]
 
 def fetch(objects: Objects, root: Path, parts: Iterable[Partition]) -> int:
     """Bring every partition of ``parts`` that the bars cache under ``root`` lacks into it
-    (``cache/bars/<sha>.parquet`` and its uncompressed copy), each verified by its content hash;
-    the number fetched. A DataError names a partition whose object does not hash to its name."""
+    (``cache/bars/<sha>.parquet`` and its uncompressed copy), each verified by its content hash,
+    and pin them all there for this process (``bars_cache.pin``: the cache's bound never evicts
+    them while it runs); the number fetched. A DataError names a partition whose object does not hash to its name."""
     from backtest.data import bars_cache
 
     cache = bars_cache.folder(root)
+    parts = list(parts)
+    cache.mkdir(parents=True, exist_ok=True)
+    bars_cache.pin(cache, [p.sha256 for p in parts])  # kept while this process reads them
     todo = {p.sha256: p for p in parts if not (cache / f"{p.sha256}.parquet").exists()}
     if not todo:
         return 0
-    cache.mkdir(parents=True, exist_ok=True)
     objects.fs  # noqa: B018 - open once (and fail once) before the threads start
     if len(todo) == 1:
         for p in todo.values():

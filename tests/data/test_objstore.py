@@ -3,12 +3,14 @@ it (the same keys and result bytes as a local store), concurrent imports and the
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import SYMBOLS, bt_in, synth_daily
 
@@ -293,3 +295,54 @@ def test_a_reader_reads_and_cannot_write(s3auth, tmp_path: Path, monkeypatch: py
     assert code == 2 and "denied permission while opening the bucket" in line and "s3:ListBucket" in line, line
     for r in (tmp_path / "w", root):
         _nothing_under(r, *(k.secret_key for k in s3auth.keys.values()))
+
+
+def _hourly(seed: int, years: int = 3) -> tuple[np.ndarray, ...]:
+    """Hourly bars around the clock from 2020 on: ~8 800 rows (~420 KB as a cached copy) a year."""
+    rng = np.random.default_rng(seed)
+    n = 24 * 366 * years
+    ts = np.datetime64("2020-01-01", "ns").astype(np.int64) + np.arange(n, dtype=np.int64) * 3_600_000_000_000
+    close = 50.0 * np.exp(np.cumsum(rng.normal(0.0, 0.003, n)))
+    open_ = np.concatenate([[close[0]], close[:-1]])
+    return ts, open_, np.maximum(open_, close) * 1.001, np.minimum(open_, close) * 0.999, close, np.full(n, 100.0)
+
+
+def test_a_run_keeps_what_it_fetched_whatever_the_cache_bound(s3env: str, tmp_path: Path, sma_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's partitions (9 of ~0.7 MB, Parquet and copy) are far over a 1 MB bars cache: the
+    run must still read every one of them (nothing it fetched is evicted while it runs), and after
+    it the cache goes back under its bound at the next copy kept."""
+    store = _store(tmp_path / "up", s3env)
+    for i, sym in enumerate(SYMBOLS):
+        store.import_arrays(sym, *_hourly(i))
+    monkeypatch.setenv("BT_BARS_CACHE_MB", "1")
+    root = tmp_path / "root"
+    args = ["--store", s3env, "run", sma_path, "--from", "2020", "--to", "2022", "--param", "fast=5,10",
+            "--param", "slow=30", "--workers", "2", "--json"]
+    code, out, err = bt_in(root, *args)
+    assert code == 0, out + err
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["failed"] == 0 and got["computed"] == 6, got
+    cache = root / "cache" / "bars"
+    held = sum(p.stat().st_size for p in cache.iterdir() if p.suffix in (".parquet", ".bars"))
+    assert held > 2 << 20  # the run kept its partitions while it ran, over the bound
+    again = [a if a != "fast=5,10" else "fast=5,7" for a in args]  # a second run reading them again
+    code, out, err = bt_in(root, *again)
+    assert code == 0, out + err
+    assert json.loads(out.strip().splitlines()[-1])["failed"] == 0
+    # the runs were in this process, whose pins hold until it ends or drops them; then the next
+    # copy kept brings the folder back under its bound
+    from backtest.data import bars_cache
+
+    assert list((cache / "pins").iterdir())
+    bars_cache.release_pins()
+    bars_cache.keep(cache, "0" * 64, *_columns_of_rows(10), 1 << 20)
+    held = sum(p.stat().st_size for p in cache.iterdir() if p.suffix in (".parquet", ".bars"))
+    assert held <= 1 << 20 and not list((cache / "pins").iterdir())
+
+
+def _columns_of_rows(n: int):  # noqa: ANN202
+    from backtest.data.partition import Columns
+
+    x = np.ones(n)
+    return Columns(np.arange(n, dtype=np.int64), x, x, x, x, x), 0, n
