@@ -103,6 +103,25 @@ def _with_env(uri: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query, safe=":/"), ""))
 
 
+#: attempts of one S3 request (the AWS SDKs' "standard" retry mode): a filesystem made from a URI
+#: otherwise retries with the SDK's legacy strategy, ~6 s before an unreachable endpoint is said
+#: to be one (~2 s so)
+S3_ATTEMPTS = 3
+
+
+def _patient_enough(fs: Any) -> Any:
+    """``fs`` (an S3FileSystem made from a URI) again with every option it has, but the standard
+    retry strategy of ``S3_ATTEMPTS`` attempts; ``fs`` itself if pyarrow will not rebuild it."""
+    import pyarrow.fs as pafs
+
+    try:
+        options = dict(fs.__reduce__()[1][0])
+        options["retry_strategy"] = pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS)
+        return pafs.S3FileSystem(**options)
+    except (TypeError, ValueError, IndexError, KeyError):
+        return fs
+
+
 def describe(exc: BaseException, where: str, action: str, kind: str = "data store",
              option: str = "--store / BT_STORE") -> DataError:
     """An error of the object store as one line that says what to do (``kind``: what the store
@@ -169,6 +188,7 @@ class Objects:
                             "(or another URI pyarrow.fs opens, e.g. file:///folder)") from None
         base = base.rstrip("/")
         if type(fs).__name__ == "S3FileSystem":
+            fs = _patient_enough(fs)
             bucket = base.split("/", 1)[0]
             try:
                 info = fs.get_file_info(bucket)
