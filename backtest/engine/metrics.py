@@ -313,7 +313,7 @@ def equity_stats_nb(
     if trough < peak:
         dd_sum, dd_n, dd_bars, dd_ns = period_end_nb(dd_sum, dd_n, dd_bars, dd_ns, trough / peak - 1.0,
                                                      n - 1 - peak_i, ts[n - 1] - ts[max(peak_i, 0)])
-    tail = tail_ratio_nb(daily, days, 0, np.empty(2 * days), np.empty(SAMPLE))
+    tail = tail_ratio_nb(daily, days, 0, np.empty(2 * days))
     curve = np.array([down1, dd_sum, float(dd_n), float(dd_bars), dd_ns / DAY_NS, tail])
     return n, mean, m2, down2, max_dd, max_under, curve
 
@@ -336,78 +336,134 @@ def curve_metrics(equity: np.ndarray, cash0: float, trades: np.ndarray, exposed:
 
 # ------------------------------------------------------------------ the tail ratio's percentiles
 #
-# numpy's percentile partitions a copy of all N returns (introselect: ~10 ns a return, twice a
-# task's simulation for minute bars held half the time). Here the returns the simulation wrote
-# (its flat bars' zero returns only counted) are filtered instead, Floyd–Rivest style: pivots
-# from a strided sample bracket each wanted rank, one branch-free pass counts what lies below the
-# lower pivot and copies what lies between them, and the (much smaller) copy is filtered again
-# until a few dozen values are left to sort. A pivot pair that misses its rank only costs a
-# wider pass: the result is always exactly the order statistic.
+# An order statistic of the days' returns, without sorting them (a sort of a few thousand values
+# mispredicts a branch every few comparisons): bucket selection. One pass finds the range, one
+# counts the values into 64 equal buckets over it, the bucket holding the wanted rank is copied out
+# (the other buckets' values counted below or above), and again on the copy — whose range is its
+# own values', so outliers cannot crowd the rest into one bucket for long — until a few dozen
+# values are left to sort. Every pass is branch-free; the result is exactly the order statistic.
 
-#: sample size for the pivots of one filtering pass
-SAMPLE = 128
-#: below this many values, sort
-_SMALL = 64
-
-
-@njit(cache=True, error_model="numpy")
-def _pivots_nb(values: np.ndarray, n: int, rank: int, sample: np.ndarray) -> tuple[float, float]:
-    """Pivots a ≤ b likely to bracket the order statistics ``rank`` and ``rank + 1`` of
-    ``values[:n]``: sample order statistics about 2.5 standard deviations either side of where
-    the rank falls in a strided sample (±inf past its ends)."""
-    s = min(n, sample.shape[0])
-    step = n / s
-    for i in range(s):
-        sample[i] = values[int(i * step)]
-    sample[:s].sort()
-    p = (rank + 1.0) / n
-    centre = p * s
-    spread = 2.5 * np.sqrt(s * p * (1.0 - p)) + 2.0
-    lo = int(np.floor(centre - spread))
-    hi = int(np.ceil(centre + spread))
-    a = -np.inf if lo < 0 else sample[lo]
-    b = np.inf if hi >= s else sample[hi]
-    return a, b
+#: buckets a selection pass counts into
+_BUCKETS = 64
+#: at most this many values are sorted
+_SMALL = 48
 
 
 @njit(cache=True, error_model="numpy")
-def _filter_nb(values: np.ndarray, n: int, a: float, b: float, out: np.ndarray) -> tuple[int, int]:
-    """(#values < a, j): ``out[:j]`` receives the values of ``values[:n]`` in [a, b]."""
-    below = 0
-    j = 0
-    for i in range(n):
-        x = values[i]
-        below += x < a
-        out[j] = x
-        j += (x >= a) & (x <= b)
-    return below, j
+def _bucket_nb(x: float, lo: float, scale: float) -> int:
+    return min(int((x - lo) * scale), _BUCKETS - 1)
 
 
 @njit(cache=True, error_model="numpy")
-def _order_pair_nb(values: np.ndarray, n: int, rank: int, work: np.ndarray,
-                   sample: np.ndarray) -> tuple[float, float]:
-    """The order statistics ``rank`` and ``rank + 1`` (NaN past the end) of ``values[:n]``
-    (left as they are). ``work`` (at least ``2·n`` long) holds the filtered copies."""
-    half = work.shape[0] // 2
-    src = values
-    flip = 0
-    while n > _SMALL:
-        top = min(rank + 1, n - 1)
-        dst = work[flip * half:(flip + 1) * half]
-        a, b = _pivots_nb(src, n, rank, sample)
-        below, j = _filter_nb(src, n, a, b, dst)
-        if below > rank or below + j <= top:  # a pivot missed: open that side and filter again
-            a = -np.inf if below > rank else a
-            b = np.inf if below + j <= top else b
-            below, j = _filter_nb(src, n, a, b, dst)
-        if j == n:
+def _narrow_nb(src: np.ndarray, n: int, rank: int, lo: float, hi: float, work: np.ndarray) -> float:
+    """The order statistic ``rank`` of ``src[:n]``, whose least and greatest values are lo and hi,
+    by bucket selection (``src`` may be ``work`` itself: each pass compacts it from its front)."""
+    counts = np.empty(_BUCKETS if n > _SMALL else 0, dtype=np.int64)
+    while n > _SMALL and lo < hi:
+        scale = _BUCKETS / (hi - lo)
+        if not (scale > 0.0 and scale < np.inf):  # an infinite value, or a span too fine to divide
             break
-        src = dst
-        flip = 1 - flip
+        counts[:] = 0
+        for i in range(n):
+            counts[_bucket_nb(src[i], lo, scale)] += 1
+        b = 0
+        below = 0
+        while below + counts[b] <= rank:
+            below += counts[b]
+            b += 1
+        j = 0
+        new_lo = hi
+        new_hi = lo
+        for i in range(n):
+            x = src[i]
+            work[j] = x
+            hit = _bucket_nb(x, lo, scale) == b
+            j += hit
+            new_lo = min(new_lo, x) if hit else new_lo
+            new_hi = max(new_hi, x) if hit else new_hi
+        src = work
         n = j
         rank -= below
-    last = np.sort(src[:n])
-    return last[rank], last[rank + 1] if rank + 1 < n else np.nan
+        lo = new_lo
+        hi = new_hi
+    if lo == hi:
+        return lo
+    return np.sort(src[:n])[rank]
+
+
+@njit(cache=True, error_model="numpy")
+def _two_pairs_nb(values: np.ndarray, n: int, r1: int, r2: int, lo: float, hi: float,
+                  work: np.ndarray) -> tuple[float, float, float, float]:
+    """The order statistics r1, r1 + 1, r2 and r2 + 1 of ``values[:n]`` (left as they are; NaN
+    past the end, and for a rank < 0); lo and hi are their least and greatest. Each pass over all
+    of them serves both ranks: the count into buckets, the copy of each rank's bucket (``work[:n]`` and
+    ``work[n:2n]``), and the pass that finds each rank's next statistic (the same value when it is
+    repeated past the rank, else the least value above it)."""
+    if n == 0 or (r1 < 0 and r2 < 0):
+        return np.nan, np.nan, np.nan, np.nan
+    scale = _BUCKETS / (hi - lo) if lo < hi else 0.0
+    a1 = a2 = np.nan
+    if n <= _SMALL or not (scale > 0.0 and scale < np.inf):
+        ordered = np.sort(values[:n])
+        a1 = ordered[r1] if r1 >= 0 else np.nan
+        a2 = ordered[r2] if r2 >= 0 else np.nan
+    else:
+        counts = np.zeros(_BUCKETS, dtype=np.int64)
+        for i in range(n):
+            counts[_bucket_nb(values[i], lo, scale)] += 1
+        b1 = b2 = -1
+        below1 = below2 = 0
+        seen = 0
+        for b in range(_BUCKETS):
+            if b1 < 0 and r1 >= 0 and seen + counts[b] > r1:
+                b1, below1 = b, seen
+            if b2 < 0 and r2 >= 0 and seen + counts[b] > r2:
+                b2, below2 = b, seen
+            seen += counts[b]
+        j1 = 0
+        j2 = n
+        lo1 = lo2 = hi
+        hi1 = hi2 = lo
+        for i in range(n):
+            x = values[i]
+            k = _bucket_nb(x, lo, scale)
+            work[j1] = x
+            work[j2] = x
+            in1 = k == b1
+            in2 = k == b2
+            j1 += in1
+            j2 += in2
+            lo1 = min(lo1, x) if in1 else lo1
+            hi1 = max(hi1, x) if in1 else hi1
+            lo2 = min(lo2, x) if in2 else lo2
+            hi2 = max(hi2, x) if in2 else hi2
+        if b1 >= 0:
+            a1 = _narrow_nb(work[:j1], j1, r1 - below1, lo1, hi1, work[:n])
+        if b2 >= 0:
+            a2 = _narrow_nb(work[n:j2], j2 - n, r2 - below2, lo2, hi2, work[n:2 * n])
+    at1 = at2 = 0  # values <= a1, <= a2; least values above them
+    up1 = up2 = np.inf
+    for i in range(n):
+        x = values[i]
+        at1 += x <= a1
+        at2 += x <= a2
+        up1 = min(up1, x) if x > a1 else up1
+        up2 = min(up2, x) if x > a2 else up2
+    next1 = (a1 if at1 > r1 + 1 else up1) if r1 >= 0 and r1 + 1 < n else np.nan
+    next2 = (a2 if at2 > r2 + 1 else up2) if r2 >= 0 and r2 + 1 < n else np.nan
+    return a1, next1, a2, next2
+
+
+@njit(cache=True, error_model="numpy")
+def _full_rank_nb(t: int, neg: int, flat: int, zeros: int) -> int:
+    """Where the order statistic t of the returns and ``zeros`` more zero returns is among the
+    returns alone, sorted: ``neg`` of them are negative and ``flat`` zero, so it is their statistic t
+    (negative), a zero (−1), or their statistic t − zeros (positive)."""
+    if t < neg:
+        return t
+    if t < neg + flat + zeros:
+        return -1
+    return t - zeros
 
 
 @njit(cache=True, error_model="numpy")
@@ -418,46 +474,52 @@ def _lerp_nb(a: float, b: float, g: float) -> float:
 
 
 @njit(cache=True, error_model="numpy")
-def _percentile_nb(rets: np.ndarray, m: int, zeros: int, q: float, work: np.ndarray,
-                   sample: np.ndarray) -> float:
-    """``np.percentile(x, 100·q)`` (linear) of x = ``rets[:m]`` and ``zeros`` more zero returns.
+def _pick_nb(rank: int, base: int, first: float, second: float) -> float:
+    """The value of a statistic mapped by ``_full_rank_nb``: a zero, or one of the pair at ``base``."""
+    if rank < 0:
+        return 0.0
+    return first if rank == base else second
 
-    Sorted, x holds its negative returns, then every zero, then its positive ones: its order
-    statistic t is the statistic t of ``rets[:m]`` when that is negative, else the statistic
-    t − zeros of ``rets[:m]`` when that is positive, else 0."""
-    total = m + zeros
+
+@njit(cache=True, error_model="numpy")
+def _percentile_pair_nb(total: int, q: float) -> tuple[int, int, float]:
     v = (total - 1) * q
     i = int(np.floor(v))
     g = v - np.floor(v)
     if v >= total - 1:
         i = total - 1
-    j = min(i + 1, total - 1)
-    lo_a = lo_b = np.nan  # statistics i and i + 1 of rets[:m]
-    if i < m:
-        lo_a, lo_b = _order_pair_nb(rets, m, i, work, sample)
-        if lo_a < 0.0 and (j == i or lo_b < 0.0):
-            return _lerp_nb(lo_a, lo_a if j == i else lo_b, g)
-    hi_a = hi_b = np.nan  # statistics i − zeros and i + 1 − zeros of rets[:m]
-    if i - zeros >= 0:
-        hi_a, hi_b = _order_pair_nb(rets, m, i - zeros, work, sample)
-    elif j - zeros >= 0:
-        hi_b = _order_pair_nb(rets, m, j - zeros, work, sample)[0]
-    a = lo_a if (i < m and lo_a < 0.0) else (hi_a if hi_a > 0.0 else 0.0)
-    b = a
-    if j != i:
-        b = lo_b if (j < m and lo_b < 0.0) else (hi_b if hi_b > 0.0 else 0.0)
-    return _lerp_nb(a, b, g)
+    return i, min(i + 1, total - 1), g
 
 
 @njit(cache=True, error_model="numpy")
-def tail_ratio_nb(rets: np.ndarray, m: int, zeros: int, work: np.ndarray, sample: np.ndarray) -> float:
+def tail_ratio_nb(rets: np.ndarray, m: int, zeros: int, work: np.ndarray) -> float:
     """abs(P95) / abs(P5) of the returns ``rets[:m]`` and ``zeros`` more zero returns, with
     exactly ``np.percentile``'s values (``empyrical.tail_ratio``); NaN without returns.
-    ``work``: scratch of at least ``2·m`` values; ``sample``: ``SAMPLE`` values."""
-    if m + zeros == 0:
+    ``work``: scratch of at least ``2·m`` values."""
+    total = m + zeros
+    if total == 0:
         return np.nan
-    p95 = _percentile_nb(rets, m, zeros, 0.95, work, sample)
-    p5 = _percentile_nb(rets, m, zeros, 0.05, work, sample)
+    neg = 0
+    flat = 0
+    lo = rets[0] if m else 0.0
+    hi = lo
+    for k in range(m):
+        x = rets[k]
+        neg += x < 0.0
+        flat += x == 0.0
+        lo = min(lo, x)
+        hi = max(hi, x)
+    i5, j5, g5 = _percentile_pair_nb(total, 0.05)
+    i95, j95, g95 = _percentile_pair_nb(total, 0.95)
+    # the statistics i and j (= i or i + 1) of each percentile, among the returns alone: a pair of
+    # consecutive ranks there, or a zero
+    s5, t5 = _full_rank_nb(i5, neg, flat, zeros), _full_rank_nb(j5, neg, flat, zeros)
+    s95, t95 = _full_rank_nb(i95, neg, flat, zeros), _full_rank_nb(j95, neg, flat, zeros)
+    r5 = s5 if s5 >= 0 else t5
+    r95 = s95 if s95 >= 0 else t95
+    a5, b5, a95, b95 = _two_pairs_nb(rets, m, r5, r95, lo, hi, work)
+    p5 = _lerp_nb(_pick_nb(s5, r5, a5, b5), _pick_nb(t5, r5, a5, b5), g5)
+    p95 = _lerp_nb(_pick_nb(s95, r95, a95, b95), _pick_nb(t95, r95, a95, b95), g95)
     if p5 == 0.0:  # numpy's x / 0, without its warning
         return np.nan if p95 == 0.0 else np.inf
     return abs(p95) / abs(p5)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from backtest.engine.metrics import DAY_NS, N_METRICS, SAMPLE, metrics_nb, period_end_nb, tail_ratio_nb
+from backtest.engine.metrics import DAY_NS, N_METRICS, metrics_nb, period_end_nb, tail_ratio_nb
 from backtest.engine.orders import (
     TRADE_COLUMNS,
     excursions_nb,
@@ -115,7 +115,7 @@ def simulate_nb(
             tail_rets[d] = (e - prev) / prev if prev > 0.0 else 0.0
             prev = e
     zeros = 0 if by_day else count - n_tail
-    curve[5] = tail_ratio_nb(tail_rets, n_tail, zeros, np.empty(2 * n_tail), np.empty(SAMPLE))
+    curve[5] = tail_ratio_nb(tail_rets, n_tail, zeros, np.empty(2 * n_tail))
     n = close.shape[0]
     first_close = close[start] if start < n else np.nan
     last_close = close[n - 1] if n > 0 else np.nan
