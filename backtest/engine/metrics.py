@@ -34,12 +34,12 @@ those accumulators and the trade list into the ``METRIC_NAMES`` values. Definiti
   order trades close (the open position last); a trade with pnl = 0 ends both runs.
 - ``max_trade_duration`` / ``avg_trade_duration`` = max / mean of trade ``bars`` (exit bar − entry bar).
 - ``exposure_adjusted_return`` = total_return / exposure.
-- ``tail_ratio`` = |P95(r)| / |P5(r)| over the N daily returns — r the change of the equity at
+- ``tail_ratio`` = |P95(r)| / |P5(r)| over the N daily returns: r is the change of the equity at
   each UTC calendar day's last bar from the previous day's (the starting cash before the first
-  day), so the bar returns for daily or longer bars, as empyrical's ``tail_ratio`` takes daily
-  returns (the 5 % tails of minute returns measure the bid-ask bounce, not the strategy) —, P the percentile with linear
-  interpolation between order statistics (numpy's default: P_q = r₍ᵢ₎ + g·(r₍ᵢ₊₁₎ − r₍ᵢ₎), i + g =
-  (N − 1)·q/100), as empyrical's ``tail_ratio``: computed exactly (``tail_ratio_nb``), bit for bit
+  day), i.e. the bar returns for daily or longer bars. Daily, as empyrical's ``tail_ratio`` takes
+  them: the 5 % tails of minute returns measure the bid-ask bounce, not the strategy. P is the
+  percentile with linear interpolation between order statistics (numpy's default: P_q = r₍ᵢ₎ +
+  g·(r₍ᵢ₊₁₎ − r₍ᵢ₎), i + g = (N − 1)·q/100), computed exactly (``tail_ratio_nb``): bit for bit
   numpy's value. N = 0 gives NaN, N = 1 gives 1 (0/0 = NaN for a zero return); P5 = 0 gives inf
   (NaN when P95 is 0 too).
 - A ratio with a zero denominator, or a statistic of too few values, is NaN.

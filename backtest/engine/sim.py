@@ -68,8 +68,9 @@ def simulate_nb(
     ``stop_loss`` / ``take_profit`` / ``trailing_stop`` of 0 mean off. ``equity_out`` receives
     E[start …] when its length is ``n − start``; pass an empty array to skip it. ``day_ends``: the
     index of each day's last bar from ``start`` on (``metrics.day_ends``; empty when every bar is a
-    day of its own), for the tail ratio over daily returns. ``excursions``: fill the trades' ``mae``/``mfe`` (``orders.excursions_nb``, after the loop: a grid leaves them
-    NaN, and a report that shows them computes its task again), else they are NaN. ``trade_dtype`` is ``TRADE_DTYPE``
+    day of its own), for the tail ratio over daily returns. ``excursions``: fill the trades'
+    ``mae``/``mfe`` (``orders.excursions_nb``, after the loop: a grid leaves them NaN, and a report
+    that shows them computes its task again), else they are NaN. ``trade_dtype`` is ``TRADE_DTYPE``
     (an argument: kernels use no module globals). Returns ``(bad, trades, metrics)``: ``bad`` is
     −1, or the first bar index ≥ start whose target is not a finite number in [−1, 1] (then the
     rest is empty/NaN); ``trades`` is a ``trade_dtype`` array; ``metrics`` follows
