@@ -16,7 +16,7 @@ and holds a header (format, that hash, the row count) followed by the raw little
   loses nothing. ``bt data rm`` deletes the copies of what it removes.
 - Except what a live process has *pinned* (``pin``): the partitions fetched from an object store
   for a run exist only here, so the run that fetched them pins them (a file under ``pins/`` naming
-  their hashes, on which the process holds an exclusive ``flock``) and eviction passes them over
+  their hashes, one a process, on which it holds an exclusive ``flock``) and eviction passes them over
   while that lock is held — until the process ends or calls ``release_pins``. A pin whose lock is
   free (its process died) is deleted by the next eviction. A run whose partitions exceed the bound
   therefore keeps them all while it runs, and the folder goes back under the bound afterwards.
@@ -122,40 +122,44 @@ def keep(cache: Path, sha256: str, cols: Columns, offset: int, n: int, limit: in
         pass
 
 
-#: the pins this process holds: open files, each locked (``pin``)
-_PINS: list[Any] = []
+#: the pin this process holds in each cache folder: (its open, locked file, the hashes it lists)
+_PINS: dict[str, tuple[Any, set[str]]] = {}
 
 
 def pin(cache: Path, sha256s: Any) -> None:
     """Keep the files of these partitions (``<sha256>.parquet`` and ``.bars``) in ``cache`` while
-    this process lives or until ``release_pins``, whatever the bound. Best effort: a folder that
-    cannot be written only means no pin."""
+    this process lives or until ``release_pins``, whatever the bound. One pin file a process and
+    folder, appended to (so a reader sees every hash but perhaps the one being written). Best
+    effort: a folder that cannot be written only means no pin."""
     import fcntl
     import secrets
 
-    names = sorted(set(sha256s))
-    if not names:
+    held = _PINS.get(str(cache))
+    if held is None:
+        target = cache / "pins" / f"{os.getpid()}-{secrets.token_hex(4)}.pin"
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fh = open(target, "a", encoding="ascii")  # noqa: SIM115 - held open: the lock is the pin
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        except OSError:
+            return
+        held = _PINS[str(cache)] = (fh, set())
+    fh, names = held
+    new = sorted(set(sha256s) - names)
+    if not new:
         return
-    target = cache / "pins" / f"{os.getpid()}-{secrets.token_hex(4)}.pin"
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(target, "w+", encoding="ascii")  # noqa: SIM115 - held open: the lock is the pin
-    except OSError:
-        return
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        fh.write("\n".join(names))
+        fh.write("".join(f"{n}\n" for n in new))
         fh.flush()
     except OSError:
-        fh.close()
         return
-    _PINS.append(fh)
+    names.update(new)
 
 
 def release_pins() -> None:
     """Drop every pin this process holds."""
     while _PINS:
-        fh = _PINS.pop()
+        fh, _ = _PINS.popitem()[1]
         try:
             os.unlink(fh.name)
         except OSError:

@@ -153,3 +153,27 @@ def test_bt_run_refuses_a_bad_bound_in_one_line(tmp_path):
     assert done.stderr.strip() == ("error: BT_BARS_CACHE_MB='lots': give the bound of the bars cache in MB, a whole "
                                    "number (0 keeps no copies; default 2048)")
     assert Catalog(root / "catalog.duckdb").runs() == []
+
+
+def test_pins_are_one_file_a_process_and_hold_only_while_locked(tmp_path: Path) -> None:
+    """Eviction passes over pinned partitions while the pin's lock is held, one pin file serves every
+    call of a process (no file descriptor a call), and a pin whose process is gone is deleted."""
+    cache = tmp_path / "bars"
+    cache.mkdir()
+    names = [f"{i:064x}" for i in range(6)]
+    for n in names:
+        (cache / f"{n}.parquet").write_bytes(b"x" * 1000)
+    for n in names[:3]:
+        bars_cache.pin(cache, [n])
+    assert len(list((cache / "pins").iterdir())) == 1  # one file however many calls
+    bars_cache._evict(cache, 0, keep="")
+    assert sorted(p.stem for p in cache.glob("*.parquet")) == names[:3]
+    bars_cache.release_pins()
+    assert not list((cache / "pins").iterdir())
+    # a pin left by a process that ended: its lock is free, so it is deleted and protects nothing
+    code = ("import sys; from pathlib import Path; from backtest.data import bars_cache; "
+            f"bars_cache.pin(Path({str(cache)!r}), {names[:1]!r}); import os; os._exit(0)")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert len(list((cache / "pins").iterdir())) == 1
+    bars_cache._evict(cache, 0, keep="")
+    assert not list(cache.glob("*.parquet")) and not list((cache / "pins").iterdir())
