@@ -529,6 +529,43 @@ class ResultStore:
             return set(keys)
         return {keys[i] for i in np.flatnonzero(found)}
 
+    def intact_raw(self, raw: bytes) -> tuple[Any, dict[str, str]]:
+        """``intact`` of many keys given raw (32 bytes each, joined, as ``plan.TaskTable`` holds
+        them): whether each is stored whole (a NumPy mask in their order), and what is wrong with
+        each other stored result (set aside). Packs are searched as ``_packed_many`` does, with
+        no hex text made: each pack's keys are looked up among the wanted keys' sorted first 8
+        bytes, and a key is found only if all its 32 bytes are those of the wanted key there."""
+        import numpy as np
+
+        n = len(raw) // 32
+        if self._has_loose():  # single files: judged one by one, by their hex names
+            keys = [raw[i:i + 32].hex() for i in range(0, len(raw), 32)]
+            good, bad = self.intact(keys)
+            return np.fromiter((k in good for k in keys), bool, n), bad
+        found = np.zeros(n, dtype=bool)
+        packs = [p for p in self.packs() if len(p)]
+        if not packs or not n:
+            return found, {}
+        wanted = np.frombuffer(raw, dtype="<u8").reshape(-1, 4)
+        lead = np.frombuffer(raw, dtype=">u8")[::4].astype(np.uint64)  # as numbers in the bytes' order
+        order = np.argsort(lead)
+        lead = lead[order]
+        if n > 1 and bool((lead[1:] == lead[:-1]).any()):  # two wanted keys begin alike (a key twice)
+            keys = [raw[i:i + 32].hex() for i in range(0, len(raw), 32)]
+            got = self._packed_many(keys)
+            return np.fromiter((k in got for k in keys), bool, n), {}
+        rows = np.dtype([("key", "V32"), ("offset", "<u8"), ("length", "<u4")])
+        for pack in packs:
+            packed = np.frombuffer(pack.index, dtype=rows)["key"]
+            if pack.dropped:  # entries listed as damaged (rare): not served
+                packed = packed[np.fromiter((k.tobytes() not in pack.dropped for k in packed), bool, len(packed))]
+            packed = np.ascontiguousarray(packed)
+            at = np.minimum(np.searchsorted(lead, packed.view(">u8")[::4].astype(np.uint64)), n - 1)
+            rows_at = order[at]
+            whole = (wanted[rows_at] == packed.view("<u8").reshape(-1, 4)).all(axis=1)
+            found[rows_at[whole]] = True
+        return found, {}
+
     def _has_loose(self) -> bool:
         """Whether the store has single-file results (key-prefix folders) at all."""
         try:
