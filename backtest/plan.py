@@ -16,6 +16,7 @@ balance gained by smaller shards.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import re
 from array import array
@@ -136,21 +137,21 @@ def key_inputs(job: Job, parts: PartsFor) -> KeyInputs:
     return KeyInputs(head, params, settings, bool(job.axes), symbols, tails, tuple(job.warmups), tuple(files))
 
 
-def _source_digest() -> str:
-    """The sha256 of this module's text (how keys are joined from ``KeyInputs``), or of
-    ``task_keys``' code when the text cannot be read."""
-    try:
-        with open(__file__, "rb") as fh:
-            return sha256_hex(fh.read())
-    except OSError:
-        return sha256_hex(task_keys.__code__.co_code)
+@functools.cache
+def _code_digest() -> str:
+    """The sha256 of the code, as loaded, that makes keys and their order from ``KeyInputs``
+    (and the inputs from a job): a change to how keys are joined is another digest."""
+    import marshal
+
+    code = (_enc, _enc_each, key_inputs, layout, task_keys, _split)
+    return sha256_hex(b"".join(marshal.dumps(f.__code__) for f in code))
 
 
 def digest(inputs: KeyInputs) -> str:
     """The name of the keys ``inputs`` make: the sha256 of every field (the engine version, the
     strategy, the parameter sets, the settings, the symbols, the range, the warm-ups and each
     symbol's partition hashes are all in their texts) and of the code that joins them."""
-    return token(["bt-keys-1", _source_digest(), inputs.head, inputs.params, inputs.settings, inputs.by_set,
+    return token(["bt-keys-1", _code_digest(), inputs.head, inputs.params, inputs.settings, inputs.by_set,
                   list(inputs.symbols), list(inputs.tails), list(inputs.warmups),
                   [[s, w, list(f) if f is not None else None] for s, w, f in inputs.files]])
 
@@ -258,9 +259,9 @@ class TaskTable(Sequence[Task]):
 
     def take(self, rows: Sequence[int]) -> TaskTable:
         """The tasks of ``rows`` (ascending), as a table."""
-        raw = self.raw
-        out = TaskTable(self.job, b"".join([raw[32 * r:32 * r + 32] for r in rows]), array("i", [self.sets[r] for r in rows]),
-                        array("i", [self.syms[r] for r in rows]))
+        raw, sets, syms = self.raw, self.sets, self.syms
+        out = TaskTable(self.job, b"".join([raw[32 * r:32 * r + 32] for r in rows]), array("i", [sets[r] for r in rows]),
+                        array("i", [syms[r] for r in rows]))
         if self._hex is not None:
             out._hex = [self._hex[r] for r in rows]
         return out

@@ -4,8 +4,8 @@ hashing them again (a million tasks: ~1.6 s of sha256 over ~600 bytes a task).
 A job's keys depend only on its ``plan.KeyInputs`` (the engine version, the strategy's hash and
 class, every parameter set, the settings, the symbols, a universe's members, the benchmark, the
 range, the warm-ups and the hash of every partition each (symbol, warm-up) reads) and on the code
-that joins them (``plan.task_keys``). ``plan.digest`` is the sha256 of all of that, module text
-included, and names the file: ``<root>/cache/plans/<digest>.keys``. The inputs are made by the
+that joins them (``plan.task_keys``). ``plan.digest`` is the sha256 of all of that, that code's
+byte code included, and names the file: ``<root>/cache/plans/<digest>.keys``. The inputs are made by the
 very function that the keys are made from (``plan.key_inputs``), so anything that changes a key
 changes the digest; a file is never trusted for inputs it was not made of.
 

@@ -195,3 +195,24 @@ def test_a_large_grid_runs_as_columns(root: Path, sma_path: Path) -> None:
     before = {c[0] for c in cached}
     assert {r[1] for r in rows(fourth["run_id"]) if r[0] not in before} == {"BBB"}
     assert len(files(root)) == 2
+
+
+def test_other_code_joining_the_keys_is_another_digest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digest covers the byte code that makes keys and their order from the inputs, as loaded:
+    a planner that orders or joins them otherwise never reads the keys this one kept."""
+    inputs = key_inputs(job(), parts_for(job()))
+    before = digest(inputs)
+
+    def layout(inputs: Any) -> Any:  # the same answer, other code
+        sets, syms = plan_layout(inputs)
+        return sets, syms
+
+    plan_layout = plan.layout
+    monkeypatch.setattr(plan, "layout", layout)
+    plan._code_digest.cache_clear()
+    try:
+        assert digest(inputs) != before
+    finally:
+        monkeypatch.undo()
+        plan._code_digest.cache_clear()
+    assert digest(inputs) == before
