@@ -22,6 +22,7 @@ import re
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from types import CodeType
 from typing import Any, overload
 
 from backtest.errors import UsageError
@@ -141,10 +142,23 @@ def key_inputs(job: Job, parts: PartsFor) -> KeyInputs:
 def _code_digest() -> str:
     """The sha256 of the code, as loaded, that makes keys and their order from ``KeyInputs``
     (and the inputs from a job): a change to how keys are joined is another digest."""
-    import marshal
-
     code = (_enc, _enc_each, key_inputs, layout, task_keys, _split)
-    return sha256_hex(b"".join(marshal.dumps(f.__code__) for f in code))
+    return sha256_hex("\n".join(_code_text(f.__code__) for f in code))
+
+
+def _code_text(code: CodeType) -> str:
+    """A text of ``code`` that only its byte code, names and constants decide (``marshal``'s
+    bytes also depend on reference counts; a frozenset's order on the hash seed)."""
+    consts = []
+    for c in code.co_consts:
+        if isinstance(c, CodeType):
+            consts.append(_code_text(c))
+        elif isinstance(c, frozenset):
+            consts.append(repr(sorted(map(repr, c))))
+        else:
+            consts.append(repr(c))
+    return repr((code.co_name, code.co_code.hex(), code.co_names, code.co_varnames, code.co_freevars,
+                 code.co_cellvars, code.co_argcount, code.co_kwonlyargcount, code.co_flags, consts))
 
 
 def digest(inputs: KeyInputs) -> str:

@@ -216,3 +216,20 @@ def test_other_code_joining_the_keys_is_another_digest(monkeypatch: pytest.Monke
         monkeypatch.undo()
         plan._code_digest.cache_clear()
     assert digest(inputs) == before
+
+
+def test_the_code_digest_is_the_same_in_every_process() -> None:
+    """Whatever the hash seed, and whether the module came from source or byte code: a rerun in a
+    new process finds the keys an earlier one kept."""
+    import os
+    import subprocess
+    import sys
+
+    got = set()
+    for seed in ("1", "2"):
+        for cache in ("", "1"):
+            env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONDONTWRITEBYTECODE": cache}
+            out = subprocess.run([sys.executable, "-c", "from backtest import plan; print(plan._code_digest())"],
+                                 env=env, capture_output=True, text=True, check=True)
+            got.add(out.stdout.strip())
+    assert got == {plan._code_digest()}
