@@ -1,5 +1,5 @@
 """The keys of large jobs, kept by what they are made of, so that a rerun reads them instead of
-hashing them again (a million tasks: ~1.6 s of sha256 over ~600 bytes a task).
+hashing them again (a million tasks: ~1.5 s of sha256 over ~600 bytes a task).
 
 A job's keys depend only on its ``plan.KeyInputs`` (the engine version, the strategy's hash and
 class, every parameter set, the settings, the symbols, a universe's members, the benchmark, the
