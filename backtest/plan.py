@@ -16,13 +16,17 @@ balance gained by smaller shards.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import re
-from collections.abc import Sequence
-from typing import Any
+from array import array
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from types import CodeType
+from typing import Any, overload
 
 from backtest.errors import UsageError
-from backtest.hashing import canonical_json, sha256_hex
+from backtest.hashing import canonical_json, sha256_hex, token
 from backtest.spec import Job, PartsFor, Shard, ShardGroup, ShardSpec, Task
 from backtest.version import ENGINE_VERSION
 
@@ -64,61 +68,240 @@ def parse_range(start: str | None, end: str | None) -> tuple[int, int]:
     return s, e
 
 
+def _enc(value: Any) -> str:
+    try:
+        return canonical_json(value)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"parameters {value} cannot be hashed canonically ({exc}); use plain numbers, "
+                         "booleans or strings") from exc
+
+
+def _enc_each(values: list[Any]) -> str:
+    """The canonical JSON of the list ``values``; a value that cannot be encoded is named alone."""
+    try:
+        return canonical_json(values)
+    except (TypeError, ValueError):
+        for v in values:
+            _enc(v)
+        raise
+
+
+@dataclass(frozen=True)
+class KeyInputs:
+    """Everything the keys of a job's tasks are made of, as the text the keys hold: ``task_keys``
+    makes every key from these fields and nothing else, so two jobs with equal ``KeyInputs`` have
+    the same keys (``digest`` names them: the plan cache, ``run/plan_cache.py``).
+
+    A key's text is ``head + params[i] + ',"partitions":' + files[0] + ',"settings":' + settings[i]
+    + tails[s] + files[1] + "}"`` for parameter set ``i`` and task symbol ``s``, with ``files`` the
+    (partition hashes, warm-up) texts of (symbol, the set's warm-up): the canonical JSON of
+    ``task_key``'s fields, whose keys sort in that order."""
+
+    #: '{' then the benchmark, engine version, start, universe members (each only if there is one)
+    head: str
+    #: the canonical JSON list of every parameter set's strategy parameters
+    params: str
+    #: the canonical JSON of the job's settings, or (``by_set``) the list of each set's
+    settings: str
+    by_set: bool
+    #: what tasks are filed under (symbols, or the universe's name), and each one's text from
+    #: the strategy to the warm-up's name
+    symbols: tuple[str, ...]
+    tails: tuple[str, ...]
+    #: each parameter set's warm-up
+    warmups: tuple[int, ...]
+    #: (symbol, warm-up) -> (the JSON list of its partitions' hashes, the warm-up's JSON), or None
+    #: when some partition is not known (its tasks are left out)
+    files: tuple[tuple[str, int, tuple[str, str] | None], ...]
+
+
+def key_inputs(job: Job, parts: PartsFor) -> KeyInputs:
+    """What every key of ``job`` over ``parts`` is made of (``KeyInputs``): each value of ``job``
+    and ``parts`` that ``task_key`` reads, encoded once."""
+    strategy = _enc({"hash": job.strategy.hash, "class": job.strategy.name})
+    members = f'"members":{_enc(list(job.symbols))},' if job.universe else ""
+    bench = f'"benchmark":{_enc(job.benchmark_key())},' if job.benchmark else ""
+    head = f'{{{bench}"engine":{_enc(ENGINE_VERSION)},"from":{_enc(job.start_ns)},{members}"params":'
+    params = _enc_each([job.strategy_params(p) for p in job.params_list])
+    if job.axes:
+        settings = _enc_each([job.task_settings(p) for p in job.params_list])
+    else:
+        settings = _enc(job.settings)
+    symbols = tuple(job.task_symbols())
+    tails = tuple(f',"strategy":{strategy},"symbol":{_enc(symbol)},"to":{_enc(job.end_ns)},"warmup":'
+                  for symbol in symbols)
+    files = []
+    for symbol in symbols:
+        for warmup in sorted(set(job.warmups)):
+            found = job.files(parts, symbol, warmup)
+            files.append((symbol, warmup, (_enc([h for _, h in found]), _enc(warmup)) if found else None))
+    return KeyInputs(head, params, settings, bool(job.axes), symbols, tails, tuple(job.warmups), tuple(files))
+
+
+@functools.cache
+def _code_digest() -> str:
+    """The sha256 of the code, as loaded, that makes keys and their order from ``KeyInputs``
+    (and the inputs from a job): a change to how keys are joined is another digest."""
+    code = (_enc, _enc_each, key_inputs, layout, task_keys, _split)
+    return sha256_hex("\n".join(_code_text(f.__code__) for f in code))
+
+
+def _code_text(code: CodeType) -> str:
+    """A text of ``code`` that only its byte code, names and constants decide (``marshal``'s
+    bytes also depend on reference counts; a frozenset's order on the hash seed)."""
+    consts = []
+    for c in code.co_consts:
+        if isinstance(c, CodeType):
+            consts.append(_code_text(c))
+        elif isinstance(c, frozenset):
+            consts.append(repr(sorted(map(repr, c))))
+        else:
+            consts.append(repr(c))
+    return repr((code.co_name, code.co_code.hex(), code.co_names, code.co_varnames, code.co_freevars,
+                 code.co_cellvars, code.co_argcount, code.co_kwonlyargcount, code.co_flags, consts))
+
+
+def digest(inputs: KeyInputs) -> str:
+    """The name of the keys ``inputs`` make: the sha256 of every field (the engine version, the
+    strategy, the parameter sets, the settings, the symbols, the range, the warm-ups and each
+    symbol's partition hashes are all in their texts) and of the code that joins them."""
+    return token(["bt-keys-1", _code_digest(), inputs.head, inputs.params, inputs.settings, inputs.by_set,
+                  list(inputs.symbols), list(inputs.tails), list(inputs.warmups),
+                  [[s, w, list(f) if f is not None else None] for s, w, f in inputs.files]])
+
+
+def layout(inputs: KeyInputs) -> tuple[array[int], array[int]]:
+    """(parameter set, task symbol) of each task, in the order of ``task_keys``: parameter set by
+    parameter set, each set's symbols in the job's order; symbols without parts left out."""
+    present: dict[int, list[int]] = {}
+    index = {s: i for i, s in enumerate(inputs.symbols)}
+    for symbol, warmup, found in inputs.files:
+        row = present.setdefault(warmup, [])
+        if found is not None:
+            row.append(index[symbol])
+    sets, syms = array("i"), array("i")
+    for i, warmup in enumerate(inputs.warmups):
+        row = present[warmup]
+        sets.extend([i] * len(row))
+        syms.extend(row)
+    return sets, syms
+
+
+def task_keys(inputs: KeyInputs) -> bytes:
+    """The raw sha256 (32 bytes) of every task's key text, in ``layout``'s order, joined: the keys
+    are ``task_key``'s, byte for byte. The canonical JSON of a dict with sorted keys is the
+    canonical JSON of its values in key order, so the parts shared by many tasks (the job's, each
+    symbol's, each parameter set's) are encoded once and joined — a tenth of the time for a big
+    grid. Each set's texts are cut out of ``inputs``' lists (checked to be those very lists)."""
+    import hashlib
+
+    params = _split(inputs.params)
+    settings = _split(inputs.settings) if inputs.by_set else None
+    files = {(s, w): f for s, w, f in inputs.files}
+    sha256 = hashlib.sha256
+    out = bytearray()  # (not a list of a million small bytes objects: ~70 MB more at a first run)
+    append = out.extend
+    for i, (pj, warmup) in enumerate(zip(params, inputs.warmups, strict=True)):
+        sj = settings[i] if settings is not None else inputs.settings
+        front = f'{inputs.head}{pj},"partitions":'
+        middle = f',"settings":{sj}'
+        for symbol, sym_tail in zip(inputs.symbols, inputs.tails, strict=True):
+            of_warmup = files[(symbol, warmup)]
+            if of_warmup is None:
+                continue
+            append(sha256(f"{front}{of_warmup[0]}{middle}{sym_tail}{of_warmup[1]}}}".encode()).digest())
+    return bytes(out)
+
+
+def _split(text: str) -> list[str]:
+    """The canonical JSON texts of the items of the canonical JSON list ``text``, checked: joined
+    again they are ``text``."""
+    import json
+
+    items = [canonical_json(v) for v in json.loads(text)]
+    if "[" + ",".join(items) + "]" != text:
+        raise AssertionError("a key's input does not read back as its own text")
+    return items
+
+
+class TaskTable(Sequence[Task]):
+    """A job's tasks as columns: each task's raw key (32 bytes, in one ``bytes``), parameter set
+    and task symbol. A ``Task`` is made only when one is asked for (a fully cached rerun of a
+    million tasks needs none: its keys go to the store and the catalog as columns)."""
+
+    def __init__(self, job: Job, raw: bytes, sets: array[int], syms: array[int]) -> None:
+        if len(raw) != 32 * len(sets) or len(sets) != len(syms):
+            raise ValueError("a task table's columns differ in length")
+        self.job = job
+        self.raw = raw
+        self.sets = sets
+        self.syms = syms
+        self.symbols = job.task_symbols()
+        self._hex: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.sets)
+
+    def keys(self) -> list[str]:
+        """Every task's key (hex), in order."""
+        if self._hex is None:
+            text = self.raw.hex()
+            self._hex = [text[i:i + 64] for i in range(0, len(text), 64)]
+        return self._hex
+
+    def _task(self, i: int) -> Task:
+        s = self.sets[i]
+        return Task(self.keys()[i], self.symbols[self.syms[i]], self.job.params_list[s], self.job.warmups[s])
+
+    @overload
+    def __getitem__(self, i: int) -> Task: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[Task]: ...
+    def __getitem__(self, i: int | slice) -> Task | list[Task]:
+        if isinstance(i, slice):
+            return [self._task(j) for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self._task(i)
+
+    def __iter__(self) -> Iterator[Task]:
+        keys, symbols, params, warmups = self.keys(), self.symbols, self.job.params_list, self.job.warmups
+        for key, s, y in zip(keys, self.sets, self.syms, strict=True):
+            yield Task(key, symbols[y], params[s], warmups[s])
+
+    def take(self, rows: Sequence[int]) -> TaskTable:
+        """The tasks of ``rows`` (ascending), as a table."""
+        raw, sets, syms = self.raw, self.sets, self.syms
+        out = TaskTable(self.job, b"".join([raw[32 * r:32 * r + 32] for r in rows]), array("i", [sets[r] for r in rows]),
+                        array("i", [syms[r] for r in rows]))
+        if self._hex is not None:
+            out._hex = [self._hex[r] for r in rows]
+        return out
+
+
+def keys_of(tasks: Sequence[Task]) -> list[str]:
+    """The keys of ``tasks`` (a list, or a ``TaskTable``'s, made once), in order."""
+    return tasks.keys() if isinstance(tasks, TaskTable) else [t.key for t in tasks]
+
+
+def task_table(job: Job, parts: PartsFor, inputs: KeyInputs | None = None, raw: bytes | None = None) -> TaskTable:
+    """Every task of the job (``make_tasks``'), as a ``TaskTable``; ``raw``: the keys ``task_keys``
+    made of ``inputs`` before (the plan cache's)."""
+    inputs = key_inputs(job, parts) if inputs is None else inputs
+    sets, syms = layout(inputs)
+    return TaskTable(job, task_keys(inputs) if raw is None else raw, sets, syms)
+
+
 def make_tasks(job: Job, parts: PartsFor) -> list[Task]:
     """Every task of the job, parameter set by parameter set in grid order, each set's symbols in
     the job's order; symbols without parts are left out. (Parameter-major: the catalog records a
     run's task rows in this order, and a row group of them then holds a few thousand distinct
     parameter texts rather than every set of a large grid: ~38 bytes a row instead of ~50.)
 
-    The keys are ``task_key``'s, byte for byte: the canonical JSON of a dict with sorted keys is
-    the canonical JSON of its values in key order, so the parts shared by many tasks (the job's,
-    each symbol's, each parameter set's) are encoded once and joined — a tenth of the time for a
-    big grid, which a rerun spends before anything else."""
-    import hashlib
-
-    def enc(value: Any) -> str:
-        try:
-            return canonical_json(value)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(f"parameters {value} cannot be hashed canonically ({exc}); use plain numbers, "
-                             "booleans or strings") from exc
-
-    strategy = enc({"hash": job.strategy.hash, "class": job.strategy.name})
-    members = f'"members":{enc(list(job.symbols))},' if job.universe else ""
-    bench = f'"benchmark":{enc(job.benchmark_key())},' if job.benchmark else ""
-    head = f'{{{bench}"engine":{enc(ENGINE_VERSION)},"from":{enc(job.start_ns)},{members}"params":'
-    params_json = [enc(job.strategy_params(p)) for p in job.params_list]
-    only = enc(job.settings)
-    settings_of: list[str] | None = None  # with settings axes: each parameter set's settings
-    if job.axes:
-        by_combo: dict[tuple[Any, ...], str] = {}
-        settings_of = []
-        for p in job.params_list:
-            combo = tuple(p[a] for a in job.axes)
-            if combo not in by_combo:
-                by_combo[combo] = enc(job.task_settings(p))
-            settings_of.append(by_combo[combo])
-    tasks = []
-    sha256 = hashlib.sha256
-    symbols = job.task_symbols()
-    tails = [f',"strategy":{strategy},"symbol":{enc(symbol)},"to":{enc(job.end_ns)},"warmup":' for symbol in symbols]
-    # each (symbol, warm-up)'s (partition hashes, warm-up) as the key's text, or None: no partition
-    of_warmups: dict[tuple[str, int], tuple[str, str] | None] = {}
-    for i, (params, pj, warmup) in enumerate(zip(job.params_list, params_json, job.warmups, strict=True)):
-        sj = settings_of[i] if settings_of is not None else only
-        front = f'{head}{pj},"partitions":'
-        middle = f',"settings":{sj}'
-        for symbol, sym_tail in zip(symbols, tails, strict=True):
-            try:
-                of_warmup = of_warmups[(symbol, warmup)]
-            except KeyError:
-                files = job.files(parts, symbol, warmup)
-                of_warmup = of_warmups[(symbol, warmup)] = (enc([h for _, h in files]), enc(warmup)) if files else None
-            if of_warmup is None:
-                continue
-            text = f"{front}{of_warmup[0]}{middle}{sym_tail}{of_warmup[1]}}}"
-            tasks.append(Task(sha256(text.encode("utf-8")).hexdigest(), symbol, params, warmup))
-    return tasks
+    The keys are ``task_key``'s, byte for byte (``task_keys``)."""
+    return list(task_table(job, parts))
 
 
 def make_shards(job: Job, tasks: Sequence[Task], parts: PartsFor, workers: int) -> list[Shard]:

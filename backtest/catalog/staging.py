@@ -40,8 +40,8 @@ def _stage(rows: Sequence[Any], columns: dict[str, str]) -> Staged | None:
         cols = [p[name] for p in parts]
         typ = _NUMPY_TYPES.get(sql_type)
         if typ is None or any(c.dtype == object for c in cols):
-            cols = [c.astype(object) for c in cols]
-        out[name] = np.concatenate(cols)
+            cols = [c if c.dtype == object else c.astype(object) for c in cols]
+        out[name] = cols[0] if len(cols) == 1 else np.concatenate(cols)  # (one block: no copy)
     return out
 
 

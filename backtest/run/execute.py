@@ -27,6 +27,7 @@ from backtest.executors.base import (
     TasksDone,
     WorkerNote,
 )
+from backtest.plan import keys_of
 from backtest.run.prepare import executor_options, prepare_started
 from backtest.run.record import Recorder
 from backtest.run.recover import recovery
@@ -170,7 +171,7 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
         return tasks, results, [], {"status": "done", "finished": time.time(), "computed": 0, "failed": 0,
                                     "seconds": time.monotonic() - t0}
 
-    unindexed = catalog.start_run(_run_row(prep, run_id), [t.key for t in prep.cached], coordinator_alive,
+    unindexed = catalog.start_run(_run_row(prep, run_id), keys_of(prep.cached), coordinator_alive,
                               then=None if prep.shards else all_cached)
     if not prep.shards:  # nothing to compute: the whole run was recorded in that one transaction
         summary = RunSummary(run_id, "done", len(prep.tasks), 0, len(prep.cached), 0, time.monotonic() - t0, "",

@@ -7,7 +7,7 @@ likely work, so that their start-up (imports, numba) overlaps the planning.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -65,7 +65,6 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None, 
     from backtest.data.freq import fmt_ts
     from backtest.executors import parse_url
     from backtest.run.axes import split_settings, with_axes
-    from backtest.store.results import ResultStore
     from backtest.walkforward import parse_walk_forward
 
     root = root or paths.root()
@@ -123,6 +122,31 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None, 
     if wf is not None:
         return _prepare_walk_forward(req, root, text, job, parts, wf, store, target.capacity, target.url,
                                      skipped, portfolio, (strategy_params, strategy_warmups), fetch)
+    from backtest.run import plan_cache
+
+    plan = _plan_many if plan_cache.planned(job) >= plan_cache.MIN_TASKS else _plan_few
+    tasks, todo, cached, damaged, remote, hits = plan(req, root, job, parts, fetch)
+    shards = make_shards(job, todo, parts, target.capacity)
+    mark("shards made")
+    remember_grid(req, root, text, source, strategy_params, strategy_warmups, portfolio)
+    mark("grid kept")
+    notes = [f"result {k[:12]} {why}: set aside, computed again" for k, why in sorted(damaged.items())]
+    for sym, (first, last) in ({} if portfolio else store.short_spans(job.symbols, start_ns, end_ns)).items():
+        notes.append(f"{sym} has bars only from {fmt_ts(first)} to {fmt_ts(last)}, part of the range: "
+                     "rank its results with care")
+    return Prepared(req, job, tasks, cached, shards, skipped, target.url, root, parts, notes, remote=remote,
+                    remote_hits=hits)
+
+
+#: what planning found: (every task, those to compute, those cached, damaged results set aside
+#: (key -> what is wrong), the shared result cache or None, how many results it gave)
+_Planned = tuple[Sequence[Task], list[Task], Sequence[Task], dict[str, str], Any, int]
+
+
+def _plan_few(req: RunRequest, root: Path, job: Job, parts: dict[Any, Any], fetch: bool) -> _Planned:
+    """The tasks of a job of fewer than ``plan_cache.MIN_TASKS`` tasks, hashed, as ``Task``s."""
+    from backtest.store.results import ResultStore
+
     tasks = make_tasks(job, parts)
     mark(f"{len(tasks)} tasks planned")
     damaged: dict[str, str] = {}
@@ -139,16 +163,42 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None, 
             have |= got
     todo = [t for t in tasks if t.key not in have]
     cached = [t for t in tasks if t.key in have]
-    shards = make_shards(job, todo, parts, target.capacity)
-    mark("shards made")
-    remember_grid(req, root, text, source, strategy_params, strategy_warmups, portfolio)
-    mark("grid kept")
-    notes = [f"result {k[:12]} {why}: set aside, computed again" for k, why in sorted(damaged.items())]
-    for sym, (first, last) in ({} if portfolio else store.short_spans(job.symbols, start_ns, end_ns)).items():
-        notes.append(f"{sym} has bars only from {fmt_ts(first)} to {fmt_ts(last)}, part of the range: "
-                     "rank its results with care")
-    return Prepared(req, job, tasks, cached, shards, skipped, target.url, root, parts, notes, remote=remote,
-                    remote_hits=hits)
+    return tasks, todo, cached, damaged, remote, hits
+
+
+def _plan_many(req: RunRequest, root: Path, job: Job, parts: dict[Any, Any], fetch: bool) -> _Planned:
+    """The tasks of a large job (``plan_cache.MIN_TASKS`` or more) as columns: the keys come from
+    the plan cache (or are hashed and kept there), the results store is searched with their raw
+    bytes, and the cached tasks stay a ``plan.TaskTable`` (no ``Task`` a task): only the tasks to
+    compute are made ``Task``s, for their shards."""
+    import numpy as np
+
+    from backtest.run import plan_cache
+    from backtest.store.results import ResultStore
+
+    tasks = plan_cache.tasks(root, job, parts)
+    mark(f"{len(tasks)} tasks planned")
+    damaged: dict[str, str] = {}
+    remote = remote_cache(req, root)
+    hits = 0
+    if req.force:
+        have = np.zeros(len(tasks), dtype=bool)
+    else:
+        results = ResultStore(root)
+        have, damaged = results.intact_raw(tasks.raw)
+        mark("results store checked")
+        if remote is not None and not have.all():
+            missing = np.flatnonzero(~have).tolist()
+            keys = tasks.keys()
+            hits, got = _from_remote(remote, [keys[i] for i in missing], results, fetch)
+            if got:
+                have[[i for i in missing if keys[i] in got]] = True
+    if not have.any():  # nothing stored (a first run): every task a ``Task``, as a plain job's
+        todo = list(tasks)
+        return todo, todo, [], damaged, remote, hits
+    todo = [tasks[i] for i in np.flatnonzero(~have).tolist()]
+    cached = tasks if have.all() else tasks.take(np.flatnonzero(have).tolist())
+    return tasks, todo, cached, damaged, remote, hits
 
 
 def _from_remote(remote: Any, missing: list[str], results: Any, fetch: bool) -> tuple[int, set[str]]:

@@ -14,7 +14,7 @@ import importlib
 import json
 import threading
 import time
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cached_property
 from typing import Any
@@ -28,6 +28,7 @@ from backtest.executors.base import (
     WorkerNote,
     WorkerStatus,
 )
+from backtest.plan import TaskTable, keys_of
 from backtest.run.request import Prepared
 from backtest.spec import Task
 from backtest.trace import mark
@@ -51,7 +52,8 @@ class Recorder:
         self.catalog = catalog
         self.store = store
         # the catalog's text of each parameter set, encoded once: every symbol's tasks share the job's dicts
-        self.texts = {id(p): json.dumps(p, sort_keys=True) for p in prep.job.params_list}
+        encode = json.JSONEncoder(sort_keys=True).encode  # json.dumps(p, sort_keys=True), one encoder for all
+        self.texts = {id(p): encode(p) for p in prep.job.params_list}
         self.env_texts: dict[str, str] = {}  # each worker's environment, as the catalog's text
         self.task_rows: list[dict[str, Any]] = []
         self.result_rows: list[dict[str, Any]] = []
@@ -78,7 +80,11 @@ class Recorder:
     @cached_property
     def by_key(self) -> dict[str, Task]:
         """The run's tasks by key, made when an outcome first needs one (a fully cached rerun
-        never does: a million tasks' dict is 0.4 s)."""
+        never does: a million tasks' dict is 0.4 s). Of a large job's (a ``TaskTable``), only the
+        tasks its shards hold: the cached ones have no outcome."""
+        if isinstance(self.prep.tasks, TaskTable):
+            return {key: Task(key, shard.spec.symbol, params, group.warmup) for shard in self.prep.shards
+                    for group in shard.spec.groups for key, params in group.tasks}
         return {t.key: t for t in self.prep.tasks}
 
     # rows ---------------------------------------------------------------------------------------
@@ -88,7 +94,7 @@ class Recorder:
     def row(self, t: Task, *rest: Any) -> dict[str, Any]:
         return task_row(t, self._params_text(t), *rest)
 
-    def cached_rows(self, unindexed: Container[str], cached: list[Task] | None = None,
+    def cached_rows(self, unindexed: Container[str], cached: Sequence[Task] | None = None,
                     now: float | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Task rows of the cached tasks (``cached``, default the run's planned ones), and metric
         rows of those the catalog does not index yet (``unindexed``; e.g. after the catalog was
@@ -100,13 +106,15 @@ class Recorder:
         now = time.time() if now is None else now
         cached = self.prep.cached if cached is None else cached
         tasks: list[Any]
-        if len(cached) > NUMPY_ROWS:  # as columns: no dict a row
+        if isinstance(cached, TaskTable):
+            tasks = [self._table_columns(cached, now)]
+        elif len(cached) > NUMPY_ROWS:  # as columns: no dict a row
             tasks = [self._done_columns(cached, True, 0, None, now)]
         else:
             tasks = [self.row(t, "done", True, 0, None, None, None, now) for t in cached]
         results = []
-        wanted = [t.key for t in cached if t.key in unindexed] if unindexed else []
-        for _, data in self.store.read_many(wanted):
+        wanted = [k for k in keys_of(cached) if k in unindexed] if unindexed else []
+        for _, data in self.store.read_many(wanted) if wanted else ():  # (read_many reads the packs)
             header, metrics = decode_metrics(data)
             results.append(result_row(header, metrics, now))
         return tasks, results
@@ -171,7 +179,7 @@ class Recorder:
             "key": keys, "symbol": symbols, "params": params, "n_trades": np.array(ev.n_trades, dtype=np.int64),
             "env": np.full(n, env_text, dtype=object), "recorded": np.full(n, now), **metrics}))
 
-    def _done_columns(self, tasks: list[Task], cached: bool, attempts: int, worker: str | None,
+    def _done_columns(self, tasks: Sequence[Task], cached: bool, attempts: int, worker: str | None,
                       now: float) -> Any:
         """Task rows of ``tasks``, done, as one ``Columns`` block."""
         import numpy as np
@@ -186,6 +194,24 @@ class Recorder:
             "status": np.full(n, "done", dtype=object), "cached": np.full(n, cached),
             "attempts": np.full(n, attempts, dtype=np.int64), "error": np.full(n, None, dtype=object),
             "details": np.full(n, None, dtype=object), "worker": np.full(n, worker, dtype=object),
+            "at_time": np.full(n, now)})
+
+    def _table_columns(self, table: TaskTable, now: float) -> Any:
+        """Task rows of the cached tasks of ``table``, done, as one ``Columns`` block: each column
+        taken from the job's few texts by the table's codes, with no Python object made a row."""
+        import numpy as np
+
+        from backtest.catalog.staging import Columns
+
+        n = len(table)
+        params = np.array([self.texts[id(p)] for p in self.prep.job.params_list], dtype=object)
+        return Columns(n, {
+            "key": np.array(table.keys(), dtype=object),
+            "symbol": np.array(table.symbols, dtype=object)[np.frombuffer(table.syms, dtype=np.int32)],
+            "params": params[np.frombuffer(table.sets, dtype=np.int32)],
+            "status": np.full(n, "done", dtype=object), "cached": np.full(n, True),
+            "attempts": np.full(n, 0, dtype=np.int64), "error": np.full(n, None, dtype=object),
+            "details": np.full(n, None, dtype=object), "worker": np.full(n, None, dtype=object),
             "at_time": np.full(n, now)})
 
     def _write_pack(self, bodies: dict[str, tuple[bytes, str]]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,8 +68,9 @@ class Prepared:
 
     request: RunRequest
     job: Job
-    tasks: list[Task]
-    cached: list[Task]
+    #: every task, and those whose results are stored (a ``plan.TaskTable`` for a large job)
+    tasks: Sequence[Task]
+    cached: Sequence[Task]
     shards: list[Shard]
     skipped_symbols: list[str]
     executor_url: str

@@ -501,33 +501,57 @@ class ResultStore:
         return loose, {k for k in keys if bytes.fromhex(k) in stored} if stored else set()
 
     def _packed_many(self, keys: list[str]) -> set[str]:
-        """The subset of ``keys`` (many) that packs serve, found with NumPy over the packs' indexes
-        as they are read (a set of every packed key, then a lookup a key, cost 1.5 s for a
-        million): each key's first 8 bytes are looked up among the packed keys' sorted first 8
-        bytes, and a key is found only if all its 32 bytes are those of the packed key there."""
+        """The subset of ``keys`` (many) that packs serve (``_packed_mask``)."""
         import numpy as np
 
+        found = self._packed_mask(bytes.fromhex("".join(keys)))
+        if found.all():
+            return set(keys)
+        return {keys[i] for i in np.flatnonzero(found)}
+
+    def _packed_mask(self, raw: bytes) -> Any:
+        """Whether packs serve each of the keys ``raw`` holds (32 bytes each, joined): a NumPy mask
+        in their order, found over the packs' indexes as they are read (a set of every packed key,
+        then a lookup a key, cost 1.5 s for a million). Each key's first 8 bytes, as a number in
+        the bytes' order, are looked up among the packed keys' sorted first 8 bytes (each pack's
+        index is sorted already: a stable sort merges them), and a key is found only if all its
+        32 bytes are those of the packed key there."""
+        import numpy as np
+
+        n = len(raw) // 32
         packs = [p for p in self.packs() if len(p)]
-        if not packs or not keys:
-            return set()
+        if not packs or not n:
+            return np.zeros(n, dtype=bool)
         rows = np.dtype([("key", "V32"), ("offset", "<u8"), ("length", "<u4")])
         parts = []
         for pack in packs:
             packed = np.frombuffer(pack.index, dtype=rows)["key"]
             if pack.dropped:  # entries listed as damaged (rare): not served
                 packed = packed[np.fromiter((k.tobytes() not in pack.dropped for k in packed), bool, len(packed))]
-            parts.append(np.ascontiguousarray(packed).view("<u8").reshape(-1, 4))
+            parts.append(np.ascontiguousarray(packed))
         have = np.concatenate(parts)
-        wanted = np.frombuffer(bytes.fromhex("".join(keys)), dtype="<u8").reshape(-1, 4)
-        order = np.argsort(have[:, 0])
-        first = have[order, 0]
-        asked = np.argsort(wanted[:, 0])  # looked up in order: a search of sorted values is faster
-        at = np.empty(len(keys), dtype=np.intp)
-        at[asked] = np.minimum(np.searchsorted(first, wanted[asked, 0]), len(first) - 1)
-        found = (have[order[at]] == wanted).all(axis=1)
-        if found.all():
-            return set(keys)
-        return {keys[i] for i in np.flatnonzero(found)}
+        order = np.argsort(have.view(">u8")[::4].astype(np.uint64), kind="stable")
+        first = have.view(">u8")[::4][order].astype(np.uint64)
+        have = have.view("<u8").reshape(-1, 4)
+        wanted = np.frombuffer(raw, dtype="<u8").reshape(-1, 4)
+        lead = np.frombuffer(raw, dtype=">u8")[::4].astype(np.uint64)
+        asked = np.argsort(lead)  # looked up in order: a search of sorted values is faster
+        at = np.empty(n, dtype=np.intp)
+        at[asked] = np.minimum(np.searchsorted(first, lead[asked]), len(first) - 1)
+        return (have[order[at]] == wanted).all(axis=1)
+
+    def intact_raw(self, raw: bytes) -> tuple[Any, dict[str, str]]:
+        """``intact`` of many keys given raw (32 bytes each, joined, as ``plan.TaskTable`` holds
+        them): whether each is stored whole (a NumPy mask in their order), and what is wrong with
+        each other stored result (set aside). Packs are searched with no hex text made
+        (``_packed_mask``)."""
+        import numpy as np
+
+        if self._has_loose():  # single files: judged one by one, by their hex names
+            keys = [raw[i:i + 32].hex() for i in range(0, len(raw), 32)]
+            good, bad = self.intact(keys)
+            return np.fromiter((k in good for k in keys), bool, len(keys)), bad
+        return self._packed_mask(raw), {}
 
     def _has_loose(self) -> bool:
         """Whether the store has single-file results (key-prefix folders) at all."""

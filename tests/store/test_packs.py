@@ -197,6 +197,34 @@ def test_many_keys_are_found_in_packs_as_a_few_are(tmp_path: Path, monkeypatch: 
     assert many == few == set(files) - {damaged}
 
 
+def test_raw_keys_are_found_in_packs_as_hex_keys_are(tmp_path: Path) -> None:
+    """``intact_raw`` (a large job's keys as raw bytes) answers as ``intact``, key by key in order:
+    two overlapping packs, an entry set aside as damaged, keys not stored, and keys that merely
+    share a stored key's first 8 bytes (what the search sorts by)."""
+    files = results(30)
+    store = ResultStore(tmp_path)
+    for chunk in (list(files.items())[:12], list(files.items())[10:]):
+        store.write_pack(packed(dict(chunk)), compare=False)
+    damaged = sorted(files)[20]
+    ResultStore(tmp_path).set_aside(damaged)
+    near = [k[:16] + "0" * 48 for k in sorted(files)[:5]]
+    for asked in ([*files, "ee" * 32, "01" * 32], [*near, *files, "ee" * 32]):
+        mask, bad = ResultStore(tmp_path).intact_raw(bytes.fromhex("".join(asked)))
+        assert mask.dtype == bool and len(mask) == len(asked) and bad == {}
+        assert {k for k, m in zip(asked, mask, strict=True) if m} == ResultStore(tmp_path).intact(asked)[0]
+        assert {k for k, m in zip(asked, mask, strict=True) if m} == set(files) - {damaged}
+    assert not ResultStore(tmp_path / "empty").intact_raw(bytes.fromhex("ab" * 32))[0].any()
+    # a store of single files (made before packs): each judged by its head, a torn one set aside
+    from store_layout import as_files
+
+    kept = as_files(tmp_path)
+    torn = ResultStore(tmp_path).path(kept[3])
+    torn.write_bytes(torn.read_bytes()[:-1])
+    asked = [*files, "ee" * 32]
+    mask, bad = ResultStore(tmp_path).intact_raw(bytes.fromhex("".join(asked)))
+    assert {k for k, m in zip(asked, mask, strict=True) if m} == set(kept) - {kept[3]} and set(bad) == {kept[3]}
+
+
 def test_a_pack_being_written_is_not_read_nor_set_aside(tmp_path: Path) -> None:
     """A writer's temporary file ends in ``.pack`` too: a reader listing the folder meanwhile
     must leave it alone (setting it aside would take it from under the writer's rename)."""
