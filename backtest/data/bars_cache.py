@@ -16,8 +16,8 @@ and holds a header (format, that hash, the row count) followed by the raw little
   loses nothing. ``bt data rm`` deletes the copies of what it removes.
 - Except what a live process has *pinned* (``pin``): the partitions fetched from an object store
   for a run exist only here, so the run that fetched them pins them (a file under ``pins/`` naming
-  their hashes, one a process, on which it holds an exclusive ``flock``) and eviction passes them over
-  while that lock is held — until the process ends or calls ``release_pins``. A pin whose lock is
+  their hashes, one a process, on which it holds an exclusive ``flock``) and eviction passes them
+  over while that lock is held — until the process ends or calls ``release_pins``. A pin whose lock is
   free (its process died) is deleted by the next eviction. A run whose partitions exceed the bound
   therefore keeps them all while it runs, and the folder goes back under the bound afterwards.
 - Workers that have a data root keep copies (local, inline, Dask); SSH workers, which read the

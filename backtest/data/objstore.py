@@ -344,7 +344,8 @@ def fetch(objects: Objects, root: Path, parts: Iterable[Partition]) -> int:
     """Bring every partition of ``parts`` that the bars cache under ``root`` lacks into it
     (``cache/bars/<sha>.parquet`` and its uncompressed copy), each verified by its content hash,
     and pin them all there for this process (``bars_cache.pin``: the cache's bound never evicts
-    them while it runs); the number fetched. A DataError names a partition whose object does not hash to its name."""
+    them while it runs); the number fetched. A DataError names a partition whose object does not
+    hash to its name."""
     from backtest.data import bars_cache
 
     cache = bars_cache.folder(root)
