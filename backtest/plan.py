@@ -286,14 +286,6 @@ def keys_of(tasks: Sequence[Task]) -> list[str]:
     return tasks.keys() if isinstance(tasks, TaskTable) else [t.key for t in tasks]
 
 
-def task_table(job: Job, parts: PartsFor, inputs: KeyInputs | None = None, raw: bytes | None = None) -> TaskTable:
-    """Every task of the job (``make_tasks``'), as a ``TaskTable``; ``raw``: the keys ``task_keys``
-    made of ``inputs`` before (the plan cache's)."""
-    inputs = key_inputs(job, parts) if inputs is None else inputs
-    sets, syms = layout(inputs)
-    return TaskTable(job, task_keys(inputs) if raw is None else raw, sets, syms)
-
-
 def make_tasks(job: Job, parts: PartsFor) -> list[Task]:
     """Every task of the job, parameter set by parameter set in grid order, each set's symbols in
     the job's order; symbols without parts are left out. (Parameter-major: the catalog records a
@@ -301,7 +293,9 @@ def make_tasks(job: Job, parts: PartsFor) -> list[Task]:
     parameter texts rather than every set of a large grid: ~38 bytes a row instead of ~50.)
 
     The keys are ``task_key``'s, byte for byte (``task_keys``)."""
-    return list(task_table(job, parts))
+    inputs = key_inputs(job, parts)
+    sets, syms = layout(inputs)
+    return list(TaskTable(job, task_keys(inputs), sets, syms))
 
 
 def make_shards(job: Job, tasks: Sequence[Task], parts: PartsFor, workers: int) -> list[Shard]:
