@@ -355,6 +355,25 @@ def _bucket_nb(x: float, lo: float, scale: float) -> int:
 
 
 @njit(cache=True, error_model="numpy")
+def _count_nb(src: np.ndarray, n: int, lo: float, scale: float, counts: np.ndarray) -> None:
+    """``counts[b]``: how many of ``src[:n]`` fall in bucket b."""
+    counts[:] = 0
+    for i in range(n):
+        counts[_bucket_nb(src[i], lo, scale)] += 1
+
+
+@njit(cache=True, error_model="numpy")
+def _bucket_of_nb(counts: np.ndarray, rank: int) -> tuple[int, int]:
+    """(the bucket holding the order statistic ``rank``, how many values lie in the buckets before it)."""
+    b = 0
+    below = 0
+    while below + counts[b] <= rank:
+        below += counts[b]
+        b += 1
+    return b, below
+
+
+@njit(cache=True, error_model="numpy")
 def _narrow_nb(src: np.ndarray, n: int, rank: int, lo: float, hi: float, work: np.ndarray) -> float:
     """The order statistic ``rank`` of ``src[:n]``, whose least and greatest values are lo and hi,
     by bucket selection (``src`` may be ``work`` itself: each pass compacts it from its front)."""
@@ -363,14 +382,8 @@ def _narrow_nb(src: np.ndarray, n: int, rank: int, lo: float, hi: float, work: n
         scale = _BUCKETS / (hi - lo)
         if not (scale > 0.0 and scale < np.inf):  # an infinite value, or a span too fine to divide
             break
-        counts[:] = 0
-        for i in range(n):
-            counts[_bucket_nb(src[i], lo, scale)] += 1
-        b = 0
-        below = 0
-        while below + counts[b] <= rank:
-            below += counts[b]
-            b += 1
+        _count_nb(src, n, lo, scale, counts)
+        b, below = _bucket_of_nb(counts, rank)
         j = 0
         new_lo = hi
         new_hi = lo
@@ -408,18 +421,10 @@ def _two_pairs_nb(values: np.ndarray, n: int, r1: int, r2: int, lo: float, hi: f
         a1 = ordered[r1] if r1 >= 0 else np.nan
         a2 = ordered[r2] if r2 >= 0 else np.nan
     else:
-        counts = np.zeros(_BUCKETS, dtype=np.int64)
-        for i in range(n):
-            counts[_bucket_nb(values[i], lo, scale)] += 1
-        b1 = b2 = -1
-        below1 = below2 = 0
-        seen = 0
-        for b in range(_BUCKETS):
-            if b1 < 0 and r1 >= 0 and seen + counts[b] > r1:
-                b1, below1 = b, seen
-            if b2 < 0 and r2 >= 0 and seen + counts[b] > r2:
-                b2, below2 = b, seen
-            seen += counts[b]
+        counts = np.empty(_BUCKETS, dtype=np.int64)
+        _count_nb(values, n, lo, scale, counts)
+        b1, below1 = _bucket_of_nb(counts, r1) if r1 >= 0 else (-1, 0)
+        b2, below2 = _bucket_of_nb(counts, r2) if r2 >= 0 else (-1, 0)
         j1 = 0
         j2 = n
         lo1 = lo2 = hi
