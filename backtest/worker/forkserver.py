@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -52,7 +53,7 @@ def serve(fd: int, worker_main: WorkerMain, sandbox: bool = False) -> None:
     except Exception:  # noqa: S110 - each worker meets (and reports) the same problem
         pass
 
-    def reap(*_: Any) -> None:
+    def reap() -> None:
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -72,7 +73,17 @@ def serve(fd: int, worker_main: WorkerMain, sandbox: bool = False) -> None:
             except OSError:
                 pass
 
-    signal.signal(signal.SIGCHLD, reap)
+    # Workers' ends are handled in the loop, never in a signal handler: a handler runs between
+    # any two bytecodes, also inside itself when a second SIGCHLD comes (two workers killed at
+    # once), and a nested ``reap`` waited forever for a lock the outer one held (``tempfile``'s,
+    # in ``box.discard``), so that no worker's end was reported again. SIGCHLD only writes to a
+    # wakeup pipe (its handler does nothing; ignoring the signal instead would reap workers
+    # unseen), which the loop waits on beside the control socket.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    signal.signal(signal.SIGCHLD, _wake_only)
     # What is loaded now lives as long as the workers. Out of the collector's sight, a full
     # collection in a worker (long runs make some) neither walks its ~100 000 objects (~80 ms)
     # nor writes to their pages, which would copy ~26 MB of them into every worker.
@@ -81,31 +92,47 @@ def serve(fd: int, worker_main: WorkerMain, sandbox: bool = False) -> None:
     mark("fork server warm")
     while True:
         try:
+            ready, _, _ = select.select([sock.fileno(), wake_r], [], [])
+            if wake_r in ready:
+                _drain(wake_r)
+                reap()
+            if sock.fileno() not in ready:
+                continue
             msg, fds, _flags, _addr = socket.recv_fds(sock, _MAX_MSG, 3)
         except OSError:
             break
         if not msg:
             break  # the coordinator closed the socket, or died
-        # SIGCHLD waits until the new worker is known: the handler kills children it does not know
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
         try:
             argv = json.loads(msg)["argv"]
             pid = os.fork()
         except Exception as exc:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
             for f in fds:
                 os.close(f)
             sock.send(json.dumps({"error": str(exc)}).encode())
             continue
         if pid == 0:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+            signal.set_wakeup_fd(-1)
+            os.close(wake_r)
+            os.close(wake_w)
             _child(sock, fds, argv, worker_main)  # never returns
         workers.add(pid)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         for f in fds:
             os.close(f)
         sock.send(json.dumps({"pid": pid}).encode())
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+
+def _wake_only(signum: int, frame: Any) -> None:
+    """SIGCHLD's handler: nothing; the signal's wakeup byte has already woken the loop."""
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def _child(sock: socket.socket, fds: list[int], argv: list[str], worker_main: WorkerMain) -> None:

@@ -242,3 +242,59 @@ def test_a_preloaded_server_is_a_fork_only_without_the_sandbox(tmp_path: Path, s
         assert out["kind"] == "_Forked" and out["same_cmdline"] and out["secret_seen"]
     assert out["hello"]["t"] == "hello" and out["hello"]["pid"] == out["pid"] and out["parent"] == out["server"]
     assert out["status"] == 0 and out["server_exit"] is not None
+
+
+
+SLOW_END = """
+import runpy, sys, threading, time
+import backtest.worker.sandbox as box
+
+lock, discard = threading.Lock(), box.discard
+
+def slow_discard(pid, base=None):
+    with lock:  # like tempfile's lock, taken the first time the server asks for its temp folder
+        time.sleep(0.3)
+        discard(pid, base)
+
+box.discard = slow_discard
+sys.argv = ["backtest.worker", *sys.argv[3:]]
+runpy.run_module("backtest.worker", run_name="__main__")
+"""
+
+
+def test_a_worker_ending_while_the_server_handles_another_end_is_reported(root: Path, tmp_path: Path) -> None:
+    """The server handled each worker's end in its SIGCHLD handler, which a second worker's SIGCHLD
+    re-entered (a handler runs between any two bytecodes, inside itself too); the nested call then
+    waited forever for a lock the outer one held (tempfile's, the first time the server looks up its
+    temp folder), no end was reported again, and closing a run waited 5 s a worker (seen under
+    load). Here the server is the real one, started through a wrapper that makes the end of a
+    sandboxed worker slow and locked, so that the second worker surely ends meanwhile."""
+    from backtest.executors.forkserver import ForkServer
+    from backtest.executors.local import worker_options
+
+    wrapper = tmp_path / "slow_end.py"
+    wrapper.write_text(SLOW_END)
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\nexec {sys.executable} {wrapper} "$@"\n')
+    python.chmod(0o755)
+    server = ForkServer(str(python), sandbox=True)
+    argv = worker_options(str(root), None, results=str(root), sandbox=True, share=2)
+    fds: list[int] = []
+    try:
+        pids = []
+        for _ in range(2):
+            in_r, in_w = os.pipe()
+            out_r, out_w = os.pipe()
+            with open(os.devnull, "wb") as err:
+                pids.append(server.fork(argv, in_r, out_w, err.fileno(), timeout=120))
+            os.close(in_r)
+            os.close(out_w)
+            fds += [in_w, out_r]
+        os.kill(pids[0], signal.SIGKILL)
+        time.sleep(0.1)  # the server is now handling the first end, for 0.3 s
+        os.kill(pids[1], signal.SIGKILL)
+        assert [server.wait(pid, 5) for pid in pids] == [-signal.SIGKILL] * 2, "a worker's end was never reported"
+    finally:
+        for f in fds:
+            os.close(f)
+        server.close()
