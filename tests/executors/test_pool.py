@@ -171,3 +171,17 @@ def test_results_frames_are_taken_only_from_workers_that_store_results_themselve
         assert [e.message for e in events if isinstance(e, WorkerNote)] == [
             "worker sent a results frame it should not have"]
         assert [p.remaining for p in pool._pending] == [["k0", "k1"]]  # back in the queue, nothing lost
+
+
+def test_rows_that_come_fast_are_recorded_a_row_group_at_a_time() -> None:
+    """Many small catalog writes cost several times what a few large ones do (each checkpoint
+    compresses the last row group again): rows that come fast wait for a row group's worth, or
+    ``MAX_LAG_SECONDS``; rows that trickle in are recorded every ``FLUSH_SECONDS``."""
+    from backtest.run.record import BUSY_ROWS, FLUSH_ROWS, FLUSH_SECONDS, MAX_LAG_SECONDS, flush_due
+
+    assert FLUSH_ROWS == 122_880  # DuckDB's row group
+    assert not flush_due(10, FLUSH_SECONDS / 2)
+    assert flush_due(10, FLUSH_SECONDS + 0.1)  # a trickle: as before
+    assert not flush_due(BUSY_ROWS, FLUSH_SECONDS + 0.1)  # fast: wait for a row group
+    assert flush_due(FLUSH_ROWS, 0.5)
+    assert flush_due(BUSY_ROWS, MAX_LAG_SECONDS + 0.1)  # but never longer than this
