@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from backtest.errors import ResultError
-from backtest.hashing import canonical_json
+from backtest.hashing import canonical_json, canonical_params
 from backtest.store.packs import Variant, payload
 
 if TYPE_CHECKING:  # numpy is imported where trades are handled: storing and indexing need none
@@ -108,19 +108,25 @@ class Encoder:
         self._names: tuple[str, ...] = ()
         self._names_json = "[]"
         self._values = struct.Struct("<")
+        self._dtype: Any = None  # the last trades dtype seen, and the variant of one-symbol tasks with it
+        self._variant: Variant = ("", "", "", "", "")
 
     def parts(self, key: str, params: dict[str, Any], metrics: dict[str, float], trades: np.ndarray,
               symbols: tuple[str, ...] = ()) -> tuple[Variant, str, int, str, bytes, bytes]:
         """A result's parts as a pack keeps them (``store.packs``): (variant, key, trade count,
         params JSON, metrics block, trades block)."""
         names = tuple(metrics)
-        if names != self._names:
-            self._names, self._names_json = names, canonical_json(list(names))
-            self._values = struct.Struct(f"<{len(names)}d")
         stored = stored_trades(trades)
-        members = f'"symbols":{canonical_json(list(symbols))},' if symbols else ""
-        variant = (self._env, self._names_json, self._symbol, members, _dtype_json(stored.dtype))
-        return (variant, key, int(stored.shape[0]), canonical_json(params), self._values.pack(*metrics.values()),
+        if names != self._names or stored.dtype is not self._dtype:
+            if names != self._names:
+                self._names, self._names_json = names, canonical_json(list(names))
+                self._values = struct.Struct(f"<{len(names)}d")
+            self._dtype = stored.dtype
+            self._variant = (self._env, self._names_json, self._symbol, "", _dtype_json(stored.dtype))
+        variant = self._variant
+        if symbols:
+            variant = (*variant[:3], f'"symbols":{canonical_json(list(symbols))},', variant[4])
+        return (variant, key, int(stored.shape[0]), canonical_params(params), self._values.pack(*metrics.values()),
                 stored.tobytes())
 
     def __call__(self, key: str, params: dict[str, Any], metrics: dict[str, float], trades: np.ndarray,
@@ -174,12 +180,19 @@ def stored_trades(trades: np.ndarray) -> np.ndarray:
     """``trades`` (the engine's records, or records read back) as ``STORED_TRADE_DTYPE``."""
     import numpy as np
 
-    portfolio = trades.dtype.names is not None and "symbol_index" in trades.dtype.names
+    dtype = trades.dtype
+    if any(dtype is seen for seen in _ENGINE_DTYPES):  # (comparing structured dtypes costs ~1 µs)
+        portfolio, engine = False, True
+    else:
+        portfolio = dtype.names is not None and "symbol_index" in dtype.names
+        engine = not portfolio and _from_engine(dtype)
+        if engine and len(_ENGINE_DTYPES) < 8:
+            _ENGINE_DTYPES.append(dtype)
     stored_dtype = _trade_dtypes(portfolio)[0]
-    if trades.dtype == stored_dtype:
+    if not engine and dtype == stored_dtype:
         return np.ascontiguousarray(trades)
     out = np.empty(trades.shape[0], stored_dtype)
-    if not portfolio and _from_engine(trades.dtype):
+    if engine:
         # the engine made them, so numba is loaded: its kernel copies them in a tenth of the time
         from backtest.engine.orders import stored_records_nb
 
@@ -191,6 +204,11 @@ def stored_trades(trades: np.ndarray) -> np.ndarray:
     if out.shape[0] and int(trades["bars"].max()) > np.iinfo(np.int32).max:  # pragma: no cover - 2e9 bars
         raise ResultError("a trade held for more than 2**31 bars cannot be stored")
     return out
+
+
+#: dtype objects of trades seen to equal the engine's ``TRADE_DTYPE`` (each compiled kernel makes its
+#: records with a dtype object of its own)
+_ENGINE_DTYPES: list[Any] = []
 
 
 def _from_engine(dtype: np.dtype) -> bool:

@@ -186,3 +186,23 @@ def test_frames_round_trip_and_torn_frames_are_errors(tmp_path):
         read_frame(torn)
     with pytest.raises(ProtocolError):
         read_frame(io.BytesIO(b"\xff\xff\xff\xff\x00\x00\x00\x00"))
+
+
+def test_parameter_sets_are_written_as_canonical_json_writes_them() -> None:
+    """Result headers hold a task's parameters as canonical JSON, made by a faster writer for flat
+    sets: its text must be canonical JSON's, byte for byte, whatever the values."""
+    import math
+    import random
+
+    from backtest.hashing import canonical_json, canonical_params
+
+    rng = random.Random(7)
+    values = [0, -1, 10**20, 2.5, -0.0, 1e-310, 1e300, 0.1 + 0.2, math.pi, "a", "é\n\"", "", True, False, None,
+              [1, 2], {"x": 1}, (3, 4)]
+    names = ["fast", "slow", "a b", "é", "Z", "_x", "stop_loss"]
+    for _ in range(3000):
+        params = {n: rng.choice(values) for n in rng.sample(names, rng.randint(0, len(names)))}
+        assert canonical_params(params) == canonical_json(params), params
+    for bad in (float("nan"), float("inf"), object()):
+        with pytest.raises((ValueError, TypeError)):
+            canonical_params({"x": 1, "y": bad})
