@@ -175,6 +175,10 @@ class LocalExecutor(StreamPool):
     _server: ForkServer | None = None
     _store: Any = None  # the results store staged packs are moved into
 
+    def __init__(self, options: Any) -> None:
+        super().__init__(options)
+        self._raw: dict[int, tuple[list[str], frozenset[bytes]]] = {}
+
     def slot_names(self) -> list[tuple[str, str]]:
         n = self.options.workers or cores()
         return [(f"local-{i}", "localhost") for i in range(n)]
@@ -203,7 +207,16 @@ class LocalExecutor(StreamPool):
         root = self.options.data_root
         if self._store is None:
             self._store = ResultStore(root)
-        self._store.accept_pack(staging_dir(root, slot.channel.pid), pack, keys)
+        self._store.accept_pack(staging_dir(root, slot.channel.pid), pack, self._raw_keys(keys))
+
+    def _raw_keys(self, keys: list[str]) -> frozenset[bytes]:
+        """A shard's keys as raw bytes, made once per shard (a shard's packs come one by one)."""
+        made = self._raw.get(id(keys))
+        if made is None or made[0] is not keys:
+            if len(self._raw) >= 16:
+                self._raw.clear()
+            made = self._raw[id(keys)] = (keys, frozenset(bytes.fromhex(k) for k in keys))
+        return made[1]
 
     def close(self, *, cancel: bool = False) -> None:
         if not self._closed:

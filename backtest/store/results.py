@@ -27,7 +27,7 @@ import os
 import re
 import struct
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -618,15 +618,14 @@ class ResultStore:
         self.refresh()
         return differs
 
-    def accept_pack(self, folder: Path, name: str, keys: Iterable[str]) -> None:
+    def accept_pack(self, folder: Path, name: str, allowed: Container[bytes]) -> None:
         """Move the pack ``name`` a sandboxed worker staged in ``folder`` into the store, if it
-        holds results of ``keys`` (the ones of the shard it was sent) only; else it is deleted and
-        ``ResultError`` says so."""
+        holds results of ``allowed`` raw keys (the ones of the shard it was sent) only; else it is
+        deleted and ``ResultError`` says so."""
         from backtest.store.packs import read_index
 
         path = os.path.join(folder, f"{name}.pack")
         pack = read_index(path)
-        allowed = {bytes.fromhex(k) for k in keys}
         if not all(k in allowed for k in pack.raw_keys()):
             os.unlink(path)
             raise ResultError("a staged pack holds results of tasks its shard did not have")

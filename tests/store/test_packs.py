@@ -140,10 +140,10 @@ def test_a_staged_pack_with_a_key_of_another_shard_is_refused(tmp_path: Path) ->
     pack = packed(files)
     name, _ = pack.write(staging)
     with pytest.raises(ResultError, match="tasks its shard did not have"):
-        store.accept_pack(staging, name, sorted(files)[:3])
+        store.accept_pack(staging, name, {bytes.fromhex(k) for k in sorted(files)[:3]})
     assert store.keys() == [] and not (staging / f"{name}.pack").exists()
     name, _ = pack.write(staging)
-    store.accept_pack(staging, name, [*files, "ff" * 32])
+    store.accept_pack(staging, name, {bytes.fromhex(k) for k in [*files, "ff" * 32]})
     assert sorted(store.keys()) == sorted(files)
 
 
