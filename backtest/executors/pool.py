@@ -353,7 +353,9 @@ class StreamPool(Executor):
                 self._lose(slot, "worker sent a results frame it should not have")
                 return
             env = slot.env.get("env")
-            left = set(job.remaining)
+            # the shard's own key objects, by key: the frame's copies are let go (a million keys
+            # kept for the run, ~110 MB, are then the plan's own)
+            own = {k: k for k in job.remaining}
             if msg.get("staged"):  # a sandboxed worker, which may not write the store itself
                 try:
                     self.accept_staged(slot, str(msg["pack"]), job.shard.keys)
@@ -361,17 +363,19 @@ class StreamPool(Executor):
                     self._lose(slot, f"its results could not be moved into the store: {exc}")
                     return
             done = self._done_keys
-            fresh = [i for i, key in enumerate(keys) if key in left and key not in done]
-            left.difference_update(keys)
+            fresh = [i for i, key in enumerate(keys) if key in own and key not in done]
             if fresh:
                 if len(fresh) < len(keys):  # some were reported before (a retried shard): only the others
                     width = len(names)
                     values = array("d", (v for i in fresh for v in values[i * width:(i + 1) * width]))
-                    keys, n_trades = [keys[i] for i in fresh], [n_trades[i] for i in fresh]
-                done.update(keys)
-                self._events.append(TasksDone(job.shard.id, keys, tuple(names), values, n_trades, slot.label, env,
+                    n_trades = [n_trades[i] for i in fresh]
+                ours = [own[keys[i]] for i in fresh]
+                done.update(ours)
+                self._events.append(TasksDone(job.shard.id, ours, tuple(names), values, n_trades, slot.label, env,
                                               job.attempts + 1))
-            job.remaining = [k for k in job.remaining if k in left]
+            for key in keys:
+                own.pop(key, None)
+            job.remaining = list(own)
         elif kind == "task_error":
             key = msg["key"]
             if key in job.remaining:
