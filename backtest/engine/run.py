@@ -16,7 +16,7 @@ import numpy as np
 
 from backtest.engine.bars import Bars
 from backtest.engine.metrics import BENCHMARK_METRICS, aligned_closes, bars_per_year, benchmark_nb, day_ends
-from backtest.engine.records import METRIC_NAMES, TRADE_DTYPE, TaskOutput
+from backtest.engine.records import TRADE_DTYPE, TaskOutput
 from backtest.engine.settings import SimSettings
 from backtest.engine.sim import simulate_nb
 from backtest.errors import BtError, StrategyError
@@ -191,11 +191,7 @@ def _simulate(
             f"{label(strategy_cls, params, bars.symbol)}: target at bar {bad} ({when(bars.ts[bad])}) is {float(target[bad])!r}; targets must be "
             "finite numbers in [-1, 1] from the start date on (NaN is allowed only during warm-up)"
         )
-    return TaskOutput(
-        metrics=dict(zip(METRIC_NAMES, metrics.tolist(), strict=True)),
-        trades=trades,
-        equity=equity if want_equity else None,
-    )
+    return TaskOutput(values=metrics, trades=trades, equity=equity if want_equity else None)
 
 
 def call_strategy(strategy_cls: Any, params: dict[str, Any], cache: dict[Any, Any], method: str, data: Any,

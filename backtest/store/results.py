@@ -39,6 +39,7 @@ from backtest.store.packs import Variant, payload
 if TYPE_CHECKING:  # numpy is imported where trades are handled: storing and indexing need none
     import numpy as np
 
+    from backtest.engine.records import TaskOutput
     from backtest.store.packs import Pack
 
 MAGIC = b"BTRES1"
@@ -107,27 +108,42 @@ class Encoder:
         self._symbol = canonical_json(symbol)
         self._names: tuple[str, ...] = ()
         self._names_json = "[]"
-        self._values = struct.Struct("<")
         self._dtype: Any = None  # the last trades dtype seen, and the variant of one-symbol tasks with it
         self._variant: Variant = ("", "", "", "", "")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The metric names of the last result encoded."""
+        return self._names
 
     def parts(self, key: str, params: dict[str, Any], metrics: dict[str, float], trades: np.ndarray,
               symbols: tuple[str, ...] = ()) -> tuple[Variant, str, int, str, bytes, bytes]:
         """A result's parts as a pack keeps them (``store.packs``): (variant, key, trade count,
         params JSON, metrics block, trades block)."""
         names = tuple(metrics)
+        return self.block_parts(key, params, names, struct.pack(f"<{len(names)}d", *metrics.values()), trades,
+                                symbols)
+
+    def output_parts(self, key: str, params: dict[str, Any], out: TaskOutput) -> tuple[Variant, str, int, str,
+                                                                                           bytes, bytes]:
+        """``parts`` of an engine's output, its metrics taken as the kernel left them."""
+        names, block = out.metric_block()
+        return self.block_parts(key, params, names, block, out.trades, out.symbols)
+
+    def block_parts(self, key: str, params: dict[str, Any], names: tuple[str, ...], block: bytes, trades: np.ndarray,
+                    symbols: tuple[str, ...] = ()) -> tuple[Variant, str, int, str, bytes, bytes]:
+        """``parts`` with the metrics as their ``names`` and little-endian float64 ``block``."""
         stored = stored_trades(trades)
-        if names != self._names or stored.dtype is not self._dtype:
+        if names is not self._names or stored.dtype is not self._dtype:
             if names != self._names:
-                self._names, self._names_json = names, canonical_json(list(names))
-                self._values = struct.Struct(f"<{len(names)}d")
+                self._names_json = canonical_json(list(names))
+            self._names = names
             self._dtype = stored.dtype
             self._variant = (self._env, self._names_json, self._symbol, "", _dtype_json(stored.dtype))
         variant = self._variant
         if symbols:
             variant = (*variant[:3], f'"symbols":{canonical_json(list(symbols))},', variant[4])
-        return (variant, key, int(stored.shape[0]), canonical_params(params), self._values.pack(*metrics.values()),
-                stored.tobytes())
+        return variant, key, int(stored.shape[0]), canonical_params(params), block, stored.tobytes()
 
     def __call__(self, key: str, params: dict[str, Any], metrics: dict[str, float], trades: np.ndarray,
                  symbols: tuple[str, ...] = ()) -> bytes:

@@ -16,6 +16,8 @@ strategy's indicators. Outcomes are frames of ``backtest.worker.protocol`` hande
 from __future__ import annotations
 
 import io
+import struct
+import sys
 import time
 import traceback
 from array import array
@@ -128,6 +130,8 @@ class CappedText(io.TextIOBase):
         return text
 
 
+_LITTLE = sys.byteorder == "little"
+
 #: A worker that stores its results writes a pack when it holds this many bytes of results, or
 #: has held results for this long: a few packs a shard, and results reported soon after they are made.
 PACK_BYTES = 8 << 20
@@ -152,15 +156,20 @@ class _Batch:
         self.names: tuple[str, ...] = ()
         self.since = time.monotonic()
 
-    def add(self, parts: tuple[Variant, str, int, str, bytes, bytes], metrics: dict[str, float]) -> None:
+    def add(self, parts: tuple[Variant, str, int, str, bytes, bytes], names: tuple[str, ...]) -> None:
+        """A result's ``parts`` (``Encoder.parts``: its metrics block little-endian float64, in
+        ``names`` order, the same for every task of a shard)."""
         from backtest.store.packs import digest
 
         assert self.pack is not None
         variant, key, n, params, values, trades = parts
         self.pack.add(variant, key, n, params, values, trades, digest(*parts))
-        self.n_trades.append(parts[2])
-        self.names = tuple(metrics)  # the same for every task of a shard
-        self.values.extend(metrics.values())
+        self.n_trades.append(n)
+        self.names = names
+        if _LITTLE:
+            self.values.frombytes(values)
+        else:  # pragma: no cover - a big-endian machine: the frame's block is in native order
+            self.values.extend(struct.unpack(f"<{len(names)}d", values))
 
     def due(self) -> bool:
         return self.pack is not None and (self.pack.size >= PACK_BYTES or
@@ -307,7 +316,7 @@ class Runner:
                     emit({"t": "result", "shard": sid, "key": key},
                          encode(key, p, res.metrics, res.trades, res.symbols))
                 else:
-                    batch.add(encode.parts(key, p, res.metrics, res.trades, res.symbols), res.metrics)
+                    batch.add(encode.output_parts(key, p, res), encode.names)
             if batch.due():
                 batch.flush(emit)
         batch.flush(emit)

@@ -206,3 +206,29 @@ def test_parameter_sets_are_written_as_canonical_json_writes_them() -> None:
     for bad in (float("nan"), float("inf"), object()):
         with pytest.raises((ValueError, TypeError)):
             canonical_params({"x": 1, "y": bad})
+
+
+def test_an_engine_output_encodes_to_the_bytes_of_its_metrics_dict() -> None:
+    """A grid's outputs keep the kernel's metric array and the worker stores its bytes without
+    making the metrics dict: the parts must be those the dict gives, byte for byte, for one-symbol
+    and benchmark-compared outputs alike; the dict, once made, is the output's metrics."""
+    from helpers import synth_daily
+
+    from backtest.engine import Bars, SimSettings, run_grid
+    from backtest.engine.records import METRIC_NAMES
+    from backtest.strategy import load_strategy
+
+    ts, o, h, lo, c, v = synth_daily(0)
+    bars = Bars("AAA", ts, o, h, lo, c, v)
+    bench = Bars("BBB", *synth_daily(1))
+    cls = load_strategy(Path(__file__).resolve().parents[2] / "strategies" / "sma_cross.py")
+    grid = [{"fast": f, "slow": s, "short": True} for f in (3, 5, 8) for s in (20, 40)]
+    for kw in ({}, {"benchmark": bench}):
+        outs = run_grid(cls, bars, grid, SimSettings(commission=0.001, fee=1.0), **kw)
+        for i, (p, out) in enumerate(zip(grid, outs, strict=True)):
+            fast = Encoder("AAA", ENV).output_parts(f"{i:064x}", p, out)
+            assert out.values is None or len(out.values) == len(METRIC_NAMES)
+            assert fast == Encoder("AAA", ENV).parts(f"{i:064x}", p, out.metrics, out.trades)
+            assert out.values is None and list(out.metrics)[:len(METRIC_NAMES)] == list(METRIC_NAMES)
+            out.metrics["sharpe"] = 1.5  # the dict is the metrics from now on
+            assert out.metric_block()[1] == Encoder("AAA", ENV).parts("k", p, out.metrics, out.trades)[4]
