@@ -134,10 +134,12 @@ class Encoder:
                     symbols: tuple[str, ...] = ()) -> tuple[Variant, str, int, str, bytes, bytes]:
         """``parts`` with the metrics as their ``names`` and little-endian float64 ``block``."""
         stored = stored_trades(trades)
-        if names is not self._names or stored.dtype is not self._dtype:
+        if names is not self._names:
             if names != self._names:
                 self._names_json = canonical_json(list(names))
+                self._dtype = None  # the variant is made again below
             self._names = names
+        if stored.dtype is not self._dtype:
             self._dtype = stored.dtype
             self._variant = (self._env, self._names_json, self._symbol, "", _dtype_json(stored.dtype))
         variant = self._variant
