@@ -149,8 +149,13 @@ class Encoder:
 
     def __call__(self, key: str, params: dict[str, Any], metrics: dict[str, float], trades: np.ndarray,
                  symbols: tuple[str, ...] = ()) -> bytes:
-        body = payload(*self.parts(key, params, metrics, trades, symbols))
-        return body + hashlib.sha256(body).digest()
+        return result_file(self.parts(key, params, metrics, trades, symbols))
+
+
+def result_file(parts: tuple[Variant, str, int, str, bytes, bytes]) -> bytes:
+    """The result file of ``parts`` (``Encoder.parts``): its payload and that payload's sha256."""
+    body = payload(*parts)
+    return body + hashlib.sha256(body).digest()
 
 
 #: How a result file stores trades (``STORED_TRADE_DTYPE``): the engine's ``TRADE_DTYPE`` less

@@ -274,7 +274,7 @@ class Runner:
         end, then reports those tasks with their metrics only (one ``results`` frame); a worker
         that does not (SSH hosts, Dask) sends each result file (``result`` frames)."""
         from backtest.errors import BtError
-        from backtest.store.results import Encoder
+        from backtest.store.results import Encoder, result_file
 
         sid = spec.id
         t0 = time.perf_counter()
@@ -313,8 +313,7 @@ class Runner:
                         msg = f"{msg.split(': ', 1)[0]}: {why}" if isinstance(res, BtError) else why
                     emit({"t": "task_error", "shard": sid, "key": key, "error": msg, "details": details})
                 elif batch.pack is None:
-                    emit({"t": "result", "shard": sid, "key": key},
-                         encode(key, p, res.metrics, res.trades, res.symbols))
+                    emit({"t": "result", "shard": sid, "key": key}, result_file(encode.output_parts(key, p, res)))
                 else:
                     batch.add(encode.output_parts(key, p, res), encode.names)
             if batch.due():

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 
 from backtest.errors import ResultError
-from backtest.store.results import MAGIC, Encoder, ResultStore, decode, decode_metrics, encode, stored_trades
+from backtest.store.results import (
+    MAGIC,
+    Encoder,
+    ResultStore,
+    decode,
+    decode_metrics,
+    encode,
+    result_file,
+    stored_trades,
+)
 from backtest.worker.protocol import FrameWriter, ProtocolError, read_frame
 from backtest.worker.protocol import encode as frame
 
@@ -229,6 +238,7 @@ def test_an_engine_output_encodes_to_the_bytes_of_its_metrics_dict() -> None:
             fast = Encoder("AAA", ENV).output_parts(f"{i:064x}", p, out)
             assert out.values is None or len(out.values) == len(METRIC_NAMES)
             assert fast == Encoder("AAA", ENV).parts(f"{i:064x}", p, out.metrics, out.trades)
+            assert result_file(fast) == Encoder("AAA", ENV)(f"{i:064x}", p, out.metrics, out.trades)  # hosts' files
             assert out.values is None and list(out.metrics)[:len(METRIC_NAMES)] == list(METRIC_NAMES)
             out.metrics["sharpe"] = 1.5  # the dict is the metrics from now on
             assert out.metric_block()[1] == Encoder("AAA", ENV).parts("k", p, out.metrics, out.trades)[4]
