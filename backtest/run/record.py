@@ -59,6 +59,27 @@ def task_row(t: Task, params: str, status: str, cached: bool, attempts: int, err
             "cached": cached, "attempts": attempts, "error": error, "details": details, "worker": worker, "at_time": at}
 
 
+def _shard_tasks(spec: Any) -> dict[str, Task]:
+    """The tasks of a shard's spec, by key."""
+    return {key: Task(key, spec.symbol, params, g.warmup) for g in spec.groups for key, params in g.tasks}
+
+
+def _done_block(keys: Any, symbols: Any, params: Any, cached: bool, attempts: int, worker: str | None,
+                now: float) -> Any:
+    """Task rows, done, as one ``Columns`` block, from their key, symbol and params columns."""
+    import numpy as np
+
+    from backtest.catalog.staging import Columns
+
+    n = len(keys)
+    return Columns(n, {
+        "key": keys, "symbol": symbols, "params": params,
+        "status": np.full(n, "done", dtype=object), "cached": np.full(n, cached),
+        "attempts": np.full(n, attempts, dtype=np.int64), "error": np.full(n, None, dtype=object),
+        "details": np.full(n, None, dtype=object), "worker": np.full(n, worker, dtype=object),
+        "at_time": np.full(n, now)})
+
+
 class Recorder:
     """Rows of one run on their way into the catalog (and result bytes into the store)."""
 
@@ -100,8 +121,7 @@ class Recorder:
         never does: a million tasks' dict is 0.4 s). Of a large job's (a ``TaskTable``), only the
         tasks its shards hold: the cached ones have no outcome."""
         if isinstance(self.prep.tasks, TaskTable):
-            return {key: Task(key, shard.spec.symbol, params, group.warmup) for shard in self.prep.shards
-                    for group in shard.spec.groups for key, params in group.tasks}
+            return {key: t for shard in self.prep.shards for key, t in _shard_tasks(shard.spec).items()}
         return {t.key: t for t in self.prep.tasks}
 
     def _tasks_of(self, shard: str, keys: Sequence[str]) -> list[Task]:
@@ -115,8 +135,7 @@ class Recorder:
             spec = self._specs.get(shard)
             if spec is None:  # not one of the planned shards (a walk-forward's later ones)
                 return [self.by_key[k] for k in keys]
-            open_ = self._open_shards[shard] = {key: Task(key, spec.symbol, params, g.warmup) for g in spec.groups
-                                                for key, params in g.tasks}
+            open_ = self._open_shards[shard] = _shard_tasks(spec)
         try:
             tasks = [open_.pop(k) for k in keys]
         except KeyError:  # (reported twice: never, the executors report a task once)
@@ -226,35 +245,21 @@ class Recorder:
         """Task rows of ``tasks``, done, as one ``Columns`` block."""
         import numpy as np
 
-        from backtest.catalog.staging import Columns
 
-        n = len(tasks)
-        return Columns(n, {
-            "key": np.array([t.key for t in tasks], dtype=object),
-            "symbol": np.array([t.symbol for t in tasks], dtype=object),
-            "params": np.array([self._params_text(t) for t in tasks], dtype=object),
-            "status": np.full(n, "done", dtype=object), "cached": np.full(n, cached),
-            "attempts": np.full(n, attempts, dtype=np.int64), "error": np.full(n, None, dtype=object),
-            "details": np.full(n, None, dtype=object), "worker": np.full(n, worker, dtype=object),
-            "at_time": np.full(n, now)})
+        return _done_block(np.array([t.key for t in tasks], dtype=object),
+                           np.array([t.symbol for t in tasks], dtype=object),
+                           np.array([self._params_text(t) for t in tasks], dtype=object), cached, attempts, worker, now)
 
     def _table_columns(self, table: TaskTable, now: float) -> Any:
         """Task rows of the cached tasks of ``table``, done, as one ``Columns`` block: each column
         taken from the job's few texts by the table's codes, with no Python object made a row."""
         import numpy as np
 
-        from backtest.catalog.staging import Columns
 
-        n = len(table)
         params = np.array([self.texts[id(p)] for p in self.prep.job.params_list], dtype=object)
-        return Columns(n, {
-            "key": np.array(table.keys(), dtype=object),
-            "symbol": np.array(table.symbols, dtype=object)[np.frombuffer(table.syms, dtype=np.int32)],
-            "params": params[np.frombuffer(table.sets, dtype=np.int32)],
-            "status": np.full(n, "done", dtype=object), "cached": np.full(n, True),
-            "attempts": np.full(n, 0, dtype=np.int64), "error": np.full(n, None, dtype=object),
-            "details": np.full(n, None, dtype=object), "worker": np.full(n, None, dtype=object),
-            "at_time": np.full(n, now)})
+        return _done_block(np.array(table.keys(), dtype=object),
+                           np.array(table.symbols, dtype=object)[np.frombuffer(table.syms, dtype=np.int32)],
+                           params[np.frombuffer(table.sets, dtype=np.int32)], True, 0, None, now)
 
     def _write_pack(self, bodies: dict[str, tuple[bytes, str]]) -> None:
         """Store result files that came as bytes in one pack (a file that is not a canonical
