@@ -37,6 +37,7 @@ INSTALL = "pip install 'bt-farm[mlflow]'"
 # round trips overlap, which is most of an export's time to a server on another machine; at most
 # MLflow's HTTP connection pool (10 a host), so that every thread keeps its connection
 THREADS = 8
+DROPS = 2  # a task's requests sent again after a dropped connection, at most, before the export stops
 MAX_TAG = 5000  # MLflow's smallest limit on a tag's value among its recent versions
 MAX_PARAM = 500  # ... and on a param's value
 EXCURSION_BATCH = 100  # tasks computed again at once for their trades' MAE/MFE (their curves held meanwhile)
@@ -394,11 +395,25 @@ def _tasks(client: Any, exp_id: str, parent: str, sel: Selection, uri: str, trad
     from mlflow.entities import Metric, Param, RunTag
 
     run = sel.run
+    children = f"tags.`mlflow.parentRunId` = '{parent}'"
     known = {r.data.tags.get("bt.task_key"): (str(r.info.run_id), r.info.status)
-             for r in _search(client, exp_id, f"tags.`mlflow.parentRunId` = '{parent}'")}
+             for r in _search(client, exp_id, children)}
+    before = dict(known)  # what an earlier export left (a child found again after a retry was made now)
     start, end = _start_ms(run), _end_ms(run)
     counts = [0, 0, 0]
     lock = threading.Lock()
+
+    def sent(row: dict[str, Any]) -> None:
+        """``send``, again after a dropped connection (up to ``DROPS`` times): the child the lost
+        request may have made is looked for by its key first, so that none is made twice."""
+        for drop in range(DROPS + 1):
+            try:
+                return send(row)
+            except Exception as exc:
+                if drop == DROPS or not dropped(exc):
+                    raise
+            for r in _search(client, exp_id, f"{children} AND tags.`bt.task_key` = '{row['key']}'")[:1]:
+                known[row["key"]] = (str(r.info.run_id), r.info.status)
 
     def send(row: dict[str, Any]) -> None:
         status = "FINISHED" if row["status"] == "done" else "FAILED"
@@ -421,7 +436,7 @@ def _tasks(client: Any, exp_id: str, parent: str, sel: Selection, uri: str, trad
         if csv is not None:
             client.log_artifact(child, str(csv))
         client.set_terminated(child, status, end_time=end)
-        return _count(1 if was else 0)
+        return _count(1 if before.get(row["key"]) else 0)
 
     def _count(which: int) -> None:
         with lock:
@@ -437,11 +452,28 @@ def _tasks(client: Any, exp_id: str, parent: str, sel: Selection, uri: str, trad
 
         pool = ThreadPoolExecutor(THREADS)
         try:
-            for f in [pool.submit(send, row) for row in sel.tasks]:
+            for f in [pool.submit(sent, row) for row in sel.tasks]:
                 f.result()
         finally:  # the first error stops the export (the next one completes it)
             pool.shutdown(cancel_futures=True)
     return counts[0], counts[1], counts[2]
+
+
+def dropped(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) is a connection that broke or could not be
+    made: a request MLflow does not send again itself when it may have been done (a run's
+    creation), though the server may never have seen it (e.g. a kept-alive connection the server
+    closed as it was used)."""
+    import requests
+
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, requests.exceptions.ConnectionError | ConnectionError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _batches(params: list[Any], metrics: list[Any], tags: list[Any]) -> Iterator[tuple[list[Any], ...]]:

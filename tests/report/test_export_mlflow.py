@@ -195,6 +195,77 @@ def test_a_task_run_is_three_requests_sent_concurrently(server: str, reported: t
     check_export(MlflowClient(server), root, run_id, "server-requests", 36)
 
 
+def test_a_dropped_connection_is_sent_again_without_a_second_run(server: str, reported: tuple[Path, str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection that breaks under a run's creation (which MLflow does not send again: it may
+    have been done) is sent again by the export, which first looks for the run the lost request
+    may have made: whether the server made it (the answer lost) or never saw the request, the
+    export ends with one run a task. (The server is real; the break is made in the client, as a
+    real one cannot be timed: a kept-alive connection the server closes just as it is used.)"""
+    import requests
+
+    from backtest.report import mlflow as mlf
+
+    root, run_id = reported
+    creations = 0
+    lock = threading.Lock()
+    real = requests.Session.send
+
+    def send(self: requests.Session, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        nonlocal creations
+        if (request.path_url or "").split("?")[0].endswith("/runs/create"):
+            with lock:
+                creations += 1
+                n = creations
+            if n in (3, 12):  # the server never saw it
+                raise requests.exceptions.ConnectionError("('Connection aborted.', ConnectionResetError(104))")
+            if n in (5, 6, 20):  # the server made the run; its answer was lost
+                real(self, request, **kwargs)
+                raise requests.exceptions.ConnectionError("('Connection aborted.', RemoteDisconnected())")
+        return real(self, request, **kwargs)
+
+    sel = mlf.select(run_id, root=root)
+    client, uri = mlf.mlflow_client(server)
+    monkeypatch.setattr(requests.Session, "send", send)
+    done = mlf.export(sel, client, uri, "server-dropped", root=root)
+    monkeypatch.undo()
+    assert (done.created, done.completed, done.kept) == (36, 0, 0)
+    assert creations == 37 + 2  # + the parent's; the two the server never saw sent again, the three it made not
+    check_export(MlflowClient(server), root, run_id, "server-dropped", 36)
+
+
+def test_a_connection_that_keeps_breaking_stops_the_export_in_one_line(server: str, reported: tuple[Path, str],
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import requests
+
+    from backtest.errors import BtError
+    from backtest.report import mlflow as mlf
+
+    root, run_id = reported
+    real = requests.Session.send
+    batches = 0
+
+    def send(self: requests.Session, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        nonlocal batches
+        if (request.path_url or "").split("?")[0].endswith("/runs/log-batch"):
+            batches += 1
+            if batches == 1:  # the parent's
+                return real(self, request, **kwargs)
+            raise requests.exceptions.ConnectionError("('Connection aborted.', ConnectionResetError(104))")
+        return real(self, request, **kwargs)
+
+    sel = mlf.select(run_id, root=root)
+    client, uri = mlf.mlflow_client(server)
+    monkeypatch.setattr(requests.Session, "send", send)
+    with pytest.raises(BtError, match="Connection aborted") as caught:
+        mlf.export(sel, client, uri, "server-broken", root=root)
+    monkeypatch.undo()
+    assert "\n" not in str(caught.value)
+    done = mlf.export(sel, client, uri, "server-broken", root=root)  # the next export completes it
+    assert done.created + done.completed == 36 and done.created < 36
+    check_export(MlflowClient(server), root, run_id, "server-broken", 36)
+
+
 def test_top_exports_the_best_tasks_by_sort(server: str, reported: tuple[Path, str]) -> None:
     from backtest.report import ranked, task_records
 
