@@ -155,11 +155,11 @@ def test_a_task_run_is_three_requests_sent_concurrently(server: str, reported: t
     sent: collections.Counter[str] = collections.Counter()
     batches: list[dict[str, Any]] = []
     lock = threading.Lock()
-    flying, most = 0, 0
+    flying, most, drops = 0, 0, 0
     real = requests.Session.send
 
     def send(self: requests.Session, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
-        nonlocal flying, most
+        nonlocal flying, most, drops
         path = (request.path_url or "").split("?")[0].split("/mlflow/", 1)[-1]
         with lock:
             sent[f"{request.method} {path}"] += 1
@@ -171,6 +171,10 @@ def test_a_task_run_is_three_requests_sent_concurrently(server: str, reported: t
             if path == "runs/create":
                 time.sleep(0.02)  # as if the server were further away: tasks overlap
             return real(self, request, **kwargs)
+        except requests.exceptions.ConnectionError:  # a broken connection: the export sends the task again
+            with lock:
+                drops += 1
+            raise
         finally:
             with lock:
                 flying -= 1
@@ -180,9 +184,10 @@ def test_a_task_run_is_three_requests_sent_concurrently(server: str, reported: t
     monkeypatch.setattr(requests.Session, "send", send)
     done = mlf.export(sel, client, uri, "server-requests", root=root)
     assert (done.created, done.kept) == (36, 0)
-    per_task = {k: n for k, n in sent.items() if n >= 36}
-    assert per_task == {"POST runs/create": 37, "POST runs/log-batch": 37, "POST runs/update": 37}, sent  # + the parent's
-    assert sum(sent.values()) - 3 * 37 <= 12, sent  # the experiment, the searches, the parent's artifacts
+    per_task = {k: n for k, n in sent.items() if n >= 36}  # + the parent's; each exact unless a connection broke
+    assert set(per_task) == {"POST runs/create", "POST runs/log-batch", "POST runs/update"}, sent
+    assert all(37 <= n <= 37 + drops for n in per_task.values()), (sent, drops)
+    assert sum(sent.values()) - 3 * 37 <= 12 + 2 * drops, sent  # the experiment, the searches, the parent's artifacts
     tagged = [b for b in batches if b.get("tags")]
     assert len(tagged) == 1 and any(t["key"] == "bt.kind" and t["value"] == "run" for t in tagged[0]["tags"])
     assert most > 1  # several tasks in flight
