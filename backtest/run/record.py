@@ -36,14 +36,16 @@ from backtest.trace import mark
 
 FLUSH_SECONDS = 2.0
 #: Rows come fast when more than ``BUSY_ROWS`` are waiting after ``FLUSH_SECONDS``: they are then
-#: recorded ``FLUSH_ROWS`` at a time, or after ``MAX_LAG_SECONDS``. Each write's checkpoint
-#: compresses the tables' last, partly filled row group (DuckDB's are 122 880 rows) again with the
-#: new rows, so many small writes cost several times what a few large ones do: a million rows in
-#: writes of 20 000 took 14.4 s of CPU, of 60 000 6.3 s, of 122 880 4.2 s. The rows waiting and
-#: the write's copy of them are held in memory: a million-task first run peaked at 1.01 GB with
-#: writes of 122 880 rows and 0.98 GB with 81 920 (0.5-1 s slower).
+#: recorded ``FLUSH_ROWS`` at a time, or after ``MAX_LAG_SECONDS``. DuckDB keeps a table in row
+#: groups of ``ROW_GROUP`` rows, and a checkpoint compresses a partly filled row group again with
+#: the rows added to it since, so a write whose rows end inside a row group costs several times
+#: one that ends at a row group's end: a million task and result rows written 81 920 at a time
+#: took 7.5 s of DuckDB's CPU, 40 960 at a time 12.6 s, 122 880 (one row group) at a time 2.9 s
+#: (and the catalog was 334 MB instead of 262 MB). So rows that come fast are written whole row
+#: groups at a time (``Recorder.flush``'s ``aligned``), the rest kept for the next write.
+ROW_GROUP = 122_880
 BUSY_ROWS = 20_000
-FLUSH_ROWS = 81_920
+FLUSH_ROWS = ROW_GROUP
 MAX_LAG_SECONDS = 10.0
 LAST_ROWS_WAIT = 0.3  # seconds a catalog write near a run's end waits for the last rows (see _LastRows)
 
@@ -322,12 +324,13 @@ class Recorder:
         if due and (self._recording is None or self._recording.done()):
             if near_end:
                 self._last.expect()
-            self.flush(background=True)
+            self.flush(background=True, aligned=not near_end and rows >= FLUSH_ROWS)
 
-    def flush(self, update: dict[str, Any] | None = None, *, background: bool = False) -> None:
+    def flush(self, update: dict[str, Any] | None = None, *, background: bool = False, aligned: bool = False) -> None:
         """Record the rows gathered so far. In the background (during the run) the writer thread
         records them after the result files queued before them, so the loop goes on taking
-        events meanwhile; the last flush waits."""
+        events meanwhile; the last flush waits. ``aligned``: only whole row groups of them
+        (``ROW_GROUP``), when they can be cut there (``_cut``); the rest wait for the next write."""
         bodies, self._bodies = self._bodies, {}
         forced, self._forced = self._forced, []
         if background:
@@ -343,8 +346,11 @@ class Recorder:
             else:
                 pending.append(w)
         self._writes = pending
+        kept: tuple[list[Any], list[Any]] = ([], [])
+        if aligned:
+            self.task_rows, self.result_rows, kept = _cut(self.task_rows, self.result_rows, ROW_GROUP)
         rows: tuple[Any, ...] = (self.run_id, self.task_rows, self.result_rows, self.log_rows, update)
-        self.task_rows, self.result_rows, self.log_rows = [], [], []
+        (self.task_rows, self.result_rows), self.log_rows = kept, []
         self._last_flush = time.monotonic()
         if background:
             assert self._writer is not None
@@ -381,6 +387,47 @@ class Recorder:
         self._last.none_coming()
         if self._writer is not None:
             self._writer.shutdown(wait=True)
+
+
+def _cut(tasks: list[Any], results: list[Any], group: int) -> tuple[list[Any], list[Any], tuple[list[Any], list[Any]]]:
+    """(task rows, result rows) to write now, a multiple of ``group`` rows each, and (those left for
+    later). Only rows that came as pairs of ``Columns`` blocks (a batch of results stored by a
+    worker: its task rows and result rows, the same keys in the same order) are cut, so that a
+    task row is never written without its result row; anything else is written whole."""
+    if len(tasks) != len(results) or not all(getattr(t, "n", -1) == getattr(r, "n", -2) and t["key"] is r["key"]
+                                             for t, r in zip(tasks, results, strict=True)):
+        return tasks, results, ([], [])
+    total = sum(t.n for t in tasks)
+    take = total - total % group
+    if take in (0, total):
+        return tasks, results, ([], [])
+    now_t: list[Any] = []
+    now_r: list[Any] = []
+    for i, (t, r) in enumerate(zip(tasks, results, strict=True)):
+        if take == 0:
+            return now_t, now_r, (tasks[i:], results[i:])
+        if t.n <= take:
+            now_t.append(t)
+            now_r.append(r)
+            take -= t.n
+            continue
+        (t1, r1), (t2, r2) = _split_pair(t, r, take)
+        return [*now_t, t1], [*now_r, r1], ([t2, *tasks[i + 1:]], [r2, *results[i + 1:]])
+    return now_t, now_r, ([], [])
+
+
+def _split_pair(tasks: Any, results: Any, at: int) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+    """A pair of ``Columns`` blocks cut after row ``at``: ((first task rows, first result rows),
+    (the other task rows, the other result rows)), each pair sharing its key column as before."""
+    from backtest.catalog.staging import Columns
+
+    def part(rows: slice, n: int) -> tuple[Any, Any]:
+        key = tasks["key"][rows]
+        t, r = (Columns(n, {name: key if name == "key" else col[rows] for name, col in block.items()})
+                for block in (tasks, results))
+        return t, r
+
+    return part(slice(None, at), at), part(slice(at, None), tasks.n - at)
 
 
 class _LastRows:

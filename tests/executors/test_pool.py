@@ -10,6 +10,7 @@ and in tests/run/test_run_e2e.py.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -174,8 +175,8 @@ def test_results_frames_are_taken_only_from_workers_that_store_results_themselve
 
 
 def test_rows_that_come_fast_are_recorded_a_row_group_at_a_time() -> None:
-    """Many small catalog writes cost several times what a few large ones do (each checkpoint
-    compresses the last row group again): rows that come fast wait for ``FLUSH_ROWS`` of them, or
+    """Many small catalog writes cost several times what a few large ones do (a checkpoint
+    compresses a partly filled row group again): rows that come fast wait for ``FLUSH_ROWS`` of them, or
     ``MAX_LAG_SECONDS``; rows that trickle in are recorded every ``FLUSH_SECONDS``."""
     from backtest.run.record import BUSY_ROWS, FLUSH_ROWS, FLUSH_SECONDS, MAX_LAG_SECONDS, flush_due
 
@@ -185,3 +186,59 @@ def test_rows_that_come_fast_are_recorded_a_row_group_at_a_time() -> None:
     assert not flush_due(BUSY_ROWS, FLUSH_SECONDS + 0.1)  # fast: wait for more
     assert flush_due(FLUSH_ROWS, 0.5)
     assert flush_due(BUSY_ROWS, MAX_LAG_SECONDS + 0.1)  # but never longer than this
+
+
+def _pair(first: int, n: int, now: float = 1.0) -> tuple[object, object]:
+    """A worker's batch of ``n`` stored results as the recorder keeps it: task rows and result rows,
+    ``Columns`` blocks sharing their key column."""
+    import numpy as np
+
+    from backtest.catalog import METRICS, OPTIONAL_METRICS
+    from backtest.catalog.staging import Columns
+    from backtest.run.record import _done_block
+
+    keys = np.array([f"{i:064x}" for i in range(first, first + n)], dtype=object)
+    symbols = np.full(n, "DEMO", dtype=object)
+    params = np.array([json.dumps({"fast": i}) for i in range(first, first + n)], dtype=object)
+    tasks = _done_block(keys, symbols, params, False, 1, "w", now)
+    results = Columns(n, {"key": keys, "symbol": symbols, "params": params, "n_trades": np.arange(n),
+                          "env": np.full(n, "{}", dtype=object), "recorded": np.full(n, now),
+                          **{m: np.arange(first, first + n, dtype=np.float64) for m in METRICS},
+                          **{m: np.full(n, np.nan) for m in OPTIONAL_METRICS}})
+    return tasks, results
+
+
+def test_rows_that_come_fast_are_written_whole_row_groups_at_a_time(tmp_path: Path) -> None:
+    """A write of rows that come fast ends at a row group's end (a partly filled row group is
+    compressed again at every checkpoint): batches are cut there, a batch's task rows and result
+    rows together, and the rest waits; rows in any other shape are written whole. Written to a
+    real catalog, every row is there once, in order."""
+    from backtest.catalog import Catalog
+    from backtest.run.record import _cut
+
+    pairs = [_pair(0, 500), _pair(500, 700), _pair(1200, 300), _pair(1500, 40)]
+    tasks, results = [t for t, _ in pairs], [r for _, r in pairs]
+    now_t, now_r, (kept_t, kept_r) = _cut(list(tasks), list(results), 1024)
+    assert [b.n for b in now_t] == [b.n for b in now_r] == [500, 524]  # a row group (of 1 024 here)
+    assert [b.n for b in kept_t] == [b.n for b in kept_r] == [176, 300, 40]
+    for t, r in zip([*now_t, *kept_t], [*now_r, *kept_r], strict=True):
+        assert t["key"] is r["key"]  # still pairs: the next write can cut them again
+    keys = [k for b in [*now_t, *kept_t] for k in b["key"]]
+    assert keys == [f"{i:064x}" for i in range(1540)]
+    assert list(now_r[1]["sharpe"][-3:]) == [1021.0, 1022.0, 1023.0] and kept_r[0]["sharpe"][0] == 1024.0
+
+    assert _cut(list(tasks), list(results), 4096)[2] == ([], [])  # less than a group: all now
+    assert [b.n for b in _cut(list(tasks), list(results), 512)[2][0]] == [4]  # three groups now
+    dict_row = {"key": "f" * 64, "symbol": "DEMO", "params": "{}", "status": "failed", "cached": False,
+                "attempts": 1, "error": "x", "details": "", "worker": "w", "at_time": 1.0}
+    whole = _cut([*tasks, dict_row], list(results), 512)  # a failed task's row: not pairs
+    assert whole[2] == ([], []) and len(whole[0]) == 5
+
+    cat = Catalog(tmp_path / "catalog.duckdb")
+    cat.create_run({"run_id": "r", "created": 1.0, "strategy": "S", "status": "running"})
+    cat.record("r", now_t, now_r)
+    cat.record("r", kept_t, kept_r)
+    with cat.connect(read_only=True) as con:
+        assert con.execute("SELECT count(*), count(DISTINCT key) FROM run_tasks").fetchone() == (1540, 1540)
+        assert con.execute("SELECT count(*) FROM results r JOIN run_tasks t USING (key) "
+                           "WHERE r.sharpe = r.params::JSON->>'fast'").fetchone() == (1540,)
