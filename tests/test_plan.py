@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 import json
 
 import pytest
@@ -76,6 +77,15 @@ def test_keys_are_task_key_byte_for_byte():
     parts = parts_for(j)
     for t in make_tasks(j, parts):
         assert t.key == task_key(j, t.symbol, t.params, t.warmup, [h for _, h in parts[(t.symbol, t.warmup)]])
+    # settings axes (each set's own settings), and a symbol without the bars of one warm-up
+    j = replace(job([{"fast": f, "slow": s, "commission": c} for f in (5, 10) for s in (20, 50) for c in (0.0, 0.001)],
+                    symbols=("AAA", "BBB", "CCC")), axes=("commission",))
+    parts = parts_for(j)
+    del parts[("BBB", 50)]
+    tasks = make_tasks(j, parts)
+    assert len(tasks) == 8 * 3 - 4
+    for t in tasks:
+        assert t.key == task_key(j, t.symbol, t.params, t.warmup, [h for _, h in parts[(t.symbol, t.warmup)]])
 
 
 def test_nan_parameter_cannot_be_hashed():
@@ -145,3 +155,26 @@ def test_a_narrowed_spec_keeps_the_tasks_asked_for_and_drops_empty_groups():
     assert narrow.groups[0].tasks == first.tasks[1:] and narrow.groups[1] is second
     assert [g.warmup for g in spec.narrowed({second.tasks[0][0]}).groups] == [40]
     assert narrow.files == spec.files and narrow.id == spec.id
+
+
+def test_shards_of_a_task_table_are_those_of_its_tasks():
+    """A large job's tasks stay columns (``TaskTable``); ``make_shards`` groups them by their
+    columns into exactly the shards (ids, order, groups, tasks) it makes of the same ``Task``s:
+    several warm-ups, a symbol without the bars of the first parameter set's warm-up (symbols then
+    come in another order than the job's), a subset of the table (a partly cached run)."""
+    from backtest.plan import TaskTable, key_inputs, layout, task_keys
+
+    params = [{"fast": f, "slow": s} for s in (50, 20, 40) for f in (5, 10, 15)]
+    j = job(params, symbols=[f"S{i}" for i in range(5)])
+    parts = parts_for(j)
+    del parts[("S0", 50)]  # S0 has no task for the first sets: S1 comes first, S0 after S3,
+    del parts[("S3", 20)]  # which has as many tasks
+    inputs = key_inputs(j, parts)
+    table = TaskTable(j, task_keys(inputs), *layout(inputs))
+    for workers in (1, 2, 8):
+        for tasks in (table, table.take([i for i in range(len(table)) if i % 3])):
+            got = make_shards(j, tasks, parts, workers)
+            want = make_shards(j, list(tasks), parts, workers)
+            assert [(s.id, s.keys, s.spec) for s in got] == [(s.id, s.keys, s.spec) for s in want]
+            assert sorted(k for s in got for k in s.keys) == sorted(tasks.keys())
+    assert make_shards(j, table.take([]), parts, 2) == []

@@ -107,7 +107,7 @@ def curves(run: str | dict[str, Any], keys: Sequence[str], root: Path | None = N
     from backtest.catalog import Catalog
     from backtest.data import Store
     from backtest.engine import SimSettings
-    from backtest.plan import _shard, task_index
+    from backtest.plan import shard_of, task_index
     from backtest.store.archive import run_windows
     from backtest.store.results import ResultStore
     from backtest.worker.shard import Runner
@@ -144,7 +144,7 @@ def curves(run: str | dict[str, Any], keys: Sequence[str], root: Path | None = N
         r = rows[k]
         params = r["params"]
         wjob, wparts, task = index[k]
-        shard = _shard(wjob, r["symbol"], [task], wparts)
+        shard = shard_of(wjob, r["symbol"], [task], wparts)
         ((key, bars, res),) = runner.replay(shard.spec)
         if isinstance(res, BaseException):
             raise ReproducibilityError(f"task {k[:12]} ({r['symbol']} {json.dumps(params)}) failed when computed again: {res}")

@@ -140,7 +140,7 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None, 
 
 #: what planning found: (every task, those to compute, those cached, damaged results set aside
 #: (key -> what is wrong), the shared result cache or None, how many results it gave)
-_Planned = tuple[Sequence[Task], list[Task], Sequence[Task], dict[str, str], Any, int]
+_Planned = tuple[Sequence[Task], Sequence[Task], Sequence[Task], dict[str, str], Any, int]
 
 
 def _plan_few(req: RunRequest, root: Path, job: Job, parts: dict[Any, Any], fetch: bool) -> _Planned:
@@ -169,8 +169,8 @@ def _plan_few(req: RunRequest, root: Path, job: Job, parts: dict[Any, Any], fetc
 def _plan_many(req: RunRequest, root: Path, job: Job, parts: dict[Any, Any], fetch: bool) -> _Planned:
     """The tasks of a large job (``plan_cache.MIN_TASKS`` or more) as columns: the keys come from
     the plan cache (or are hashed and kept there), the results store is searched with their raw
-    bytes, and the cached tasks stay a ``plan.TaskTable`` (no ``Task`` a task): only the tasks to
-    compute are made ``Task``s, for their shards."""
+    bytes, and the tasks stay ``plan.TaskTable``s (no ``Task`` a task), the cached ones and those
+    to compute, which ``make_shards`` groups by their columns."""
     import numpy as np
 
     from backtest.run import plan_cache
@@ -193,10 +193,9 @@ def _plan_many(req: RunRequest, root: Path, job: Job, parts: dict[Any, Any], fet
             hits, got = _from_remote(remote, [keys[i] for i in missing], results, fetch)
             if got:
                 have[[i for i in missing if keys[i] in got]] = True
-    if not have.any():  # nothing stored (a first run): every task a ``Task``, as a plain job's
-        todo = list(tasks)
-        return todo, todo, [], damaged, remote, hits
-    todo = [tasks[i] for i in np.flatnonzero(~have).tolist()]
+    if not have.any():  # nothing stored (a first run): every task to compute
+        return tasks, tasks, [], damaged, remote, hits
+    todo = tasks.take(np.flatnonzero(~have).tolist())
     cached = tasks if have.all() else tasks.take(np.flatnonzero(have).tolist())
     return tasks, todo, cached, damaged, remote, hits
 

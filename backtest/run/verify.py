@@ -33,7 +33,7 @@ def verify(run_id: str, sample: int | None = None, seed: int = 0, root: Path | N
     from backtest.data import Store
     from backtest.executors.base import ExecutorOptions
     from backtest.executors.inline import InlineExecutor
-    from backtest.plan import _shard, task_index
+    from backtest.plan import shard_of, task_index
     from backtest.store.archive import run_windows
     from backtest.store.results import ResultStore, difference
 
@@ -65,7 +65,7 @@ def verify(run_id: str, sample: int | None = None, seed: int = 0, root: Path | N
     store = ResultStore(root)
     ex = InlineExecutor(ExecutorOptions(data_root=root))
     ex.start(windows[0][0].strategy)
-    ex.submit([_shard(job, symbol, ts, jparts) for (_, symbol), (job, jparts, ts) in groups.items()])
+    ex.submit([shard_of(job, symbol, ts, jparts) for (_, symbol), (job, jparts, ts) in groups.items()])
     seen = set()
     while not ex.finished():
         for ev in ex.poll(0):
