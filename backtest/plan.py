@@ -20,7 +20,7 @@ import functools
 import math
 import re
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import CodeType
 from typing import Any, overload
@@ -306,10 +306,26 @@ def make_tasks(job: Job, parts: PartsFor) -> list[Task]:
 
 
 def make_shards(job: Job, tasks: Sequence[Task], parts: PartsFor, workers: int) -> list[Shard]:
-    """Group ``tasks`` (those still to compute) into shards, largest symbols first. A
-    ``TaskTable`` is grouped by its columns, with no ``Task`` made (a first run of a million
-    tasks: 0.3 s instead of 1.2 s), into the same shards."""
-    by_symbol = _table_by_symbol(job, tasks) if isinstance(tasks, TaskTable) else _by_symbol(tasks)
+    """Group ``tasks`` (those still to compute) into shards, largest symbols first."""
+    grouped: dict[str, list[Task]] = {}
+    for t in tasks:
+        grouped.setdefault(t.symbol, []).append(t)
+    by_symbol = {}
+    for symbol, ts in grouped.items():
+        ts = sorted(ts, key=lambda t: t.warmup)
+        by_symbol[symbol] = ([t.key for t in ts], [t.params for t in ts], [t.warmup for t in ts])
+    return shards_of_columns(job, by_symbol, parts, workers)
+
+
+#: a symbol's tasks as columns: (keys, parameter sets, warm-ups), by warm-up, grid order within one
+Columns = tuple[list[str], list[dict[str, Any]], list[int]]
+
+
+def shards_of_columns(job: Job, by_symbol: Mapping[str, Columns], parts: PartsFor, workers: int) -> list[Shard]:
+    """``make_shards`` of tasks given as columns by symbol (in the order symbols first come among
+    the tasks), each symbol's ordered by warm-up (stably): a large job's ``TaskTable`` is grouped so
+    with NumPy (``run.prepare.table_by_symbol``), with no ``Task`` made (a million tasks: 0.4 s
+    instead of 1.2 s), into the same shards."""
     if not by_symbol:
         return []
     # a universe's shards each read every member (100 symbols: ~0.15 s), so one per worker
@@ -323,48 +339,6 @@ def make_shards(job: Job, tasks: Sequence[Task], parts: PartsFor, workers: int) 
             shards.append(_shard(job, symbol, chunk, _runs(chunk, params[i:i + size], warmups[i:i + size]), parts))
     shards.sort(key=lambda s: -len(s.keys))
     return shards
-
-
-#: a symbol's tasks as columns: (keys, parameter sets, warm-ups), by warm-up, grid order within one
-_Columns = tuple[list[str], list[dict[str, Any]], list[int]]
-
-
-def _by_symbol(tasks: Sequence[Task]) -> dict[str, _Columns]:
-    """``tasks`` by symbol (in the order symbols first come), each symbol's by warm-up (stable)."""
-    grouped: dict[str, list[Task]] = {}
-    for t in tasks:
-        grouped.setdefault(t.symbol, []).append(t)
-    out = {}
-    for symbol, ts in grouped.items():
-        ts = sorted(ts, key=lambda t: t.warmup)
-        out[symbol] = ([t.key for t in ts], [t.params for t in ts], [t.warmup for t in ts])
-    return out
-
-
-def _table_by_symbol(job: Job, table: TaskTable) -> dict[str, _Columns]:
-    """``_by_symbol`` of a table's tasks, from its columns."""
-    import numpy as np
-
-    if not len(table):
-        return {}
-    sets = np.frombuffer(table.sets, dtype=np.int32)
-    syms = np.frombuffer(table.syms, dtype=np.int32)
-    warm = np.asarray(job.warmups, dtype=np.int64)[sets]
-    # symbols in the order they first come, then warm-up, then the table's order
-    present, first = np.unique(syms, return_index=True)
-    rank = np.empty(int(present.max()) + 1, dtype=np.int64)
-    rank[present] = np.argsort(np.argsort(first, kind="stable"), kind="stable")
-    order = np.lexsort((warm, rank[syms]))  # (stable: the table's order within a warm-up)
-    bounds = np.flatnonzero(np.diff(rank[syms][order])) + 1
-    keys = np.empty(len(table), dtype=object)  # (NumPy's indexing of objects: a tenth of a list's)
-    keys[:] = table.keys()
-    params = np.empty(len(job.params_list), dtype=object)
-    params[:] = job.params_list
-    out = {}
-    for rows in np.split(order, bounds):
-        of = sets[rows]
-        out[table.symbols[int(syms[rows[0]])]] = (keys[rows].tolist(), params[of].tolist(), warm[rows].tolist())
-    return out
 
 
 def _shard_id(keys: list[str]) -> str:

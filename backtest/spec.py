@@ -22,6 +22,7 @@ This module imports nothing of bt but its hashing and errors.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -137,6 +138,27 @@ class ShardSpec:
         if self.members:
             out["members"] = self.members
         return out
+
+    def wire_json(self, texts: dict[int, tuple[Any, str]]) -> str:
+        """The header of this spec's ``shard`` frame (``worker.protocol``): the JSON of ``{"t":
+        "shard", "shard": self.to_wire()}``, made with each parameter set's JSON taken from ``texts`` (by
+        the set's id: (the set, its JSON), filled here): a grid's sets are shared by the shards
+        of every symbol, so each is encoded once, not once a task (a million tasks: 2 s of the
+        coordinator's). Task keys are hex digits, which JSON writes as they are."""
+        wire = self.to_wire()
+        groups = wire.pop("groups")
+        dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+        parts = []
+        for g in groups:
+            tasks = []
+            for key, p in g["tasks"]:
+                known = texts.get(id(p))
+                if known is None or known[0] is not p:
+                    known = texts[id(p)] = (p, dumps(p))
+                tasks.append(f'["{key}",{known[1]}]')
+            parts.append(f'{{"warmup":{int(g["warmup"])},"parts":{dumps(g["parts"])},"tasks":[{",".join(tasks)}]}}')
+        head = dumps(wire)
+        return f'{{"t":"shard","shard":{head[:-1]},"groups":[{",".join(parts)}]}}}}'
 
     @classmethod
     def from_wire(cls, wire: Mapping[str, Any]) -> ShardSpec:

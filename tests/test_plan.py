@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import replace
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -158,11 +158,13 @@ def test_a_narrowed_spec_keeps_the_tasks_asked_for_and_drops_empty_groups():
 
 
 def test_shards_of_a_task_table_are_those_of_its_tasks():
-    """A large job's tasks stay columns (``TaskTable``); ``make_shards`` groups them by their
-    columns into exactly the shards (ids, order, groups, tasks) it makes of the same ``Task``s:
+    """A large job's tasks stay columns (``TaskTable``), grouped by their columns
+    (``table_by_symbol``) into exactly the shards (ids, order, groups, tasks) ``make_shards`` makes
+    of the same ``Task``s:
     several warm-ups, a symbol without the bars of the first parameter set's warm-up (symbols then
     come in another order than the job's), a subset of the table (a partly cached run)."""
-    from backtest.plan import TaskTable, key_inputs, layout, task_keys
+    from backtest.plan import TaskTable, key_inputs, layout, shards_of_columns, task_keys
+    from backtest.run.prepare import table_by_symbol
 
     params = [{"fast": f, "slow": s} for s in (50, 20, 40) for f in (5, 10, 15)]
     j = job(params, symbols=[f"S{i}" for i in range(5)])
@@ -173,8 +175,24 @@ def test_shards_of_a_task_table_are_those_of_its_tasks():
     table = TaskTable(j, task_keys(inputs), *layout(inputs))
     for workers in (1, 2, 8):
         for tasks in (table, table.take([i for i in range(len(table)) if i % 3])):
-            got = make_shards(j, tasks, parts, workers)
+            got = shards_of_columns(j, table_by_symbol(j, tasks), parts, workers)
             want = make_shards(j, list(tasks), parts, workers)
             assert [(s.id, s.keys, s.spec) for s in got] == [(s.id, s.keys, s.spec) for s in want]
             assert sorted(k for s in got for k in s.keys) == sorted(tasks.keys())
-    assert make_shards(j, table.take([]), parts, 2) == []
+    assert shards_of_columns(j, table_by_symbol(j, table.take([])), parts, 2) == []
+
+
+def test_a_shard_frame_is_its_spec_on_the_wire():
+    """The ``shard`` frame made with each parameter set's JSON written once (``wire_json``) reads
+    back as the spec, for every shard of a job whose sets are shared by its symbols."""
+    from backtest.worker.protocol import encode
+
+    params = [{"fast": f, "slow": s, "name": "é\"x", "w": 0.5} for f in (5, 10) for s in (20, 40)]
+    j = job(params, symbols=("AAA", "BBB"))
+    parts = parts_for(j)
+    texts: dict = {}
+    for shard in make_shards(j, make_tasks(j, parts), parts, workers=1):
+        text = shard.spec.wire_json(texts)
+        assert json.loads(text) == json.loads(encode({"t": "shard", "shard": shard.spec.to_wire()})[8:])
+        assert ShardSpec.from_wire(json.loads(text)["shard"]) == shard.spec
+    assert len(texts) == len(params)  # each set encoded once

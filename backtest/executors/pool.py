@@ -39,7 +39,7 @@ from backtest.executors.base import (
 )
 from backtest.spec import Shard, ShardSpec, StrategySource
 from backtest.trace import mark
-from backtest.worker.protocol import ProtocolError, encode, read_frame
+from backtest.worker.protocol import ProtocolError, encode, encode_json, read_frame
 
 STARTUP_TIMEOUT = 120.0
 PREFETCH = 2
@@ -69,7 +69,9 @@ class Channel:
 @dataclass
 class _Pending:
     shard: Shard
-    remaining: list[str]
+    #: the keys without an outcome yet, each the shard's own key object, in the shard's order
+    #: (a dict: a batch of outcomes takes its keys out one by one, of up to 50 000 a shard)
+    remaining: dict[str, str]
     attempts: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -78,7 +80,7 @@ class _Pending:
         outcome (the spec itself while none has one)."""
         if len(self.remaining) == len(self.shard.keys):
             return self.shard.spec
-        return self.shard.spec.narrowed(set(self.remaining))
+        return self.shard.spec.narrowed(self.remaining)
 
 
 @dataclass
@@ -123,6 +125,7 @@ class StreamPool(Executor):
         self._pending: deque[_Pending] = deque()
         self._open: dict[str, _Pending] = {}
         self._done_keys: set[str] = set()
+        self._param_texts: dict[int, tuple[Any, str]] = {}  # ``ShardSpec.wire_json``'s
         self._events: list[Event] = []
         self._gen = 0
         self._closed = False
@@ -142,7 +145,7 @@ class StreamPool(Executor):
         """Hand a shard to the slot's worker. A transport may override this, e.g. to ship the
         shard's data first; it must not block this loop for long (do slow work in a thread)."""
         assert slot.channel is not None
-        slot.channel.send(encode({"t": "shard", "shard": spec.to_wire()}))
+        slot.channel.send(encode_json(spec.wire_json(self._param_texts)))
 
     def on_slot_failure(self, slot: _Slot, reason: str) -> None:
         """Hook for transports that track host health (SSH backoff); the default does nothing."""
@@ -218,7 +221,7 @@ class StreamPool(Executor):
 
     def submit(self, shards: list[Shard]) -> None:
         for shard in shards:
-            p = _Pending(shard, list(shard.keys))
+            p = _Pending(shard, {k: k for k in shard.keys})
             self._open[shard.id] = p
             self._pending.append(p)
         self._dispatch()
@@ -338,7 +341,7 @@ class StreamPool(Executor):
         elif kind == "result":
             key = msg["key"]
             if key in job.remaining:
-                job.remaining.remove(key)
+                del job.remaining[key]
                 if key not in self._done_keys:
                     self._done_keys.add(key)
                     self._events.append(TaskDone(job.shard.id, key, body, slot.label, attempt=job.attempts + 1))
@@ -355,7 +358,7 @@ class StreamPool(Executor):
             env = slot.env.get("env")
             # the shard's own key objects, by key: the frame's copies are let go (a million keys
             # kept for the run, ~110 MB, are then the plan's own)
-            own = {k: k for k in job.remaining}
+            own = job.remaining
             if msg.get("staged"):  # a sandboxed worker, which may not write the store itself
                 try:
                     self.accept_staged(slot, str(msg["pack"]), job.shard.keys)
@@ -375,11 +378,10 @@ class StreamPool(Executor):
                                               job.attempts + 1))
             for key in keys:
                 own.pop(key, None)
-            job.remaining = list(own)
         elif kind == "task_error":
             key = msg["key"]
             if key in job.remaining:
-                job.remaining.remove(key)
+                del job.remaining[key]
                 self._events.append(TaskFailed(job.shard.id, key, msg["error"], msg.get("details", ""), slot.label,
                                                   job.attempts + 1))
         elif kind == "log":

@@ -15,7 +15,7 @@ from typing import Any
 from backtest import paths
 from backtest.errors import BtError, DataError, PlanError, UsageError
 from backtest.executors.base import Executor, ExecutorOptions
-from backtest.plan import make_shards, make_tasks, parse_range
+from backtest.plan import Columns, TaskTable, make_shards, make_tasks, parse_range, shards_of_columns
 from backtest.run.grid_cache import grid_cached, grid_of, remember_grid
 from backtest.run.request import Prepared, RunRequest, symbols_of
 from backtest.spec import Job, Task
@@ -126,7 +126,10 @@ def prepare(req: RunRequest, root: Path | None = None, text: str | None = None, 
 
     plan = _plan_many if plan_cache.planned(job) >= plan_cache.MIN_TASKS else _plan_few
     tasks, todo, cached, damaged, remote, hits = plan(req, root, job, parts, fetch)
-    shards = make_shards(job, todo, parts, target.capacity)
+    if isinstance(todo, TaskTable):
+        shards = shards_of_columns(job, table_by_symbol(job, todo), parts, target.capacity)
+    else:
+        shards = make_shards(job, todo, parts, target.capacity)
     mark("shards made")
     remember_grid(req, root, text, source, strategy_params, strategy_warmups, portfolio)
     mark("grid kept")
@@ -198,6 +201,32 @@ def _plan_many(req: RunRequest, root: Path, job: Job, parts: dict[Any, Any], fet
     todo = tasks.take(np.flatnonzero(~have).tolist())
     cached = tasks if have.all() else tasks.take(np.flatnonzero(have).tolist())
     return tasks, todo, cached, damaged, remote, hits
+
+
+def table_by_symbol(job: Job, table: TaskTable) -> dict[str, Columns]:
+    """A table's tasks as ``plan.shards_of_columns`` takes them, from its columns."""
+    import numpy as np
+
+    if not len(table):
+        return {}
+    sets = np.frombuffer(table.sets, dtype=np.int32)
+    syms = np.frombuffer(table.syms, dtype=np.int32)
+    warm = np.asarray(job.warmups, dtype=np.int64)[sets]
+    # symbols in the order they first come, then warm-up, then the table's order
+    present, first = np.unique(syms, return_index=True)
+    rank = np.empty(int(present.max()) + 1, dtype=np.int64)
+    rank[present] = np.argsort(np.argsort(first, kind="stable"), kind="stable")
+    order = np.lexsort((warm, rank[syms]))  # (stable: the table's order within a warm-up)
+    bounds = np.flatnonzero(np.diff(rank[syms][order])) + 1
+    keys = np.empty(len(table), dtype=object)  # (NumPy's indexing of objects: a tenth of a list's)
+    keys[:] = table.keys()
+    params = np.empty(len(job.params_list), dtype=object)
+    params[:] = job.params_list
+    out = {}
+    for rows in np.split(order, bounds):
+        of = sets[rows]
+        out[table.symbols[int(syms[rows[0]])]] = (keys[rows].tolist(), params[of].tolist(), warm[rows].tolist())
+    return out
 
 
 def _from_remote(remote: Any, missing: list[str], results: Any, fetch: bool) -> tuple[int, set[str]]:

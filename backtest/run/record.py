@@ -107,7 +107,7 @@ class Recorder:
         # --force: the store as it was before the run, and the results workers stored since
         self._before: Any = None
         self._forced: list[tuple[str, str]] = []
-        self._open_shards: dict[str, dict[str, Task]] = {}  # ``_tasks_of``: the tasks not reported yet
+        self._open_shards: dict[str, dict[str, Any]] = {}  # ``_of_shard``: params of the tasks not reported yet
         if prep.request.force:
             from backtest.store.results import ResultStore
 
@@ -126,36 +126,37 @@ class Recorder:
             return {key: t for shard in self.prep.shards for key, t in _shard_tasks(shard.spec).items()}
         return {t.key: t for t in self.prep.tasks}
 
-    def _tasks_of(self, shard: str, keys: Sequence[str]) -> list[Task]:
-        """The tasks of ``keys``, all of shard ``shard``. Of a large job (a ``TaskTable``) they are
-        made from the shard's spec, one shard at a time while its outcomes come, rather than a dict
-        of every task of the run (~100 MB for a million); ``by_key`` otherwise, or once it is made."""
-        if not isinstance(self.prep.tasks, TaskTable) or "by_key" in self.__dict__:
-            return [self.by_key[k] for k in keys]
-        open_ = self._open_shards.get(shard)
-        if open_ is None:
-            spec = self._specs.get(shard)
-            if spec is None:  # not one of the planned shards (a walk-forward's later ones)
-                return [self.by_key[k] for k in keys]
-            open_ = self._open_shards[shard] = _shard_tasks(spec)
-        try:
-            tasks = [open_.pop(k) for k in keys]
-        except KeyError:  # (reported twice: never, the executors report a task once)
-            return [self.by_key[k] for k in keys]
-        if not open_:
-            del self._open_shards[shard]
-        return tasks
+    def _of_shard(self, shard: str, keys: Sequence[str]) -> tuple[Any, list[dict[str, Any]]]:
+        """(the symbol of each of ``keys``, as a NumPy column; their parameter sets), all tasks of
+        shard ``shard``. Of a large job (a ``TaskTable``) they are read from the shard's spec, one
+        shard at a time while its outcomes come, with no ``Task`` made (a million tasks: ~1.5 s)
+        nor a dict of every task of the run (~100 MB); from ``by_key`` otherwise, or once it is made."""
+        import numpy as np
+
+        spec = self._specs.get(shard) if isinstance(self.prep.tasks, TaskTable) and "by_key" not in self.__dict__ \
+            else None
+        if spec is not None:  # (not one of the planned shards: a walk-forward's later ones)
+            open_ = self._open_shards.get(shard)
+            if open_ is None:
+                open_ = self._open_shards[shard] = {key: p for g in spec.groups for key, p in g.tasks}
+            if all(k in open_ for k in keys):  # (reported twice: never, the executors report a task once)
+                params = [open_.pop(k) for k in keys]
+                if not open_:
+                    del self._open_shards[shard]
+                return np.full(len(keys), spec.symbol, dtype=object), params
+        tasks = [self.by_key[k] for k in keys]
+        return np.array([t.symbol for t in tasks], dtype=object), [t.params for t in tasks]
 
     @cached_property
     def _specs(self) -> dict[str, Any]:
         return {shard.id: shard.spec for shard in self.prep.shards}
 
     # rows ---------------------------------------------------------------------------------------
-    def _params_text(self, t: Task) -> str:
-        return self.texts.get(id(t.params)) or json.dumps(t.params, sort_keys=True)
+    def _params_text(self, params: dict[str, Any]) -> str:
+        return self.texts.get(id(params)) or json.dumps(params, sort_keys=True)
 
     def row(self, t: Task, *rest: Any) -> dict[str, Any]:
-        return task_row(t, self._params_text(t), *rest)
+        return task_row(t, self._params_text(t.params), *rest)
 
     def cached_rows(self, unindexed: Container[str], cached: Sequence[Task] | None = None,
                     now: float | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -225,15 +226,17 @@ class Recorder:
         if self._before is not None:
             self._forced.extend((k, ev.worker) for k in ev.keys)
         n = len(ev.keys)
-        tasks = self._tasks_of(ev.shard, ev.keys)
-        block = self._done_columns(tasks, False, ev.attempt, ev.worker, now)
+        symbols, of = self._of_shard(ev.shard, ev.keys)
+        block = _done_block(np.array(ev.keys, dtype=object), symbols,
+                            np.array([self._params_text(p) for p in of], dtype=object), False, ev.attempt, ev.worker,
+                            now)
         self.task_rows.append(block)
-        keys, symbols, params = block["key"], block["symbol"], block["params"]
+        keys, params = block["key"], block["params"]
         env = ev.env or {}
         env_text = self.env_texts.get(ev.worker) or self.env_texts.setdefault(ev.worker, json.dumps(env, sort_keys=True))
         if self.prep.job.axes:  # the result's params are the strategy's only
             strategy_params = self.prep.job.strategy_params
-            params = np.array([json.dumps(strategy_params(t.params), sort_keys=True) for t in tasks], dtype=object)
+            params = np.array([json.dumps(strategy_params(p), sort_keys=True) for p in of], dtype=object)
         values = np.frombuffer(ev.values, dtype=np.float64).reshape(n, len(ev.names)) if n else np.empty((0, 0))
         where = {m: i for i, m in enumerate(ev.names)}
         missing = np.full(n, np.nan)
@@ -250,7 +253,8 @@ class Recorder:
 
         return _done_block(np.array([t.key for t in tasks], dtype=object),
                            np.array([t.symbol for t in tasks], dtype=object),
-                           np.array([self._params_text(t) for t in tasks], dtype=object), cached, attempts, worker, now)
+                           np.array([self._params_text(t.params) for t in tasks], dtype=object), cached, attempts, worker,
+                           now)
 
     def _table_columns(self, table: TaskTable, now: float) -> Any:
         """Task rows of the cached tasks of ``table``, done, as one ``Columns`` block: each column

@@ -31,7 +31,12 @@ class ProtocolError(Exception):
 
 
 def encode(header: dict[str, Any], body: bytes = b"") -> bytes:
-    head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    return encode_json(json.dumps(header, separators=(",", ":"), allow_nan=False), body)
+
+
+def encode_json(header: str, body: bytes = b"") -> bytes:
+    """A frame of a header already written as JSON text."""
+    head = header.encode("utf-8")
     return _HEAD.pack(len(head), len(body)) + head + body
 
 
