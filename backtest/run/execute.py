@@ -160,19 +160,31 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
     mark("planned; recording the run")
     t0 = time.monotonic()
     job = prep.job
-    catalog = Catalog(prep.root / "catalog.duckdb", recover=recovery(prep.root))
-    run_id = new_run_id(job)
-    progress = Progress(run_id, total=len(prep.tasks) + prep.pending, cached=len(prep.cached))
-    save_source(prep.root, job.strategy)
-    recorder = Recorder(prep, run_id, catalog, ResultStore(prep.root))
+    ex = executor
+    # workers started while planning take their shards now, while the run is recorded
+    early = ex is not None and bool(prep.shards) and ex.strategy is not None and ex.strategy.hash == job.strategy.hash
+    try:
+        if early:
+            assert ex is not None
+            mark(f"submitting {len(prep.shards)} shards")
+            ex.submit(prep.shards)
+        catalog = Catalog(prep.root / "catalog.duckdb", recover=recovery(prep.root))
+        run_id = new_run_id(job)
+        progress = Progress(run_id, total=len(prep.tasks) + prep.pending, cached=len(prep.cached))
+        save_source(prep.root, job.strategy)
+        recorder = Recorder(prep, run_id, catalog, ResultStore(prep.root))
 
-    def all_cached(unindexed: set[str]) -> Any:
-        tasks, results = recorder.cached_rows(unindexed)
-        return tasks, results, [], {"status": "done", "finished": time.time(), "computed": 0, "failed": 0,
-                                    "seconds": time.monotonic() - t0}
+        def all_cached(unindexed: set[str]) -> Any:
+            tasks, results = recorder.cached_rows(unindexed)
+            return tasks, results, [], {"status": "done", "finished": time.time(), "computed": 0, "failed": 0,
+                                        "seconds": time.monotonic() - t0}
 
-    unindexed = catalog.start_run(_run_row(prep, run_id), keys_of(prep.cached), coordinator_alive,
-                              then=None if prep.shards else all_cached)
+        unindexed = catalog.start_run(_run_row(prep, run_id), keys_of(prep.cached), coordinator_alive,
+                                      then=None if prep.shards else all_cached)
+    except BaseException:
+        if ex is not None:
+            ex.close(cancel=True)
+        raise
     if not prep.shards:  # nothing to compute: the whole run was recorded in that one transaction
         summary = RunSummary(run_id, "done", len(prep.tasks), 0, len(prep.cached), 0, time.monotonic() - t0, "",
                              remote=remote_record(prep.remote))
@@ -183,7 +195,6 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
     recorder.start(unindexed)
     followup = _Followup(prep, recorder, progress) if prep.stage2 is not None else None
     status, message = "done", ""
-    ex = executor
     ended = False
     seconds = 0.0
     final_update: dict[str, Any] = {}
@@ -193,8 +204,9 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
             ex.start(job.strategy)
         if ex.strategy is None or ex.strategy.hash != job.strategy.hash:
             raise BtError("the strategy file changed while the run was starting; run again")
-        mark(f"submitting {len(prep.shards)} shards")
-        ex.submit(prep.shards)
+        if not early:
+            mark(f"submitting {len(prep.shards)} shards")
+            ex.submit(prep.shards)
         while not ex.finished():
             for ev in ex.poll(0.1):
                 now = time.time()
