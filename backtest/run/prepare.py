@@ -173,7 +173,7 @@ def _plan_many(req: RunRequest, root: Path, job: Job, parts: dict[Any, Any], fet
     """The tasks of a large job (``plan_cache.MIN_TASKS`` or more) as columns: the keys come from
     the plan cache (or are hashed and kept there), the results store is searched with their raw
     bytes, and the tasks stay ``plan.TaskTable``s (no ``Task`` a task), the cached ones and those
-    to compute, which ``make_shards`` groups by their columns."""
+    to compute, which ``prepare`` groups into shards by their columns (``table_by_symbol``)."""
     import numpy as np
 
     from backtest.run import plan_cache

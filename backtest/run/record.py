@@ -133,9 +133,10 @@ class Recorder:
         nor a dict of every task of the run (~100 MB); from ``by_key`` otherwise, or once it is made."""
         import numpy as np
 
+        # (None for a shard that was not planned: a walk-forward's later ones)
         spec = self._specs.get(shard) if isinstance(self.prep.tasks, TaskTable) and "by_key" not in self.__dict__ \
             else None
-        if spec is not None:  # (not one of the planned shards: a walk-forward's later ones)
+        if spec is not None:
             open_ = self._open_shards.get(shard)
             if open_ is None:
                 open_ = self._open_shards[shard] = {key: p for g in spec.groups for key, p in g.tasks}
