@@ -220,10 +220,12 @@ class StreamPool(Executor):
             self._spawn(slot)
 
     def submit(self, shards: list[Shard]) -> None:
-        for shard in shards:
+        for i, shard in enumerate(shards):
             p = _Pending(shard, {k: k for k in shard.keys})
             self._open[shard.id] = p
             self._pending.append(p)
+            if i + 1 == len(self._slots):  # every worker its first shard before the others are queued
+                self._dispatch()
         self._dispatch()
 
     def finished(self) -> bool:

@@ -163,9 +163,13 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
     ex = executor
     # workers started while planning take their shards now, while the run is recorded
     early = ex is not None and bool(prep.shards) and ex.strategy is not None and ex.strategy.hash == job.strategy.hash
+    # what the executor said before the loop below (workers that said hello take their first shards
+    # when it is asked): handled first there
+    said: list[Any] = []
     try:
         if early:
             assert ex is not None
+            said += ex.poll(0.001)  # the workers' hellos: each then takes a first shard at once
             mark(f"submitting {len(prep.shards)} shards")
             ex.submit(prep.shards)
         catalog = Catalog(prep.root / "catalog.duckdb", recover=recovery(prep.root))
@@ -173,6 +177,9 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
         progress = Progress(run_id, total=len(prep.tasks) + prep.pending, cached=len(prep.cached))
         save_source(prep.root, job.strategy)
         recorder = Recorder(prep, run_id, catalog, ResultStore(prep.root))
+        if early:
+            assert ex is not None
+            said += ex.poll(0.001)
 
         def all_cached(unindexed: set[str]) -> Any:
             tasks, results = recorder.cached_rows(unindexed)
@@ -207,8 +214,9 @@ def execute(prep: Prepared, on_progress: OnProgress | None = None, executor: Exe
         if not early:
             mark(f"submitting {len(prep.shards)} shards")
             ex.submit(prep.shards)
-        while not ex.finished():
-            for ev in ex.poll(0.1):
+        while said or not ex.finished():
+            events, said = said + ex.poll(0 if said else 0.1), []
+            for ev in events:
                 now = time.time()
                 if isinstance(ev, TasksDone):
                     recorder.tasks_done(ev, now)
