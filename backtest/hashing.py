@@ -23,8 +23,8 @@ _FLAT_KEYS: dict[tuple[Any, ...], tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
 def canonical_params(params: dict[str, Any]) -> str:
     """``canonical_json(params)`` for a flat parameter set, in a third of the time: the names'
-    JSON is made once per set of names, and int, str and finite float values are written as
-    ``json.dumps`` writes them; anything else goes through ``canonical_json``."""
+    JSON is made once per set of names, and int, str, finite float, bool and None values are
+    written as ``json.dumps`` writes them; anything else goes through ``canonical_json``."""
     names = tuple(params)
     known = _FLAT_KEYS.get(names)
     if known is None:
@@ -42,6 +42,10 @@ def canonical_params(params: dict[str, Any]) -> str:
             parts.append(head + json.dumps(v))
         elif kind is float and v - v == 0.0:  # finite
             parts.append(head + float.__repr__(v))
+        elif kind is bool:  # (a strategy's switch, e.g. ``short``: in most grids' parameter sets)
+            parts.append(head + ("true" if v else "false"))
+        elif v is None:
+            parts.append(head + "null")
         else:
             return canonical_json(params)
     return "{" + ",".join(parts) + "}"
