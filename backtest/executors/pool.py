@@ -349,9 +349,11 @@ class StreamPool(Executor):
                     self._events.append(TaskDone(job.shard.id, key, body, slot.label, attempt=job.attempts + 1))
         elif kind == "results":  # a worker that stored these files itself: their metrics, in one block
             try:
-                keys, names, n_trades = list(msg["keys"]), list(msg["metrics"]), list(msg["n_trades"])
+                joined, names, n_trades = str(msg["keys"]), list(msg["metrics"]), list(msg["n_trades"])
+                keys = [joined[i:i + 64] for i in range(0, len(joined), 64)]  # (64 hex digits each)
                 values = array("d", body)  # native order: such a worker runs on this machine
-                ok = self.stores_results and len(values) == len(keys) * len(names) and len(n_trades) == len(keys)
+                ok = (self.stores_results and len(joined) % 64 == 0 and len(values) == len(keys) * len(names)
+                      and len(n_trades) == len(keys))
             except (KeyError, TypeError, ValueError):
                 ok = False
             if not ok:

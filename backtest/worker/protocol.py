@@ -8,8 +8,9 @@ coordinator → worker: ``strategy`` {hash, source, filename, name}; ``shard`` {
 seconds); ``stop``.
 worker → coordinator: ``hello`` {pid, cores, env}; ``hb``; ``result`` {shard, key} + body (the
 result file); ``results`` {shard, keys, n_trades, metrics} + body (from a worker started with
-``--results``, which stored those files itself: their metrics as float64 in native byte order, one
-row per key, one column per metric name); ``task_error`` {shard, key, error, details}; ``log``
+``--results``, which stored those files itself: ``keys`` their keys joined in one string, 64 hex
+digits each (one JSON string, not thousands); the body their metrics as float64 in native byte
+order, one row per key, one column per metric name); ``task_error`` {shard, key, error, details}; ``log``
 {shard, text}; ``shard_done`` {shard, seconds}; ``shard_error`` {shard, error, details} (the
 whole shard could not run, e.g. its data is missing).
 """

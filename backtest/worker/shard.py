@@ -184,7 +184,7 @@ class _Batch:
         assert self.folder is not None
         name, written = self.pack.write(self.folder, self.store)
         staged = written and self.folder != self.store
-        emit({"t": "results", "shard": self.shard, "keys": self.pack.keys, "n_trades": self.n_trades,
+        emit({"t": "results", "shard": self.shard, "keys": "".join(self.pack.keys), "n_trades": self.n_trades,
               "metrics": self.names, "pack": name, **({"staged": True} if staged else {})},
              self.values.tobytes())
         self.pack = PackWriter()

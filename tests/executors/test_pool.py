@@ -123,7 +123,12 @@ def test_next_shards_go_out_early_only_while_there_is_more_work_than_workers() -
     assert [e.shard for e in pool.poll(0) if type(e).__name__ == "ShardFinished"] == ["s0", "s2"]
 
 
+K0, K1 = "0a" * 32, "1b" * 32  # task keys: 64 hex digits
+
+
 def test_results_frames_are_taken_only_from_workers_that_store_results_themselves() -> None:
+    """A ``results`` frame (its keys joined in one string) is taken whole from a worker that
+    stores results itself, and refused whole otherwise or when its parts do not fit."""
     from array import array
 
     from backtest.executors.base import WorkerNote
@@ -148,30 +153,31 @@ def test_results_frames_are_taken_only_from_workers_that_store_results_themselve
         slot.channel, slot.state, slot.gen = _Recorder(), "idle", 1  # type: ignore[assignment]
         slot.env = {"env": {"bt": "x"}}
         pool._slots = [slot]
-        pool.submit([Shard("s0", _spec("s0", ["k0", "k1"]), ["k0", "k1"])])
+        pool.submit([Shard("s0", _spec("s0", [K0, K1]), [K0, K1])])
         return pool
 
     def frame(keys: list[str], values: list[float]) -> tuple[dict[str, Any], bytes]:
-        return ({"t": "results", "shard": "s0", "keys": keys, "n_trades": [3] * len(keys), "metrics": ["a", "b"]},
+        return ({"t": "results", "shard": "s0", "keys": "".join(keys), "n_trades": [3] * len(keys), "metrics": ["a", "b"]},
                 array("d", values).tobytes())
 
     good = pool_with(True)
-    good._handle(1, *frame(["k0", "k1"], [1.0, 2.0, 3.0, float("inf")]))
+    good._handle(1, *frame([K0, K1], [1.0, 2.0, 3.0, float("inf")]))
     done = [e for e in task_outcomes(good.poll(0)) if isinstance(e, TaskDone)]
     assert [(e.key, e.metrics, e.n_trades, e.env, e.stored) for e in done] == [
-        ("k0", {"a": 1.0, "b": 2.0}, 3, {"bt": "x"}, True), ("k1", {"a": 3.0, "b": float("inf")}, 3, {"bt": "x"}, True)]
+        (K0, {"a": 1.0, "b": 2.0}, 3, {"bt": "x"}, True), (K1, {"a": 3.0, "b": float("inf")}, 3, {"bt": "x"}, True)]
     assert not good._slots[0].jobs[0].remaining
 
-    torn = frame(["k0", "k1"], [1.0, 2.0, 3.0, 4.0])
-    for pool, (header, body) in ((pool_with(False), frame(["k0", "k1"], [1.0, 2.0, 3.0, 4.0])),  # remote hosts
-                                 (pool_with(True), frame(["k0", "k1"], [1.0, 2.0, 3.0])),  # one value short
-                                 (pool_with(True), (torn[0], torn[1][:-3]))):  # not whole float64s
+    torn = frame([K0, K1], [1.0, 2.0, 3.0, 4.0])
+    for pool, (header, body) in ((pool_with(False), frame([K0, K1], [1.0, 2.0, 3.0, 4.0])),  # remote hosts
+                                 (pool_with(True), frame([K0, K1], [1.0, 2.0, 3.0])),  # one value short
+                                 (pool_with(True), (torn[0], torn[1][:-3])),  # not whole float64s
+                                 (pool_with(True), ({**torn[0], "keys": K0 + K1[:-1]}, torn[1]))):  # a key cut
         pool._handle(1, header, body)
         events = list(pool._events)  # not poll(): that would start a replacement worker
         assert not [e for e in events if isinstance(e, TaskDone)]
         assert [e.message for e in events if isinstance(e, WorkerNote)] == [
             "worker sent a results frame it should not have"]
-        assert [list(p.remaining) for p in pool._pending] == [["k0", "k1"]]  # back in the queue, nothing lost
+        assert [list(p.remaining) for p in pool._pending] == [[K0, K1]]  # back in the queue, nothing lost
 
 
 def test_rows_that_come_fast_are_recorded_a_row_group_at_a_time() -> None:
