@@ -75,10 +75,14 @@ class Strategy:
     __bt_filename__: ClassVar[str] = ""
 
     def __init__(self, **params: Any) -> None:
-        defaults = dict(_params_of(type(self)))
+        cls = type(self)
+        names = cls.__dict__.get("__bt_param_names__")  # (kept on the class itself: made once)
+        if names is None:
+            names = frozenset(name for name, _ in _params_of(cls))
+            type.__setattr__(cls, "__bt_param_names__", names)
         for name, value in params.items():
-            if name not in defaults:
-                raise StrategyError(_unknown(type(self), name, defaults))
+            if name not in names:
+                raise StrategyError(_unknown(cls, name, dict(_params_of(cls))))
             setattr(self, name, value)
         self._bt_cache: dict[Any, Any] = {}
 
@@ -90,7 +94,7 @@ class Strategy:
 
     def cached(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)``, memoised in the grid-wide cache the engine hands this instance."""
-        key = (fn, *[_arg_key(a) for a in args])
+        key = (fn, *map(_arg_key, args))
         hit = self._bt_cache.get(key)
         if hit is None:
             hit = (fn(*args), args)  # args kept alive so that their ids stay unique

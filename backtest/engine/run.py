@@ -48,7 +48,8 @@ def run_grid(
     """
     from backtest.engine.universe import Universe
 
-    each = [settings] * len(params_list) if isinstance(settings, SimSettings) else list(settings)
+    single = isinstance(settings, SimSettings)
+    each: list[SimSettings] = [settings] * len(params_list) if isinstance(settings, SimSettings) else list(settings)
     if isinstance(bars, Universe):
         from backtest.engine.portfolio_run import run_portfolio_grid
 
@@ -59,16 +60,20 @@ def run_grid(
     bpy = bars_per_year(bars.ts)
     ends = day_ends(bars.ts, bars.start)
     args: dict[SimSettings, tuple[Any, ...]] = {}
-    targets: dict[str, Any] | None = {} if len(set(each)) > 1 else None
+    # (a SimSettings is hashed field by field: one grid's settings are not hashed once a task)
+    targets: dict[str, Any] | None = None if single or len(set(each)) == 1 else {}
     bench = None if benchmark is None else aligned_closes(bars.ts, bars.start, benchmark.ts, benchmark.close)
     outputs: list[TaskOutput | StrategyError] = []
+    last: Any = None
+    sim_args: tuple[Any, ...] = ()
     for params, s in zip(params_list, each, strict=True):
-        sim_args = args.get(s)
-        if sim_args is None:
-            sim_args = args[s] = (
-                bars.start, s.cash, s.commission, s.fee, s.slippage, s.fill == "close", s.units == "integer",
-                s.stop_loss or 0.0, s.take_profit or 0.0, s.trailing_stop or 0.0, bpy,
-            )
+        if s is not last:
+            if s not in args:
+                args[s] = (
+                    bars.start, s.cash, s.commission, s.fee, s.slippage, s.fill == "close", s.units == "integer",
+                    s.stop_loss or 0.0, s.take_profit or 0.0, s.trailing_stop or 0.0, bpy,
+                )
+            sim_args, last = args[s], s
         try:
             target = strategy_target(strategy_cls, bars, params, cache, targets)
             out = _simulate(strategy_cls, bars, params, target, sim_args, ends, want_equity or bench is not None,
@@ -168,6 +173,11 @@ def label(strategy_cls: Any, params: dict[str, Any], symbol: str) -> str:
     return f"{getattr(strategy_cls, '__name__', strategy_cls)}({inner}) on {symbol}"
 
 
+#: the equity array of a simulation that keeps none (the kernel writes into it only when its length
+#: is the range's)
+_NO_EQUITY = np.empty(0)
+
+
 def _simulate(
     strategy_cls: Any,
     bars: Bars,
@@ -180,8 +190,7 @@ def _simulate(
 ) -> TaskOutput:
     """One simulation: the equity curve kept with ``want_equity``, the trades' MAE/MFE filled with
     ``excursions`` (a report re-deriving the task; a grid leaves them NaN)."""
-    n = len(bars)
-    equity = np.empty(n - bars.start if want_equity else 0)
+    equity = np.empty(bars.ts.shape[0] - bars.start) if want_equity else _NO_EQUITY
     simulate: Any = simulate_nb
     bad, trades, metrics = simulate(
         bars.ts, bars.open, bars.high, bars.low, bars.close, target, *sim_args, equity, ends, excursions, TRADE_DTYPE

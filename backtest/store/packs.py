@@ -26,6 +26,7 @@ rename), so a worker killed while writing one leaves only a temporary file, neve
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import struct
@@ -45,6 +46,8 @@ _N_TRADES = struct.Struct("<I")
 _FOOTER = struct.Struct("<IQ32s8s")
 _SPAN = struct.Struct("<QI")
 INDEX_ROW = 44  # bytes of one index row
+#: packs of at least this many entries, their keys all different, have their index made with NumPy
+VECTOR_INDEX = 64
 
 #: The parts of a result header that a batch's tasks share, as their JSON text: (env,
 #: metric_names, symbol, the ``"symbols":[...],`` field of a portfolio's results or "", trade_dtype).
@@ -140,20 +143,44 @@ class PackWriter:
     def encode(self) -> tuple[str, list[bytes]]:
         """(name, the pack's bytes in pieces) of everything added."""
         table = canonical_json([list(v) for v in self._variants]).encode()
-        start = len(MAGIC) + 4 + len(table)
-        offsets: dict[str, tuple[int, int, int]] = {}  # key -> (offset, length, entry number)
-        at = start
-        for i, (key, size) in enumerate(zip(self._keys, self._sizes, strict=True)):
-            offsets[key] = (at, size, i)  # a key added twice: its last entry
-            at += size
-        index = b"".join(bytes.fromhex(k) + _SPAN.pack(*offsets[k][:2]) for k in sorted(offsets))
         top = MAGIC + _U32.pack(len(table)) + table
+        start = len(top)
+        if len(set(self._keys)) == len(self._keys) >= VECTOR_INDEX:  # a worker's batch: no key twice
+            index, end = self._index(start)
+            n = len(self._keys)
+            digests = b"".join(entry[-1] for entry in self._entries)
+        else:
+            offsets: dict[str, tuple[int, int, int]] = {}  # key -> (offset, length, entry number)
+            at = start
+            for i, (key, size) in enumerate(zip(self._keys, self._sizes, strict=True)):
+                offsets[key] = (at, size, i)  # a key added twice: its last entry
+                at += size
+            index = b"".join(bytes.fromhex(k) + _SPAN.pack(*offsets[k][:2]) for k in sorted(offsets))
+            n, end = len(offsets), at
+            digests = b"".join(self._entries[i][-1] for _, _, i in offsets.values())
         index_digest = hashlib.sha256(top + index).digest()
-        # named by what it holds: the index's digest and every result's own digest
-        name = hashlib.sha256(index_digest + b"".join(self._entries[i][-1] for _, _, i in offsets.values()))
-        pieces = [top, *(piece for entry in self._entries for piece in entry), index,
-                  _FOOTER.pack(len(offsets), at, index_digest, END)]
+        # named by what it holds: the index's digest and every result's own digest (in the order
+        # their keys were first added)
+        name = hashlib.sha256(index_digest + digests)
+        pieces = [top, *itertools.chain.from_iterable(self._entries), index,
+                  _FOOTER.pack(n, end, index_digest, END)]
         return name.hexdigest(), pieces
+
+    def _index(self, start: int) -> tuple[bytes, int]:
+        """(the index, where it starts) of entries whose keys are all different, the first at
+        ``start``: the rows ``encode`` makes one by one, made with NumPy (~1 µs an entry less)."""
+        import numpy as np
+
+        n = len(self._keys)
+        keys = np.frombuffer(bytes.fromhex("".join(self._keys)), np.uint8).reshape(n, 32)
+        sizes = np.array(self._sizes, dtype=np.uint64)
+        ends = np.cumsum(sizes) + np.uint64(start)
+        order = np.argsort(np.frombuffer(keys.tobytes(), "S32"), kind="stable")  # bytewise order
+        rows = np.empty((n, INDEX_ROW), np.uint8)
+        rows[:, :32] = keys[order]
+        rows[:, 32:40] = (ends - sizes)[order].astype("<u8").view(np.uint8).reshape(n, 8)
+        rows[:, 40:] = sizes[order].astype("<u4").view(np.uint8).reshape(n, 4)
+        return rows.tobytes(), int(ends[-1])
 
     def write(self, folder: Path | str, store: Path | str | None = None) -> tuple[str, bool]:
         """Write the pack into ``folder`` (made if need be) as ``<name>.pack``, unless the packs

@@ -142,8 +142,9 @@ class _Batch:
     """The results a worker computed and has not stored yet, on their way into a pack."""
 
     def __init__(self, shard: str, results: Path | None, staging: Path | None) -> None:
-        from backtest.store.packs import PackWriter
+        from backtest.store.packs import PackWriter, digest
 
+        self._digest = digest
         self.shard = shard
         self.store = results / "results" / "packs" if results else None
         self.folder = staging if staging is not None else self.store
@@ -159,11 +160,9 @@ class _Batch:
     def add(self, parts: tuple[Variant, str, int, str, bytes, bytes], names: tuple[str, ...]) -> None:
         """A result's ``parts`` (``Encoder.parts``: its metrics block little-endian float64, in
         ``names`` order, the same for every task of a shard)."""
-        from backtest.store.packs import digest
-
         assert self.pack is not None
         variant, key, n, params, values, trades = parts
-        self.pack.add(variant, key, n, params, values, trades, digest(*parts))
+        self.pack.add(variant, key, n, params, values, trades, self._digest(*parts))
         self.n_trades.append(n)
         self.names = names
         if _LITTLE:

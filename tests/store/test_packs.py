@@ -11,6 +11,7 @@ import pytest
 
 from backtest.engine.records import TRADE_DTYPE
 from backtest.errors import ResultError
+from backtest.store import packs
 from backtest.store.packs import PackWriter, read_index, split
 from backtest.store.results import Encoder, ResultStore, encode
 
@@ -80,6 +81,22 @@ def test_a_pack_gives_back_every_result_file_byte_for_byte(tmp_path: Path) -> No
     assert again.encode()[0] == name
     again.add_file(encode("ee" * 32, "AAA", {}, {"sharpe": 1.0}, trades(1), ENV))
     assert again.encode()[0] != name
+
+
+def test_a_large_pack_s_index_is_the_one_made_row_by_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # keys that sort differently as bytes than as their first or last bytes, some ending in zeros
+    enc = Encoder("AAA", ENV)
+    files = {}
+    for i in range(150):
+        key = bytes([i % 7, 255 - i, *([0] * 29), i % 2]).hex()
+        files[key] = enc(key, {"fast": i}, {"sharpe": 0.1 * i}, trades(i % 3))
+    pack = packed(files)
+    name, pieces = pack.encode()
+    monkeypatch.setattr(packs, "VECTOR_INDEX", 10**9)  # every row made in Python
+    assert pack.encode() == (name, pieces)
+    read = read_index(str(tmp_path / f"{pack.write(tmp_path)[0]}.pack"))
+    assert read.keys() == sorted(files)
+    assert all(read.entry(read.find(bytes.fromhex(k))) == files[k] for k in files)
 
 
 def test_a_header_that_is_not_canonical_is_not_packed() -> None:
