@@ -9,6 +9,7 @@ import sys
 import tempfile
 import threading
 from abc import abstractmethod
+from collections.abc import Container
 from typing import IO, Any, ClassVar
 
 from backtest.executors import cores
@@ -166,6 +167,20 @@ class ForkedChannel(_LocalChannel):
         return self._server.wait(pid, timeout) if pid > 0 else None
 
 
+class _RawKeys:
+    """The raw keys whose hex digits are in ``keys``: a shard's pending keys as the container of
+    raw keys a staged pack is checked against, without a set of them made for each shard (a
+    million-task run kept ~90 MB of such sets)."""
+
+    __slots__ = ("keys",)
+
+    def __init__(self, keys: Container[str]) -> None:
+        self.keys = keys
+
+    def __contains__(self, raw: object) -> bool:
+        return isinstance(raw, bytes) and raw.hex() in self.keys
+
+
 class LocalExecutor(StreamPool):
     """Workers are forked from one warm fork server (``forkserver``) where the platform allows,
     else started as ``python -m backtest.worker``; either way each is a process of its own."""
@@ -177,7 +192,6 @@ class LocalExecutor(StreamPool):
 
     def __init__(self, options: Any) -> None:
         super().__init__(options)
-        self._raw: dict[int, tuple[list[str], frozenset[bytes]]] = {}
 
     def slot_names(self) -> list[tuple[str, str]]:
         n = self.options.workers or cores()
@@ -199,7 +213,7 @@ class LocalExecutor(StreamPool):
             return ForkedChannel(server, options, tempfile.TemporaryFile())
         return ProcessChannel([sys.executable, "-m", "backtest.worker", *options], worker_env(self.options.sandbox))
 
-    def accept_staged(self, slot: Any, pack: str, keys: list[str]) -> None:
+    def accept_staged(self, slot: Any, pack: str, keys: Container[str]) -> None:
         from backtest.store.results import ResultStore
         from backtest.worker.sandbox import staging_dir
 
@@ -207,16 +221,7 @@ class LocalExecutor(StreamPool):
         root = self.options.data_root
         if self._store is None:
             self._store = ResultStore(root)
-        self._store.accept_pack(staging_dir(root, slot.channel.pid), pack, self._raw_keys(keys))
-
-    def _raw_keys(self, keys: list[str]) -> frozenset[bytes]:
-        """A shard's keys as raw bytes, made once per shard (a shard's packs come one by one)."""
-        made = self._raw.get(id(keys))
-        if made is None or made[0] is not keys:
-            if len(self._raw) >= 16:
-                self._raw.clear()
-            made = self._raw[id(keys)] = (keys, frozenset(bytes.fromhex(k) for k in keys))
-        return made[1]
+        self._store.accept_pack(staging_dir(root, slot.channel.pid), pack, _RawKeys(keys))
 
     def close(self, *, cancel: bool = False) -> None:
         if not self._closed:

@@ -20,6 +20,7 @@ import time
 from abc import abstractmethod
 from array import array
 from collections import deque
+from collections.abc import Container
 from dataclasses import dataclass, field
 from typing import IO, Any, ClassVar
 
@@ -365,7 +366,7 @@ class StreamPool(Executor):
             own = job.remaining
             if msg.get("staged"):  # a sandboxed worker, which may not write the store itself
                 try:
-                    self.accept_staged(slot, str(msg["pack"]), job.shard.keys)
+                    self.accept_staged(slot, str(msg["pack"]), own)
                 except (OSError, BtError) as exc:
                     self._lose(slot, f"its results could not be moved into the store: {exc}")
                     return
@@ -407,10 +408,10 @@ class StreamPool(Executor):
             self._attempt_failed(job, slot, msg["error"])
             self._dispatch()
 
-    def accept_staged(self, slot: _Slot, pack: str, keys: list[str]) -> None:
+    def accept_staged(self, slot: _Slot, pack: str, keys: Container[str]) -> None:
         """Move the pack of results ``slot``'s sandboxed worker staged into the store, if it holds
-        results of ``keys`` (its shard's) only (executors whose workers store results themselves:
-        ``stores_results``)."""
+        results of ``keys`` (its shard's not reported yet) only (executors whose workers store
+        results themselves: ``stores_results``)."""
         raise NotImplementedError
 
     def _shard_ended(self, slot: _Slot, job: _Pending) -> None:

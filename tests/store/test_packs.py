@@ -11,6 +11,7 @@ import pytest
 
 from backtest.engine.records import TRADE_DTYPE
 from backtest.errors import ResultError
+from backtest.executors.local import _RawKeys
 from backtest.store import packs
 from backtest.store.packs import PackWriter, read_index, split
 from backtest.store.results import Encoder, ResultStore, encode
@@ -156,12 +157,15 @@ def test_a_staged_pack_with_a_key_of_another_shard_is_refused(tmp_path: Path) ->
     files = results(4)
     pack = packed(files)
     name, _ = pack.write(staging)
+    # checked against the shard's pending hex keys, as the local executor does
+    pending = {k: k for k in sorted(files)[:3]}
     with pytest.raises(ResultError, match="tasks its shard did not have"):
-        store.accept_pack(staging, name, {bytes.fromhex(k) for k in sorted(files)[:3]})
+        store.accept_pack(staging, name, _RawKeys(pending))
     assert store.keys() == [] and not (staging / f"{name}.pack").exists()
     name, _ = pack.write(staging)
-    store.accept_pack(staging, name, {bytes.fromhex(k) for k in [*files, "ff" * 32]})
+    store.accept_pack(staging, name, _RawKeys({k: k for k in [*files, "ff" * 32]}))
     assert sorted(store.keys()) == sorted(files)
+    assert "ff" * 32 not in _RawKeys(pending) and bytes.fromhex("ff" * 32) not in _RawKeys(pending)
 
 
 def test_the_newest_pack_serves_a_key_and_a_snapshot_keeps_the_old_one(tmp_path: Path) -> None:
