@@ -106,22 +106,32 @@ def _order(sort: str, min_trades: int | None = None) -> str:
     return f'{_eligible_first(min_trades)}(r."{sort}" IS NULL), r."{sort}" {direction}, t.symbol, t.params'
 
 
+def _rank_value(sort: str, min_trades: int | None = None) -> str:
+    """SQL for one value per task that orders a symbol's done tasks as ``_order`` ranks them (the
+    least first): ``arg_min`` of it is the symbol's best. The catalog holds no NaN (a non-finite
+    metric is NULL), so negating a metric reverses its order exactly."""
+    value = f'r."{sort}"' if _lower_is_better(sort) else f'-r."{sort}"'
+    eligible = f'coalesce(r."trades", 0) < {int(min_trades)}, ' if min_trades else ""
+    return f'ROW({eligible}r."{sort}" IS NULL, coalesce({value}, 0), t.params)'
+
+
 def catalog_view(catalog: Catalog, run_id: str, sort: str, top: int, min_trades: int | None = None) -> Any:
     """The ``report.RunView`` of a whole run, computed by the catalog: counts, the top tasks, each
     symbol's best, the quantiles and the first failures, without loading every task."""
     from backtest.report import KEY_METRICS, RunView
 
     base = "FROM run_tasks t LEFT JOIN results r USING (key) WHERE t.run_id = ?"
+    tasks = "FROM run_tasks t WHERE t.run_id = ?"  # what needs no metric is asked without the join
     with catalog.connect(read_only=True) as con:
         counts = {status: (n, cached) for status, n, cached in con.execute(
-            f"SELECT t.status, count(*), sum(CASE WHEN t.cached THEN 1 ELSE 0 END) {base} GROUP BY t.status",
+            f"SELECT t.status, count(*), sum(CASE WHEN t.cached THEN 1 ELSE 0 END) {tasks} GROUP BY t.status",
             [run_id]).fetchall()}
-        first = con.execute(f"SELECT t.params {base} LIMIT 1", [run_id]).fetchone()
+        first = con.execute(f"SELECT t.params {tasks} LIMIT 1", [run_id]).fetchone()
         names = list(json.loads(first[0])) if first else []
         vary: set[str] = set()
         if names:
             distinct = ", ".join(f"count(DISTINCT CAST(json_extract(params, '$.{n}') AS VARCHAR))" for n in names)
-            found = con.execute(f"SELECT {distinct} FROM (SELECT DISTINCT t.params {base})", [run_id]).fetchone()
+            found = con.execute(f"SELECT {distinct} FROM (SELECT DISTINCT t.params {tasks})", [run_id]).fetchone()
             vary = {n for n, k in zip(names, found or (), strict=True) if k > 1}
         vary = vary or set(names)
         fixed = {k: v for k, v in (json.loads(first[0]).items() if first else ()) if k not in vary}
@@ -129,11 +139,11 @@ def catalog_view(catalog: Catalog, run_id: str, sort: str, top: int, min_trades:
         order = _order(sort, min_trades)
         best_top = [_record(r, min_trades) for r in con.execute(
             f"SELECT {_COLUMNS} {done} ORDER BY {order} LIMIT ?", [run_id, top]).fetchall()]
-        # each symbol's best key ranked over narrow rows, then those rows whole (ranking whole rows
-        # took most of the time of a million-task run's report)
+        # each symbol's best key, the least of its rows by the ranking's terms made one value
+        # (ranking each symbol's rows with a window took most of a million-task run's report), then
+        # those rows whole
         best_keys = [k for (k,) in con.execute(
-            f"SELECT t.key {done} QUALIFY row_number() OVER (PARTITION BY t.symbol ORDER BY {order}) = 1",
-            [run_id]).fetchall()]
+            f"SELECT arg_min(t.key, {_rank_value(sort, min_trades)}) {done} GROUP BY t.symbol", [run_id]).fetchall()]
         best = [_record(r, min_trades) for r in con.execute(
             f"SELECT {_COLUMNS} {done} AND t.key IN (SELECT unnest(?::VARCHAR[])) ORDER BY t.symbol",
             [run_id, best_keys]).fetchall()]

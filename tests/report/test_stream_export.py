@@ -139,12 +139,14 @@ def test_the_table_from_the_catalog_is_the_table_from_the_records(root: Path, fa
         return console.export_text()
 
     for rid in (failing["run_id"], portfolio["run_id"]):
-        for sort, top in (("sharpe", 10), ("volatility", 2), ("max_drawdown_duration", 50)):
+        for sort, top, min_trades in (("sharpe", 10, None), ("volatility", 2, None),
+                                      ("max_drawdown_duration", 50, None), ("sharpe", 5, 25), ("win_rate", 3, 28)):
             run, records = rep.task_records(rid, root)
+            rep.mark_eligible(records, min_trades)
             from_records = rep.render_run(run, records, sort, top, contrib=rep.portfolio_contrib(records, sort))
-            view = catalog_view(catalog, run["run_id"], sort, top)
+            view = catalog_view(catalog, run["run_id"], sort, top, min_trades)
             from_catalog = rep.render_view(run, view, sort, top, contrib=rep.portfolio_contrib(view.top, sort))
-            assert text(from_catalog) == text(from_records), (rid, sort)
+            assert text(from_catalog) == text(from_records), (rid, sort, min_trades)
     code, out, _ = bt(root, "report", failing["run_id"])
     assert code == 0 and "3 failed" in out and "boom at n=7" in out
 
