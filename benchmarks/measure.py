@@ -1,10 +1,13 @@
 """Timing one command in a fresh process: wall seconds and peak memory of its process tree.
 
 ``run_measured(argv)`` starts the command in its own session and samples, from /proc every
-``interval`` seconds, the summed VmRSS of the process and all its descendants (workers included)
-and each one's VmHWM (its own exact high-water mark). Both are reported: the tree sum is the
-memory a job really needs (it counts pages shared between forked processes once per process, so
-it errs high); the largest VmHWM cannot miss a single process's spike between samples.
+``interval`` seconds, the summed VmRSS of the process and all its descendants (workers included),
+their summed Pss, and each one's VmHWM (its own exact high-water mark). The RSS sum counts a page
+shared between forked processes once per process, so it errs high: bt's workers are forked from
+a fork server that compiled or loaded the kernels, and share those pages with it (a cold numba
+cache: 1.3 GB summed RSS, 0.6 GB summed Pss). The Pss sum (each shared page divided among the
+processes that map it, from ``/proc/PID/smaps_rollup``) is the memory the job takes from the
+machine; the largest VmHWM cannot miss a single process's spike between samples.
 (``ru_maxrss`` from wait4 is useless here: a child forked from this harness inherits the
 harness's resident size before it execs, so it never reads below that.)
 
@@ -63,6 +66,18 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _pss(pid: int) -> int:
+    """Pss of ``pid`` in bytes (0 if it is gone or the kernel does not say)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return 0
+
+
 def _vm(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) of ``pid`` in bytes; (0, 0) if it is gone or has no memory (a zombie)."""
     rss = hwm = 0
@@ -89,23 +104,27 @@ def _cmdline(pid: int) -> bytes:
 _OWN_CMDLINE = _cmdline(os.getpid())
 
 
-def sample_tree(root: int, hwm: dict[int, int]) -> int:
-    """Summed VmRSS (bytes) of ``root`` and its descendants now; records each one's VmHWM in ``hwm``.
+def sample_tree(root: int, hwm: dict[int, int]) -> tuple[int, int]:
+    """(summed VmRSS, summed Pss) in bytes of ``root`` and its descendants now; records each one's
+    VmHWM in ``hwm``.
 
     Until ``root`` has exec'd it is a fork of this harness (same command line): its memory is ours,
     not the command's, so it is not counted (nor are the descendants it cannot have yet).
     """
     if _cmdline(root) == _OWN_CMDLINE:
-        return 0
-    total, stack = 0, [root]
+        return 0, 0
+    total = pss = 0
+    stack = [root]
     while stack:
         p = stack.pop()
         rss, high = _vm(p)
         total += rss
+        if rss:
+            pss += _pss(p)
         if high:
             hwm[p] = max(hwm.get(p, 0), high)
         stack.extend(_children(p))
-    return total
+    return total, pss
 
 
 @dataclass
@@ -117,6 +136,7 @@ class ProcResult:
     max_single_rss: int  # bytes, the largest VmHWM (high-water mark) seen of any one process
     stdout: str
     stderr: str
+    peak_tree_pss: int = 0  # bytes, sampled sum of Pss over the process tree
 
     def check(self) -> ProcResult:
         if self.returncode != 0:
@@ -145,14 +165,15 @@ def run_measured(
             cwd=cwd,
             start_new_session=True,
         )
-        peak = 0
+        peak = peak_pss = 0
         hwm: dict[int, int] = {}
         done = threading.Event()
 
         def sample() -> None:
-            nonlocal peak
+            nonlocal peak, peak_pss
             while not done.is_set():
-                peak = max(peak, sample_tree(proc.pid, hwm))
+                rss, pss = sample_tree(proc.pid, hwm)
+                peak, peak_pss = max(peak, rss), max(peak_pss, pss)
                 done.wait(interval)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -178,7 +199,7 @@ def run_measured(
         out.seek(0)
         err.seek(0)
         return ProcResult(
-            list(argv), proc.returncode, wall, peak, max(hwm.values(), default=0), out.read(), err.read()
+            list(argv), proc.returncode, wall, peak, max(hwm.values(), default=0), out.read(), err.read(), peak_pss
         )
 
 
@@ -191,6 +212,7 @@ class Run:
     peak_tree_rss: int
     max_single_rss: int
     phases: dict[str, float] = field(default_factory=dict)  # as the child reported them
+    peak_tree_pss: int = 0
 
 
 @dataclass
@@ -231,6 +253,12 @@ class Measurement:
         """The largest sampled tree RSS over the repeats (bytes)."""
         return max(max(r.peak_tree_rss, r.max_single_rss) for r in self.runs)
 
+    @property
+    def peak_pss(self) -> int:
+        """The largest sampled tree Pss over the repeats, or a single process's own high-water
+        mark where that is more (bytes): the memory the job took from the machine."""
+        return max(max(r.peak_tree_pss, r.max_single_rss) for r in self.runs)
+
     def phase_medians(self) -> dict[str, float]:
         keys = sorted({k for r in self.runs for k in r.phases})
         return {k: statistics.median(r.phases[k] for r in self.runs if k in r.phases) for k in keys}
@@ -263,7 +291,7 @@ def measure_repeats(
             if task_s is None:
                 raise ValueError(f"{m.engine}: an extrapolated row needs the child's tasks_s phase")
             wall = res.wall_s - task_s + task_s * scale
-        m.runs.append(Run(wall, res.wall_s, res.peak_tree_rss, res.max_single_rss, phases))
+        m.runs.append(Run(wall, res.wall_s, res.peak_tree_rss, res.max_single_rss, phases, res.peak_tree_pss))
         if answers is not None:
             if m.answers is None:
                 m.answers = answers

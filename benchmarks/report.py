@@ -210,17 +210,20 @@ def target_lines(results: list[SuiteResult]) -> list[str]:
             out.append(
                 f"sma_grid, bt (warm) ≥ 250x backtesting.py's throughput (its row is extrapolated): {r:.0f}x: {verdict(r >= 250)}"
             )
+        # judged on the memory the run took from the machine (summed Pss: the fork server's pages
+        # that its workers share counted once); the summed RSS, which counts them in every
+        # process, shown beside it
         peaks = {
-            r.variant: r.peak_rss / 2**20
+            r.variant: (r.peak_pss / 2**20, r.peak_rss / 2**20)
             for s in results
             if s.name == "sma_grid"
             for r in s.rows
             if r.engine == "bt"
         }
-        worst = max(peaks.values())
+        worst = max(pss for pss, _ in peaks.values())
         out.append(
-            "sma_grid, bt peak RSS ≤ 600 MB: "
-            + ", ".join(f"{v:,.0f} MB ({k})" for k, v in peaks.items())
+            "sma_grid, bt peak memory ≤ 600 MB (summed Pss; summed RSS in brackets): "
+            + ", ".join(f"{pss:,.0f} MB ({rss:,.0f} MB; {k})" for k, (pss, rss) in peaks.items())
             + f": {verdict(worst <= 600)}"
         )
         out.append(f"sma_grid, bt (warm) ≤ 1.5 s wall: {bt.wall:.2f} s: {verdict(bt.wall <= 1.5)}")

@@ -195,7 +195,8 @@ def without_jit(m: Measurement) -> Measurement:
     Derived, not measured separately: wall − prewarm_s of each run. Its answers are not checked
     again (they are the same runs')."""
     runs = [
-        Run(r.wall_s - r.phases["prewarm_s"], r.measured_wall_s, r.peak_tree_rss, r.max_single_rss, r.phases)
+        Run(r.wall_s - r.phases["prewarm_s"], r.measured_wall_s, r.peak_tree_rss, r.max_single_rss, r.phases,
+            r.peak_tree_pss)
         for r in m.runs
     ]
     return Measurement(
