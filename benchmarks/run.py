@@ -38,7 +38,7 @@ import peerenv  # noqa: E402
 from measure import Measurement, Run, measure_repeats, python_env, run_measured  # noqa: E402
 from report import SuiteResult, bt_versions, cpu_probe, machine, print_suite, results_markdown, target_lines  # noqa: E402
 
-SUITES = ("selftest", "sma_grid", "small", "rerun", "startup", "report", "portfolio", "walkforward")
+SUITES = ("selftest", "sma_grid", "small", "rerun", "startup", "report", "portfolio", "walkforward", "scale")
 ENGINES = ("bt", "vectorbt", "backtesting.py")
 PEER_SCRIPTS = {"vectorbt": "vectorbt_sma.py", "backtesting.py": "backtesting_sma.py"}
 RESULTS_MD = common.BENCH_DIR / "RESULTS.md"
