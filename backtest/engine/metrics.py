@@ -66,8 +66,8 @@ def bars_per_year(ts: np.ndarray) -> float:
         return 252.0
     # The median spacing of (about 4096, evenly spread) pairs of consecutive bars: enough to tell
     # intraday from daily, weekly or monthly bars, and cheap for long series.
-    picks = np.arange(1, n, max(1, (n - 1) // 4096))
-    spacing_days = float(np.median(ts[picks] - ts[picks - 1])) / DAY_NS
+    step = max(1, (n - 1) // 4096)
+    spacing_days = median_of_ints(ts[1::step] - ts[:-1:step]) / DAY_NS  # the pairs (1 + i·step − 1, 1 + i·step)
     if spacing_days < 20 / 24:  # intraday: 252 trading days × measured bars per day
         days = ts // DAY_NS
         distinct = 1 + int(np.count_nonzero(days[1:] != days[:-1]))
@@ -79,6 +79,18 @@ def bars_per_year(ts: np.ndarray) -> float:
     if spacing_days < 45:
         return 12.0
     return 365.25 / spacing_days
+
+
+def median_of_ints(x: np.ndarray) -> float:
+    """``float(np.median(x))`` of a non-empty 1-D integer array, bit for bit (the middle value, or
+    the two middle values as floats added and halved, as ``np.mean`` does), without the general
+    machinery that makes ``np.median`` cost ~30 µs a call: a worker finds the bar spacing of every
+    slice of bars it runs, hundreds a shard."""
+    k = x.shape[0] // 2
+    if x.shape[0] % 2:
+        return float(np.partition(x, k)[k])
+    part = np.partition(x, (k - 1, k))
+    return (float(part[k - 1]) + float(part[k])) / 2.0
 
 
 def day_ends(ts: np.ndarray, start: int) -> np.ndarray:

@@ -79,6 +79,26 @@ def test_annualisation():
     assert bars_per_year(np.array([day])) == 252.0
 
 
+def test_the_median_of_bar_spacings_is_numpy_s_bit_for_bit():
+    from backtest.engine.metrics import median_of_ints
+
+    rng = np.random.default_rng(7)
+    for size in [1, 2, 3, 4, 5, 100, 101, 1_300, 4_096, 4_097]:
+        for _ in range(20):
+            # spacings as bars have them (many equal, a few gaps), and odd sums of two middles
+            x = rng.choice([60, 86_400, 3 * 86_400, 7 * 86_400], size=size) * 10**9 + rng.integers(0, 3, size)
+            got, want = median_of_ints(x), float(np.median(x))
+            assert got == want and type(got) is float, (size, got, want)
+    big = np.array([2**62 + 1, 2**62 + 2], dtype=np.int64)  # halves that float64 rounds as numpy does
+    assert median_of_ints(big) == float(np.median(big))
+    # the spacings bars_per_year takes (every one, or ~4 096 evenly spread) are the pairs it names
+    for n in [2, 3, 4_097, 4_098, 8_193, 20_001]:
+        ts = np.cumsum(rng.integers(1, 10**12, n)).astype(np.int64)
+        picks = np.arange(1, n, max(1, (n - 1) // 4096))
+        step = max(1, (n - 1) // 4096)
+        assert np.array_equal(ts[1::step] - ts[:-1:step], ts[picks] - ts[picks - 1]), n
+
+
 def test_flat_strategy_metrics():
     class Flat(Strategy):
         def signals(self, bars):
