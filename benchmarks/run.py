@@ -25,7 +25,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ import bt_side  # noqa: E402
 import check  # noqa: E402
 import common  # noqa: E402
 import peerenv  # noqa: E402
-from measure import Measurement, Run, measure_repeats, python_env, run_measured  # noqa: E402
+from measure import Measurement, measure_repeats, python_env, run_measured  # noqa: E402
 from report import SuiteResult, bt_versions, cpu_probe, machine, print_suite, results_markdown, target_lines  # noqa: E402
 
 SUITES = ("selftest", "sma_grid", "small", "rerun", "startup", "report", "portfolio", "walkforward", "scale")
@@ -194,11 +194,7 @@ def without_jit(m: Measurement) -> Measurement:
 
     Derived, not measured separately: wall − prewarm_s of each run. Its answers are not checked
     again (they are the same runs')."""
-    runs = [
-        Run(r.wall_s - r.phases["prewarm_s"], r.measured_wall_s, r.peak_tree_rss, r.max_single_rss, r.phases,
-            r.peak_tree_pss)
-        for r in m.runs
-    ]
+    runs = [replace(r, wall_s=r.wall_s - r.phases["prewarm_s"]) for r in m.runs]
     return Measurement(
         m.engine,
         m.workload,
