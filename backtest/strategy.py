@@ -73,6 +73,9 @@ class Strategy:
     __bt_source__: ClassVar[str] = ""
     __bt_source_hash__: ClassVar[str] = ""
     __bt_filename__: ClassVar[str] = ""
+    #: set by the engine when a worker shares window indicators across warm-ups
+    #: (``engine.run.SharedWindows``): what ``cached`` asks to compute them
+    _bt_windows: Any = None
 
     def __init__(self, **params: Any) -> None:
         cls = type(self)
@@ -94,11 +97,16 @@ class Strategy:
 
     def cached(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``fn(*args)``, memoised in the grid-wide cache the engine hands this instance."""
-        key = (fn, *map(_arg_key, args))
-        hit = self._bt_cache.get(key)
+        cache = self._bt_cache
+        if len(args) == 2 and type(args[1]) is int and type(args[0]) not in _BY_KEY:
+            key: tuple[Any, ...] = (fn, id(args[0]), args[1])  # (array, window): the usual call, keyed quickly
+        else:
+            key = (fn, *map(_arg_key, args))
+        hit = cache.get(key)
         if hit is None:
-            hit = (fn(*args), args)  # args kept alive so that their ids stay unique
-            self._bt_cache[key] = hit
+            windows = self._bt_windows
+            hit = (fn(*args) if windows is None else windows.compute(fn, args), args)  # args kept alive: ids stay unique
+            cache[key] = hit
         return hit[0]
 
     def __repr__(self) -> str:
@@ -141,6 +149,9 @@ class PortfolioStrategy(Strategy):
 _BASES = (object, Strategy, PortfolioStrategy)
 
 _BY_VALUE = (bool, int, float, str, bytes, type(None))
+
+#: Types ``_arg_key`` does not key by identity
+_BY_KEY = frozenset((*_BY_VALUE, tuple, list))
 
 
 def _arg_key(arg: Any) -> Any:

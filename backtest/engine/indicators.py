@@ -4,14 +4,18 @@ Every kernel returns NaN where its window is not yet full. Each docstring names 
 reference in ``tests/engine/reference.py`` that the kernel must equal (and pandas where the
 definition is the same); ``tests/engine/test_indicators.py`` asserts both.
 
-Rolling sums are updated incrementally and recomputed from the window every 1024 bars, so rounding
-cannot drift over millions of bars; the result is still deterministic (same inputs, same bits).
+Rolling sums are updated incrementally and recomputed from the window every ``RECOMPUTE`` bars, so
+rounding cannot drift over millions of bars; the result is still deterministic (same inputs, same
+bits).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
+
+#: Bars between two fresh sums of a rolling window (``sma_nb``)
+RECOMPUTE = 1024
 
 
 @njit(cache=True)
@@ -20,32 +24,47 @@ def sma_nb(x: np.ndarray, n: int) -> np.ndarray:
 
     NaN until ``n`` values are seen and wherever the window holds a NaN.
     Reference: ``reference.sma`` (``np.mean`` of each window); pandas ``Series.rolling(n).mean()``.
+
+    Each value depends only on its window and on its distance from the array's last value: the
+    window is summed afresh at every ``RECOMPUTE``-th bar counted back from the end, and the bars
+    before it are reached by sliding that sum backwards. So ``sma_nb(x[k:], n)`` equals
+    ``sma_nb(x, n)[k:]`` bit for bit wherever the former is not NaN, which lets tasks that see
+    different warm-ups of the same bars share one computation (see ``SUFFIX_INVARIANT``).
     """
     if n < 1:
         raise ValueError("sma_nb: n must be >= 1")
     size = x.shape[0]
     out = np.full(size, np.nan)
-    total = 0.0
-    nans = 0
-    for i in range(size):
-        v = x[i]
-        if np.isnan(v):
-            nans += 1
-        else:
-            total += v
-        if i >= n:
-            w = x[i - n]
-            if np.isnan(w):
-                nans -= 1
+    anchor = size - 1
+    while anchor >= n - 1:
+        low = max(anchor - RECOMPUTE + 1, n - 1)
+        total = 0.0  # the window ending at ``anchor``, summed afresh
+        nans = 0
+        for j in range(anchor - n + 1, anchor + 1):
+            if np.isnan(x[j]):
+                nans += 1
             else:
-                total -= w
-        if i % 1024 == 1023:  # recompute from the window, so that rounding cannot drift
-            total = 0.0
-            for j in range(max(0, i - n + 1), i + 1):
-                if not np.isnan(x[j]):
-                    total += x[j]
-        if i >= n - 1 and nans == 0:
-            out[i] = total / n
+                total += x[j]
+        # then slide the window [i-n+1, i] one bar back at a time: drop x[i], take in x[i-n]
+        for i in range(anchor, low, -1):
+            if nans == 0:
+                out[i] = total / n
+            v = x[i]
+            w = x[i - n]
+            if np.isnan(v) or np.isnan(w):
+                if np.isnan(v):
+                    nans -= 1
+                else:
+                    total -= v
+                if np.isnan(w):
+                    nans += 1
+                else:
+                    total += w
+            else:
+                total = total - v + w
+        if nans == 0:
+            out[low] = total / n
+        anchor -= RECOMPUTE
     return out
 
 
@@ -239,3 +258,11 @@ def lowest_nb(x: np.ndarray, n: int) -> np.ndarray:
     if n < 1:
         raise ValueError("lowest_nb: n must be >= 1")
     return _rolling_extreme_nb(x, n, -1.0)
+
+
+#: Kernels ``f(x, n)`` whose value at a bar depends only on the ``n`` values ending there (and, for
+#: ``sma_nb``, on the distance to the array's end), so that ``f(x[k:], n)`` equals ``f(x, n)[k:]``
+#: bit for bit past its first ``n − 1`` values (NaN): ``Strategy.cached`` computes them once on a
+#: shard's longest bars for every warm-up cut from them (``engine.run.SharedWindows``).
+#: ``tests/engine/test_indicators.py`` checks the property for each.
+SUFFIX_INVARIANT = frozenset({sma_nb, rolling_std_nb, zscore_nb, highest_nb, lowest_nb})

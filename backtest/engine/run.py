@@ -35,6 +35,7 @@ def run_grid(
     *,
     want_equity: bool = False,
     benchmark: Bars | None = None,
+    shared: SharedWindows | None = None,
 ) -> list[TaskOutput | StrategyError]:
     """Run ``strategy_cls`` with each parameter dict of ``params_list`` over ``bars`` (a
     ``Universe`` for a portfolio strategy: ``portfolio_run.run_portfolio_grid``), with
@@ -57,6 +58,8 @@ def run_grid(
                                   benchmark=benchmark)
     bars = _normalised(bars)
     cache: dict[Any, Any] = {}
+    if shared is not None:
+        shared.link(cache, bars)
     bpy = bars_per_year(bars.ts)
     ends = day_ends(bars.ts, bars.start)
     args: dict[SimSettings, tuple[Any, ...]] = {}
@@ -82,6 +85,76 @@ def run_grid(
         except StrategyError as exc:
             outputs.append(exc)
     return outputs
+
+
+#: Key, in a grid's indicator cache, of its ``SharedWindows`` link (a string, unlike every other key)
+WINDOWS = "bt:shared-windows"
+
+
+class SharedWindows:
+    """Window kernels (``indicators.SUFFIX_INVARIANT``) computed once on ``bars`` and served to
+    every grid that runs on a warm-up cut from them (``bars.close[k:]`` and so on): a worker's
+    shard reads its symbol's bars once, for the widest warm-up, and runs each warm-up's tasks on a
+    slice of them. A kernel's values on a slice are its values on ``bars`` past the slice's first
+    ``n − 1`` bars (NaN), bit for bit, so a task's indicators do not depend on the tasks it shares
+    a shard with. ``run_grid(..., shared=...)`` uses it; at most ``limit`` bytes of results are
+    kept (beyond that a kernel runs on the slice itself, with the same result).
+    """
+
+    def __init__(self, bars: Bars, limit: int = 256 * 1024 * 1024) -> None:
+        from backtest.engine.indicators import SUFFIX_INVARIANT
+
+        self.bars = bars
+        self.kernels = SUFFIX_INVARIANT
+        self.results: dict[tuple[Any, int, int], np.ndarray] = {}
+        self.room = limit
+
+    def link(self, cache: dict[Any, Any], sliced: Bars) -> None:
+        """Let the strategies of the grid whose indicator cache is ``cache`` draw on this when
+        they pass a price array of ``sliced``, if ``sliced`` is a strict suffix of ``self.bars``."""
+        offset = self.bars.ts.shape[0] - sliced.ts.shape[0]
+        if offset <= 0:
+            return
+        links = {}
+        for name in ("open", "high", "low", "close", "volume"):
+            part, whole = getattr(sliced, name), getattr(self.bars, name)
+            if (whole.dtype == np.float64 and whole.flags.c_contiguous and part.dtype == np.float64
+                    and part.shape[0] == whole.shape[0] - offset
+                    and part.__array_interface__["data"][0] == whole.__array_interface__["data"][0] + 8 * offset):
+                links[id(part)] = (part, whole, offset)
+        if links:
+            cache[WINDOWS] = _Linked(self, links)
+
+    def suffix(self, fn: Any, whole: np.ndarray, offset: int, n: int) -> np.ndarray | None:
+        """``fn(whole[offset:], n)``, from ``fn(whole, n)`` computed once; None when full."""
+        key = (fn, id(whole), n)
+        full = self.results.get(key)
+        if full is None:
+            if self.room <= 0:
+                return None
+            full = fn(whole, n)
+            self.results[key] = full
+            self.room -= full.nbytes
+        out: np.ndarray = full[offset:].copy()
+        out[: n - 1] = np.nan
+        return out
+
+
+class _Linked:
+    """``SharedWindows`` as one grid's cache sees it: which of its arrays are cut from which."""
+
+    def __init__(self, shared: SharedWindows, links: dict[int, tuple[np.ndarray, np.ndarray, int]]) -> None:
+        self.shared = shared
+        self.links = links
+
+    def compute(self, fn: Any, args: tuple[Any, ...]) -> Any:
+        if fn in self.shared.kernels and len(args) == 2 and type(args[1]) is int and args[1] >= 1:
+            link = self.links.get(id(args[0]))
+            if link is not None and link[0] is args[0]:
+                out = self.shared.suffix(fn, link[1], link[2], args[1])
+                if out is not None:
+                    return out
+        return fn(*args)
 
 
 def compared(out: TaskOutput, bench: np.ndarray, cash: float, bpy: float, keep_equity: bool) -> TaskOutput:
@@ -210,6 +283,9 @@ def call_strategy(strategy_cls: Any, params: dict[str, Any], cache: dict[Any, An
     try:
         strategy = strategy_cls(**params)
         strategy._bt_cache = cache
+        windows = cache.get(WINDOWS)
+        if windows is not None:
+            strategy._bt_windows = windows
         return getattr(strategy, method)(data)
     except BtError as exc:
         if isinstance(exc, StrategyError):

@@ -39,7 +39,9 @@ def crossunder_nb(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def cross_target_nb(a: np.ndarray, b: np.ndarray, short: bool) -> np.ndarray:
     """Target position from the crosses of ``a`` and ``b``: +1 from a cross over until the next
     cross under, then 0 (``short=False``) or −1 (``short=True``) until the next cross over. Flat
-    before the first cross. One pass, no temporary arrays (the SMA-cross hot path).
+    before the first cross. Two passes: the crosses are marked without state carried from bar to
+    bar (so the compiler vectorises it), then the position is filled in between them (the
+    SMA-cross hot path).
 
     Reference: ``reference.cross_target`` (``events_target`` of crossover/crossunder).
     """
@@ -48,20 +50,21 @@ def cross_target_nb(a: np.ndarray, b: np.ndarray, short: bool) -> np.ndarray:
     if size == 0:
         return out
     down = -1.0 if short else 0.0
-    state = 0.0
-    out[0] = 0.0
-    prev_a = a[0]
-    prev_b = b[0]
+    cross = np.empty(size, np.uint8)  # 1: a crosses over b at this bar, 2: under, 0: neither
+    cross[0] = 0
     for t in range(1, size):
-        cur_a = a[t]
-        cur_b = b[t]
-        up = (prev_a < prev_b) & (cur_a > cur_b)  # & not `and`: selects, no branches
-        dn = (prev_a > prev_b) & (cur_a < cur_b)
-        state = 1.0 if up else state
-        state = down if dn else state
-        out[t] = state
-        prev_a = cur_a
-        prev_b = cur_b
+        over = (a[t - 1] < b[t - 1]) & (a[t] > b[t])  # & not `and`: no branches
+        under = (a[t - 1] > b[t - 1]) & (a[t] < b[t])
+        cross[t] = (over * np.uint8(1)) | (under * np.uint8(2))
+    state = 0.0
+    since = 0
+    for t in range(size):
+        c = cross[t]
+        if c != 0:
+            out[since:t] = state
+            state = 1.0 if c == 1 else down
+            since = t
+    out[since:] = state
     return out
 
 

@@ -57,6 +57,15 @@ def slice_bars(bars: Any, warmup: int, parts: Sequence[str]) -> Any:
     )
 
 
+def shared_windows(bars: Any) -> Any:
+    """The window indicators the slices of one symbol's ``bars`` share (``engine.run.SharedWindows``);
+    None for a universe (a portfolio strategy's arrays are its own)."""
+    from backtest.engine.bars import Bars
+    from backtest.engine.run import SharedWindows
+
+    return SharedWindows(bars) if isinstance(bars, Bars) else None
+
+
 def split_axes(spec: ShardSpec, settings: Any, tasks: list[tuple[str, dict[str, Any]]]
                ) -> tuple[list[dict[str, Any]], Any]:
     """The strategy's parameters of each ``(key, params)`` task, and the settings to run them
@@ -84,7 +93,8 @@ def split_axes(spec: ShardSpec, settings: Any, tasks: list[tuple[str, dict[str, 
 def _by_slice(bars: Any, groups: Sequence[ShardGroup]) -> list[tuple[Any, list[tuple[str, dict[str, Any]]]]]:
     """The shard's tasks by the bars they see: groups whose warm-ups reach back to the same bar
     (e.g. every group when the data starts after the range's start minus the warm-up) run as one,
-    on one slice, so they share its indicators."""
+    on one slice, so they share its indicators (window indicators are shared across slices too:
+    ``shared_windows``)."""
     merged: dict[int, tuple[Any, list[tuple[str, dict[str, Any]]]]] = {}
     for group in groups:
         offset = max(0, bars.start - group.warmup)
@@ -259,9 +269,10 @@ class Runner:
         cls, settings, bars, bench = self._load(spec)
         out: list[tuple[str, Any, Any]] = []
         with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+            shared = shared_windows(bars)
             for gbars, tasks in _by_slice(bars, spec.groups):
                 params, each = split_axes(spec, settings, tasks)
-                outcomes = run_grid(cls, gbars, params, each, want_equity=True, benchmark=bench)
+                outcomes = run_grid(cls, gbars, params, each, want_equity=True, benchmark=bench, shared=shared)
                 out.extend((key, gbars, res) for (key, _), res in zip(tasks, outcomes, strict=True))
         return out
 
@@ -290,13 +301,14 @@ class Runner:
 
         encode = Encoder(spec.symbol, self.env)
         batch = _Batch(sid, self.results, self.sandbox.staging if self.sandbox is not None else None)
+        shared = shared_windows(bars)
         for gbars, tasks in _by_slice(bars, spec.groups):
             keys = [k for k, _ in tasks]
             params, each = split_axes(spec, settings, tasks)
             out = CappedText(OUTPUT_LIMIT)
             with redirect_stdout(out), redirect_stderr(out):
                 try:
-                    outcomes: list[Any] = run_grid(cls, gbars, params, each, benchmark=bench)
+                    outcomes: list[Any] = run_grid(cls, gbars, params, each, benchmark=bench, shared=shared)
                 except Exception as exc:  # the engine itself failed: every task of the group fails
                     outcomes = [exc] * len(keys)
             text = out.getvalue()

@@ -145,3 +145,27 @@ def test_events_target_rules():
     sx = np.array([f, f, t, f, f, t])
     # long; reversed by the short entry; short exit -> flat; exit+entry same bar -> long; stays long
     assert list(sig.events_target_nb(le, lx, se, sx)) == [1.0, -1.0, 0.0, 1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("kernel", sorted(ind.SUFFIX_INVARIANT, key=lambda k: k.__name__), ids=lambda k: k.__name__)
+def test_window_kernels_give_a_suffix_the_same_bits(kernel):
+    """``f(x[k:], n)`` is ``f(x, n)[k:]`` bit for bit past its first ``n − 1`` values, whatever the
+    NaN, ties or length (beyond ``RECOMPUTE``): what lets every warm-up share one computation."""
+    rng = np.random.default_rng(7)
+    checked = 0
+    for trial in range(24):
+        size = int(rng.integers(2, 3 * ind.RECOMPUTE))
+        x = random_walk(size, seed=trial)
+        if trial % 2:
+            x[rng.integers(0, size, size // 40 + 1)] = np.nan
+        if trial % 3 == 0:
+            x = np.round(x)  # equal values: which of them a max or a sum takes first
+        n = int(rng.integers(2, min(size, ind.RECOMPUTE + 300) + 1))
+        whole = kernel(x, n)
+        for k in (1, *rng.integers(1, size, 4)):
+            want = whole[k:].copy()
+            want[: n - 1] = np.nan
+            got = kernel(np.ascontiguousarray(x[k:]), n)
+            assert got.tobytes() == want.tobytes(), (size, n, k)
+            checked += int(np.isfinite(got).sum())
+    assert checked > 10_000  # real values compared, not only NaN

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from helpers import loaded_by
@@ -154,3 +156,53 @@ def test_settings_canonical_and_validated():
 def test_import_engine_keeps_pandas_and_pyarrow_out():
     loaded, _ = loaded_by("import backtest.engine", ("pandas", "pyarrow"))
     assert loaded == []
+
+
+SEEN: list[tuple[object, np.ndarray, int, np.ndarray]] = []
+
+
+class WindowProbe(Strategy):
+    """Asks ``cached`` for every window kernel and keeps what it got; trades an SMA cross."""
+
+    fast = 5
+    slow = 50
+
+    def signals(self, bars):
+        from backtest.engine.indicators import SUFFIX_INVARIANT
+        from backtest.engine.signals import cross_target_nb
+
+        for kernel in SUFFIX_INVARIANT:
+            for n in (self.fast, self.slow):
+                SEEN.append((kernel, bars.close, n, self.cached(kernel, bars.close, n)))
+        return cross_target_nb(self.cached(sma_nb, bars.close, self.fast), self.cached(sma_nb, bars.close, self.slow),
+                               True)
+
+
+def test_warm_ups_cut_from_one_read_share_window_indicators_with_the_same_bits():
+    """A worker reads a symbol's bars once for the widest warm-up and runs each warm-up's tasks on a
+    slice of them; with ``SharedWindows`` a window kernel runs once on the whole read, and every
+    slice gets exactly what the kernel gives on that slice alone: the same indicators, the same
+    results as each warm-up run by itself."""
+    from backtest.engine.run import SharedWindows
+    from backtest.worker.shard import slice_bars
+
+    bars = make_bars(2600, seed=5, start=900)
+    shared = SharedWindows(bars)
+    settings = SimSettings(commission=0.001)
+    SEEN.clear()
+    together, alone = [], []
+    for slow in (40, 300, 700, 899):  # each warm-up a slice of its own
+        grid = [{"fast": fast, "slow": slow} for fast in (2, 9, 30)]
+        cut = slice_bars(bars, slow, ("p",))
+        together += run_grid(WindowProbe, cut, grid, settings, shared=shared)
+        copied = type(cut)(cut.symbol, cut.ts.copy(), cut.open.copy(), cut.high.copy(), cut.low.copy(),
+                           cut.close.copy(), cut.volume.copy(), start=cut.start)
+        alone += run_grid(WindowProbe, copied, grid, settings)
+    for a, b in zip(together, alone, strict=True):
+        assert json.dumps(a.metrics) == json.dumps(b.metrics) and a.trades.tobytes() == b.trades.tobytes()
+    assert sum(len(o.trades) for o in together) > 50
+    # every kernel ran once per window on the whole read, not once per slice
+    assert len(shared.results) == 5 * len({2, 9, 30, 40, 300, 700, 899})
+    assert len(SEEN) == 2 * 5 * 2 * 4 * 3
+    for kernel, close, n, got in SEEN:
+        assert got.tobytes() == kernel(np.ascontiguousarray(close), n).tobytes()
