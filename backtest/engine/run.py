@@ -101,7 +101,7 @@ class SharedWindows:
     kept (beyond that a kernel runs on the slice itself, with the same result).
     """
 
-    def __init__(self, bars: Bars, limit: int = 256 * 1024 * 1024) -> None:
+    def __init__(self, bars: Bars, limit: int = 64 * 1024 * 1024) -> None:
         from backtest.engine.indicators import SUFFIX_INVARIANT
 
         self.bars = bars

@@ -206,3 +206,12 @@ def test_warm_ups_cut_from_one_read_share_window_indicators_with_the_same_bits()
     assert len(SEEN) == 2 * 5 * 2 * 4 * 3
     for kernel, close, n, got in SEEN:
         assert got.tobytes() == kernel(np.ascontiguousarray(close), n).tobytes()
+    # past its memory limit it keeps what it has and computes the rest on each slice: same results
+    small = SharedWindows(bars, limit=20_000)  # full after one whole array (20 800 B)
+    again = []
+    for slow in (40, 300, 700, 899):
+        grid = [{"fast": fast, "slow": slow} for fast in (2, 9, 30)]
+        again += run_grid(WindowProbe, slice_bars(bars, slow, ("p",)), grid, settings, shared=small)
+    assert len(small.results) == 1
+    for a, b in zip(again, alone, strict=True):
+        assert json.dumps(a.metrics) == json.dumps(b.metrics) and a.trades.tobytes() == b.trades.tobytes()
