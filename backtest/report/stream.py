@@ -97,7 +97,8 @@ def _record(row: tuple[Any, ...], min_trades: int | None = None) -> dict[str, An
 
 
 def _eligible_first(min_trades: int | None) -> str:
-    """An ORDER BY term that ranks tasks with fewer than ``min_trades`` trades last ("" without)."""
+    """An ORDER BY term (or a ``ROW`` field) that ranks tasks with fewer than ``min_trades`` trades
+    last ("" without)."""
     return f'(coalesce(r."trades", 0) < {int(min_trades)}), ' if min_trades else ""
 
 
@@ -111,8 +112,7 @@ def _rank_value(sort: str, min_trades: int | None = None) -> str:
     least first): ``arg_min`` of it is the symbol's best. The catalog holds no NaN (a non-finite
     metric is NULL), so negating a metric reverses its order exactly."""
     value = f'r."{sort}"' if _lower_is_better(sort) else f'-r."{sort}"'
-    eligible = f'coalesce(r."trades", 0) < {int(min_trades)}, ' if min_trades else ""
-    return f'ROW({eligible}r."{sort}" IS NULL, coalesce({value}, 0), t.params)'
+    return f'ROW({_eligible_first(min_trades)}r."{sort}" IS NULL, coalesce({value}, 0), t.params)'
 
 
 def catalog_view(catalog: Catalog, run_id: str, sort: str, top: int, min_trades: int | None = None) -> Any:
